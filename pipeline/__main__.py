@@ -1,0 +1,108 @@
+"""Command line: ``python -m pipeline {run,dvc-yaml,doctor,bench}``."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+DVC_YAML = Path("dvc.yaml")
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    import luigi
+
+    from pipeline.graph import BY_NAME, All
+
+    if args.stage == "all":
+        task = All()
+    else:
+        stage = BY_NAME[args.stage]
+        missing = [key for key in stage.matrix if getattr(args, key) is None]
+        if missing:
+            print(f"error: stage {args.stage} needs --{' --'.join(missing)}", file=sys.stderr)
+            return 2
+        task = stage(**{key: getattr(args, key) for key in stage.matrix})
+    scheduler = {"scheduler_host": args.scheduler_host, "scheduler_port": args.scheduler_port} \
+        if args.scheduler_host else {"local_scheduler": True}
+    result = luigi.build([task], workers=args.workers, detailed_summary=True, log_level="WARNING", **scheduler)
+    if not result.scheduling_succeeded:
+        print(result.summary_text, file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_dvc_yaml(args: argparse.Namespace) -> int:
+    from pipeline.graph import dvc_yaml
+
+    text = dvc_yaml()
+    if args.check:
+        if not DVC_YAML.is_file() or DVC_YAML.read_text() != text:
+            print("dvc.yaml is out of date with the Luigi graph: run `python -m pipeline dvc-yaml`", file=sys.stderr)
+            return 1
+        print("dvc.yaml matches the Luigi graph")
+        return 0
+    DVC_YAML.write_text(text)
+    print(f"wrote {DVC_YAML}")
+    return 0
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from pipeline.tools import all_tools
+
+    for stage, methods in all_tools().items():
+        for method, tool in methods.items():
+            if tool is None:
+                state, detail = "available", "built in"
+            else:
+                availability = tool.check()
+                state, detail = ("available" if availability.available else "missing"), availability.detail
+            print(f"{stage:<10} {method:<12} {state:<10} {detail}")
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    import json
+
+    from pipeline.synth.bench import run_benchmark
+
+    print(json.dumps(run_benchmark(args.labels, args.n, args.device), indent=2))
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    from pipeline.graph import BY_NAME
+
+    main = argparse.ArgumentParser(prog="python -m pipeline", description=__doc__)
+    commands = main.add_subparsers(dest="command", required=True)
+    run = commands.add_parser("run", help="run a stage (and what it needs) with Luigi")
+    run.add_argument("stage", choices=["all", *BY_NAME])
+    run.add_argument("--segmenter")
+    run.add_argument("--stripper")
+    run.add_argument("--workers", type=int, default=1)
+    run.add_argument("--scheduler-host", help="a luigid central scheduler (default: a local scheduler)")
+    run.add_argument("--scheduler-port", type=int, default=8082)
+    run.set_defaults(func=cmd_run)
+    dvc = commands.add_parser("dvc-yaml", help="write dvc.yaml from the Luigi graph")
+    dvc.add_argument("--check", action="store_true", help="exit 1 when dvc.yaml is out of date")
+    dvc.set_defaults(func=cmd_dvc_yaml)
+    doctor = commands.add_parser("doctor", help="list every method and whether its tool is available")
+    doctor.set_defaults(func=cmd_doctor)
+    bench = commands.add_parser("bench", help="benchmarks that print JSON figures")
+    bench.add_argument("what", choices=["synth"])
+    bench.add_argument("--labels", help="a 1 mm label volume (default: a packaged one)")
+    bench.add_argument("--n", type=int, default=200)
+    bench.add_argument("--device", default="cpu")
+    bench.set_defaults(func=cmd_bench)
+    return main
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
+    args = parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,16 @@
+"""Where torch work runs: the GPU when one is present, else the CPU."""
+
+from __future__ import annotations
+
+from functools import cache
+
+
+@cache
+def torch_device(requested: str = "auto") -> str:
+    import torch
+
+    if requested == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("device 'cuda' was requested but torch sees no GPU")
+    return requested

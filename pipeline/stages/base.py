@@ -1,0 +1,64 @@
+"""The Luigi task every stage derives from, and what DVC needs to know of it.
+
+A stage is one Luigi task. DVC runs each stage as ``python -m pipeline run NAME
+[--segmenter S] [--stripper T]``; the stage's matrix parameters become a DVC
+``matrix``, its outputs DVC ``outs`` (or ``metrics``), its upstream tasks' outputs
+its ``deps``. ``pipeline.graph`` turns the tasks into ``dvc.yaml``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import ClassVar
+
+import luigi
+
+from pipeline.config import Config, load_config
+from pipeline.io import atomic_dir
+
+log = logging.getLogger("pipeline")
+
+
+class Stage(luigi.Task):
+    """A pipeline stage whose output is one folder, written atomically."""
+
+    name: ClassVar[str]
+    # Luigi parameters that DVC iterates over, with the params.yaml list each takes its values from.
+    matrix: ClassVar[dict[str, str]] = {}
+    # params.yaml keys the stage reads; "{stripper}"-style fields are filled per matrix item.
+    param_keys: ClassVar[tuple[str, ...]] = ()
+    out_template: ClassVar[str]
+    metrics_template: ClassVar[str | None] = None
+
+    def item(self) -> dict[str, str]:
+        return {key: getattr(self, key) for key in self.matrix}
+
+    def out_dir(self) -> Path:
+        return Path(self.out_template.format(**self.item()))
+
+    def metrics_path(self) -> Path | None:
+        return Path(self.metrics_template.format(**self.item())) if self.metrics_template else None
+
+    def output(self) -> list[luigi.LocalTarget]:
+        targets = [luigi.LocalTarget(str(self.out_dir()))]
+        if self.metrics_path():
+            targets.append(luigi.LocalTarget(str(self.metrics_path())))
+        return targets
+
+    def input_dir(self, index: int = 0) -> Path:
+        return Path(self.input()[index][0].path)
+
+    def run(self) -> None:
+        config = load_config()
+        label = " ".join([self.name, *self.item().values()])
+        log.info("[%s] started", label)
+        start = time.monotonic()
+        with atomic_dir(self.out_dir()) as tmp:
+            self.build(tmp, config)
+        log.info("[%s] done in %.1f s -> %s", label, time.monotonic() - start, self.out_dir())
+
+    def build(self, out: Path, config: Config) -> None:
+        """Write the stage's results into ``out`` (moved into place on success)."""
+        raise NotImplementedError

@@ -1,0 +1,63 @@
+"""Stage 6 — export: a synthetic set in nnU-Net v2's raw format (2D PNG).
+
+``data/nnunet_raw/<combo>/Dataset001_Synthetic/``: imagesTr/CASE_0000.png, labelsTr/CASE.png,
+imagesTs/, labelsTs/ and dataset.json. Each combo has its own nnUNet_raw root, so
+every dataset can keep the id 1.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from pathlib import Path
+
+import luigi
+
+from pipeline.config import Config
+from pipeline.io import write_json
+from pipeline.labels import LABEL_NAMES
+from pipeline.stages.base import Stage
+from pipeline.stages.synthesize import Synthesize
+
+log = logging.getLogger("pipeline")
+
+DATASET_ID = 1
+DATASET_NAME = f"Dataset{DATASET_ID:03d}_Synthetic"
+
+
+def export_split(source: Path, images_dir: Path, labels_dir: Path) -> int:
+    images_dir.mkdir(parents=True)
+    labels_dir.mkdir(parents=True)
+    cases = sorted(path.stem for path in (source / "images").glob("*.png"))
+    for case in cases:
+        shutil.copyfile(source / "images" / f"{case}.png", images_dir / f"{case}_0000.png")
+        shutil.copyfile(source / "labels" / f"{case}.png", labels_dir / f"{case}.png")
+    return len(cases)
+
+
+class Export(Stage):
+    name = "export"
+    segmenter = luigi.Parameter()
+    stripper = luigi.Parameter()
+    matrix = {"segmenter": "segment.methods", "stripper": "strip.methods"}
+    out_template = "data/nnunet_raw/{segmenter}-{stripper}"
+
+    def requires(self) -> list[Stage]:
+        return [Synthesize(segmenter=self.segmenter, stripper=self.stripper)]
+
+    def build(self, out: Path, config: Config) -> None:
+        synthetic = self.input_dir()
+        dataset = out / DATASET_NAME
+        n_train = export_split(synthetic / "train", dataset / "imagesTr", dataset / "labelsTr")
+        n_test = export_split(synthetic / "test", dataset / "imagesTs", dataset / "labelsTs")
+        write_json(
+            {
+                "name": f"synthetic {self.segmenter}-{self.stripper}",
+                "channel_names": {"0": "T1w"},
+                "labels": {name: value for value, name in LABEL_NAMES.items()},
+                "numTraining": n_train,
+                "file_ending": ".png",
+            },
+            dataset / "dataset.json",
+        )
+        log.info("export %s-%s: %d training and %d test cases", self.segmenter, self.stripper, n_train, n_test)

@@ -1,0 +1,62 @@
+"""Stage 7 — train: nnU-Net v2 2D on one exported synthetic set.
+
+The schedule comes from ``train.profiles[train.profile]``; the device is the GPU
+when present (``train.device: auto``). ``models/<combo>/`` holds nnU-Net's results
+folder and ``training.json`` (profile, device, seed, wall time).
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+from pathlib import Path
+
+import luigi
+
+from pipeline import nnunet
+from pipeline.config import Config
+from pipeline.devices import torch_device
+from pipeline.io import write_json
+from pipeline.stages.base import Stage
+from pipeline.stages.export import DATASET_ID, Export
+
+log = logging.getLogger("pipeline")
+
+
+class Train(Stage):
+    name = "train"
+    segmenter = luigi.Parameter()
+    stripper = luigi.Parameter()
+    matrix = {"segmenter": "segment.methods", "stripper": "strip.methods"}
+    param_keys = ("seed", "train")
+    out_template = "models/{segmenter}-{stripper}"
+
+    def requires(self) -> list[Stage]:
+        return [Export(segmenter=self.segmenter, stripper=self.stripper)]
+
+    def build(self, out: Path, config: Config) -> None:
+        device = torch_device(config.train.device)
+        preprocessed = out / "preprocessed"
+        env = nnunet.environment(self.input_dir(), preprocessed, out, config.train, config.seed)
+        start = time.monotonic()
+        log.info("train %s-%s: planning and preprocessing", self.segmenter, self.stripper)
+        nnunet.plan_and_preprocess(DATASET_ID, env, config.workers)
+        profile = config.train.active_profile()
+        log.info("train %s-%s: profile %s (%d epochs x %d iterations) on %s", self.segmenter, self.stripper,
+                 config.train.profile, profile.epochs, profile.iterations_per_epoch, device)
+        nnunet.train(DATASET_ID, str(config.train.fold), device, env)
+        shutil.rmtree(preprocessed)  # an intermediate: the plans travel with the model
+        write_json(
+            {
+                "profile": config.train.profile,
+                **profile.model_dump(),
+                "fold": config.train.fold,
+                "device": device,
+                "deterministic": config.train.deterministic,
+                "seed": config.seed,
+                "wall_s": round(time.monotonic() - start, 1),
+                "trainer": nnunet.TRAINER,
+            },
+            out / "training.json",
+        )
