@@ -134,12 +134,13 @@ class TrainProfile(Strict):
     iterations_per_epoch: Annotated[int, Field(ge=1)]
     val_iterations_per_epoch: Annotated[int, Field(ge=1)]
     batch_size: Annotated[int, Field(ge=1)] | None = None  # None: nnU-Net's plan
+    base_features: Annotated[int, Field(ge=1)] | None = None  # first-stage width; None: nnU-Net's plan (32)
 
 
 class TrainConfig(Strict):
     profile: str = "ci"
     profiles: dict[str, TrainProfile] = {
-        "ci": TrainProfile(epochs=2, iterations_per_epoch=5, val_iterations_per_epoch=2, batch_size=4),
+        "ci": TrainProfile(epochs=2, iterations_per_epoch=5, val_iterations_per_epoch=2, batch_size=4, base_features=8),
     }
     fold: Literal[0, 1, 2, 3, 4, "all"] = "all"
     device: Literal["auto", "cpu", "cuda"] = "auto"

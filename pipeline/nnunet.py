@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import sys
 from pathlib import Path
 
-from pipeline.config import TrainConfig
+from pipeline.config import TrainConfig, TrainProfile
 from pipeline.tools.base import run_command
 
 TRAINER = "nnUNetTrainerPipeline"
@@ -26,11 +28,9 @@ def environment(raw: Path, preprocessed: Path, results: Path, config: TrainConfi
         "PIPELINE_EPOCHS": str(profile.epochs),
         "PIPELINE_ITERATIONS": str(profile.iterations_per_epoch),
         "PIPELINE_VAL_ITERATIONS": str(profile.val_iterations_per_epoch),
-        "PIPELINE_BATCH_SIZE": str(profile.batch_size or ""),
     }
     if config.deterministic:
-        # One data-augmentation process, seeded: a CPU run repeats exactly.
-        env |= {"PIPELINE_SEED": str(seed), "nnUNet_n_proc_DA": "0", "nnUNet_def_n_proc": "1"}
+        env["PIPELINE_SEED"] = str(seed)
     return env
 
 
@@ -41,12 +41,36 @@ def command(name: str) -> str:
 
 def plan_and_preprocess(dataset_id: int, env: dict[str, str], processes: int) -> None:
     run_command([command("nnUNetv2_plan_and_preprocess"), "-d", dataset_id, "-c", "2d",
-                 "-np", processes, "--verify_dataset_integrity"], "nnUNetv2_plan_and_preprocess", env)
+                 "-np", processes, "--verify_dataset_integrity"], "nnUNetv2_plan_and_preprocess", env,
+                progress=re.compile(r"^\d+:|Fingerprint|Preprocessing|plans"))
 
 
-def train(dataset_id: int, fold: str, device: str, env: dict[str, str]) -> None:
+def adapt_plans(plans_file: Path, profile: TrainProfile) -> dict:
+    """Apply a profile's batch size and network width to nnU-Net's 2D plan.
+
+    Done between planning and training, so the plans copied beside the model (and used
+    at prediction) describe the network that was really trained.
+    """
+    plans = json.loads(plans_file.read_text())
+    configuration = plans["configurations"]["2d"]
+    if profile.batch_size:
+        configuration["batch_size"] = profile.batch_size
+    if profile.base_features:
+        arch = configuration["architecture"]["arch_kwargs"]
+        planned = arch["features_per_stage"]
+        scale = profile.base_features / planned[0]
+        arch["features_per_stage"] = [max(1, round(features * scale)) for features in planned]
+    plans_file.write_text(json.dumps(plans, indent=2))
+    return configuration
+
+
+def train(dataset_id: int, fold: str, device: str, env: dict[str, str], deterministic: bool) -> None:
+    if deterministic:
+        # Augmentation in the training process itself, from the seeded generators: a CPU run repeats exactly.
+        # (Planning needs nnUNet_n_proc_DA unset: it sizes thread pools from it.)
+        env = env | {"nnUNet_n_proc_DA": "0"}
     run_command([command("nnUNetv2_train"), dataset_id, "2d", fold, "-tr", TRAINER, "-device", device],
-                "nnUNetv2_train", env)
+                "nnUNetv2_train", env, progress=re.compile(r"Epoch \d|train_loss|val_loss|Pseudo dice|Epoch time"))
 
 
 def predict(images: Path, output: Path, dataset_id: int, fold: str, device: str, env: dict[str, str],
@@ -55,4 +79,4 @@ def predict(images: Path, output: Path, dataset_id: int, fold: str, device: str,
             "-f", fold, "-tr", TRAINER, "-device", device, "-npp", 1, "-nps", 1]
     if not tta:
         args.append("--disable_tta")
-    run_command(args, "nnUNetv2_predict", env)
+    run_command(args, "nnUNetv2_predict", env, progress=re.compile(r"^Predicting"))

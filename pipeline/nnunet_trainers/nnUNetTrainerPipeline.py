@@ -25,8 +25,6 @@ class nnUNetTrainerPipeline(nnUNetTrainer):  # noqa: N801 - nnU-Net looks traine
         self.num_val_iterations_per_epoch = int(
             os.environ.get("PIPELINE_VAL_ITERATIONS", self.num_val_iterations_per_epoch)
         )
-        if os.environ.get("PIPELINE_BATCH_SIZE"):
-            self.configuration_manager.configuration["batch_size"] = int(os.environ["PIPELINE_BATCH_SIZE"])
         self.save_every = max(1, min(self.save_every, self.num_epochs // 2 or 1))
 
     def perform_actual_validation(self, save_probabilities: bool = False) -> None:

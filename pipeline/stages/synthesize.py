@@ -54,7 +54,7 @@ class Synthesize(Stage):
         participants = read_participants(self.input_dir(1))
         for number, participant in enumerate(participants, 1):
             subject = participant.subject
-            from pipeline.synth.model import sample_seed
+            from pipeline.synth.params import sample_seed
 
             labels = np.asarray(load_nifti(subject_file(segmented, subject, "dseg"), subject).dataobj)
             for split, count, offset in (("train", config.synth.n_train, 0),

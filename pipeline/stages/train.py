@@ -19,7 +19,7 @@ from pipeline.config import Config
 from pipeline.devices import torch_device
 from pipeline.io import write_json
 from pipeline.stages.base import Stage
-from pipeline.stages.export import DATASET_ID, Export
+from pipeline.stages.export import DATASET_ID, DATASET_NAME, Export
 
 log = logging.getLogger("pipeline")
 
@@ -43,9 +43,12 @@ class Train(Stage):
         log.info("train %s-%s: planning and preprocessing", self.segmenter, self.stripper)
         nnunet.plan_and_preprocess(DATASET_ID, env, config.workers)
         profile = config.train.active_profile()
+        plan = nnunet.adapt_plans(preprocessed / DATASET_NAME / "nnUNetPlans.json", profile)
+        log.info("train %s-%s: batch %d, patch %s, features %s", self.segmenter, self.stripper, plan["batch_size"],
+                 plan["patch_size"], plan["architecture"]["arch_kwargs"]["features_per_stage"])
         log.info("train %s-%s: profile %s (%d epochs x %d iterations) on %s", self.segmenter, self.stripper,
                  config.train.profile, profile.epochs, profile.iterations_per_epoch, device)
-        nnunet.train(DATASET_ID, str(config.train.fold), device, env)
+        nnunet.train(DATASET_ID, str(config.train.fold), device, env, config.train.deterministic)
         shutil.rmtree(preprocessed)  # an intermediate: the plans travel with the model
         write_json(
             {

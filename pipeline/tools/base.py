@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib.util
 import logging
 import os
+import re
 import shutil
 import subprocess
 from collections import deque
@@ -70,10 +71,12 @@ class Tool:
             raise ToolMissing(f"{self.name} was requested but is missing ({availability.detail})")
 
 
-def run_command(args: Sequence[str], tool: str, env: dict[str, str] | None = None) -> None:
+def run_command(args: Sequence[str], tool: str, env: dict[str, str] | None = None,
+                progress: re.Pattern[str] | None = None) -> None:
     """Run a tool's command line (a list, never a shell string), streaming its output to the log.
 
-    A failure raises ToolFailed with the command line and the last lines of output.
+    Lines matching ``progress`` (all lines when it is None) are logged at INFO, the rest at
+    DEBUG. A failure raises ToolFailed with the command line and the last lines of output.
     """
     args = [str(arg) for arg in args]
     log.info("running %s", " ".join(args))
@@ -84,6 +87,7 @@ def run_command(args: Sequence[str], tool: str, env: dict[str, str] | None = Non
             line = line.rstrip()
             if line:
                 tail.append(line)
-                log.info("  %s: %s", tool, line)
+                level = logging.INFO if progress is None or progress.search(line) else logging.DEBUG
+                log.log(level, "  %s: %s", tool, line)
     if process.returncode != 0:
         raise ToolFailed(f"{tool} failed (exit {process.returncode}): {' '.join(args)}\n" + "\n".join(tail))

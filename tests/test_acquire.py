@@ -1,0 +1,106 @@
+import socket
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from pipeline.config import AcquireConfig
+from pipeline.io import InputError, read_tsv
+from pipeline.stages.acquire import bids_scans, gather, sample_scans, split_subjects, write_scan
+
+
+def test_bids_reader_finds_every_real_subject(ds000011: Path):
+    scans = bids_scans(ds000011, [])
+    assert [s.subject for s in scans] == [f"{n:02d}" for n in range(1, 11)]
+    assert all(s.path.name == f"sub-{s.subject}_T1w.nii.gz" for s in scans)
+
+
+def test_bids_reader_selects_subjects_and_reports_missing(ds000011: Path):
+    assert [s.subject for s in bids_scans(ds000011, ["03", "01"])] == ["01", "03"]
+    with pytest.raises(InputError, match="99"):
+        bids_scans(ds000011, ["01", "99"])
+
+
+def test_bids_reader_rejects_missing_root(tmp_path: Path):
+    with pytest.raises(InputError, match="does not exist"):
+        bids_scans(tmp_path / "nowhere", [])
+
+
+def test_sample_source_uses_packaged_real_heads():
+    scans = sample_scans()
+    assert {s.subject for s in scans} == {"robex", "mni152"}
+    for scan in scans:
+        assert scan.path.is_file() and scan.path.stat().st_size > 100_000
+
+
+def test_split_is_deterministic_by_subject_and_shares_when_too_small():
+    subjects = [f"{n:02d}" for n in range(1, 11)]
+    split, shared = split_subjects(subjects, 0.2, seed=42)
+    assert not shared
+    assert sorted(split.values()).count("test") == 2
+    assert split == split_subjects(list(reversed(subjects)), 0.2, seed=42)[0]
+    seeds_tried = [split_subjects(subjects, 0.2, seed=seed)[0] for seed in range(5)]
+    assert len({tuple(sorted(s.items())) for s in seeds_tried}) > 1  # the seed really drives the split
+    assert split_subjects(["a", "b"], 0.2, seed=1) == ({"a": "both", "b": "both"}, True)
+
+
+def test_write_scan_copies_a_real_head(ds000011: Path, tmp_path: Path):
+    scan = bids_scans(ds000011, ["02"])[0]
+    row = write_scan(scan, tmp_path)
+    copied = tmp_path / "sub-02" / "anat" / "sub-02_T1w.nii.gz"
+    assert row["participant_id"] == "sub-02"
+    assert np.array_equal(nib.load(copied).get_fdata(), nib.load(scan.path).get_fdata())
+
+
+def _bids_with(tmp_path: Path, subject: str, writer) -> Path:
+    anat = tmp_path / "bids" / f"sub-{subject}" / "anat"
+    anat.mkdir(parents=True)
+    writer(anat / f"sub-{subject}_T1w.nii.gz")
+    return tmp_path / "bids"
+
+
+@pytest.mark.parametrize(
+    ("writer", "message"),
+    [
+        (lambda p: p.write_bytes(b""), "empty"),
+        (lambda p: p.write_bytes(b"not an image at all" * 100), "not a readable NIfTI"),
+        (lambda p: nib.save(nib.Nifti1Image(np.ones((32, 32), np.float32), np.eye(4)), p), "3D"),
+        (lambda p: nib.save(nib.Nifti1Image(np.zeros((32, 32, 32), np.float32), np.eye(4)), p), "constant"),
+    ],
+)
+def test_bad_inputs_name_subject_and_file(tmp_path: Path, writer, message):
+    root = _bids_with(tmp_path, "07", writer)
+    scan = bids_scans(root, [])[0]
+    with pytest.raises(InputError, match=message) as error:
+        write_scan(scan, tmp_path / "out")
+    assert "07" in str(error.value) and "sub-07_T1w.nii.gz" in str(error.value)
+
+
+def test_truncated_gzip_is_reported(ds000011: Path, tmp_path: Path):
+    def truncated(path: Path) -> None:
+        data = (ds000011 / "sub-01" / "anat" / "sub-01_T1w.nii.gz").read_bytes()
+        path.write_bytes(data[: len(data) // 2])
+
+    scan = bids_scans(_bids_with(tmp_path, "01", truncated), [])[0]
+    with pytest.raises(InputError, match="not a readable NIfTI"):
+        write_scan(scan, tmp_path / "out")
+
+
+def test_openneuro_offline_fails_fast_with_a_clear_message(tmp_path: Path):
+    try:
+        socket.getaddrinfo("openneuro.org", 443)
+        pytest.skip("this machine is online: the offline failure cannot be shown")
+    except OSError:
+        pass
+    config = AcquireConfig(source="openneuro", dataset="ds002330", subjects=["01"])
+    with pytest.raises(InputError, match="ds002330"):
+        gather(config, tmp_path / "dl")
+
+
+def test_participants_table_round_trips(tmp_path: Path):
+    from pipeline.io import write_tsv
+
+    write_tsv([{"participant_id": "sub-01", "split": "train"}], tmp_path / "p.tsv")
+    assert read_tsv(tmp_path / "p.tsv") == [{"participant_id": "sub-01", "split": "train"}]
+

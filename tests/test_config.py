@@ -1,0 +1,63 @@
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pipeline.config import Config, ConfigError, load_config, parse_config
+
+from .conftest import PROJECT_ROOT
+
+
+def test_committed_params_are_valid_and_complete():
+    raw = yaml.safe_load((PROJECT_ROOT / "params.yaml").read_text())
+    config = parse_config(raw)
+    # DVC names per-method keys (strip.<method>, segment.<method>): every one must be written out.
+    for method in config.strip.methods:
+        assert method in raw["strip"], f"params.yaml lacks strip.{method}"
+    for method in config.segment.methods:
+        assert method in raw["segment"], f"params.yaml lacks segment.{method}"
+
+
+def test_defaults_fill_missing_sections():
+    config = parse_config({"seed": 7})
+    assert config.seed == 7
+    assert config.strip.methods == Config().strip.methods
+
+
+@pytest.mark.parametrize(
+    ("raw", "named"),
+    [
+        ({"synth": {"n_trian": 5}}, "synth.n_trian"),
+        ({"strip": {"methods": ["bet2000"]}}, "strip.methods.0"),
+        ({"strip": {"methods": []}}, "strip.methods"),
+        ({"synth": {"n_train": "many"}}, "synth.n_train"),
+        ({"train": {"profile": "huge"}}, "train.profile"),
+        ({"acquire": {"source": "ftp"}}, "acquire.source"),
+        ({"bogus": 1}, "bogus"),
+    ],
+)
+def test_invalid_params_name_the_key(raw, named):
+    with pytest.raises(ConfigError, match=named.replace(".", r"\.")):
+        parse_config(raw)
+
+
+def test_unknown_key_is_called_misspelled():
+    with pytest.raises(ConfigError, match="unknown key 'synth.n_trian'"):
+        parse_config({"synth": {"n_trian": 5}})
+
+
+def test_top_level_must_be_a_mapping():
+    with pytest.raises(ConfigError, match="mapping"):
+        parse_config([1, 2])
+
+
+def test_load_config_reports_bad_yaml(tmp_path: Path):
+    path = tmp_path / "params.yaml"
+    path.write_text("seed: [1\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(path)
+
+
+def test_combos_cover_every_pair():
+    config = parse_config({"strip": {"methods": ["deepbet"]}, "segment": {"methods": ["hmrf"]}})
+    assert config.combos() == [("hmrf", "deepbet")]
