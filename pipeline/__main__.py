@@ -100,6 +100,7 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
+    logging.getLogger("luigi-interface").setLevel(logging.WARNING)  # our stages report progress themselves
     args = parser().parse_args(argv)
     return args.func(args)
 

@@ -113,14 +113,18 @@ def write_text(text: str, path: Path) -> None:
         tmp.write_text(text)
 
 
-def write_tsv(rows: list[dict], path: Path) -> None:
+def write_tsv(rows: list[dict], path: Path, separator: str = "\t") -> None:
     """Write rows of a table as TSV (columns in first-seen order)."""
     columns: list[str] = []
     for row in rows:
         columns += [key for key in row if key not in columns]
-    lines = ["\t".join(columns)]
-    lines += ["\t".join(_cell(row.get(col)) for col in columns) for row in rows]
+    lines = [separator.join(columns)]
+    lines += [separator.join(_cell(row.get(col)) for col in columns) for row in rows]
     write_text("\n".join(lines) + "\n", path)
+
+
+def write_csv(rows: list[dict], path: Path) -> None:
+    write_tsv(rows, path, separator=",")
 
 
 def read_tsv(path: Path) -> list[dict[str, str]]:

@@ -30,7 +30,9 @@ class Stage(luigi.Task):
     # params.yaml keys the stage reads; "{stripper}"-style fields are filled per matrix item.
     param_keys: ClassVar[tuple[str, ...]] = ()
     out_template: ClassVar[str]
-    metrics_template: ClassVar[str | None] = None
+    metrics_template: ClassVar[str | None] = None  # a JSON file: DVC metrics
+    plots_template: ClassVar[str | None] = None  # a CSV file: DVC plots
+    plot_axes: ClassVar[dict[str, str]] = {}  # DVC plot options: x, y, template
 
     def item(self) -> dict[str, str]:
         return {key: getattr(self, key) for key in self.matrix}
@@ -41,11 +43,12 @@ class Stage(luigi.Task):
     def metrics_path(self) -> Path | None:
         return Path(self.metrics_template.format(**self.item())) if self.metrics_template else None
 
+    def plots_path(self) -> Path | None:
+        return Path(self.plots_template.format(**self.item())) if self.plots_template else None
+
     def output(self) -> list[luigi.LocalTarget]:
-        targets = [luigi.LocalTarget(str(self.out_dir()))]
-        if self.metrics_path():
-            targets.append(luigi.LocalTarget(str(self.metrics_path())))
-        return targets
+        files = [self.out_dir(), self.metrics_path(), self.plots_path()]
+        return [luigi.LocalTarget(str(path)) for path in files if path is not None]
 
     def input_dir(self, index: int = 0) -> Path:
         return Path(self.input()[index][0].path)

@@ -1,7 +1,11 @@
-"""Stage 8 — evaluate: Dice for GM, WM and CSF of each model on its held-out synthetic slices.
+"""Stage 8 — evaluate: Dice for GM, WM and CSF of each model, on synthetic and on real slices.
 
-Writes ``metrics/<combo>.json`` (a DVC metrics file) and, beside the predictions,
-``data/evaluation/<combo>/cases.tsv`` with every case's Dice.
+- ``synthetic``: the held-out synthetic test samples (the seed project's protocol);
+- ``real``: the real central axial slice of each test subject, after the same
+  preprocessing, against that segmenter's labels on that subject.
+
+Writes ``metrics/<combo>.json`` (DVC metrics), ``metrics/<combo>-cases.csv`` (every
+case's Dice, DVC plots) and the predictions under ``data/evaluation/<combo>/``.
 """
 
 from __future__ import annotations
@@ -11,28 +15,43 @@ import logging
 from pathlib import Path
 
 import luigi
+import numpy as np
 
 from pipeline import nnunet
 from pipeline.config import Config
 from pipeline.devices import torch_device
-from pipeline.io import load_png, write_json, write_tsv
+from pipeline.io import load_nifti, load_png, save_png, write_csv, write_json
 from pipeline.metrics import dice_per_tissue, summarize
-from pipeline.stages.acquire import Acquire
+from pipeline.slices import center_pad, central_index, to_uint8
+from pipeline.stages.acquire import Acquire, read_participants, subject_file
 from pipeline.stages.base import Stage
 from pipeline.stages.export import DATASET_ID, DATASET_NAME, Export
+from pipeline.stages.segment import Segment
+from pipeline.stages.strip import Strip
 from pipeline.stages.train import Train
 
 log = logging.getLogger("pipeline")
 
 
-def score_folder(references: Path, predictions: Path) -> list[dict]:
+def score_folder(references: Path, predictions: Path, kind: str) -> list[dict]:
     rows = []
     for reference in sorted(references.glob("*.png")):
         predicted = predictions / reference.name
         if not predicted.is_file():
             raise FileNotFoundError(f"nnU-Net wrote no prediction for {reference.name} in {predictions}")
-        rows.append({"case": reference.stem, **dice_per_tissue(load_png(reference), load_png(predicted))})
+        rows.append({"kind": kind, "case": reference.stem,
+                     **dice_per_tissue(load_png(reference), load_png(predicted))})
     return rows
+
+
+def write_real_slices(subjects: list[str], stripped: Path, segmented: Path, out: Path, size: int) -> None:
+    """Each subject's real central axial slice and its reference labels, laid out like the synthetic ones."""
+    for subject in subjects:
+        brain = load_nifti(subject_file(stripped, subject, "desc-brain_T1w"), subject).get_fdata(dtype=np.float32)
+        labels = np.asarray(load_nifti(subject_file(segmented, subject, "dseg"), subject).dataobj, dtype=np.uint8)
+        k = central_index(brain.shape[2])
+        save_png(center_pad(to_uint8(brain[:, :, k]), size), out / "images" / f"sub-{subject}_0000.png")
+        save_png(center_pad(labels[:, :, k], size), out / "labels" / f"sub-{subject}.png")
 
 
 class Evaluate(Stage):
@@ -43,31 +62,52 @@ class Evaluate(Stage):
     out_template = "data/evaluation/{segmenter}-{stripper}"
     param_keys = ("seed", "train")
     metrics_template = "metrics/{segmenter}-{stripper}.json"
+    plots_template = "metrics/{segmenter}-{stripper}-cases.csv"
+    plot_axes = {"x": "mean", "y": "case", "template": "bar_horizontal_sorted"}
 
     def requires(self) -> list[Stage]:
-        return [Train(segmenter=self.segmenter, stripper=self.stripper),
-                Export(segmenter=self.segmenter, stripper=self.stripper), Acquire()]
+        combo = {"segmenter": self.segmenter, "stripper": self.stripper}
+        return [Train(**combo), Export(**combo), Acquire(), Strip(stripper=self.stripper), Segment(**combo)]
 
     def build(self, out: Path, config: Config) -> None:
-        models, raw = self.input_dir(0), self.input_dir(1)
+        models, raw, acquired, stripped, segmented = (self.input_dir(i) for i in range(5))
         dataset = raw / DATASET_NAME
         device = torch_device(config.train.device)
         env = nnunet.environment(raw, out / "preprocessed", models, config.train, config.seed)
-        log.info("evaluate %s-%s: predicting the synthetic test slices", self.segmenter, self.stripper)
-        nnunet.predict(dataset / "imagesTs", out / "synthetic", DATASET_ID, str(config.train.fold), device, env,
-                       config.train.predict_tta)
-        cases = score_folder(dataset / "labelsTs", out / "synthetic")
-        write_tsv(cases, out / "cases.tsv")
+
+        def predict(images: Path, predictions: Path) -> None:
+            nnunet.predict(images, predictions, DATASET_ID, str(config.train.fold), device, env,
+                           config.train.predict_tta)
+
+        log.info("evaluate %s-%s: synthetic test slices", self.segmenter, self.stripper)
+        predict(dataset / "imagesTs", out / "synthetic")
+        synthetic = score_folder(dataset / "labelsTs", out / "synthetic", "synthetic")
+
+        test_subjects = [p.subject for p in read_participants(acquired) if p.in_test]
+        log.info("evaluate %s-%s: real central slices of %d test subject(s)", self.segmenter, self.stripper,
+                 len(test_subjects))
+        write_real_slices(test_subjects, stripped, segmented, out / "real", config.synth.size)
+        predict(out / "real" / "images", out / "real" / "predictions")
+        real = score_folder(out / "real" / "labels", out / "real" / "predictions", "real")
+
+        for row in synthetic + real:
+            row["mean"] = summarize([row])["mean"]
+        write_csv(synthetic + real, self.plots_path())
+        write_json(self.metrics(config, models, dataset, acquired, synthetic, real), self.metrics_path())
+
+    def metrics(self, config: Config, models: Path, dataset: Path, acquired: Path, synthetic: list[dict],
+                real: list[dict]) -> dict:
         training = json.loads((models / "training.json").read_text())
-        acquired = json.loads((self.input_dir(2) / "dataset_description.json").read_text())
+        description = json.loads((acquired / "dataset_description.json").read_text())
         metrics = {
-            "dice": {"synthetic": summarize(cases)},
+            "dice": {"synthetic": summarize(synthetic), "real": summarize(real)},
             "n_train": json.loads((dataset / "dataset.json").read_text())["numTraining"],
-            "n_test": len(cases),
-            "train_test_share_subject": acquired["TrainTestShareSubject"],
+            "n_test": len(synthetic),
+            "n_real": len(real),
+            "train_test_share_subject": description["TrainTestShareSubject"],
             "profile": training["profile"],
             "device": training["device"],
             "train_wall_s": training["wall_s"],
         }
-        write_json(metrics, self.metrics_path())
-        log.info("evaluate %s-%s: Dice %s", self.segmenter, self.stripper, metrics["dice"]["synthetic"])
+        log.info("evaluate %s-%s: Dice %s", self.segmenter, self.stripper, json.dumps(metrics["dice"]))
+        return metrics

@@ -17,11 +17,26 @@ import luigi
 from pipeline import nnunet
 from pipeline.config import Config
 from pipeline.devices import torch_device
-from pipeline.io import write_json
+from pipeline.io import write_csv, write_json
 from pipeline.stages.base import Stage
 from pipeline.stages.export import DATASET_ID, DATASET_NAME, Export
 
 log = logging.getLogger("pipeline")
+
+
+def training_curve(results: Path) -> list[dict]:
+    """Per-epoch losses and nnU-Net's pseudo Dice, read from the final checkpoint's log."""
+    import torch
+
+    checkpoint = next(results.glob(f"{DATASET_NAME}/*/fold_*/checkpoint_final.pth"))
+    history = torch.load(checkpoint, map_location="cpu", weights_only=False)["logging"]
+    return [
+        {"epoch": epoch, "train_loss": train, "val_loss": val, "pseudo_dice": dice,
+         "epoch_s": end - start}
+        for epoch, (train, val, dice, start, end) in enumerate(zip(
+            history["train_losses"], history["val_losses"], history["mean_fg_dice"],
+            history["epoch_start_timestamps"], history["epoch_end_timestamps"], strict=True))
+    ]
 
 
 class Train(Stage):
@@ -31,6 +46,8 @@ class Train(Stage):
     matrix = {"segmenter": "segment.methods", "stripper": "strip.methods"}
     param_keys = ("seed", "train")
     out_template = "models/{segmenter}-{stripper}"
+    plots_template = "metrics/{segmenter}-{stripper}-training.csv"
+    plot_axes = {"x": "epoch", "y": "train_loss", "template": "linear"}
 
     def requires(self) -> list[Stage]:
         return [Export(segmenter=self.segmenter, stripper=self.stripper)]
@@ -50,6 +67,7 @@ class Train(Stage):
                  config.train.profile, profile.epochs, profile.iterations_per_epoch, device)
         nnunet.train(DATASET_ID, str(config.train.fold), device, env, config.train.deterministic)
         shutil.rmtree(preprocessed)  # an intermediate: the plans travel with the model
+        write_csv(training_curve(out), self.plots_path())
         write_json(
             {
                 "profile": config.train.profile,
