@@ -41,9 +41,14 @@ def atomic_path(final: Path, suffix: str = "") -> Iterator[Path]:
 
 @contextlib.contextmanager
 def atomic_dir(final: Path) -> Iterator[Path]:
-    """Yield a temporary folder beside ``final``; it replaces ``final`` only on success."""
+    """Yield a temporary folder beside ``final``; it replaces ``final`` only on success.
+
+    Temporary folders a killed run left behind for the same ``final`` are removed first.
+    """
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
+    for stale in final.parent.glob(f".{final.name}.*.tmp"):
+        shutil.rmtree(stale, ignore_errors=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
     try:
         yield tmp
@@ -52,6 +57,27 @@ def atomic_dir(final: Path) -> Iterator[Path]:
         os.replace(tmp, final)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def resumable_dir(final: Path, fingerprint: str) -> Iterator[Path]:
+    """Like ``atomic_dir``, but the work folder survives a crash for the next run to resume.
+
+    The work folder is reused only by a run with the same ``fingerprint`` (the stage's
+    parameters); any other run starts afresh.
+    """
+    final = Path(final)
+    work = final.parent / f".{final.name}.partial"
+    stamp = work / ".fingerprint"
+    if work.exists() and not (stamp.is_file() and stamp.read_text() == fingerprint):
+        shutil.rmtree(work)
+    work.mkdir(parents=True, exist_ok=True)
+    stamp.write_text(fingerprint)
+    yield work
+    stamp.unlink()
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(work, final)
 
 
 def load_nifti(path: Path, subject: str = "?") -> nib.Nifti1Image:

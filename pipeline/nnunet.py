@@ -69,7 +69,8 @@ def train(dataset_id: int, fold: str, device: str, env: dict[str, str], determin
         # Augmentation in the training process itself, from the seeded generators: a CPU run repeats exactly.
         # (Planning needs nnUNet_n_proc_DA unset: it sizes thread pools from it.)
         env = env | {"nnUNet_n_proc_DA": "0"}
-    run_command([command("nnUNetv2_train"), dataset_id, "2d", fold, "-tr", TRAINER, "-device", device],
+    # --c: continue from the latest checkpoint when an interrupted run left one (else nnU-Net starts afresh)
+    run_command([command("nnUNetv2_train"), dataset_id, "2d", fold, "-tr", TRAINER, "-device", device, "--c"],
                 "nnUNetv2_train", env, progress=re.compile(r"Epoch \d|train_loss|val_loss|Pseudo dice|Epoch time"))
 
 

@@ -8,6 +8,7 @@ its ``deps``. ``pipeline.graph`` turns the tasks into ``dvc.yaml``.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from pathlib import Path
@@ -16,7 +17,7 @@ from typing import ClassVar
 import luigi
 
 from pipeline.config import Config, load_config
-from pipeline.io import atomic_dir
+from pipeline.io import atomic_dir, resumable_dir
 
 log = logging.getLogger("pipeline")
 
@@ -33,6 +34,7 @@ class Stage(luigi.Task):
     metrics_template: ClassVar[str | None] = None  # a JSON file: DVC metrics
     plots_template: ClassVar[str | None] = None  # a CSV file: DVC plots
     plot_axes: ClassVar[dict[str, str]] = {}  # DVC plot options: x, y, template
+    resumable: ClassVar[bool] = False  # keep the work folder across a crash (e.g. training checkpoints)
 
     def item(self) -> dict[str, str]:
         return {key: getattr(self, key) for key in self.matrix}
@@ -58,7 +60,12 @@ class Stage(luigi.Task):
         label = " ".join([self.name, *self.item().values()])
         log.info("[%s] started", label)
         start = time.monotonic()
-        with atomic_dir(self.out_dir()) as tmp:
+        if self.resumable:
+            fingerprint = json.dumps([self.item(), config.model_dump(mode="json")], sort_keys=True)
+            work = resumable_dir(self.out_dir(), fingerprint)
+        else:
+            work = atomic_dir(self.out_dir())
+        with work as tmp:
             self.build(tmp, config)
         log.info("[%s] done in %.1f s -> %s", label, time.monotonic() - start, self.out_dir())
 

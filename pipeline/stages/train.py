@@ -46,6 +46,7 @@ class Train(Stage):
     matrix = {"segmenter": "segment.methods", "stripper": "strip.methods"}
     param_keys = ("seed", "train")
     out_template = "models/{segmenter}-{stripper}"
+    resumable = True  # an interrupted training continues from nnU-Net's latest checkpoint
     plots_template = "metrics/{segmenter}-{stripper}-training.csv"
     plot_axes = {"x": "epoch", "y": "train_loss", "template": "linear"}
 

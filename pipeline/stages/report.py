@@ -1,0 +1,189 @@
+"""Stage 9 — report: one self-contained HTML page comparing every (segmenter x stripper) strategy.
+
+Dice table and bar chart (real and synthetic), training curves, example predictions on
+real slices next to their references, and the subjects the QC gate excluded.
+Writes ``data/report/index.html`` with its PNG figures, and ``metrics/summary.csv``.
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import html
+import json
+import logging
+from pathlib import Path
+
+import luigi
+import numpy as np
+
+from pipeline.config import Config, load_config
+from pipeline.io import load_png, read_tsv, write_csv, write_text
+from pipeline.labels import TISSUES
+from pipeline.stages.base import Stage
+from pipeline.stages.evaluate import Evaluate
+
+log = logging.getLogger("pipeline")
+
+KINDS = ("real", "synthetic")
+COLOURS = np.array([[0, 0, 0], [230, 159, 0], [86, 180, 233], [0, 158, 115]], dtype=np.uint8)  # bg, GM, WM, CSF
+
+
+class Evaluations(luigi.WrapperTask):
+    """Every configured combo evaluated. DVC sees the folders they write as the dependency,
+    so dvc.yaml does not change with the method lists."""
+
+    def requires(self) -> list[Stage]:
+        return [Evaluate(segmenter=seg, stripper=strip) for seg, strip in load_config().combos()]
+
+    def dvc_deps(self) -> list[str]:
+        return ["data/evaluation", "metrics", "data/qc"]
+
+
+def _figure():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def dice_rows(combos: list[str], metrics_dir: Path) -> list[dict]:
+    rows = []
+    for combo in combos:
+        metrics = json.loads((metrics_dir / f"{combo}.json").read_text())
+        for kind in KINDS:
+            scores = metrics["dice"].get(kind, {})
+            rows.append({"combo": combo, "kind": kind, **{k: scores.get(k) for k in [*TISSUES.values(), "mean"]}})
+    return rows
+
+
+def bar_chart(rows: list[dict], path: Path) -> None:
+    plt = _figure()
+    fig, axes = plt.subplots(1, len(KINDS), figsize=(11, 3.5), sharey=True)
+    for ax, kind in zip(axes, KINDS, strict=True):
+        selected = [row for row in rows if row["kind"] == kind]
+        width = 0.8 / max(len(selected), 1)
+        for i, row in enumerate(selected):
+            values = [row[t] if row[t] is not None else np.nan for t in TISSUES.values()]
+            ax.bar(np.arange(3) + i * width, values, width, label=row["combo"])
+        ax.set_xticks(np.arange(3) + 0.4 - width / 2, list(TISSUES.values()))
+        ax.set_title(f"Dice on {kind} test slices")
+        ax.set_ylim(0, 1)
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def curves(combos: list[str], metrics_dir: Path, path: Path) -> None:
+    plt = _figure()
+    fig, (loss_ax, dice_ax) = plt.subplots(1, 2, figsize=(11, 3.5))
+    for combo in combos:
+        with open(metrics_dir / f"{combo}-training.csv") as handle:
+            rows = list(csv.DictReader(handle))
+        epochs = [int(r["epoch"]) for r in rows]
+        loss_ax.plot(epochs, [float(r["train_loss"]) for r in rows], label=f"{combo} train")
+        loss_ax.plot(epochs, [float(r["val_loss"]) for r in rows], "--", label=f"{combo} val")
+        dice_ax.plot(epochs, [float(r["pseudo_dice"]) for r in rows], label=combo)
+    loss_ax.set(title="loss", xlabel="epoch")
+    dice_ax.set(title="nnU-Net pseudo Dice (validation)", xlabel="epoch", ylim=(0, 1))
+    loss_ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def colour(labels: np.ndarray) -> np.ndarray:
+    return COLOURS[np.clip(labels, 0, 3)]
+
+
+def examples(combo: str, evaluation: Path, path: Path) -> bool:
+    """Real slices: image | reference labels | prediction, one row per test subject."""
+    real = evaluation / combo / "real"
+    references = sorted((real / "labels").glob("*.png"))
+    if not references:
+        return False
+    plt = _figure()
+    fig, axes = plt.subplots(len(references), 3, figsize=(8, 2.8 * len(references)), squeeze=False)
+    for row, reference in zip(axes, references, strict=True):
+        image = load_png(real / "images" / f"{reference.stem}_0000.png")
+        panels = [(image, "T1 (real)"), (colour(load_png(reference)), "reference"),
+                  (colour(load_png(real / "predictions" / reference.name)), "prediction")]
+        for ax, (panel, title) in zip(row, panels, strict=True):
+            ax.imshow(np.rot90(panel), cmap="gray")
+            ax.set_title(f"{reference.stem}: {title}", fontsize=8)
+            ax.axis("off")
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+    return True
+
+
+def exclusions(combos: list[str], qc_dir: Path) -> list[dict]:
+    rows = []
+    for combo in combos:
+        table = qc_dir / combo / "qc.tsv"
+        if table.is_file():
+            rows += [{"combo": combo, **row} for row in read_tsv(table) if row.get("included") in ("False", "0")]
+    return rows
+
+
+def embed(path: Path) -> str:
+    data = base64.b64encode(path.read_bytes()).decode()
+    return f'<img src="data:image/png;base64,{data}" alt="{html.escape(path.stem)}">'
+
+
+def table(rows: list[dict]) -> str:
+    if not rows:
+        return "<p>none</p>"
+    columns = list(rows[0])
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
+    body = "".join("<tr>" + "".join(f"<td>{_fmt(row.get(c))}</td>" for c in columns) + "</tr>" for row in rows)
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def _fmt(value: object) -> str:
+    return f"{value:.3f}" if isinstance(value, float) else html.escape(str(value))
+
+
+def best_strategy(rows: list[dict]) -> str:
+    real = [row for row in rows if row["kind"] == "real" and row["mean"] is not None]
+    if not real:
+        return "no real-slice Dice yet"
+    best = max(real, key=lambda row: row["mean"])
+    return f"{best['combo']} (mean real-slice Dice {best['mean']:.3f})"
+
+
+class Report(Stage):
+    name = "report"
+    param_keys = ("strip.methods", "segment.methods")
+    out_template = "data/report"
+    plots_template = "metrics/summary.csv"
+    plot_axes = {"x": "mean", "y": "combo", "template": "bar_horizontal_sorted"}
+
+    def requires(self) -> list[luigi.Task]:
+        return [Evaluations()]
+
+    def build(self, out: Path, config: Config) -> None:
+        combos = [f"{seg}-{strip}" for seg, strip in config.combos()]
+        rows = dice_rows(combos, Path("metrics"))
+        bar_chart(rows, out / "dice.png")
+        curves(combos, Path("metrics"), out / "training.png")
+        shown = [combo for combo in combos if examples(combo, Path("data/evaluation"), out / f"examples-{combo}.png")]
+        excluded = exclusions(combos, Path("data/qc"))
+        sections = [
+            "<h1>synthseg-pipeline: strategy comparison</h1>",
+            f"<p><b>Best strategy on real slices:</b> {html.escape(best_strategy(rows))}</p>",
+            "<h2>Dice per tissue</h2>", table(rows), embed(out / "dice.png"),
+            "<h2>Training</h2>", embed(out / "training.png"),
+            "<h2>Real test slices: reference and prediction</h2>",
+            *[f"<h3>{html.escape(c)}</h3>{embed(out / f'examples-{c}.png')}" for c in shown],
+            "<h2>Subjects excluded by QC</h2>", table(excluded),
+        ]
+        style = "body{font-family:sans-serif;max-width:1100px;margin:auto}td,th{padding:2px 8px;border:1px solid #ccc}"
+        write_text(f"<!doctype html><html><head><meta charset='utf-8'><title>synthseg-pipeline report</title>"
+                   f"<style>{style}</style></head><body>{''.join(sections)}</body></html>\n", out / "index.html")
+        write_csv([row for row in rows if row["kind"] == "real"], self.plots_path())
+        log.info("report: %s (best: %s)", self.out_dir() / "index.html", best_strategy(rows))
