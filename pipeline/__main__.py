@@ -49,9 +49,15 @@ def cmd_dvc_yaml(args: argparse.Namespace) -> int:
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
+    from pipeline.config import PARAMS_FILE, Config, ConfigError, load_config
     from pipeline.tools import all_tools
 
-    for stage, methods in all_tools().items():
+    try:  # params.yaml decides some tools (e.g. SynthStrip with a model file)
+        config = load_config() if PARAMS_FILE.is_file() else Config()
+    except ConfigError as error:
+        print(f"warning: {error}; showing the tools of the default configuration", file=sys.stderr)
+        config = Config()
+    for stage, methods in all_tools(config.strip).items():
         for method, tool in methods.items():
             if tool is None:
                 state, detail = "available", "built in"
@@ -59,6 +65,13 @@ def cmd_doctor(args: argparse.Namespace) -> int:
                 availability = tool.check()
                 state, detail = ("available" if availability.available else "missing"), availability.detail
             print(f"{stage:<10} {method:<12} {state:<10} {detail}")
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from pipeline.predict import predict
+
+    predict(Path(args.model), Path(args.input), Path(args.output), all_slices=args.all_slices)
     return 0
 
 
@@ -89,6 +102,12 @@ def parser() -> argparse.ArgumentParser:
     dvc.set_defaults(func=cmd_dvc_yaml)
     doctor = commands.add_parser("doctor", help="list every method and whether its tool is available")
     doctor.set_defaults(func=cmd_doctor)
+    predict = commands.add_parser("predict", help="segment a NIfTI head, a PNG slice or a folder with a model")
+    predict.add_argument("--model", required=True, help="a trained model folder, models/<segmenter>-<stripper>")
+    predict.add_argument("--input", required=True, help="a T1 .nii/.nii.gz head, a .png slice, or a folder")
+    predict.add_argument("--output", required=True, help="folder for the label maps")
+    predict.add_argument("--all-slices", action="store_true", help="every axial slice, not only the central one")
+    predict.set_defaults(func=cmd_predict)
     bench = commands.add_parser("bench", help="benchmarks that print JSON figures")
     bench.add_argument("what", choices=["synth"])
     bench.add_argument("--labels", help="a 1 mm label volume (default: a packaged one)")

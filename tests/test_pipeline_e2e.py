@@ -62,3 +62,30 @@ def test_metrics_and_plots_are_readable_by_dvc(project: Path):
     assert "hmrf-deepbet.json" in shown
     _run(["dvc", "plots", "show", "-o", str(project / "plots")], project)
     assert (project / "plots" / "index.html").is_file()
+
+
+def test_predict_on_a_real_head_returns_labels_on_the_input_grid(project: Path, ds000011: Path, tmp_path: Path):
+    import nibabel as nib
+    import numpy as np
+
+    head = ds000011 / "sub-03" / "anat" / "sub-03_T1w.nii.gz"  # the test subject
+    _run(["python", "-m", "pipeline", "predict", "--model", "models/hmrf-deepbet", "--input", str(head),
+          "--output", str(tmp_path)], project)
+    labels, original = nib.load(tmp_path / "sub-03_T1w_dseg.nii.gz"), nib.load(head)
+    assert labels.shape == original.shape and np.allclose(labels.affine, original.affine)
+    data = np.asarray(labels.dataobj)
+    assert set(np.unique(data)) <= {0, 1, 2, 3}
+    labelled_planes = np.nonzero(data.reshape(-1, data.shape[2]).any(axis=0))[0]
+    assert len(labelled_planes) == 1  # the central axial slice only
+    assert (data > 0).sum() > 1000  # a brain-sized slice, not a few voxels
+
+
+def test_predict_on_png_slices_writes_label_pngs(project: Path, tmp_path: Path):
+    from PIL import Image
+
+    images = project / "data" / "evaluation" / "hmrf-deepbet" / "real" / "images"
+    _run(["python", "-m", "pipeline", "predict", "--model", "models/hmrf-deepbet", "--input", str(images),
+          "--output", str(tmp_path)], project)
+    outputs = sorted(tmp_path.glob("*.png"))
+    assert [p.name for p in outputs] == [p.name for p in sorted(images.glob("*.png"))]
+    assert Image.open(outputs[0]).size == (256, 256)

@@ -79,6 +79,12 @@ class Train(Stage):
                 "seed": config.seed,
                 "wall_s": round(time.monotonic() - start, 1),
                 "trainer": nnunet.TRAINER,
+                # what `python -m pipeline predict` must do to a new head before this model sees it
+                "segmenter": self.segmenter,
+                "stripper": self.stripper,
+                "harmonize": config.harmonize.model_dump(mode="json"),
+                "strip": config.strip.model_dump(mode="json"),
+                "size": config.synth.size,
             },
             out / "training.json",
         )

@@ -1,0 +1,137 @@
+"""``python -m pipeline predict``: segment new images with a trained model.
+
+A NIfTI head goes through the model's own preprocessing (harmonize, strip with the
+model's stripper, crop), its central axial slice (or every axial slice) is predicted,
+and the labels are written on the input's grid (same shape and affine). A PNG slice is
+predicted as it is and written as a label PNG.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import tempfile
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+from PIL import Image
+
+from pipeline import nnunet
+from pipeline.config import HarmonizeConfig, StripConfig, TrainConfig
+from pipeline.devices import torch_device
+from pipeline.io import InputError, load_nifti, load_png, save_nifti, save_png
+from pipeline.slices import center_pad, central_index, to_uint8, uncenter
+from pipeline.stages.export import DATASET_ID
+
+log = logging.getLogger("pipeline")
+
+
+def inputs_of(path: Path) -> list[Path]:
+    if path.is_dir():
+        found = sorted([*path.glob("*.nii.gz"), *path.glob("*.nii"), *path.glob("*.png")])
+        if not found:
+            raise InputError(f"{path}: no .nii, .nii.gz or .png files to predict")
+        return found
+    if not path.is_file():
+        raise InputError(f"{path}: no such file or folder")
+    return [path]
+
+
+def stem(path: Path) -> str:
+    return path.name.removesuffix(".gz").removesuffix(".nii").removesuffix(".png")
+
+
+def preprocess_head(path: Path, model: dict) -> tuple[nib.Nifti1Image, nib.Nifti1Image]:
+    """The input head as the model's training data was made: (original image, cropped brain)."""
+    from pipeline.stages.harmonize import harmonize_builtin
+    from pipeline.stages.strip import brain_mask, crop_to_brain
+
+    original = load_nifti(path, stem(path))
+    harmonize = HarmonizeConfig.model_validate(model["harmonize"])
+    if harmonize.method != "builtin":
+        raise InputError(f"predict: harmonization {harmonize.method!r} is not supported here yet; use builtin")
+    harmonized, _ = harmonize_builtin(original, harmonize)
+    strip = StripConfig.model_validate(model["strip"])
+    mask = brain_mask(model["stripper"], harmonized, strip)
+    brain, _ = crop_to_brain(harmonized, mask, strip.crop_margin_vox)
+    return original, brain
+
+
+def labels_on_grid(labels: np.ndarray, affine: np.ndarray, plane: int | None, shape: tuple[int, ...],
+                   target_affine: np.ndarray) -> np.ndarray:
+    """Predicted axial plane(s) of ``labels`` carried onto another grid (the input's), nearest neighbour.
+
+    ``plane``: the one predicted axial plane, or None when every plane was predicted. A target voxel
+    takes the label of the nearest predicted plane that passes through it: plain nearest-neighbour
+    resampling would miss a single 1 mm plane lying between two thicker input slices.
+    """
+    to_labels = np.linalg.inv(affine) @ target_affine
+    thickness = float(np.abs(to_labels[2, :3]).sum())  # a target voxel's depth, in label-grid slices
+    reach = max(0.5, thickness / 2)
+    ijk = np.indices(shape, dtype=np.float32).reshape(3, -1)
+    x, y, z = (to_labels[:3, :3] @ ijk + to_labels[:3, 3:]).astype(np.float32)
+    nearest = np.clip(np.round(z), 0, labels.shape[2] - 1).astype(int) if plane is None else np.full(len(z), plane)
+    xi, yi = np.round(x).astype(int), np.round(y).astype(int)
+    inside = (np.abs(z - nearest) <= reach) & (xi >= 0) & (xi < labels.shape[0]) & (yi >= 0) & (yi < labels.shape[1])
+    out = np.zeros(len(z), np.uint8)
+    out[inside] = labels[xi[inside], yi[inside], nearest[inside]]
+    return out.reshape(shape)
+
+
+def predict_heads(heads: list[Path], model_dir: Path, model: dict, output: Path, work: Path, all_slices: bool,
+                  run) -> None:
+    prepared = {}
+    for path in heads:
+        log.info("predict: preprocessing %s", path)
+        original, brain = preprocess_head(path, model)
+        data = brain.get_fdata(dtype=np.float32)
+        ks = range(data.shape[2]) if all_slices else [central_index(data.shape[2])]
+        for k in ks:
+            save_png(center_pad(to_uint8(data[:, :, k]), model["size"]), work / "images" / f"{stem(path)}-{k:04d}_0000.png")
+        prepared[path] = (original, brain, list(ks))
+    run(work / "images", work / "predictions")
+    for path, (original, brain, ks) in prepared.items():
+        labels = np.zeros(brain.shape, np.uint8)
+        for k in ks:
+            canvas = load_png(work / "predictions" / f"{stem(path)}-{k:04d}.png")
+            labels[:, :, k] = uncenter(canvas, brain.shape[:2])
+        plane = None if all_slices else ks[0]
+        on_input = labels_on_grid(labels, brain.affine, plane, original.shape[:3], original.affine)
+        save_nifti(on_input, original.affine, output / f"{stem(path)}_dseg.nii.gz")
+        log.info("predict: %s -> %s", path, output / f"{stem(path)}_dseg.nii.gz")
+
+
+def predict_pngs(slices: list[Path], output: Path, work: Path, run) -> None:
+    for path in slices:
+        with Image.open(path) as image:
+            save_png(np.asarray(image.convert("L")), work / "slices" / f"{stem(path)}_0000.png")
+    run(work / "slices", work / "slice-predictions")
+    for path in slices:
+        shutil.copyfile(work / "slice-predictions" / f"{stem(path)}.png", output / f"{stem(path)}.png")
+        log.info("predict: %s -> %s", path, output / f"{stem(path)}.png")
+
+
+def predict(model_dir: Path, input_path: Path, output: Path, all_slices: bool = False) -> None:
+    record = model_dir / "training.json"
+    if not record.is_file():
+        raise InputError(f"{model_dir}: not a trained model folder (no training.json)")
+    model = json.loads(record.read_text())
+    files = inputs_of(input_path)
+    output.mkdir(parents=True, exist_ok=True)
+    train = TrainConfig(device="auto")
+    device = torch_device(train.device)
+    with tempfile.TemporaryDirectory(prefix="predict-") as tmp:
+        work = Path(tmp)
+        env = nnunet.environment(work, work, model_dir, train, model["seed"])
+
+        def run(images: Path, predictions: Path) -> None:
+            nnunet.predict(images, predictions, DATASET_ID, str(model["fold"]), device, env, tta=False)
+
+        heads = [f for f in files if f.suffix != ".png"]
+        slices = [f for f in files if f.suffix == ".png"]
+        if heads:
+            predict_heads(heads, model_dir, model, output, work, all_slices, run)
+        if slices:
+            predict_pngs(slices, output, work, run)
