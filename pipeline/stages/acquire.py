@@ -138,6 +138,25 @@ def write_scan(scan: SourceScan, out: Path) -> dict:
     return {"participant_id": f"sub-{scan.subject}", "source": str(scan.path)}
 
 
+def copy_usable(scans: list[SourceScan], out: Path, keep_going: bool) -> list[tuple[SourceScan, dict]]:
+    """Copy every scan into the BIDS tree. An unusable one stops the stage, or with ``keep_going``
+    is left out and listed, with the reason, in ``failures.tsv``."""
+    copied, failures = [], []
+    for scan in scans:
+        try:
+            copied.append((scan, write_scan(scan, out)))
+        except InputError as error:
+            if not keep_going:
+                raise
+            log.error("acquire: left out sub-%s: %s", scan.subject, error)
+            failures.append({"participant_id": f"sub-{scan.subject}", "source": str(scan.path), "reason": str(error)})
+    if failures:
+        write_tsv(failures, out / "failures.tsv")
+    if not copied:
+        raise InputError("acquire: no usable subject (see the errors above)")
+    return copied
+
+
 class Acquire(Stage):
     name = "acquire"
     param_keys = ("seed", "acquire")
@@ -145,16 +164,16 @@ class Acquire(Stage):
 
     def build(self, out: Path, config: Config) -> None:
         scans = gather(config.acquire, out.parent / ".openneuro-download")
-        split, shared = split_subjects([s.subject for s in scans], config.acquire.test_fraction, config.seed)
-        rows = [write_scan(scan, out) | {"split": split[scan.subject]} for scan in scans]
-        write_tsv(rows, out / "participants.tsv")
+        scans = copy_usable(scans, out, config.acquire.keep_going)
+        split, shared = split_subjects([scan.subject for scan, _ in scans], config.acquire.test_fraction, config.seed)
+        write_tsv([row | {"split": split[scan.subject]} for scan, row in scans], out / "participants.tsv")
         write_json(
             {
                 "Name": f"synthseg-pipeline input ({config.acquire.source})",
                 "BIDSVersion": "1.9.0",
                 "DatasetType": "raw",
                 "GeneratedBy": [{"Name": "synthseg-pipeline acquire"}],
-                "Sources": sorted({scan.origin for scan in scans}),
+                "Sources": sorted({scan.origin for scan, _ in scans}),
                 "TrainTestShareSubject": shared,
             },
             out / "dataset_description.json",
