@@ -1,0 +1,90 @@
+"""Throughput of the slice synthesis on a real 1 mm label volume.
+
+    python -m pipeline.synth.bench --n 200 [--labels seg.nii.gz] [--device cpu] [--threads 1]
+
+``slices_per_cpu_second`` is n / (CPU time of the whole process while generating, all threads),
+after a short warm-up. One torch thread per process (synthesize_slices' default) is the most
+CPU-efficient setting: a second intra-op thread mostly waits (parallelise over subjects instead).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import time
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import torch
+
+from pipeline.config import SynthConfig
+from pipeline.labels import remap
+from pipeline.synth.model import sample_seed, synthesize_slices
+
+DEFAULT_LABELS = (
+    Path(__file__).resolve().parents[3] / "shared/data/synthseg-label-maps/training_seg_01.nii.gz"
+)
+CROP_MARGIN = 4  # voxels around the brain, as strip.crop_margin_vox
+
+
+def load_tissue_labels(path: str | Path) -> np.ndarray:
+    """A label volume as the pipeline feeds it: RAS, tissue labels 0..3, cropped to the brain."""
+    image = nib.load(str(path))
+    labels = np.asarray(image.dataobj)
+    labels = remap(labels) if labels.max() > 3 else labels.astype(np.uint8)  # FreeSurfer labels → tissues
+    labels = nib.orientations.apply_orientation(labels, nib.orientations.io_orientation(image.affine))  # RAS
+    inside = np.nonzero(labels)
+    box = tuple(slice(max(int(a.min()) - CROP_MARGIN, 0), int(a.max()) + CROP_MARGIN + 1) for a in inside)
+    return np.ascontiguousarray(labels[box], dtype=np.uint8)
+
+
+def run_benchmark(label_path: str | None, n: int, device: str, threads: int | None = 1) -> dict:
+    labels = load_tissue_labels(label_path or DEFAULT_LABELS)
+    cfg = SynthConfig()
+    rss_before = _current_rss_mb()
+    synthesize_slices(labels, cfg, [sample_seed(0, "warm-up", i) for i in range(2)], device, threads=threads)
+    seeds = [sample_seed(0, "bench", i) for i in range(n)]
+    cpu, wall = time.process_time(), time.perf_counter()
+    images, _ = synthesize_slices(labels, cfg, seeds, device=device, threads=threads)
+    if device != "cpu" and torch.cuda.is_available():
+        torch.cuda.synchronize()
+    cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
+    return {
+        "n": n,
+        "slices_per_cpu_second": round(n / cpu, 2),
+        "cpu_s": round(cpu, 3),
+        "wall_s": round(wall, 3),
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "rss_before_generation_mb": rss_before,  # torch, the loaded volume; the peak may predate it (loading)
+        "shape": list(labels.shape),
+        "device": device,
+        "threads": threads if threads else torch.get_num_threads(),
+        "output": list(images.shape),
+    }
+
+
+def _current_rss_mb() -> float | None:
+    try:
+        status = Path("/proc/self/status").read_text()
+    except OSError:
+        return None
+    line = next((line for line in status.splitlines() if line.startswith("VmRSS:")), None)
+    return round(int(line.split()[1]) / 1024, 1) if line else None
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--labels", default=None, help="a label NIfTI (default: training_seg_01, remapped)")
+    parser.add_argument("--n", type=int, default=200)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (0: leave torch's default)")
+    args = parser.parse_args(argv)
+    print(json.dumps(run_benchmark(args.labels, args.n, args.device, args.threads or None), indent=2))
+
+
+if __name__ == "__main__":
+    main()

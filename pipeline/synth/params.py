@@ -1,0 +1,136 @@
+"""Seeds and per-sample random draws of the lab2im generative model.
+
+Every random quantity of a sample comes from that sample's own seed, through one numpy stream per
+component (``SeedSequence(seed, spawn_key=(stream,))``): the draws of a sample never depend on the
+batch it is generated in, on the other samples, or on the sizes of the other components (a larger
+volume changes the velocity grid, not the GMM means). Voxel noise is drawn per axial slice from its
+own stream, so a voxel's noise is the same whether one slab or the whole volume is generated.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from pipeline.config import SynthConfig
+
+# One stream per component; never renumber (it would change every dataset).
+_MEANS, _STDS, _AFFINE, _VELOCITY, _BIAS, _INTENSITY, _BLUR, _FLIP, _GMM_NOISE, _WHITE_NOISE = range(10)
+
+
+def sample_seed(global_seed: int, subject: str, index: int) -> int:
+    """Stable 63-bit seed of one sample: sha256 of (global seed, subject, index), never Python's hash()."""
+    key = json.dumps([int(global_seed), str(subject), int(index)]).encode()
+    return int.from_bytes(hashlib.sha256(key).digest()[:8], "little") >> 1
+
+
+def _rng(seed: int, *key: int) -> np.random.Generator:
+    return np.random.default_rng(np.random.SeedSequence(seed, spawn_key=key))
+
+
+def grid_shape(shape: tuple[int, ...], scale: float) -> tuple[int, ...]:
+    """Low-resolution grid of a field, as lab2im's ``get_resample_shape`` (ceil of shape × scale)."""
+    return tuple(max(1, math.ceil(n * scale)) for n in shape)
+
+
+def blur_radius(cfg: SynthConfig) -> int:
+    """Half-width of lab2im's blurring kernel: window = int(ceil(2.5·σ)/2)·2 + 1 for the nominal σ."""
+    return int(math.ceil(2.5 * cfg.blur_sigma_vox) / 2)
+
+
+@dataclass(frozen=True, eq=False)
+class SampleParams:
+    """All random draws of one sample (float64 numpy; cast once when batched)."""
+
+    seed: int
+    means: np.ndarray  # (n_labels,): GMM mean of label value i
+    stds: np.ndarray  # (n_labels,)
+    scaling: np.ndarray  # (3,)
+    rotation_deg: np.ndarray  # (3,) about x, y, z
+    shearing: np.ndarray  # (6,)
+    nonlin_std: float  # σ of the velocity field, ~ U(0, nonlin_std)
+    velocity: np.ndarray  # (3, *velocity grid): stationary velocity, voxels
+    bias_applied: bool
+    bias_std: float  # σ of the log bias field, ~ U(0, bias_field_std) (drawn even when not applied)
+    log_bias: np.ndarray  # (*bias grid): zeros when the bias field is not applied
+    noise_std: float  # white noise σ, intensity units, ~ U(0, noise_std)
+    gamma: float  # log of the gamma exponent, ~ N(0, gamma_std)
+    blur_sigma: np.ndarray  # (3,) voxels
+    flip: bool
+
+    @property
+    def affine(self) -> np.ndarray:
+        """3×3 matrix of lab2im's ``sample_affine_transform``: scaling · shearing · (Rx · Ry · Rz)."""
+        return np.diag(self.scaling) @ _shearing_matrix(self.shearing) @ _rotation_matrix(self.rotation_deg)
+
+    def blur_kernels(self, radius: int) -> np.ndarray:
+        """(3, 2r+1) normalised Gaussian taps per axis, truncated at ``radius`` like lab2im's kernel."""
+        taps = np.arange(-radius, radius + 1, dtype=np.float64)
+        sigma = np.maximum(self.blur_sigma, 1e-6)[:, None]
+        kernels = np.exp(-(taps**2) / (2 * sigma**2))
+        return kernels / kernels.sum(axis=1, keepdims=True)
+
+
+def _rotation_matrix(degrees: np.ndarray) -> np.ndarray:
+    ax, ay, az = np.deg2rad(degrees)
+    rx = np.array([[1, 0, 0], [0, np.cos(ax), -np.sin(ax)], [0, np.sin(ax), np.cos(ax)]])
+    ry = np.array([[np.cos(ay), 0, np.sin(ay)], [0, 1, 0], [-np.sin(ay), 0, np.cos(ay)]])
+    rz = np.array([[np.cos(az), -np.sin(az), 0], [np.sin(az), np.cos(az), 0], [0, 0, 1]])
+    return rx @ ry @ rz
+
+
+def _shearing_matrix(s: np.ndarray) -> np.ndarray:
+    return np.array([[1, s[0], s[1]], [s[2], 1, s[3]], [s[4], s[5], 1]])
+
+
+def draw_parameters(
+    seed: int, cfg: SynthConfig, shape: tuple[int, int, int], n_labels: int = 4
+) -> SampleParams:
+    """Draw every random parameter of one sample for a label volume of ``shape``.
+
+    ``n_labels`` is max label value + 1; label value i gets the i-th draw of the means/stds streams, so a
+    label's Gaussian does not depend on which other labels exist.
+    """
+    shape = tuple(int(n) for n in shape)
+    affine = _rng(seed, _AFFINE)
+    scaling = affine.uniform(1 - cfg.scaling_bounds, 1 + cfg.scaling_bounds, 3)
+    rotation = affine.uniform(-cfg.rotation_bounds_deg, cfg.rotation_bounds_deg, 3)
+    shearing = affine.uniform(-cfg.shearing_bounds, cfg.shearing_bounds, 6)
+    vel = _rng(seed, _VELOCITY)
+    nonlin_std = float(vel.uniform(0, cfg.nonlin_std))
+    velocity = vel.standard_normal((3, *grid_shape(shape, cfg.nonlin_scale))) * nonlin_std
+    bias = _rng(seed, _BIAS)
+    bias_applied = bool(bias.uniform() < cfg.bias_field_probability)
+    bias_std = float(bias.uniform(0, cfg.bias_field_std))
+    log_bias = bias.standard_normal(grid_shape(shape, cfg.bias_field_scale)) * bias_std
+    intensity = _rng(seed, _INTENSITY)
+    noise_std = float(intensity.uniform(0, cfg.noise_std))
+    gamma = float(intensity.normal(0, cfg.gamma_std))
+    blur = _rng(seed, _BLUR).uniform(1 / cfg.blur_range, cfg.blur_range, 3) * cfg.blur_sigma_vox
+    return SampleParams(
+        seed=seed,
+        means=_rng(seed, _MEANS).uniform(*cfg.prior_means, n_labels),
+        stds=_rng(seed, _STDS).uniform(*cfg.prior_stds, n_labels),
+        scaling=scaling,
+        rotation_deg=rotation,
+        shearing=shearing,
+        nonlin_std=nonlin_std,
+        velocity=velocity,
+        bias_applied=bias_applied,
+        bias_std=bias_std,
+        log_bias=log_bias if bias_applied else np.zeros_like(log_bias),
+        noise_std=noise_std,
+        gamma=gamma,
+        blur_sigma=blur,
+        flip=bool(_rng(seed, _FLIP).uniform() < cfg.flip_probability),
+    )
+
+
+def slice_noise(seed: int, z: int, plane: tuple[int, int], white: bool = False) -> np.ndarray:
+    """Standard normal noise of axial slice ``z`` (full in-plane size), from its own stream."""
+    stream = _WHITE_NOISE if white else _GMM_NOISE
+    return _rng(seed, stream, z).standard_normal(plane, dtype=np.float32)

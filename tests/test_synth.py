@@ -1,0 +1,398 @@
+"""The lab2im generative model (pipeline/synth): slab = full volume, reproducibility, geometry, priors."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from scipy import ndimage
+
+from pipeline.config import SynthConfig
+from pipeline.synth.bench import load_tissue_labels, run_benchmark
+from pipeline.synth.fields import sample_grid, scaling_and_squaring, velocity_at
+from pipeline.synth.model import (
+    make_batch,
+    prepare_volume,
+    render,
+    slab_slices,
+    source_coordinates,
+    synthesize_full_volume,
+    synthesize_slices,
+)
+from pipeline.synth.params import draw_parameters, sample_seed
+
+STILL = {  # no spatial, intensity or blur randomness
+    "scaling_bounds": 0.0,
+    "rotation_bounds_deg": 0.0,
+    "shearing_bounds": 0.0,
+    "nonlin_std": 0.0,
+    "bias_field_probability": 0.0,
+    "gamma_std": 0.0,
+    "blur_sigma_vox": 0.0,
+    "flip_probability": 0.0,
+}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """Small tensor ops stall when OpenMP threads outnumber free cores (a busy CI host): run on one."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def tissue(label_maps) -> np.ndarray:
+    """A real 1 mm label map as the pipeline feeds it: RAS, tissues 0..3, cropped to the brain."""
+    return load_tissue_labels(label_maps / "training_seg_01.nii.gz")
+
+
+@pytest.fixture(scope="module")
+def small(tissue) -> np.ndarray:
+    """Every other voxel of it (78 × 95 × 112): real anatomy, cheap volumes."""
+    return np.ascontiguousarray(tissue[::2, ::2, ::2])
+
+
+def seeds(subject: str, n: int, start: int = 0) -> list[int]:
+    return [sample_seed(42, subject, i) for i in range(start, start + n)]
+
+
+# --- seeds and reproducibility ---------------------------------------------------------------------------
+def test_sample_seed_is_a_stable_hash():
+    assert sample_seed(42, "01", 0) == 6854507521524917219  # sha256: the same in every process and release
+    assert 0 <= sample_seed(42, "01", 1) < 2**63
+    variants = {
+        sample_seed(42, "01", 0),
+        sample_seed(42, "01", 1),
+        sample_seed(42, "02", 0),
+        sample_seed(7, "01", 0),
+    }
+    assert len(variants) == 4
+
+
+def test_same_seeds_give_identical_bytes_whatever_the_batch(small):
+    cfg = SynthConfig(size=128, noise_std=3.0)
+    images, labels = synthesize_slices(small, cfg, seeds("a", 10), batch_size=10)
+    for batch_size in (1, 3):  # draws are per sample: the batch never shows
+        again = synthesize_slices(small, cfg, seeds("a", 10), batch_size=batch_size)
+        assert np.array_equal(again[0], images) and np.array_equal(again[1], labels)
+    assert len({image.tobytes() for image in images}) == 10  # and samples do differ
+
+
+SPHERES = """
+import hashlib, numpy as np
+from pipeline.config import SynthConfig
+from pipeline.synth.model import sample_seed, synthesize_slices
+r = np.linalg.norm(np.mgrid[:40, :48, :36] - np.array([20, 24, 18])[:, None, None, None], axis=0)
+labels = np.digitize(r, [6, 11, 16]).astype(np.uint8)[..., ::-1] % 4
+images, segs = synthesize_slices(labels, SynthConfig(size=64), [sample_seed(1, "p", i) for i in range(4)])
+print(hashlib.sha256(images.tobytes() + segs.tobytes()).hexdigest())
+"""
+
+
+def test_identical_bytes_across_processes():
+    """Fresh interpreters with different hash seeds (run side by side) print the same digest."""
+    runs = [
+        subprocess.Popen(
+            [sys.executable, "-c", SPHERES],
+            env={**os.environ, "PYTHONHASHSEED": str(hash_seed), "OMP_NUM_THREADS": "1"},
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for hash_seed in (1, 2)
+    ]
+    outputs = {run.communicate(timeout=120)[0] for run in runs}
+    assert all(run.returncode == 0 for run in runs)
+    assert len(outputs) == 1 and len(outputs.pop().strip()) == 64
+
+
+def test_adding_a_subject_does_not_change_the_others(small):
+    cfg = SynthConfig(size=128)
+    alone = synthesize_slices(small, cfg, seeds("a", 3))[0]
+    together = synthesize_slices(small, cfg, seeds("b", 2) + seeds("a", 3))[0]
+    assert np.array_equal(together[2:], alone)
+
+
+# --- only what is kept: the slab path equals the whole deformed volume --------------------------------------
+@pytest.mark.parametrize(
+    "overrides",
+    [{"size": 64}, {"size": 128, "noise_std": 5.0, "flip_probability": 1.0}],
+    ids=["cropped", "padded-noise-flip"],
+)
+def test_slab_equals_full_volume(small, overrides):
+    """Bit-exact, not within a tolerance: every voxel is computed by the same elementwise operations in the
+    same order on both paths (no reduction across voxels but the min–max, which is exact), and the
+    transcendental functions run in float64 (model._normalise_gamma), so array layout cannot change them."""
+    cfg = SynthConfig(**overrides)
+    volume, plan, n_labels, dev = prepare_volume(small, cfg, "cpu")
+    for seed in seeds("full", 2):
+        full = synthesize_full_volume(small, cfg, seed)
+        batch = make_batch([draw_parameters(seed, cfg, plan.shape, n_labels)], plan, dev)
+        image, labels = slab_slices(volume, batch, plan)
+        assert torch.equal(image[0], torch.from_numpy(full.image[:, :, plan.centre]))
+        assert torch.equal(labels[0], torch.from_numpy(full.labels[:, :, plan.centre]))
+        slice_image, slice_labels = synthesize_slices(small, cfg, [seed])
+        assert np.array_equal(slice_image[0], full.slice_image)
+        assert np.array_equal(slice_labels[0], full.slice_labels)
+    assert full.labels.shape == small.shape and 0 <= full.image.min() <= full.image.max() <= 1
+
+
+# --- geometry ----------------------------------------------------------------------------------------------
+def test_identity_reproduces_the_input_slice_and_flip_mirrors_it(small):
+    cfg = SynthConfig(size=128, prior_stds=(0.0, 0.0), **STILL)
+    images, labels = synthesize_slices(small, cfg, seeds("id", 2))
+    (x, y, z), (px, py) = small.shape, ((128 - small.shape[0]) // 2, (128 - small.shape[1]) // 2)
+    expected = np.zeros((128, 128), np.uint8)
+    expected[px : px + x, py : py + y] = small[:, :, z // 2]
+    assert np.array_equal(labels[0], expected) and np.array_equal(labels[1], expected)
+    # σ = 0: each label is one grey level, ordered like its drawn mean
+    means = draw_parameters(seeds("id", 1)[0], cfg, small.shape).means
+    inside = images[0][px : px + x, py : py + y]
+    greys = [np.unique(inside[small[:, :, z // 2] == label]) for label in range(4)]
+    assert all(len(grey) == 1 for grey in greys)
+    assert np.argsort([g[0] for g in greys]).tolist() == np.argsort(means).tolist()
+    flipped = synthesize_slices(small, cfg.model_copy(update={"flip_probability": 1.0}), seeds("id", 1))[1]
+    assert np.array_equal(flipped[0][px : px + x, py : py + y], small[::-1, :, z // 2])
+
+
+def test_affine_matches_scipy(small):
+    """Our affine convention (source = c + A·(p − c), lab2im's) against scipy's nearest neighbour."""
+    cfg = SynthConfig(**STILL)
+    volume, plan, n_labels, dev = prepare_volume(small, cfg, "cpu")
+    params = dataclasses.replace(
+        draw_parameters(1, cfg, plan.shape, n_labels),
+        rotation_deg=np.array([8.0, -6.0, 25.0]),
+        scaling=np.array([1.1, 0.9, 1.05]),
+        shearing=np.array([0.02, -0.01, 0.0, 0.015, -0.02, 0.01]),
+    )
+    labels, _ = render(volume, make_batch([params], plan, dev), plan.shape, plan.slab)
+    centre = (np.array(plan.shape) - 1) / 2
+    expected = ndimage.affine_transform(
+        small, params.affine, offset=centre - params.affine @ centre, order=0, mode="nearest"
+    )[:, :, plan.centre]
+    agreement = np.mean(labels[0, plan.radius].numpy() == expected)
+    assert agreement > 0.999  # the rest: voxels within float rounding of a half-voxel boundary
+
+
+def _flow_errors(seed: int, shape=(64, 64, 64), sigma: float = 4.0) -> tuple[np.ndarray, np.ndarray, float]:
+    """Errors of our SVF deformation and of lab2im's half-resolution scaling and squaring, against the exact
+    flow (RK4, 64 steps at every voxel), at the voxels of three central slices."""
+    cfg = SynthConfig(**{**STILL, "nonlin_std": sigma})
+    params = draw_parameters(seed, cfg, shape)
+    params = dataclasses.replace(params, velocity=params.velocity * (sigma / params.nonlin_std))
+    plan = prepare_volume(np.zeros(shape, np.uint8), cfg, "cpu")[1]
+    batch = make_batch([params], plan, torch.device("cpu"))
+    xs, ys, zs = np.arange(shape[0]), np.arange(shape[1]), np.arange(shape[2] // 2 - 1, shape[2] // 2 + 2)
+    grid = torch.stack(
+        torch.meshgrid(*(torch.tensor(a, dtype=torch.float32) for a in (zs, xs, ys)), indexing="ij")
+    )
+    voxels = torch.stack([grid[1], grid[2], grid[0]]).unsqueeze(0)  # (1, 3, nz, nx, ny)
+    ours = source_coordinates(batch, shape, zs) - voxels
+    point, h = voxels.reshape(1, 3, -1), 2.0 / 64  # lab2im's flow: ½·exp(2v), see fields.scaling_and_squaring
+    for _ in range(64):
+        k1 = velocity_at(batch.velocity, shape, point)
+        k2 = velocity_at(batch.velocity, shape, point + h / 2 * k1)
+        k3 = velocity_at(batch.velocity, shape, point + h / 2 * k2)
+        k4 = velocity_at(batch.velocity, shape, point + h * k3)
+        point = point + h / 6 * (k1 + 2 * k2 + 2 * k3 + k4)
+    exact = ((point - voxels.reshape(1, 3, -1)) / 2).view_as(ours)
+    half = tuple(n // 2 for n in shape)
+    lab2im = sample_grid(scaling_and_squaring(batch.velocity, shape, half), shape, xs, ys, zs)
+    ours_error, lab2im_error = ((u - exact).norm(dim=1).flatten().numpy() for u in (ours, lab2im))
+    return ours_error, lab2im_error, float(exact.norm(dim=1).pow(2).mean().sqrt())
+
+
+def rms(errors: np.ndarray) -> float:
+    return float(np.sqrt(np.mean(errors**2)))
+
+
+def field_rms(field: torch.Tensor) -> torch.Tensor:
+    """Per sample, the rms length of the vectors of a (B, 3, ...) field."""
+    return field.norm(dim=1).pow(2).flatten(1).mean(dim=1).sqrt()
+
+
+def test_deformation_is_as_close_to_the_exact_flow_as_lab2im_integration():
+    """lab2im's scaling and squaring itself approximates the flow (~0.13 voxel rms at nonlin_std = 4): ours
+    must be as close, within 15% (a wrong unit or composition order is off by voxels)."""
+    errors = [_flow_errors(seed, shape=(96, 96, 96)) for seed in range(4)]
+    ours, lab2im = np.mean([rms(o) for o, _, _ in errors]), np.mean([rms(b) for _, b, _ in errors])
+    assert ours <= 1.15 * lab2im
+    for o, _, magnitude in errors:
+        assert magnitude > 2.0 and rms(o) < 0.05 * magnitude and o.max() < 2.0  # real, well integrated
+
+
+# --- priors: the drawn parameters and the rendered intensities -------------------------------------------
+def uniform_matches(x: np.ndarray, low: float, high: float) -> bool:
+    """Within bounds, covering them, and mean and spread of U(low, high) within 4 standard errors."""
+    x, width = np.ravel(x), high - low
+    sd, n = width / np.sqrt(12), x.size
+    return bool(
+        x.min() >= low
+        and x.max() <= high
+        and x.min() < low + 0.02 * width
+        and x.max() > high - 0.02 * width
+        and abs(x.mean() - (low + high) / 2) < 4 * sd / np.sqrt(n)
+        and abs(x.std() - sd) < 4 * sd * np.sqrt(0.2 / n)  # kurtosis of a uniform: 1.8
+    )
+
+
+def normal_matches(x: np.ndarray, mean: float, sd: float) -> bool:
+    x, n = np.ravel(x), np.size(x)
+    return bool(abs(x.mean() - mean) < 4 * sd / np.sqrt(n) and abs(x.std() - sd) < 4 * sd / np.sqrt(2 * n))
+
+
+def fraction_matches(flags: np.ndarray, p: float) -> bool:
+    return bool(abs(np.mean(flags) - p) < 4 * np.sqrt(p * (1 - p) / np.size(flags)) + 1e-12)
+
+
+@pytest.fixture(scope="module")
+def draws() -> list:
+    cfg = SynthConfig()
+    return [draw_parameters(seed, cfg, (64, 64, 64)) for seed in seeds("priors", 2000)]
+
+
+def test_drawn_parameters_follow_the_priors(draws):
+    cfg = SynthConfig()
+
+    def get(name: str) -> np.ndarray:
+        return np.array([getattr(p, name) for p in draws])
+
+    assert uniform_matches(get("means"), *cfg.prior_means)
+    assert uniform_matches(get("stds"), *cfg.prior_stds)
+    assert uniform_matches(get("scaling"), 1 - cfg.scaling_bounds, 1 + cfg.scaling_bounds)
+    assert uniform_matches(get("rotation_deg"), -cfg.rotation_bounds_deg, cfg.rotation_bounds_deg)
+    assert uniform_matches(get("shearing"), -cfg.shearing_bounds, cfg.shearing_bounds)
+    assert uniform_matches(get("nonlin_std"), 0, cfg.nonlin_std)
+    assert normal_matches(np.concatenate([p.velocity.ravel() / p.nonlin_std for p in draws]), 0, 1)
+    assert fraction_matches(get("bias_applied"), cfg.bias_field_probability)
+    assert uniform_matches(get("bias_std"), 0, cfg.bias_field_std)
+    applied = [p for p in draws if p.bias_applied]
+    assert normal_matches(np.concatenate([p.log_bias.ravel() / p.bias_std for p in applied]), 0, 1)
+    assert all(not p.log_bias.any() for p in draws if not p.bias_applied)
+    assert normal_matches(get("gamma"), 0, cfg.gamma_std)
+    sigma = cfg.blur_sigma_vox
+    assert uniform_matches(get("blur_sigma"), sigma / cfg.blur_range, sigma * cfg.blur_range)
+    assert fraction_matches(get("flip"), cfg.flip_probability)
+    assert not get("noise_std").any()  # noise_std = 0: no noise
+
+
+def test_the_checks_detect_wrong_priors(draws):
+    """Each check above rejects draws from a neighbouring prior."""
+    means = np.array([p.means for p in draws])
+    assert not uniform_matches(means, 50.0, 250.0)  # shifted
+    assert not uniform_matches(means, 20.0, 230.0)  # wider
+    assert not uniform_matches(np.clip(means, 35.0, 215.0), 25.0, 225.0)  # not covering
+    wrong = [
+        draw_parameters(s, SynthConfig(prior_means=(25.0, 200.0)), (64, 64, 64)) for s in seeds("w", 500)
+    ]
+    assert not uniform_matches(np.array([p.means for p in wrong]), 25.0, 225.0)
+    gammas = np.array([p.gamma for p in draws])
+    assert not normal_matches(gammas, 0, 0.25) and not normal_matches(gammas + 0.05, 0, 0.2)
+    assert not fraction_matches(np.array([p.bias_applied for p in draws]), 0.9)
+    velocity = np.concatenate([p.velocity.ravel() / p.nonlin_std for p in draws[:200]])
+    assert not normal_matches(velocity * 1.1, 0, 1)
+
+
+def test_deformation_magnitude_follows_nonlin_std():
+    """First order, exp(v) ≈ v: the displacement is as large as the velocity, and scales with nonlin_std."""
+    shape, zs = (64, 64, 64), np.arange(31, 34)
+    xs, ys = np.arange(64), np.arange(64)
+    magnitude = {}
+    for nonlin_std in (2.0, 4.0):
+        cfg = SynthConfig(**{**STILL, "nonlin_std": nonlin_std})
+        plan = prepare_volume(np.zeros(shape, np.uint8), cfg, "cpu")[1]
+        params = [draw_parameters(seed, cfg, shape) for seed in seeds("magnitude", 24)]
+        batch = make_batch(params, plan, torch.device("cpu"))
+        grid = torch.stack(
+            torch.meshgrid(*(torch.tensor(a, dtype=torch.float32) for a in (zs, xs, ys)), indexing="ij")
+        )
+        u = source_coordinates(batch, shape, zs) - torch.stack([grid[1], grid[2], grid[0]])
+        v = sample_grid(batch.velocity, shape, xs, ys, zs)
+        ratio = (field_rms(u) / field_rms(v)).numpy()
+        assert 0.85 < ratio.mean() < 1.2 and ratio.min() > 0.6
+        magnitude[nonlin_std] = field_rms(u).mean().item()
+    assert 1.8 < magnitude[4.0] / magnitude[2.0] < 2.3
+    still = make_batch([draw_parameters(1, SynthConfig(**STILL), shape)], plan, torch.device("cpu"))
+    grid = torch.stack(
+        torch.meshgrid(*(torch.tensor(a, dtype=torch.float32) for a in (zs, xs, ys)), indexing="ij")
+    )
+    identity = torch.stack([grid[1], grid[2], grid[0]])  # up to the float rounding of the lattice upsampling
+    assert torch.allclose(source_coordinates(still, shape, zs)[0], identity, atol=1e-4)
+
+
+def test_rendered_intensities_follow_the_gmm_and_the_bias_field(small):
+    """Raw GMM image of the slab (before normalisation): per-label mean and std are the drawn ones; with
+    σ = 0 the image over the mean is exactly the exponentiated, interpolated bias field."""
+    cfg = SynthConfig(**{**STILL, "prior_means": (60.0, 240.0), "prior_stds": (5.0, 20.0)})
+    volume, plan, n_labels, dev = prepare_volume(small, cfg, "cpu")
+    params = [draw_parameters(seed, cfg, plan.shape, n_labels) for seed in seeds("gmm", 4)]
+    labels, image = render(volume, make_batch(params, plan, dev), plan.shape, plan.slab)
+    for p, lab, img in zip(params, labels, image, strict=True):
+        for label in range(4):
+            values = img[lab == label].double()
+            assert (
+                abs(values.mean().item() - p.means[label])
+                < 4 * p.stds[label] / np.sqrt(values.numel()) + 0.05
+            )
+            assert abs(values.std().item() / p.stds[label] - 1) < 4 / np.sqrt(2 * values.numel()) + 0.01
+    cfg = SynthConfig(**{**STILL, "prior_stds": (0.0, 0.0), "bias_field_probability": 1.0})
+    params = [draw_parameters(seed, cfg, plan.shape, n_labels) for seed in seeds("bias", 2)]
+    batch = make_batch(params, plan, dev)
+    labels, image = render(volume, batch, plan.shape, plan.slab)
+    field = sample_grid(
+        batch.log_bias, plan.shape, np.arange(small.shape[0]), np.arange(small.shape[1]), plan.slab
+    )
+    unclipped = image < 300
+    ratio = torch.log(image / batch.means.gather(1, labels.view(2, -1)).view_as(image))
+    assert torch.allclose(ratio[unclipped], field[:, 0][unclipped], atol=1e-5)
+    for b in range(2):  # linear interpolation of the low-resolution field: within its node values, not flat
+        nodes = batch.log_bias[b]
+        assert nodes.min() <= field[b].min() < field[b].max() <= nodes.max()
+
+
+# --- real-size outputs, inputs, benchmark ------------------------------------------------------------------
+def test_real_label_map_output(tissue):
+    cfg = SynthConfig()
+    images, labels = synthesize_slices(tissue, cfg, seeds("real", 4))
+    assert images.shape == labels.shape == (4, 256, 256) and images.dtype == labels.dtype == np.uint8
+    assert set(np.unique(labels)) <= {0, 1, 2, 3}
+    (x, y, z), (px, py) = tissue.shape, ((256 - tissue.shape[0]) // 2, (256 - tissue.shape[1]) // 2)
+    frame = np.ones((256, 256), bool)
+    frame[px : px + x, py : py + y] = False
+    assert not images[:, frame].any() and not labels[:, frame].any()  # padding
+    original = tissue[:, :, z // 2] > 0
+    for image, label in zip(images, labels, strict=True):
+        brain = label[px : px + x, py : py + y] > 0
+        unflipped = max(np.sum(brain & original), np.sum(brain[::-1] & original))
+        assert 2 * unflipped / (brain.sum() + original.sum()) > 0.7  # deformed, still that brain slice
+        assert image.std() > 10
+
+
+def test_general_labels_and_bad_inputs(small):
+    sparse = np.choose(small, [0, 7, 41, 200]).astype(np.int32)  # any label values, each its own class
+    cfg = SynthConfig(size=128, prior_stds=(0.0, 0.0), **STILL)
+    images, labels = synthesize_slices(sparse, cfg, seeds("sparse", 1))
+    assert set(np.unique(labels)) == {0, 7, 41, 200}
+    assert len(np.unique(images[0][labels[0] > 0])) == 3
+    with pytest.raises(ValueError, match="uint8"):
+        synthesize_slices(small.astype(np.int32) * 100, cfg, [1])
+    with pytest.raises(ValueError, match="3D"):
+        synthesize_slices(small[:, :, 0], cfg, [1])
+    with pytest.raises(ValueError, match="negative"):
+        synthesize_slices(small.astype(np.int32) - 1, cfg, [1])
+    with pytest.raises(ValueError, match="non-integer"):
+        synthesize_slices(small + 0.5, cfg, [1])
+    empty = synthesize_slices(small, cfg, [])
+    assert empty[0].shape == (0, 128, 128)
+
+
+def test_benchmark_reports(label_maps):
+    report = run_benchmark(str(label_maps / "training_seg_01.nii.gz"), n=8, device="cpu")
+    assert report["n"] == 8 and report["slices_per_cpu_second"] > 1 and len(report["shape"]) == 3
+    assert {"wall_s", "peak_rss_mb", "device"} <= set(report)
