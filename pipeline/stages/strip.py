@@ -3,34 +3,37 @@
 Per subject, under ``data/stripped/<method>/``: the brain mask and the masked,
 intensity-normalized brain, both cropped to the mask's bounding box plus a margin.
 The crop shifts the affine, so every image stays aligned with the original in world space.
+QC: ``qc/sub-X_mask.png`` draws the mask's outline over the head in three planes; ``masks.tsv``
+holds each mask's figures and whether they fall in ``strip.qc``'s plausible ranges
+(``qc_pass``, ``qc_reason``). A flagged subject is kept and labelled: later stages read the verdict.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 
 import luigi
 import nibabel as nib
 import numpy as np
 
-from pipeline.config import Config, StripConfig
+from pipeline.config import Config, StripConfig, StripQcConfig
 from pipeline.devices import torch_device
-from pipeline.io import InputError, load_nifti, save_nifti, write_tsv
+from pipeline.io import InputError, atomic_path, load_nifti, read_tsv, save_nifti, write_tsv
 from pipeline.stages.acquire import Acquire, read_participants, subject_file
 from pipeline.stages.base import Stage
 from pipeline.stages.harmonize import Harmonize, normalize_percentiles
-from pipeline.tools import STRIPPERS, deepbet
+from pipeline.tools import STRIPPERS
 
 log = logging.getLogger("pipeline")
 
+PLANES = ("sagittal", "coronal", "axial")
+
 
 def brain_mask(method: str, image: nib.Nifti1Image, config: StripConfig) -> np.ndarray:
-    STRIPPERS[method].require()
-    device = torch_device()
-    if method == "deepbet":
-        return deepbet.strip(image, config.deepbet, device)
-    raise NotImplementedError(method)
+    """Bool brain mask on ``image``'s grid; stops with ToolMissing when the method's tool is absent."""
+    return STRIPPERS[method].mask(image, config, torch_device())
 
 
 def bounding_box(mask: np.ndarray, margin: int) -> tuple[slice, ...]:
@@ -49,7 +52,17 @@ def crop(data: np.ndarray, affine: np.ndarray, box: tuple[slice, ...]) -> tuple[
     return data[box], cropped_affine
 
 
+def crop_to_brain(image: nib.Nifti1Image, mask: np.ndarray, margin: int) -> tuple[nib.Nifti1Image, ...]:
+    """The masked brain, its intensities normalized inside the mask, and the mask: both cropped alike."""
+    data = image.get_fdata(dtype=np.float32)
+    brain = np.where(mask, normalize_percentiles(data, (0.5, 99.5), mask), 0).astype(np.float32)
+    box = bounding_box(mask, margin)
+    brain, affine = crop(brain, image.affine, box)
+    return nib.Nifti1Image(brain, affine), nib.Nifti1Image(mask[box].astype(np.uint8), affine)
+
+
 def mask_figures(mask: np.ndarray, voxel_ml: float) -> dict:
+    """Volume, connected components and the share on the image's faces, of a mask on the full image."""
     from scipy import ndimage
 
     _, n_components = ndimage.label(mask)
@@ -62,34 +75,84 @@ def mask_figures(mask: np.ndarray, voxel_ml: float) -> dict:
     }
 
 
+def qc_verdict(figures: dict, qc: StripQcConfig) -> dict:
+    """``qc_pass`` and, when it fails, every reason (``qc_reason``)."""
+    low, high = qc.brain_ml
+    reasons = []
+    if not low <= figures["brain_ml"] <= high:
+        reasons.append(f"brain volume {figures['brain_ml']:.0f} mL outside [{low:g}, {high:g}]")
+    if figures["components"] > qc.max_components:
+        reasons.append(f"{figures['components']} connected components (at most {qc.max_components})")
+    if figures["border_fraction"] > qc.max_border_fraction:
+        reasons.append(f"{figures['border_fraction']:.1%} of the mask on the image border "
+                       f"(at most {qc.max_border_fraction:.1%})")
+    return {"qc_pass": not reasons, "qc_reason": "; ".join(reasons) or None}
+
+
+def read_mask_qc(stripped: Path) -> dict[str, dict[str, str]]:
+    """A stripper's ``masks.tsv``, by participant id."""
+    return {row["participant_id"]: row for row in read_tsv(stripped / "masks.tsv")}
+
+
+def save_mask_png(image: nib.Nifti1Image, mask: np.ndarray, path: Path, title: str) -> None:
+    """The mask's outline (red) over the head, through the mask's centre: sagittal, coronal, axial."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    # RAS voxel order, so that every input is drawn the same way up.
+    head = nib.as_closest_canonical(image)
+    inside = nib.as_closest_canonical(nib.Nifti1Image(mask.astype(np.uint8), image.affine)).get_fdata() > 0
+    data, zooms = head.get_fdata(dtype=np.float32), head.header.get_zooms()[:3]
+    centre = np.argwhere(inside).mean(axis=0).astype(int)
+    vmax = np.percentile(data[inside], 99.5)
+    figure = Figure(figsize=(10.5, 4.0), layout="constrained")
+    FigureCanvasAgg(figure)
+    for axis, (plane, ax) in enumerate(zip(PLANES, figure.subplots(1, 3), strict=True)):
+        section = (slice(None),) * axis + (centre[axis],)
+        across, up = (a for a in range(3) if a != axis)
+        aspect = zooms[up] / zooms[across]
+        ax.imshow(data[section].T, cmap="gray", origin="lower", vmin=0, vmax=vmax, aspect=aspect)
+        ax.contour(inside[section].T.astype(np.float32), levels=[0.5], colors="red", linewidths=0.8)
+        ax.set_title(plane)
+        ax.axis("off")
+    figure.suptitle(title)
+    with atomic_path(path, suffix=".png") as tmp:
+        figure.savefig(tmp, format="png", dpi=90)
+
+
 class Strip(Stage):
     name = "strip"
     stripper = luigi.Parameter()
     matrix = {"stripper": "strip.methods"}
-    param_keys = ("strip.{stripper}", "strip.crop_margin_vox")
+    param_keys = ("strip.{stripper}", "strip.crop_margin_vox", "strip.qc")
     out_template = "data/stripped/{stripper}"
 
     def requires(self) -> list[Stage]:
         return [Harmonize(), Acquire()]
 
     def build(self, out: Path, config: Config) -> None:
-        harmonized = self.input_dir(0)
         participants = read_participants(self.input_dir(1))
         rows = []
         for number, participant in enumerate(participants, 1):
             subject = participant.subject
             log.info("strip [%d/%d] sub-%s with %s", number, len(participants), subject, self.stripper)
-            image = load_nifti(subject_file(harmonized, subject, "desc-harmonized_T1w"), subject)
-            mask = brain_mask(self.stripper, image, config.strip)
-            if not mask.any():
-                raise InputError(f"subject {subject}: {self.stripper} found no brain")
-            data = image.get_fdata(dtype=np.float32)
-            brain = np.where(mask, normalize_percentiles(data, (0.5, 99.5), mask), 0).astype(np.float32)
-            box = bounding_box(mask, config.strip.crop_margin_vox)
-            brain, affine = crop(brain, image.affine, box)
-            mask, _ = crop(mask, image.affine, box)
-            save_nifti(brain, affine, subject_file(out, subject, "desc-brain_T1w"))
-            save_nifti(mask.astype(np.uint8), affine, subject_file(out, subject, "desc-brain_mask"))
-            voxel_ml = float(np.prod(image.header.get_zooms()[:3])) / 1000.0
-            rows.append({"participant_id": f"sub-{subject}", "method": self.stripper, **mask_figures(mask, voxel_ml)})
+            rows.append(self.strip_subject(subject, out, config.strip))
         write_tsv(rows, out / "masks.tsv")
+
+    def strip_subject(self, subject: str, out: Path, config: StripConfig) -> dict:
+        image = load_nifti(subject_file(self.input_dir(0), subject, "desc-harmonized_T1w"), subject)
+        start = time.monotonic()
+        mask = brain_mask(self.stripper, image, config)
+        seconds = time.monotonic() - start
+        if not mask.any():
+            raise InputError(f"subject {subject}: {self.stripper} found no brain")
+        brain, cropped_mask = crop_to_brain(image, mask, config.crop_margin_vox)
+        for image_out, suffix in ((brain, "desc-brain_T1w"), (cropped_mask, "desc-brain_mask")):
+            save_nifti(np.asarray(image_out.dataobj), image_out.affine, subject_file(out, subject, suffix))
+        save_mask_png(image, mask, out / "qc" / f"sub-{subject}_mask.png", f"sub-{subject}: {self.stripper}")
+        figures = mask_figures(mask, abs(np.linalg.det(image.affine[:3, :3])) / 1000.0)
+        verdict = qc_verdict(figures, config.qc)
+        if not verdict["qc_pass"]:
+            log.warning("strip sub-%s with %s: QC flags %s", subject, self.stripper, verdict["qc_reason"])
+        return {"participant_id": f"sub-{subject}", "method": self.stripper, **figures, **verdict,
+                "strip_s": round(seconds, 1)}

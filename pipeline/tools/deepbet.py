@@ -7,10 +7,12 @@ from functools import cache
 import nibabel as nib
 import numpy as np
 
-from pipeline.config import DeepbetConfig
-from pipeline.tools.base import Tool
+from pipeline.config import StripConfig
+from pipeline.tools.stripping import PackagedTool, Stripper, always
 
-TOOL = Tool("deepbet", "pip install deepbet", modules=("deepbet",))
+# deepbet installs its weights in a top-level data/ folder beside the package.
+TOOL = PackagedTool("deepbet", "pip install deepbet", modules=("deepbet",),
+                   package_files=("../data/models/model.pt", "../data/models/bbox_model.pt"))
 
 
 @cache
@@ -20,7 +22,12 @@ def _extractor(use_gpu: bool):
     return BrainExtraction(no_gpu=not use_gpu)
 
 
-def strip(image: nib.Nifti1Image, config: DeepbetConfig, device: str) -> np.ndarray:
+def strip(image: nib.Nifti1Image, config: StripConfig, device: str) -> np.ndarray:
     """Brain mask (bool) on ``image``'s grid. deepbet works in RAS and returns the input orientation."""
-    _, mask, _ = _extractor(device == "cuda").run(image, threshold=config.threshold, n_dilate=config.n_dilate)
+    settings = config.deepbet
+    extractor = _extractor(device == "cuda")
+    _, mask, _ = extractor.run(image, threshold=settings.threshold, n_dilate=settings.n_dilate)
     return np.asarray(mask.dataobj) > 0
+
+
+STRIPPER = Stripper(always(TOOL), strip)

@@ -7,7 +7,9 @@ from pathlib import Path
 from pipeline.config import SynthSRConfig
 from pipeline.tools.base import Tool, run_command
 
-FREESURFER_HINT = "install FreeSurfer >= 7.4 (https://surfer.nmr.mgh.harvard.edu) and source SetUpFreeSurfer.sh"
+FREESURFER_HINT = (
+    "install FreeSurfer >= 7.4 (https://surfer.nmr.mgh.harvard.edu) and source SetUpFreeSurfer.sh"
+)
 
 SYNTHSR = Tool("synthsr", FREESURFER_HINT, executables=("mri_synthsr",), search_dirs_env=("FREESURFER_HOME",))
 

@@ -1,0 +1,163 @@
+"""Our command lines for FreeSurfer's mri_synthstrip and mri_synthsr, and for nipreps-synthstrip, through
+stand-in executables put on PATH: each checks its argv exactly and writes its output like the real tool
+(a mask from a threshold, on the input grid), which our wrappers then read."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from pipeline.__main__ import main
+from pipeline.config import HarmonizeConfig, StripConfig, parse_config
+from pipeline.io import save_nifti
+from pipeline.stages import strip as strip_stage
+from pipeline.stages.harmonize import harmonize_synthsr
+from pipeline.stages.strip import brain_mask
+from pipeline.tools.base import ToolFailed, ToolMissing
+
+# Our wrappers work in a fresh temporary folder: "{tmp}" in an expected argv stands for it.
+SYNTHSTRIP_ARGS = ["-i", "{tmp}/t1.nii.gz", "-o", "{tmp}/brain.nii.gz", "-m", "{tmp}/mask.nii.gz"]
+
+SYNTHSTRIP_BODY = """
+image = nib.load(sys.argv[2])
+mask = image.get_fdata() > 0.5
+nib.save(nib.Nifti1Image(np.where(mask, image.get_fdata(), 0).astype(np.float32), image.affine), sys.argv[4])
+nib.save(nib.Nifti1Image(mask.astype(np.uint8), image.affine @ SHIFT), sys.argv[6])
+"""
+
+SYNTHSR_BODY = """
+image = nib.load(sys.argv[2])  # SynthSR's output: an MPRAGE-like image of the same head
+nib.save(nib.Nifti1Image(image.get_fdata().astype(np.float32) * 3.0, image.affine), sys.argv[4])
+"""
+
+
+def write_standin(folder: Path, name: str, expected: list[str], body: str, shift_mm: float = 0.0) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    script = folder / name
+    script.write_text(
+        f"#!{sys.executable}\nimport json, os, sys\nimport nibabel as nib\nimport numpy as np\n"
+        f"expected = json.loads({json.dumps(expected)!r})\n"
+        "expected = [arg.replace('{tmp}', os.path.dirname(sys.argv[2])) for arg in expected]\n"
+        "if sys.argv[1:] != expected:\n"
+        "    sys.exit(f'stand-in: argv {sys.argv[1:]} is not the expected {expected}')\n"
+        f"SHIFT = np.eye(4)\nSHIFT[0, 3] = {shift_mm}\n{body}"
+    )
+    script.chmod(script.stat().st_mode | stat.S_IXUSR)
+    return script
+
+
+def head() -> tuple[nib.Nifti1Image, np.ndarray]:
+    """A bright ball in a dim shell, on an oblique LAS-like grid: (image, what a threshold keeps)."""
+    shape = (40, 44, 36)
+    angle = np.radians(12)
+    rotation = np.array([[-np.cos(angle), -np.sin(angle), 0], [-np.sin(angle), np.cos(angle), 0], [0, 0, 1]])
+    affine = nib.affines.from_matvec(rotation @ np.diag([1.2, 1.1, 1.3]), [30.0, -20.0, -25.0])
+    index = np.indices(shape).reshape(3, -1).T
+    distance = np.linalg.norm(index - (np.array(shape) - 1) / 2, axis=1).reshape(shape)
+    rng = np.random.default_rng(3)
+    data = np.where(distance < 12, 0.6 + 0.3 * rng.random(shape), np.where(distance < 16, 0.3, 0.0))
+    return nib.Nifti1Image(data.astype(np.float32), affine), data > 0.5
+
+
+@pytest.fixture
+def bin_dir(tmp_path: Path, monkeypatch) -> Path:
+    folder = tmp_path / "bin"
+    folder.mkdir()
+    monkeypatch.setenv("PATH", f"{folder}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.delenv("FREESURFER_HOME", raising=False)
+    return folder
+
+
+def strip_config(**synthstrip) -> StripConfig:
+    return parse_config({"strip": {"methods": ["synthstrip"], "synthstrip": synthstrip}}).strip
+
+
+def test_standin_mri_synthstrip_command_and_mask_on_the_input_grid(bin_dir: Path):
+    write_standin(bin_dir, "mri_synthstrip", [*SYNTHSTRIP_ARGS, "-b", "1"], SYNTHSTRIP_BODY)
+    image, expected = head()
+    assert np.array_equal(brain_mask("synthstrip", image, StripConfig()), expected)
+
+
+def test_standin_mri_synthstrip_under_freesurfer_home_with_a_border(tmp_path: Path, monkeypatch):
+    freesurfer_bin = tmp_path / "freesurfer" / "bin"
+    write_standin(freesurfer_bin, "mri_synthstrip", [*SYNTHSTRIP_ARGS, "-b", "3"], SYNTHSTRIP_BODY)
+    monkeypatch.setenv("FREESURFER_HOME", str(tmp_path / "freesurfer"))
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    image, expected = head()
+    assert np.array_equal(brain_mask("synthstrip", image, strip_config(border_mm=3)), expected)
+
+
+def test_standin_mri_synthstrip_on_the_gpu_when_there_is_one(bin_dir: Path, monkeypatch):
+    write_standin(bin_dir, "mri_synthstrip", [*SYNTHSTRIP_ARGS, "-b", "1", "-g"], SYNTHSTRIP_BODY)
+    monkeypatch.setattr(strip_stage, "torch_device", lambda: "cuda")
+    image, expected = head()
+    assert np.array_equal(brain_mask("synthstrip", image, StripConfig()), expected)
+
+
+def test_standin_nipreps_synthstrip_with_a_model_file(bin_dir: Path, tmp_path: Path):
+    model = tmp_path / "synthstrip.1.pt"
+    model.write_bytes(b"weights")
+    write_standin(bin_dir, "nipreps-synthstrip", [*SYNTHSTRIP_ARGS, "-b", "1", "--model", str(model)],
+                  SYNTHSTRIP_BODY)
+    image, expected = head()
+    assert np.array_equal(brain_mask("synthstrip", image, strip_config(model=str(model))), expected)
+
+
+def test_standin_mask_on_another_grid_is_refused(bin_dir: Path):
+    write_standin(bin_dir, "mri_synthstrip", [*SYNTHSTRIP_ARGS, "-b", "1"], SYNTHSTRIP_BODY, shift_mm=2.0)
+    with pytest.raises(ToolFailed, match="another grid"):
+        brain_mask("synthstrip", head()[0], StripConfig())
+
+
+def test_standin_unexpected_command_line_fails(bin_dir: Path):
+    write_standin(bin_dir, "mri_synthstrip", [*SYNTHSTRIP_ARGS, "-b", "1"], SYNTHSTRIP_BODY)
+    with pytest.raises(ToolFailed, match="'-b', '2'"):
+        brain_mask("synthstrip", head()[0], strip_config(border_mm=2))
+
+
+def test_missing_synthstrip_stops_with_what_to_install(tmp_path: Path, monkeypatch):
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    monkeypatch.delenv("FREESURFER_HOME", raising=False)
+    message = r"synthstrip was requested but is missing \(not found: mri_synthstrip; install FreeSurfer"
+    with pytest.raises(ToolMissing, match=message + ".*nipreps-synthstrip"):
+        brain_mask("synthstrip", head()[0], StripConfig())
+    with pytest.raises(ToolMissing, match=r"model file .*nowhere.pt not found \(strip.synthstrip.model\)"):
+        brain_mask("synthstrip", head()[0], strip_config(model=str(tmp_path / "nowhere.pt")))
+
+
+def test_doctor_tells_which_synthstrip_params_yaml_asks_for(bin_dir: Path, tmp_path: Path, monkeypatch,
+                                                            capsys):
+    monkeypatch.chdir(tmp_path)
+    assert main(["doctor"]) == 0  # no params.yaml: the defaults, mri_synthstrip
+    assert "strip      synthstrip   missing    not found: mri_synthstrip" in capsys.readouterr().out
+    model = tmp_path / "synthstrip.1.pt"
+    (tmp_path / "params.yaml").write_text(f"strip:\n  synthstrip:\n    model: {model}\n")
+    assert main(["doctor"]) == 0
+    assert f"model file {model} not found" in capsys.readouterr().out
+    model.write_bytes(b"weights")
+    write_standin(bin_dir, "nipreps-synthstrip", [], "")
+    assert main(["doctor"]) == 0
+    assert f"strip      synthstrip   available  {bin_dir / 'nipreps-synthstrip'}" in capsys.readouterr().out
+
+
+def test_standin_mri_synthsr_command_and_harmonized_output(bin_dir: Path, tmp_path: Path):
+    image, _ = head()
+    source, target = tmp_path / "raw" / "sub-01_T1w.nii.gz", tmp_path / "out" / "sub-01_T1w.nii.gz"
+    save_nifti(image.get_fdata(dtype=np.float32) * 1000, image.affine, source)
+    write_standin(bin_dir, "mri_synthsr", ["--i", str(source), "--o", str(target), "--threads", "2", "--cpu"],
+                  SYNTHSR_BODY)
+    harmonized, record = harmonize_synthsr(source, target, HarmonizeConfig(method="synthsr"))
+    assert record["Method"] == "synthsr"
+    assert nib.aff2axcodes(harmonized.affine) == ("R", "A", "S")
+    data = harmonized.get_fdata()
+    assert data.min() == 0.0 and data.max() == 1.0
+    centre = nib.affines.apply_affine(image.affine, (np.array(image.shape) - 1) / 2)
+    brightest = nib.affines.apply_affine(harmonized.affine, np.argwhere(data > 0.5).mean(axis=0))
+    assert np.linalg.norm(brightest - centre) < 1.5  # the same head, where it was in world space
