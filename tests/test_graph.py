@@ -30,8 +30,11 @@ def test_every_stage_deps_are_upstream_outs():
     for name, stage in stages.items():
         data_deps = [dep for dep in stage["deps"] if not dep.startswith("pipeline/")]
         for dep in data_deps:
+            # a stage output, or a folder holding some (what gathering stages depend on)
             assert dep in produced or any(out.startswith(dep + "/") for out in produced), f"{name}: {dep}"
         produced.update(stage["outs"])
+        for kind in ("metrics", "plots"):
+            produced.update(path for entry in stage.get(kind, []) for path in entry)
     assert stages["segment"]["matrix"] == {"segmenter": "${segment.methods}", "stripper": "${strip.methods}"}
     assert stages["strip"]["params"][0] == "strip.${item.stripper}"
     assert stages["evaluate"]["metrics"] == [{"metrics/${item.segmenter}-${item.stripper}.json": {"cache": False}}]

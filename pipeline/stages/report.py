@@ -37,7 +37,7 @@ class Evaluations(luigi.WrapperTask):
         return [Evaluate(segmenter=seg, stripper=strip) for seg, strip in load_config().combos()]
 
     def dvc_deps(self) -> list[str]:
-        return ["data/evaluation", "metrics", "data/qc"]
+        return ["data/evaluation", "metrics", "data/qc", "data/segmented"]
 
 
 def _figure():
@@ -130,6 +130,12 @@ def exclusions(combos: list[str], qc_dir: Path) -> list[dict]:
     return rows
 
 
+def exclusion_overlays(excluded: list[dict], segmented: Path) -> list[Path]:
+    """The segment stage's label overlay of each excluded subject, where it exists."""
+    overlays = [segmented / row["combo"] / "qc" / f"{row['participant_id']}_dseg.png" for row in excluded]
+    return [overlay for overlay in overlays if overlay.is_file()]
+
+
 def embed(path: Path) -> str:
     data = base64.b64encode(path.read_bytes()).decode()
     return f'<img src="data:image/png;base64,{data}" alt="{html.escape(path.stem)}">'
@@ -181,6 +187,7 @@ class Report(Stage):
             "<h2>Real test slices: reference and prediction</h2>",
             *[f"<h3>{html.escape(c)}</h3>{embed(out / f'examples-{c}.png')}" for c in shown],
             "<h2>Subjects excluded by QC</h2>", table(excluded),
+            *[embed(overlay) for overlay in exclusion_overlays(excluded, Path("data/segmented"))],
         ]
         style = "body{font-family:sans-serif;max-width:1100px;margin:auto}td,th{padding:2px 8px;border:1px solid #ccc}"
         write_text(f"<!doctype html><html><head><meta charset='utf-8'><title>synthseg-pipeline report</title>"
