@@ -14,8 +14,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 PARAMS_FILE = Path("params.yaml")
 
-StripMethod = Literal["deepbet"]
-SegmentMethod = Literal["hmrf"]
+StripMethod = Literal["deepbet", "hdbet", "robex", "synthstrip"]
+SegmentMethod = Literal["hmrf", "samseg", "fast", "synthseg", "fastsurfer"]
 Probability = Annotated[float, Field(ge=0.0, le=1.0)]
 Range = tuple[float, float]
 
@@ -41,8 +41,10 @@ class AcquireConfig(Strict):
     source: Literal["sample", "bids", "openneuro"] = "sample"
     bids_root: str | None = None  # for source=bids
     dataset: str = "ds002330"  # for source=openneuro
-    subjects: list[str] = []  # empty: every subject found
+    # empty: every subject found. BIDS labels are letters and digits: no path separators, no "..".
+    subjects: list[Annotated[str, Field(pattern=r"^[A-Za-z0-9]+$")]] = []
     test_fraction: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.2
+    keep_going: bool = False  # an unusable subject is listed in data/raw/failures.tsv and left out
 
 
 # --- harmonize ---------------------------------------------------------------
@@ -81,9 +83,18 @@ class SynthStripConfig(Strict):
     border_mm: int = 1
 
 
+class StripQcConfig(Strict):
+    """Plausible ranges of a brain mask; a subject outside them is flagged in ``masks.tsv``."""
+
+    brain_ml: Range = (800.0, 2200.0)
+    max_components: Annotated[int, Field(ge=1)] = 3  # disconnected pieces of the mask
+    max_border_fraction: Probability = 0.01  # share of mask voxels on the image's faces: a cut-off brain
+
+
 class StripConfig(Strict):
     methods: list[StripMethod] = ["deepbet"]
     crop_margin_vox: Annotated[int, Field(ge=0)] = 4
+    qc: StripQcConfig = StripQcConfig()
     deepbet: DeepbetConfig = DeepbetConfig()
     hdbet: HdbetConfig = HdbetConfig()
     robex: RobexConfig = RobexConfig()
@@ -99,18 +110,69 @@ class HmrfConfig(Strict):
     tolerance: float = 1e-5
 
 
+class SamsegConfig(Strict):
+    # fast: one 2 mm atlas-deformation level instead of 2 mm then 1 mm (quicker, coarser; for tests and
+    # previews). Real studies keep SAMSEG's full multi-resolution fit.
+    fast: bool = False
+
+
+class FastConfig(Strict):
+    mrf_beta: Annotated[float, Field(ge=0.0)] = 0.1  # -H: spatial smoothness of the MRF
+    iterations: Annotated[int, Field(ge=1)] = 4  # -I: main-loop iterations during bias-field removal
+    bias_correction: bool = True  # False: -N (the harmonize stage already ran N4)
+
+
+class SynthSegConfig(Strict):
+    robust: bool = False  # --robust: slower, for low-resolution or clinical scans
+    cpu: bool = True  # --cpu: never reach for a GPU
+
+
+class FastSurferConfig(Strict):
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+
+class SegmentQCConfig(Strict):
+    """Per-subject ranges a segmentation must fall in to be used for synthesis."""
+
+    # Shares of the labelled brain (GM + WM + CSF).
+    gm_fraction: Range = (0.25, 0.65)
+    wm_fraction: Range = (0.20, 0.55)
+    csf_fraction: Range = (0.02, 0.45)
+    max_unlabelled_fraction: Probability = 0.10  # brain-mask voxels the segmenter left as background
+    # Per tissue, Dice with the best-agreeing other segmenter (only when several are configured).
+    min_dice: Probability = 0.6
+    force_include: list[str] = []  # participant ids ("sub-XX") used whatever their QC says
+
+    @field_validator("force_include")
+    @classmethod
+    def _participant_ids(cls, ids: list[str]) -> list[str]:
+        wrong = [value for value in ids if not value.startswith("sub-")]
+        if wrong:
+            raise ValueError(f"expects participant ids like 'sub-01', got {wrong}")
+        return ids
+
+
 class SegmentConfig(Strict):
     methods: list[SegmentMethod] = ["hmrf"]
     hmrf: HmrfConfig = HmrfConfig()
+    samseg: SamsegConfig = SamsegConfig()
+    fast: FastConfig = FastConfig()
+    synthseg: SynthSegConfig = SynthSegConfig()
+    fastsurfer: FastSurferConfig = FastSurferConfig()
+    qc: SegmentQCConfig = SegmentQCConfig()
 
     _unique = field_validator("methods")(_unique)
 
 
 # --- synthesize (lab2im's defaults) --------------------------------------------
 class SynthConfig(Strict):
+    # builtin: pipeline/synth (torch, only the kept slab); lab2im: the lab2im package (optional, TensorFlow)
+    engine: Literal["builtin", "lab2im"] = "builtin"
     n_train: Annotated[int, Field(ge=1)] = 60
     n_test: Annotated[int, Field(ge=1)] = 12
     size: Annotated[int, Field(ge=32)] = 256
+    # pad the label volume in plane with background to size x size before synthesis: no black frame
+    pad_labels_to_size: bool = True
     prior_means: Range = (25.0, 225.0)
     prior_stds: Range = (5.0, 25.0)
     scaling_bounds: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.15

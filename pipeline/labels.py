@@ -1,6 +1,15 @@
 """The one tissue label scheme, and the tables that map each tool's labels to it.
 
 Tissues: 0 background, 1 grey matter (GM), 2 white matter (WM), 3 CSF.
+
+Principle (exceptions noted where they occur): a structure gets the class its healthy tissue has on T1,
+i.e. what an intensity-based 3-class segmenter (hmrf, FSL FAST) calls it and what SAMSEG's shared T1
+mixture model groups it with (``sharedGMMParameters.txt`` of its atlas). Atlas-based and intensity-based
+segmenters then mean the same by "GM", which is what the QC's agreement check compares. Measured on
+ds000011 sub-01 (SAMSEG structures vs hmrf classes), the WM-bright structures below are 96-100 % hmrf WM.
+
+Every label our segmenters emit or the SynthSeg training maps hold is in ``FREESURFER_TO_TISSUE`` or
+in ``NON_BRAIN``; ``remap`` refuses any other label, so nothing becomes background by accident.
 """
 
 from __future__ import annotations
@@ -11,62 +20,116 @@ BACKGROUND, GM, WM, CSF = 0, 1, 2, 3
 TISSUES: dict[int, str] = {GM: "GM", WM: "WM", CSF: "CSF"}
 LABEL_NAMES: dict[int, str] = {BACKGROUND: "background", **TISSUES}
 
+# Cortical parcellations (aparc+aseg, aparc.DKTatlas+aseg: FastSurfer, FreeSurfer, SynthSeg --parc):
+# 1000-1035 left and 2000-2035 right cortex, 1000/2000 being "unknown" cortex.
+CORTICAL_PARCELS: dict[int, int] = {label: GM for label in [*range(1000, 1036), *range(2000, 2036)]}
+
 # FreeSurfer lookup-table labels (FreeSurferColorLUT.txt) -> tissue.
-# Labels not listed are non-brain (skull 165, soft tissue 258, eye fluid 259, ...)
-# and become background; `unmapped_labels` lists which ones a map actually holds.
 FREESURFER_TO_TISSUE: dict[int, int] = {
-    # grey matter: cerebral and cerebellar cortex, deep nuclei, hippocampus, amygdala
+    # grey matter: cerebral and cerebellar cortex, grey nuclei, hippocampus, amygdala
     3: GM, 42: GM,  # cerebral cortex
     8: GM, 47: GM,  # cerebellar cortex
-    10: GM, 49: GM,  # thalamus
+    # Thalamus: grey nuclei crossed by fibres; on T1 between GM and WM (hmrf: ~60 % WM); SAMSEG
+    # lets it draw on both its GM and WM Gaussians. Kept GM, as it is anatomically.
+    10: GM, 49: GM,
     11: GM, 50: GM,  # caudate
     12: GM, 51: GM,  # putamen
-    13: GM, 52: GM,  # pallidum
     17: GM, 53: GM,  # hippocampus
     18: GM, 54: GM,  # amygdala
     26: GM, 58: GM,  # accumbens
     27: GM, 59: GM,  # substantia nigra
-    28: GM, 60: GM,  # ventral diencephalon: mostly hypothalamic grey, as SynthSeg's GM merges do
+    80: GM, 81: GM, 82: GM,  # non-WM hypointensities: spots inside grey matter
+    **CORTICAL_PARCELS,
     # white matter
     2: WM, 41: WM,  # cerebral white matter
     7: WM, 46: WM,  # cerebellar white matter
-    77: WM, 78: WM, 79: WM,  # white-matter hypointensities
+    77: WM, 78: WM, 79: WM,  # WM hypointensities: lesions inside white matter keep the tissue they sit in
+    # Lesions: SynthSeg's own output maps its training maps' lesion labels to WM (generation tutorial).
+    25: WM, 57: WM,
     85: WM,  # optic chiasm
     251: WM, 252: WM, 253: WM, 254: WM, 255: WM,  # corpus callosum
-    # The brainstem is mostly white-matter tracts and appears WM-bright on T1; FAST-style
-    # 3-class segmenters label it WM, so it is WM here too.
+    # Brainstem: mostly white-matter tracts, WM-bright on T1 (hmrf: 96 % WM); SAMSEG models it with
+    # its global WM Gaussian and FAST-style 3-class segmenters label it WM.
     16: WM,
-    # CSF: ventricles, extra-cerebral CSF, vessels in sulci appear CSF-dark on T1
+    # Pallidum: anatomically grey, but myelinated and WM-bright on T1 (hmrf: 100 % WM); SAMSEG merges
+    # it into global WM for T1 input (its default; --pallidum-separate is for T2/FLAIR).
+    13: WM, 52: WM,
+    # Ventral diencephalon: hypothalamus plus cerebral peduncles and optic tracts; WM-bright on T1
+    # (hmrf: 98 % WM); SAMSEG models it with global WM.
+    28: WM, 60: WM,
+    # CSF: ventricles and extra-cerebral CSF
     4: CSF, 43: CSF,  # lateral ventricles
     5: CSF, 44: CSF,  # inferior lateral ventricles
     14: CSF, 15: CSF,  # 3rd and 4th ventricle
     24: CSF,  # extra-cerebral CSF
     72: CSF,  # 5th ventricle
-    # Choroid plexus sits inside the ventricles and is mostly CSF-dark on T1 at 1 mm,
-    # so 3-class segmenters assign it to CSF; we do the same.
+    # Choroid plexus: sits inside the ventricles; on T1 between CSF and GM (hmrf splits it ~45/55
+    # CSF/GM); SAMSEG models it with its "CSF_messy" Gaussian. CSF keeps the ventricles whole.
     31: CSF, 63: CSF,
-    30: CSF, 62: CSF,  # vessels
+    30: CSF, 62: CSF,  # vessels: small, dark; SAMSEG's "CSF_messy" Gaussian too
+    # 136/137, 163/164 are "Caudate/Putamen" and "Subcortical-Gray-Matter" in the FreeSurfer LUT, but
+    # SynthSeg's training label maps reuse them for intraventricular tissue (choroid plexus) in the
+    # left/right lateral ventricles (136/163) and temporal horns (137/164): SynthSeg segments them as
+    # ventricle (its segmentation_labels_2.0: 136->4, 137->5, 163->43, 164->44). No segmenter we run
+    # emits them.
+    136: CSF, 137: CSF, 163: CSF, 164: CSF,
+}
+
+# Labels that are not brain: they become background, on purpose.
+NON_BRAIN: dict[int, str] = {
+    165: "Skull (SAMSEG)",
+    258: "Soft_Nonbrain_Tissue (SAMSEG)",
+    259: "Fluid_Inside_Eyes (SAMSEG)",
+    # SynthSeg's training label maps: extra-cerebral tissues of the whole head (507 is "extra-cerebral
+    # soft tissues" in its generation tutorial; SynthSeg segments all of them as background). In the
+    # FreeSurfer LUT these numbers are hippocampal subfields, which no tool we run emits.
+    **{label: "extra-cerebral (SynthSeg training maps)"
+       for label in (502, 506, 507, 508, 509, 511, 512, 514, 515, 516, 530)},
 }
 
 
-def remap(labels: np.ndarray, table: dict[int, int]) -> np.ndarray:
-    """Map every label through ``table``; labels not in it become background."""
-    labels = np.asarray(labels).astype(np.int64)
-    if labels.size == 0:
-        return labels.astype(np.uint8)
-    lookup = np.zeros(max(int(labels.max()), max(table)) + 1, dtype=np.uint8)
-    for source, tissue in table.items():
-        lookup[source] = tissue
-    if labels.min() < 0:
+class UnknownLabel(ValueError):
+    """A label map holds labels the scheme has not decided on."""
+
+
+def present_labels(labels: np.ndarray) -> list[int]:
+    """The label values a map holds (a counting pass: far quicker than np.unique on whole heads)."""
+    labels = np.asarray(labels).ravel().astype(np.int64)
+    if labels.size and labels.min() < 0:
         raise ValueError(f"negative label {labels.min()} in a label map")
-    return lookup[labels]
-
-
-def remap_freesurfer_to_tissue(labels: np.ndarray) -> np.ndarray:
-    return remap(labels, FREESURFER_TO_TISSUE)
+    return np.flatnonzero(np.bincount(labels)).tolist()
 
 
 def unmapped_labels(labels: np.ndarray, table: dict[int, int] = FREESURFER_TO_TISSUE) -> list[int]:
-    """Non-zero labels present in ``labels`` that the table sends to background."""
-    present = np.unique(np.asarray(labels))
-    return [int(value) for value in present if value != 0 and int(value) not in table]
+    """Non-zero labels present in ``labels`` that are neither in ``table`` nor in ``NON_BRAIN``."""
+    return [value for value in present_labels(labels) if value != 0 and value not in table | NON_BRAIN]
+
+
+def remap(labels: np.ndarray, table: dict[int, int] = FREESURFER_TO_TISSUE) -> np.ndarray:
+    """Map every label through ``table`` (``NON_BRAIN`` labels become background).
+
+    A label in neither raises UnknownLabel: decide on it in this module first.
+    """
+    labels = np.asarray(labels).astype(np.int64)
+    unknown = unmapped_labels(labels, table)
+    if unknown:
+        raise UnknownLabel(f"labels {unknown} are not in pipeline/labels.py (neither a tissue nor non-brain)")
+    lookup = np.zeros(max(int(labels.max(initial=0)), *table) + 1, dtype=np.uint8)
+    for source, tissue in table.items():
+        lookup[source] = tissue
+    return lookup[labels]
+
+
+def classes_to_tissues(classes: np.ndarray, image: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Name three intensity classes by their mean T1 inside the mask: CSF < GM < WM.
+
+    Never trusts a tool's class numbering: the order of mean intensities decides. Class 0 is background.
+    """
+    ids = [c for c in np.unique(classes[mask]) if c != 0]
+    if len(ids) != 3:
+        raise ValueError(f"expected 3 tissue classes inside the brain mask, found {len(ids)}")
+    by_brightness = sorted(ids, key=lambda c: float(image[mask & (classes == c)].mean()))
+    tissues = np.zeros(classes.shape, dtype=np.uint8)
+    for class_id, tissue in zip(by_brightness, (CSF, GM, WM), strict=True):
+        tissues[mask & (classes == class_id)] = tissue
+    return tissues

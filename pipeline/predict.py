@@ -89,7 +89,8 @@ def predict_heads(heads: list[Path], model_dir: Path, model: dict, output: Path,
         data = brain.get_fdata(dtype=np.float32)
         ks = range(data.shape[2]) if all_slices else [central_index(data.shape[2])]
         for k in ks:
-            save_png(center_pad(to_uint8(data[:, :, k]), model["size"]), work / "images" / f"{stem(path)}-{k:04d}_0000.png")
+            slice_png = work / "images" / f"{stem(path)}-{k:04d}_0000.png"
+            save_png(center_pad(to_uint8(data[:, :, k]), model["size"]), slice_png)
         prepared[path] = (original, brain, list(ks))
     run(work / "images", work / "predictions")
     for path, (original, brain, ks) in prepared.items():

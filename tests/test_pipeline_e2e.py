@@ -22,7 +22,7 @@ def _run(args: list[str], cwd: Path) -> str:
 @pytest.fixture(scope="module")
 def project(tmp_path_factory, ds000011: Path) -> Path:
     project = copy_project(tmp_path_factory.mktemp("study"))
-    tiny_study(project, ds000011, ["01", "02", "03"])
+    tiny_study(project, ds000011, ["01", "02"], test_fraction=0.5)
     _run(["git", "init", "-q"], project)
     _run(["git", "config", "user.email", "ci@example.org"], project)
     _run(["git", "config", "user.name", "ci"], project)
@@ -30,6 +30,8 @@ def project(tmp_path_factory, ds000011: Path) -> Path:
     _run(["git", "add", "-A"], project)
     _run(["git", "commit", "-qm", "study"], project)
     _run(["dvc", "repro"], project)
+    _run(["git", "add", "-A"], project)
+    _run(["git", "commit", "-qm", "baseline study"], project)
     return project
 
 
@@ -40,7 +42,7 @@ def test_repro_writes_metrics_with_dice_in_range(project: Path):
         assert set(dice) == {"GM", "WM", "CSF", "mean"}
         assert all(0.0 <= value <= 1.0 for value in dice.values() if value is not None)
         assert dice["mean"] is not None
-    assert metrics["n_train"] == 2 * 8 and metrics["n_test"] == 4  # 2 train subjects, 1 test subject
+    assert metrics["n_train"] == 8 and metrics["n_test"] == 4  # 1 train subject, 1 test subject
     assert metrics["n_real"] == 1
     assert metrics["train_test_share_subject"] is False
 
@@ -54,7 +56,7 @@ def test_dvc_status_is_clean_and_second_repro_runs_nothing(project: Path):
 def test_acquired_subjects_follow_the_split(project: Path):
     rows = (project / "data" / "raw" / "participants.tsv").read_text().splitlines()[1:]
     splits = sorted(row.split("\t")[-1] for row in rows)
-    assert splits == ["test", "train", "train"]
+    assert splits == ["test", "train"]
 
 
 def test_metrics_and_plots_are_readable_by_dvc(project: Path):
@@ -68,10 +70,12 @@ def test_predict_on_a_real_head_returns_labels_on_the_input_grid(project: Path, 
     import nibabel as nib
     import numpy as np
 
-    head = ds000011 / "sub-03" / "anat" / "sub-03_T1w.nii.gz"  # the test subject
+    split = dict(row.split("\t")[0::2] for row in (project / "data/raw/participants.tsv").read_text().splitlines()[1:])
+    test_subject = next(subject for subject, kind in split.items() if kind == "test")
+    head = ds000011 / test_subject / "anat" / f"{test_subject}_T1w.nii.gz"
     _run(["python", "-m", "pipeline", "predict", "--model", "models/hmrf-deepbet", "--input", str(head),
           "--output", str(tmp_path)], project)
-    labels, original = nib.load(tmp_path / "sub-03_T1w_dseg.nii.gz"), nib.load(head)
+    labels, original = nib.load(tmp_path / f"{test_subject}_T1w_dseg.nii.gz"), nib.load(head)
     assert labels.shape == original.shape and np.allclose(labels.affine, original.affine)
     data = np.asarray(labels.dataobj)
     assert set(np.unique(data)) <= {0, 1, 2, 3}
@@ -89,3 +93,14 @@ def test_predict_on_png_slices_writes_label_pngs(project: Path, tmp_path: Path):
     outputs = sorted(tmp_path.glob("*.png"))
     assert [p.name for p in outputs] == [p.name for p in sorted(images.glob("*.png"))]
     assert Image.open(outputs[0]).size == (256, 256)
+
+
+def test_an_experiment_with_another_stripper_shows_in_metrics_diff(project: Path):
+    # Last in this file: the experiment changes the workspace's params.yaml.
+    _run(["dvc", "exp", "run", "-S", "strip.methods=[hdbet]", "-S", "strip.hdbet.mode=fast"], project)
+    diff = json.loads(_run(["dvc", "metrics", "diff", "--all", "--json"], project).strip().splitlines()[-1])
+    assert "metrics/hmrf-deepbet.json" in diff and "metrics/hmrf-hdbet.json" in diff
+    new = diff["metrics/hmrf-hdbet.json"]["dice.real.mean"]["new"]
+    assert 0.0 <= new <= 1.0
+    shown = _run(["dvc", "exp", "show", "--json"], project)
+    assert "hdbet" in shown

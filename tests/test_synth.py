@@ -3,18 +3,32 @@
 from __future__ import annotations
 
 import dataclasses
+import importlib.machinery
 import os
 import subprocess
 import sys
+import types
+from pathlib import Path
+from types import SimpleNamespace
 
+import nibabel as nib
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 from scipy import ndimage
 
-from pipeline.config import SynthConfig
+from pipeline.__main__ import main
+from pipeline.config import Config, ConfigError, SynthConfig
+from pipeline.io import save_nifti, save_png, write_tsv
+from pipeline.slices import center_pad, to_uint8
+from pipeline.stages.acquire import subject_file
+from pipeline.stages.synthesize import Synthesize
 from pipeline.synth.bench import load_tissue_labels, run_benchmark
+from pipeline.synth.canvas import synthesis_labels
+from pipeline.synth.engine import check_engine, synthesize
 from pipeline.synth.fields import sample_grid, scaling_and_squaring, velocity_at
+from pipeline.synth.lab2im_engine import LAB2IM_FIXED
 from pipeline.synth.model import (
     make_batch,
     prepare_volume,
@@ -24,7 +38,9 @@ from pipeline.synth.model import (
     synthesize_full_volume,
     synthesize_slices,
 )
-from pipeline.synth.params import draw_parameters, sample_seed
+from pipeline.synth.montage import CONTOURS, pick_cases, write_montage
+from pipeline.synth.params import draw_flip, draw_parameters, sample_seed
+from pipeline.tools.base import ToolMissing
 
 STILL = {  # no spatial, intensity or blur randomness
     "scaling_bounds": 0.0,
@@ -120,17 +136,20 @@ def test_adding_a_subject_does_not_change_the_others(small):
 
 
 # --- only what is kept: the slab path equals the whole deformed volume --------------------------------------
+@pytest.mark.parametrize("pad_labels", [True, False], ids=["labels-padded", "labels-as-cropped"])
 @pytest.mark.parametrize(
     "overrides",
     [{"size": 64}, {"size": 128, "noise_std": 5.0, "flip_probability": 1.0}],
     ids=["cropped", "padded-noise-flip"],
 )
-def test_slab_equals_full_volume(small, overrides):
+def test_slab_equals_full_volume(small, overrides, pad_labels):
     """Bit-exact, not within a tolerance: every voxel is computed by the same elementwise operations in the
     same order on both paths (no reduction across voxels but the min–max, which is exact), and the
-    transcendental functions run in float64 (model._normalise_gamma), so array layout cannot change them."""
-    cfg = SynthConfig(**overrides)
-    volume, plan, n_labels, dev = prepare_volume(small, cfg, "cpu")
+    transcendental functions run in float64 (model._normalise_gamma), so array layout cannot change them.
+    Both with the label volume padded in plane to the output size (synth.pad_labels_to_size) and without."""
+    cfg = SynthConfig(**overrides, pad_labels_to_size=pad_labels)
+    padded = synthesis_labels(small, cfg)
+    volume, plan, n_labels, dev = prepare_volume(padded, cfg, "cpu")
     for seed in seeds("full", 2):
         full = synthesize_full_volume(small, cfg, seed)
         batch = make_batch([draw_parameters(seed, cfg, plan.shape, n_labels)], plan, dev)
@@ -140,7 +159,9 @@ def test_slab_equals_full_volume(small, overrides):
         slice_image, slice_labels = synthesize_slices(small, cfg, [seed])
         assert np.array_equal(slice_image[0], full.slice_image)
         assert np.array_equal(slice_labels[0], full.slice_labels)
-    assert full.labels.shape == small.shape and 0 <= full.image.min() <= full.image.max() <= 1
+    assert full.labels.shape == padded.shape and 0 <= full.image.min() <= full.image.max() <= 1
+    expected = (max(cfg.size, small.shape[0]), max(cfg.size, small.shape[1])) if pad_labels else small.shape[:2]
+    assert padded.shape == (*expected, small.shape[2])
 
 
 # --- geometry ----------------------------------------------------------------------------------------------
@@ -358,7 +379,7 @@ def test_rendered_intensities_follow_the_gmm_and_the_bias_field(small):
 
 # --- real-size outputs, inputs, benchmark ------------------------------------------------------------------
 def test_real_label_map_output(tissue):
-    cfg = SynthConfig()
+    cfg = SynthConfig(pad_labels_to_size=False)  # padded after synthesis: a black frame, checked below
     images, labels = synthesize_slices(tissue, cfg, seeds("real", 4))
     assert images.shape == labels.shape == (4, 256, 256) and images.dtype == labels.dtype == np.uint8
     assert set(np.unique(labels)) <= {0, 1, 2, 3}
@@ -396,3 +417,239 @@ def test_benchmark_reports(label_maps):
     report = run_benchmark(str(label_maps / "training_seg_01.nii.gz"), n=8, device="cpu")
     assert report["n"] == 8 and report["slices_per_cpu_second"] > 1 and len(report["shape"]) == 3
     assert {"wall_s", "peak_rss_mb", "device"} <= set(report)
+
+
+# --- synth.pad_labels_to_size: background generated over the whole slice --------------------------------
+def box(shape: tuple[int, ...], size: int) -> tuple[slice, slice]:
+    """Where the (cropped) label volume's plane sits in the output, as center_pad places it."""
+    px, py = (size - shape[0]) // 2, (size - shape[1]) // 2
+    return slice(px, px + shape[0]), slice(py, py + shape[1])
+
+
+def test_padded_labels_leave_no_box_edge(small):
+    """Without padding, the image is 0 around the cropped volume: a step at the box's edge far above the
+    background's own texture. With ``pad_labels_to_size`` the background is generated everywhere: the step
+    across that edge is the background's, and the frame is textured too."""
+    rows, columns = box(small.shape, 128)
+    inner = slice(columns.start + 5, columns.stop - 5)
+    steps, frame = {}, np.ones((128, 128), bool)
+    frame[rows, columns] = False
+    for pad in (False, True):
+        images, labels = synthesize_slices(small, SynthConfig(size=128, pad_labels_to_size=pad), seeds("edge", 6))
+        images = images.astype(float)
+        across = np.abs(images[:, rows.start, inner] - images[:, rows.start - 1, inner]).mean(axis=1)
+        beside = np.abs(images[:, rows.start + 2, inner] - images[:, rows.start + 1, inner]).mean(axis=1)
+        steps[pad] = across, beside
+        frame_std = images[:, frame].std(axis=1)
+        assert np.all(frame_std > 2) if pad else not frame_std.any()
+    across, beside = steps[False]
+    assert across.mean() > 3 * beside.mean()  # the artefact, as this check sees it
+    across, beside = steps[True]
+    assert np.all(across < 1.5 * beside + 1)
+
+
+def test_padded_labels_let_an_enlarged_brain_leave_the_box(small):
+    """Padding also stops scaled-up brains from being cut at the box: unpadded, brain labels reach its edge
+    and stop there; padded, the same draws put brain beyond it."""
+    rows, columns = box(small.shape, 128)
+    inside = np.zeros((128, 128), bool)
+    inside[rows, columns] = True
+    edge = inside.copy()
+    edge[rows.start + 1 : rows.stop - 1, columns.start + 1 : columns.stop - 1] = False
+    cfg = SynthConfig(**{**STILL, "size": 128, "scaling_bounds": 0.15})
+    cut = synthesize_slices(small, cfg.model_copy(update={"pad_labels_to_size": False}), seeds("zoom", 12))[1]
+    whole = synthesize_slices(small, cfg, seeds("zoom", 12))[1]
+    assert not cut[:, ~inside].any() and cut[:, edge].any()
+    assert whole[:, ~inside].any()
+
+
+def test_synthesis_labels_pad_in_plane_like_center_pad(small):
+    cfg = SynthConfig(size=128)
+    padded = synthesis_labels(small, cfg)
+    assert padded.shape == (128, 128, small.shape[2]) and padded.dtype == small.dtype
+    z = small.shape[2] // 2
+    assert np.array_equal(padded[:, :, z], center_pad(small[:, :, z], 128))
+    assert synthesis_labels(small, cfg.model_copy(update={"pad_labels_to_size": False})) is small
+    assert synthesis_labels(small, SynthConfig(size=64)).shape == small.shape  # larger axes: cropped after
+    assert synthesis_labels(small[:, :, 0], cfg).shape == small.shape[:2]  # left for validation to reject
+
+
+# --- QC montage ---------------------------------------------------------------------------------------------
+def write_split(split: Path, images: np.ndarray, labels: np.ndarray) -> None:
+    for number, (image, label) in enumerate(zip(images, labels, strict=True)):
+        save_png(image, split / "images" / f"sub-01_{number:04d}.png")
+        save_png(label, split / "labels" / f"sub-01_{number:04d}.png")
+
+
+@pytest.fixture(scope="module")
+def written_split(small, tmp_path_factory) -> Path:
+    split = tmp_path_factory.mktemp("synthetic") / "train"
+    write_split(split, *synthesize_slices(small, SynthConfig(size=128), seeds("montage", 20)))
+    return split
+
+
+def near_colour(pixels: np.ndarray, colour: str, tolerance: float = 40.0) -> int:
+    rgb = np.array([int(colour[i : i + 2], 16) for i in (1, 3, 5)], float)
+    return int((np.linalg.norm(pixels.astype(float) - rgb, axis=-1) < tolerance).sum())
+
+
+def test_montage_is_a_deterministic_png_of_16_samples_with_contours(written_split, tmp_path):
+    first, again = tmp_path / "montage.png", tmp_path / "again.png"
+    shown = write_montage(written_split, first, 42, "synthetic test")
+    assert write_montage(written_split, again, 42, "synthetic test") == shown
+    assert first.read_bytes() == again.read_bytes()  # same dataset, same seed: same bytes
+    assert len(set(shown)) == 16 and shown == sorted(shown)
+    cases = [path.stem for path in (written_split / "images").glob("*.png")]
+    assert pick_cases(cases, 42) == shown and pick_cases(cases, 7) != shown  # picked by the seed
+    with Image.open(first) as png:
+        assert png.format == "PNG"
+        width, height = png.size
+        pixels = np.asarray(png.convert("RGB"))
+    assert 800 <= width <= 1600 and 800 <= height <= 1700  # a 4 × 4 grid of ~256-pixel panels
+    assert 100_000 < first.stat().st_size < 5_000_000
+    for name, colour, _ in CONTOURS.values():  # every tissue's contour is drawn, in its colour
+        assert near_colour(pixels, colour) > 100, name
+
+
+def test_montage_turns_anterior_up_and_copes_with_few_samples(tmp_path):
+    """One sample, bright in its anterior half (columns: posterior → anterior): bright at the top."""
+    image = np.zeros((1, 128, 128), np.uint8)
+    image[:, :, 64:] = 255
+    write_split(tmp_path / "train", image, np.zeros_like(image))
+    assert write_montage(tmp_path / "train", tmp_path / "one.png", 42, "one") == ["sub-01_0000"]
+    grey = np.asarray(Image.open(tmp_path / "one.png").convert("L"), float)
+    panel = grey[:, grey.shape[1] // 2]  # the middle column of the figure crosses the one panel
+    dark = np.nonzero(panel < 30)[0]
+    bright = np.nonzero(panel > 225)[0]
+    assert len(dark) > 50 and bright[bright < dark.min()].size > 50  # bright (anterior) above dark
+    assert write_montage(tmp_path / "missing", tmp_path / "none.png", 42, "none") == []
+    with Image.open(tmp_path / "none.png") as png:
+        assert png.format == "PNG"
+
+
+# --- the stage: samples and montage.png in its output -----------------------------------------------------------
+@pytest.fixture
+def stage(small, tmp_path, monkeypatch) -> Synthesize:
+    """The synthesize stage on two subjects with the ``small`` labels (sub-01 train, sub-02 test)."""
+    segmented, raw, qc = tmp_path / "segmented", tmp_path / "raw", tmp_path / "qc"
+    for subject in ("01", "02"):
+        save_nifti(small, np.eye(4), subject_file(segmented, subject, "dseg"), dtype=np.uint8)
+    write_tsv([{"participant_id": "sub-01", "split": "train"}, {"participant_id": "sub-02", "split": "test"}],
+              raw / "participants.tsv")
+    write_tsv([{"participant_id": f"sub-0{n}", "included": True, "reason": "passed"} for n in (1, 2)],
+              qc / "qc.tsv")
+    monkeypatch.setattr(Synthesize, "input_dir", lambda self, index=0: [segmented, raw, qc][index])
+    return Synthesize(segmenter="hmrf", stripper="deepbet")
+
+
+def test_synthesize_stage_writes_samples_and_a_montage(stage, tmp_path):
+    out = tmp_path / "synthetic"
+    stage.build(out, Config(synth=SynthConfig(n_train=18, n_test=2, size=64)))
+    assert len(list((out / "train" / "images").glob("*.png"))) == 18
+    assert len(list((out / "test" / "labels").glob("*.png"))) == 2
+    with Image.open(out / "montage.png") as png:
+        assert png.format == "PNG" and png.size[0] >= 800
+    expected = write_montage(out / "train", tmp_path / "again.png", 42, "synthetic hmrf-deepbet")
+    assert (tmp_path / "again.png").read_bytes() == (out / "montage.png").read_bytes() and len(expected) == 16
+
+
+# --- synth.engine: lab2im ------------------------------------------------------------------------------------
+def test_lab2im_engine_missing_stops_saying_how_to_install(small, stage, tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "lab2im", None)  # not importable, even where it is installed
+    monkeypatch.setitem(sys.modules, "tensorflow", None)
+    cfg = SynthConfig(engine="lab2im", size=64)
+    message = (
+        r"lab2im was requested but is missing \(not found: lab2im, tensorflow; install the optional lab2im "
+        r"package: pip install git\+https://github.com/vcasellesb/lab2im"
+    )
+    with pytest.raises(ToolMissing, match=message):
+        synthesize(small, cfg, seeds("missing", 1))
+    with pytest.raises(ToolMissing, match=message):
+        check_engine(cfg)
+    with pytest.raises(ToolMissing, match=message):  # the stage stops before any work
+        stage.build(tmp_path / "synthetic", Config(synth=cfg))
+    assert not (tmp_path / "synthetic").exists()
+    monkeypatch.chdir(tmp_path)
+    assert main(["doctor"]) == 0
+    lines = {tuple(line.split()[:3]) for line in capsys.readouterr().out.splitlines()}
+    assert {("synthesize", "builtin", "available"), ("synthesize", "lab2im", "missing")} <= lines
+
+
+@pytest.fixture
+def standin_lab2im(monkeypatch) -> SimpleNamespace:
+    """Stand-in ``lab2im`` and ``tensorflow`` modules. The ImageGenerator records its arguments and the label
+    volume it is given, and returns those labels undeformed with an image from numpy's global stream (where
+    lab2im draws its GMM parameters): what the engine seeded shows in the image."""
+    record = SimpleNamespace(generators=[], tf_seeds=[], sessions=0)
+
+    class ImageGenerator:
+        def __init__(self, **kwargs: object) -> None:
+            volume = nib.load(str(kwargs["labels_dir"]))
+            self.kwargs, self.affine = kwargs, volume.affine
+            self.labels = np.asarray(volume.dataobj)
+            record.generators.append(self)
+
+        def generate_image(self) -> tuple[np.ndarray, np.ndarray]:
+            self.image = np.random.uniform(size=self.labels.shape).astype(np.float32)
+            return self.image, self.labels.astype(np.int32)
+
+    def clear_session() -> None:
+        record.sessions += 1
+
+    def module(name: str, **attributes: object) -> types.ModuleType:
+        stand_in = types.ModuleType(name)
+        stand_in.__spec__ = importlib.machinery.ModuleSpec(name, None)  # found by importlib.util.find_spec
+        stand_in.__dict__.update(attributes)
+        return stand_in
+
+    generator = module("lab2im.image_generator", ImageGenerator=ImageGenerator)
+    keras = SimpleNamespace(backend=SimpleNamespace(clear_session=clear_session))
+    tensorflow = module("tensorflow", random=SimpleNamespace(set_seed=record.tf_seeds.append), keras=keras)
+    for stand_in in (module("lab2im", image_generator=generator), generator, tensorflow):
+        monkeypatch.setitem(sys.modules, stand_in.__name__, stand_in)
+    return record
+
+
+@pytest.mark.parametrize("pad_labels", [True, False], ids=["labels-padded", "labels-as-cropped"])
+def test_standin_lab2im_gets_our_priors_and_is_sliced_and_padded_like_builtin(small, standin_lab2im, pad_labels):
+    cfg = SynthConfig(engine="lab2im", size=128, pad_labels_to_size=pad_labels, prior_means=(10.0, 200.0),
+                      prior_stds=(1.0, 30.0), blur_range=1.3)
+    batch = seeds("lab2im", 4)
+    numpy_state = np.random.get_state()[1].copy()
+    images, labels = synthesize(small, cfg, batch)
+    assert np.array_equal(np.random.get_state()[1], numpy_state)  # numpy's global stream left as it was
+    generators = standin_lab2im.generators
+    assert len(generators) == standin_lab2im.sessions == 4  # a fresh keras session and generator per sample
+    for generator in generators:
+        kwargs = generator.kwargs
+        assert kwargs["prior_distributions"] == "uniform"
+        assert kwargs["prior_means"] == [10.0, 200.0] and kwargs["prior_stds"] == [1.0, 30.0]
+        assert kwargs["blur_range"] == 1.3
+        assert kwargs["generation_labels"].tolist() == kwargs["output_labels"].tolist() == [0, 1, 2, 3]
+        assert kwargs["batchsize"] == kwargs["n_channels"] == 1
+        assert kwargs["target_res"] is None and kwargs["output_shape"] is None  # whole volumes, input grid
+        assert np.array_equal(generator.labels, synthesis_labels(small, cfg))  # padded as the builtin pads
+        assert np.array_equal(generator.affine, np.eye(4))  # RAS, 1 mm: lab2im keeps the array's axes
+    # the central axial slice, the builtin engine's flip draw, centred on size × size: the builtin's labels
+    # of an undeformed volume, and the stand-in's image slice
+    still = cfg.model_copy(update={**STILL, "engine": "builtin", "flip_probability": cfg.flip_probability})
+    assert np.array_equal(labels, synthesize_slices(small, still, batch)[1])
+    flips = [draw_flip(seed, cfg) for seed in batch]
+    assert any(flips) and not all(flips)
+    for generator, image, flip in zip(generators, images, flips, strict=True):
+        plane = generator.image[:, :, small.shape[2] // 2]
+        assert np.array_equal(image, center_pad(to_uint8(plane[::-1] if flip else plane), 128))
+    # seeded per sample: numpy and TensorFlow seeds from the sample's seed; alone, it is the same sample
+    assert len(set(standin_lab2im.tf_seeds)) == 4
+    alone = synthesize(small, cfg, batch[2:3])
+    assert np.array_equal(alone[0][0], images[2]) and np.array_equal(alone[1][0], labels[2])
+    assert standin_lab2im.tf_seeds[-1] == standin_lab2im.tf_seeds[2]
+
+
+def test_standin_lab2im_refuses_what_lab2im_fixes(small, standin_lab2im):
+    """ImageGenerator takes no spatial, bias, gamma, blur-σ or noise parameter: other values stop, named."""
+    with pytest.raises(ConfigError, match=r"synth\.nonlin_std = 3\.0 \(lab2im fixes 4\.0\); synth\.noise_std"):
+        synthesize(small, SynthConfig(engine="lab2im", nonlin_std=3.0, noise_std=1.0), [1])
+    assert not standin_lab2im.generators
+    assert set(LAB2IM_FIXED) <= set(SynthConfig.model_fields)
+    assert all(getattr(SynthConfig(), key) == value for key, value in LAB2IM_FIXED.items())  # our defaults

@@ -46,7 +46,8 @@ def n4_correct(data: np.ndarray, shrink: int, iterations: int) -> np.ndarray:
     return (data / np.exp(log_bias)).astype(np.float32)
 
 
-def normalize_percentiles(data: np.ndarray, low_high: tuple[float, float], mask: np.ndarray | None = None) -> np.ndarray:
+def normalize_percentiles(data: np.ndarray, low_high: tuple[float, float],
+                          mask: np.ndarray | None = None) -> np.ndarray:
     """Map the [low, high] percentiles of the foreground (or ``mask``) to [0, 1], clipped."""
     region = data[mask] if mask is not None else data[data > 0]
     low, high = np.percentile(region, low_high)
@@ -61,7 +62,8 @@ def harmonize_builtin(image: nib.Nifti1Image, config: HarmonizeConfig) -> tuple[
     steps = [f"reorient to RAS; resample to {config.voxel_size_mm} mm isotropic (cubic spline)"]
     if config.n4:
         data = n4_correct(data, config.n4_shrink, config.n4_iterations)
-        steps.append(f"N4 bias-field correction (shrink {config.n4_shrink}, {config.n4_iterations} iterations x 4 levels)")
+        steps.append(f"N4 bias-field correction (shrink {config.n4_shrink}, "
+                     f"{config.n4_iterations} iterations x 4 levels)")
     data = normalize_percentiles(data, config.percentiles)
     steps.append(f"intensities: percentiles {config.percentiles} of the head -> [0, 1]")
     return nib.Nifti1Image(data, resampled.affine), {"Method": "builtin", "Steps": steps}

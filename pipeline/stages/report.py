@@ -2,7 +2,7 @@
 
 Dice table and bar chart (real and synthetic), training curves, example predictions on
 real slices next to their references, and the subjects the QC gate excluded.
-Writes ``data/report/index.html`` with its PNG figures, and ``metrics/summary.csv``.
+Writes ``data/report/index.html`` with its PNG figures and ``dice.csv`` (every combo's Dice).
 """
 
 from __future__ import annotations
@@ -166,8 +166,6 @@ class Report(Stage):
     name = "report"
     param_keys = ("strip.methods", "segment.methods")
     out_template = "data/report"
-    plots_template = "metrics/summary.csv"
-    plot_axes = {"x": "mean", "y": "combo", "template": "bar_horizontal_sorted"}
 
     def requires(self) -> list[luigi.Task]:
         return [Evaluations()]
@@ -192,5 +190,5 @@ class Report(Stage):
         style = "body{font-family:sans-serif;max-width:1100px;margin:auto}td,th{padding:2px 8px;border:1px solid #ccc}"
         write_text(f"<!doctype html><html><head><meta charset='utf-8'><title>synthseg-pipeline report</title>"
                    f"<style>{style}</style></head><body>{''.join(sections)}</body></html>\n", out / "index.html")
-        write_csv([row for row in rows if row["kind"] == "real"], self.plots_path())
+        write_csv(rows, out / "dice.csv")
         log.info("report: %s (best: %s)", self.out_dir() / "index.html", best_strategy(rows))

@@ -1,40 +1,71 @@
 """Stage 4 — segment: tissue labels {0 background, 1 GM, 2 WM, 3 CSF} per segmenter x stripper.
 
 Every tool's own labels are remapped to the one scheme in ``pipeline.labels``.
-Per subject: ``sub-X_dseg.nii.gz`` on the stripped image's grid; per set: ``volumes.tsv``.
+Per subject: ``sub-X_dseg.nii.gz`` on the stripped image's grid and ``qc/sub-X_dseg.png`` (the labels
+over the image in three planes); per set: ``volumes.tsv``. The ``segment_qc`` stage decides who is used.
 """
 
 from __future__ import annotations
 
 import logging
+import tempfile
 from pathlib import Path
 
 import luigi
 import numpy as np
 
 from pipeline.config import Config, SegmentConfig
-from pipeline.io import load_nifti, save_nifti, write_tsv
-from pipeline.labels import TISSUES
+from pipeline.io import atomic_path, load_nifti, save_nifti, write_tsv
+from pipeline.labels import CSF, GM, TISSUES, WM
 from pipeline.stages.acquire import Acquire, read_participants, subject_file
 from pipeline.stages.base import Stage
 from pipeline.stages.strip import Strip
-from pipeline.tools import SEGMENTERS, hmrf
+from pipeline.tools import SEGMENTERS
+from pipeline.tools.segmentation import SegmentJob, tool_image
 
 log = logging.getLogger("pipeline")
 
+TISSUE_COLOURS = {GM: "tab:orange", WM: "tab:cyan", CSF: "tab:purple"}  # overlays
 
-def tissue_labels(method: str, brain: np.ndarray, mask: np.ndarray, config: SegmentConfig) -> np.ndarray:
-    SEGMENTERS[method].require()
-    if method == "hmrf":
-        return hmrf.segment(brain, mask, config.hmrf)
-    raise NotImplementedError(method)
+
+def tissue_labels(method: str, job: SegmentJob, config: SegmentConfig) -> np.ndarray:
+    segmenter = SEGMENTERS[method]
+    segmenter.tool.require()
+    labels = segmenter.run(job, config)
+    # The stripper decides what is brain: labels a tool puts outside its mask are dropped.
+    return np.where(job.mask, labels, 0).astype(np.uint8)
 
 
 def tissue_volumes(labels: np.ndarray, voxel_ml: float) -> dict[str, float]:
     volumes = {f"{name}_ml": float((labels == tissue).sum() * voxel_ml) for tissue, name in TISSUES.items()}
     brain = sum(volumes.values())
-    fractions = {f"{name}_fraction": volumes[f"{name}_ml"] / brain if brain else 0.0 for name in TISSUES.values()}
+    fractions = {f"{name}_fraction": volumes[f"{name}_ml"] / brain if brain else 0.0
+                 for name in TISSUES.values()}
     return volumes | fractions
+
+
+def save_overlay(image: np.ndarray, labels: np.ndarray, path: Path, title: str) -> None:
+    """Labels over the image through the brain's centre: sagittal, coronal and axial (RAS arrays)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.colors import ListedColormap
+    from matplotlib.figure import Figure
+
+    labelled = np.argwhere(labels > 0)
+    centre = labelled.mean(axis=0).astype(int) if len(labelled) else np.array(labels.shape) // 2
+    colours = ListedColormap(["none", *(TISSUE_COLOURS[tissue] for tissue in sorted(TISSUE_COLOURS))])
+    figure = Figure(figsize=(12, 4.4))
+    FigureCanvasAgg(figure)  # no pyplot: no global state, no display needed
+    planes = zip(("sagittal", "coronal", "axial"), figure.subplots(1, 3), strict=True)
+    for axis, (plane, ax) in enumerate(planes):
+        section = (slice(None),) * axis + (centre[axis],)
+        ax.imshow(image[section].T, cmap="gray", origin="lower", vmin=0, vmax=1)
+        ax.imshow(labels[section].T, cmap=colours, origin="lower", vmin=0, vmax=3, alpha=0.45,
+                  interpolation="nearest")
+        ax.set_title(plane)
+        ax.axis("off")
+    figure.suptitle(f"{title}   GM orange, WM cyan, CSF purple")
+    with atomic_path(path, suffix=".png") as tmp:
+        figure.savefig(tmp, format="png", dpi=80)
 
 
 class Segment(Stage):
@@ -56,11 +87,15 @@ class Segment(Stage):
             subject = participant.subject
             log.info("segment [%d/%d] sub-%s with %s on %s", number, len(participants), subject,
                      self.segmenter, self.stripper)
-            brain_image = load_nifti(subject_file(stripped, subject, "desc-brain_T1w"), subject)
-            mask = np.asarray(load_nifti(subject_file(stripped, subject, "desc-brain_mask"), subject).dataobj) > 0
-            brain = brain_image.get_fdata(dtype=np.float32)
-            labels = tissue_labels(self.segmenter, brain, mask, config.segment)
-            save_nifti(labels.astype(np.uint8), brain_image.affine, subject_file(out, subject, "dseg"))
-            voxel_ml = float(np.prod(brain_image.header.get_zooms()[:3])) / 1000.0
+            image = load_nifti(subject_file(stripped, subject, "desc-brain_T1w"), subject)
+            mask_image = load_nifti(subject_file(stripped, subject, "desc-brain_mask"), subject)
+            mask = np.asarray(mask_image.dataobj) > 0
+            with tempfile.TemporaryDirectory(prefix=f"segment-{self.segmenter}-") as scratch:
+                job = SegmentJob(tool_image(image, mask), mask, Path(scratch), config.workers)
+                labels = tissue_labels(self.segmenter, job, config.segment)
+            save_nifti(labels, image.affine, subject_file(out, subject, "dseg"))
+            save_overlay(image.get_fdata(dtype=np.float32), labels, out / "qc" / f"sub-{subject}_dseg.png",
+                         f"sub-{subject}  {self.segmenter}-{self.stripper}")
+            voxel_ml = float(np.prod(image.header.get_zooms()[:3])) / 1000.0
             rows.append({"participant_id": f"sub-{subject}", **tissue_volumes(labels, voxel_ml)})
         write_tsv(rows, out / "volumes.tsv")

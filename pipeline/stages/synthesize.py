@@ -2,9 +2,10 @@
 
 For every subject, ``synth.n_train`` (train split) and ``synth.n_test`` (test split)
 samples: the central axial slice of a randomly deformed, re-textured volume, padded
-to ``synth.size`` squared, written as an image PNG and a label PNG {0,1,2,3}.
-Each sample's seed derives from (seed, subject, index), so samples are reproducible
-and independent of which other subjects are in the study.
+to ``synth.size`` squared, written as an image PNG and a label PNG {0,1,2,3}, by the
+``synth.engine`` (builtin, or the optional lab2im package). Each sample's seed derives
+from (seed, subject, index), so samples are reproducible and independent of which other
+subjects are in the study. ``montage.png``: 16 training samples with tissue contours, for QC.
 """
 
 from __future__ import annotations
@@ -18,9 +19,13 @@ import numpy as np
 from pipeline.config import Config
 from pipeline.devices import torch_device
 from pipeline.io import load_nifti, save_png
-from pipeline.stages.acquire import Acquire, read_participants, subject_file
+from pipeline.stages.acquire import Acquire, Participant, read_participants, subject_file
 from pipeline.stages.base import Stage
 from pipeline.stages.segment import Segment
+from pipeline.stages.segment_qc import SegmentQC, read_decisions
+from pipeline.synth.engine import check_engine, synthesize
+from pipeline.synth.montage import write_montage
+from pipeline.synth.params import sample_seed
 
 log = logging.getLogger("pipeline")
 
@@ -29,13 +34,23 @@ TEST_INDEX_OFFSET = 1_000_000
 
 
 def write_samples(out: Path, subject: str, labels: np.ndarray, seeds: list[int], config: Config) -> None:
-    from pipeline.synth.model import synthesize_slices  # torch: imported only when generating
-
-    images, label_slices = synthesize_slices(labels, config.synth, seeds, device=torch_device())
+    images, label_slices = synthesize(labels, config.synth, seeds, device=torch_device())
     for number, (image, label_slice) in enumerate(zip(images, label_slices, strict=True)):
         case = f"sub-{subject}_{number:04d}"
         save_png(image, out / "images" / f"{case}.png")
         save_png(label_slice, out / "labels" / f"{case}.png")
+
+
+def write_subject(out: Path, segmented: Path, participant: Participant, config: Config, progress: str) -> None:
+    """The subject's training and/or test samples, as its split asks."""
+    subject = participant.subject
+    labels = np.asarray(load_nifti(subject_file(segmented, subject, "dseg"), subject).dataobj)
+    for split, count, offset, wanted in (("train", config.synth.n_train, 0, participant.in_train),
+                                         ("test", config.synth.n_test, TEST_INDEX_OFFSET, participant.in_test)):
+        if wanted:
+            log.info("synthesize %s: %d %s samples", progress, count, split)
+            seeds = [sample_seed(config.seed, subject, offset + index) for index in range(count)]
+            write_samples(out / split, subject, labels, seeds, config)
 
 
 class Synthesize(Stage):
@@ -47,20 +62,21 @@ class Synthesize(Stage):
     out_template = "data/synthetic/{segmenter}-{stripper}"
 
     def requires(self) -> list[Stage]:
-        return [Segment(segmenter=self.segmenter, stripper=self.stripper), Acquire()]
+        return [Segment(segmenter=self.segmenter, stripper=self.stripper), Acquire(),
+                SegmentQC(segmenter=self.segmenter, stripper=self.stripper)]
 
     def build(self, out: Path, config: Config) -> None:
         segmented = self.input_dir(0)
         participants = read_participants(self.input_dir(1))
+        decisions = read_decisions(self.input_dir(2) / "qc.tsv")
+        check_engine(config.synth)  # a missing optional engine stops before any work
         for number, participant in enumerate(participants, 1):
-            subject = participant.subject
-            from pipeline.synth.params import sample_seed
-
-            labels = np.asarray(load_nifti(subject_file(segmented, subject, "dseg"), subject).dataobj)
-            for split, count, offset in (("train", config.synth.n_train, 0),
-                                         ("test", config.synth.n_test, TEST_INDEX_OFFSET)):
-                if not (participant.in_train if split == "train" else participant.in_test):
-                    continue
-                log.info("synthesize [%d/%d] sub-%s: %d %s samples", number, len(participants), subject, count, split)
-                seeds = [sample_seed(config.seed, subject, offset + index) for index in range(count)]
-                write_samples(out / split, subject, labels, seeds, config)
+            progress = f"[{number}/{len(participants)}] sub-{participant.subject}"
+            included, reason = decisions[f"sub-{participant.subject}"]
+            if included:
+                write_subject(out, segmented, participant, config, progress)
+            else:
+                log.warning("synthesize %s skipped, excluded by segmentation QC: %s", progress, reason)
+        chosen = write_montage(out / "train", out / "montage.png", config.seed,
+                               f"synthetic {self.segmenter}-{self.stripper}")
+        log.info("synthesize: montage.png shows %d training samples", len(chosen))

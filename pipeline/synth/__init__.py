@@ -11,8 +11,10 @@ _EXPORTS = {
     "SampleParams": "params",
     "draw_parameters": "params",
     "sample_seed": "params",
+    "synthesize": "engine",
     "synthesize_full_volume": "model",
     "synthesize_slices": "model",
+    "write_montage": "montage",
 }
 __all__ = sorted(_EXPORTS)
 

@@ -1,6 +1,7 @@
 """Throughput of the slice synthesis on a real 1 mm label volume.
 
     python -m pipeline.synth.bench --n 200 [--labels seg.nii.gz] [--device cpu] [--threads 1]
+                                   [--no-pad-labels-to-size]
 
 ``slices_per_cpu_second`` is n / (CPU time of the whole process while generating, all threads),
 after a short warm-up. One torch thread per process (synthesize_slices' default) is the most
@@ -40,9 +41,12 @@ def load_tissue_labels(path: str | Path) -> np.ndarray:
     return np.ascontiguousarray(labels[box], dtype=np.uint8)
 
 
-def run_benchmark(label_path: str | None, n: int, device: str, threads: int | None = 1) -> dict:
+def run_benchmark(
+    label_path: str | None, n: int, device: str, threads: int | None = 1, pad_labels_to_size: bool | None = None
+) -> dict:
+    """``pad_labels_to_size``: synth.pad_labels_to_size (None: its default)."""
     labels = load_tissue_labels(label_path or DEFAULT_LABELS)
-    cfg = SynthConfig()
+    cfg = SynthConfig() if pad_labels_to_size is None else SynthConfig(pad_labels_to_size=pad_labels_to_size)
     rss_before = _current_rss_mb()
     synthesize_slices(labels, cfg, [sample_seed(0, "warm-up", i) for i in range(2)], device, threads=threads)
     seeds = [sample_seed(0, "bench", i) for i in range(n)]
@@ -61,6 +65,7 @@ def run_benchmark(label_path: str | None, n: int, device: str, threads: int | No
         "shape": list(labels.shape),
         "device": device,
         "threads": threads if threads else torch.get_num_threads(),
+        "pad_labels_to_size": cfg.pad_labels_to_size,
         "output": list(images.shape),
     }
 
@@ -82,8 +87,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--n", type=int, default=200)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (0: leave torch's default)")
+    parser.add_argument("--pad-labels-to-size", action=argparse.BooleanOptionalAction, default=None,
+                        help="synth.pad_labels_to_size (default: the configuration's default)")
     args = parser.parse_args(argv)
-    print(json.dumps(run_benchmark(args.labels, args.n, args.device, args.threads or None), indent=2))
+    report = run_benchmark(args.labels, args.n, args.device, args.threads or None, args.pad_labels_to_size)
+    print(json.dumps(report, indent=2))
 
 
 if __name__ == "__main__":

@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from pipeline.config import SynthConfig
+from pipeline.synth.canvas import synthesis_labels
 from pipeline.synth.fields import Shape3, flow_displacement, sample_grid
 from pipeline.synth.params import SampleParams, blur_radius, draw_parameters, sample_seed, slice_noise
 
@@ -268,9 +269,10 @@ def synthesize_full_volume(
 ) -> FullVolume:
     """Reference path: deform and generate the entire volume, blur it in 3D, then take the output slice.
 
-    Slow and memory-hungry (whole volume); for tests and inspection.
+    Slow and memory-hungry (whole volume); for tests and inspection. With ``cfg.pad_labels_to_size`` the
+    volume is the padded one (``canvas.synthesis_labels``).
     """
-    volume, plan, n_labels, dev = prepare_volume(labels, cfg, device)
+    volume, plan, n_labels, dev = prepare_volume(synthesis_labels(labels, cfg), cfg, device)
     batch = make_batch([draw_parameters(seed, cfg, plan.shape, n_labels)], plan, dev)
     deformed, image = render(volume, batch, plan.shape, np.arange(plan.shape[2]))
     slab = image[:, plan.slab[0] : plan.slab[-1] + 1]
@@ -331,14 +333,16 @@ def synthesize_slices(
     """labels: 3D integer volume (RAS, ~1 mm isotropic, any label values 0..255, each its own Gaussian
     class; already cropped to the brain). Returns (images uint8 (N, size, size), labels uint8 (N, size,
     size)): the central axial slice ``volume[:, :, Z // 2]`` of each deformed volume (rows: x, left→right;
-    columns: y, posterior→anterior), centre-padded with 0 (or centre-cropped) to size × size.
+    columns: y, posterior→anterior), centre-padded (or centre-cropped) to size × size. The padding is
+    background: with ``cfg.pad_labels_to_size`` the label volume is padded before synthesis, so the image
+    has generated background there too (``canvas``); otherwise image and labels are padded with 0 after.
 
     Sample i depends only on (labels, cfg, seeds[i]), not on the batch; ``device``: "cpu", "cuda" or
     "auto" (CUDA arithmetic may differ from the CPU's in the last bits). ``threads``: torch threads while
     generating (None: torch's setting). One is the most efficient: the ops are small, and a second
     OpenMP thread mostly waits (5× slower on a busy host); run subjects in parallel processes instead.
     """
-    volume, plan, n_labels, dev = prepare_volume(labels, cfg, device)
+    volume, plan, n_labels, dev = prepare_volume(synthesis_labels(labels, cfg), cfg, device)
     if n_labels > 256:
         raise ValueError(f"labels up to {n_labels - 1} do not fit the uint8 output; remap them first")
     images, segmentations = [], []

@@ -126,8 +126,13 @@ def draw_parameters(
         noise_std=noise_std,
         gamma=gamma,
         blur_sigma=blur,
-        flip=bool(_rng(seed, _FLIP).uniform() < cfg.flip_probability),
+        flip=draw_flip(seed, cfg),
     )
+
+
+def draw_flip(seed: int, cfg: SynthConfig) -> bool:
+    """The sample's random left–right flip (its own stream: the lab2im engine draws it alone)."""
+    return bool(_rng(seed, _FLIP).uniform() < cfg.flip_probability)
 
 
 def slice_noise(seed: int, z: int, plane: tuple[int, int], white: bool = False) -> np.ndarray:

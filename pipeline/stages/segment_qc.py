@@ -1,0 +1,163 @@
+"""Stage 4b — segment_qc: check each subject's segmentation and decide whether synthesis may use it.
+
+Per subject, for one segmenter on one stripper: tissue volumes and shares, mean T1 per tissue (a
+T1 must read CSF < GM < WM), the share of the brain mask left unlabelled and, when several
+segmenters are configured, Dice per tissue with each of the others on the same stripped image.
+A subject outside the ``segment.qc`` ranges is excluded, with the reason, unless it is listed in
+``segment.qc.force_include``. Writes ``data/qc/<segmenter>-<stripper>/qc.tsv`` and a metrics JSON.
+
+This is a stage of its own, not part of ``segment``: agreement needs every segmenter's output.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+
+import luigi
+import nibabel as nib
+import numpy as np
+
+from pipeline.config import Config, SegmentQCConfig, load_config
+from pipeline.io import InputError, load_nifti, read_tsv, write_json, write_tsv
+from pipeline.labels import CSF, GM, TISSUES, WM
+from pipeline.metrics import dice_per_tissue
+from pipeline.stages.acquire import Acquire, read_participants, subject_file
+from pipeline.stages.base import Stage
+from pipeline.stages.segment import Segment, tissue_volumes
+from pipeline.stages.strip import Strip
+
+log = logging.getLogger("pipeline")
+
+PASSED = "passed"
+
+
+def read_labels(path: Path, shape: tuple[int, ...]) -> np.ndarray:
+    """A dseg as is: unlike ``load_nifti`` it accepts an empty one (QC is there to catch that)."""
+    labels = np.asarray(nib.load(path).dataobj)
+    if labels.shape != shape:
+        raise InputError(f"{path}: labels of shape {labels.shape} are not on the stripped grid {shape}")
+    return labels
+
+
+def mean_or_nan(values: np.ndarray) -> float:
+    return float(values.mean()) if values.size else math.nan
+
+
+def measures(labels: np.ndarray, brain: np.ndarray, mask: np.ndarray, voxel_ml: float) -> dict[str, float]:
+    means = {f"{name}_mean_t1": mean_or_nan(brain[labels == tissue]) for tissue, name in TISSUES.items()}
+    unlabelled = float((mask & (labels == 0)).sum() / max(int(mask.sum()), 1))
+    return tissue_volumes(labels, voxel_ml) | means | {"unlabelled_fraction": unlabelled}
+
+
+def agreement(labels: np.ndarray, others: dict[str, np.ndarray]) -> dict[str, float]:
+    return {f"dice_{method}_{tissue}": value
+            for method, other in others.items() for tissue, value in dice_per_tissue(other, labels).items()}
+
+
+def failures(row: dict, others: list[str], qc: SegmentQCConfig) -> list[str]:
+    """Why a subject's measures are out of range; empty when they are all fine."""
+    reasons = []
+    for name, (low, high) in (("GM", qc.gm_fraction), ("WM", qc.wm_fraction), ("CSF", qc.csf_fraction)):
+        share = row[f"{name}_fraction"]
+        if not low <= share <= high:
+            reasons.append(f"{name} fraction {share:.3f} outside [{low}, {high}]")
+    means = [row[f"{TISSUES[tissue]}_mean_t1"] for tissue in (CSF, GM, WM)]
+    if not means[0] < means[1] < means[2]:  # NaN (an empty tissue) fails too
+        reasons.append("mean T1 not CSF < GM < WM (CSF {:.3f}, GM {:.3f}, WM {:.3f})".format(*means))
+    if row["unlabelled_fraction"] > qc.max_unlabelled_fraction:
+        reasons.append(f"{row['unlabelled_fraction']:.3f} of the brain mask unlabelled "
+                       f"(max {qc.max_unlabelled_fraction})")
+    for tissue in TISSUES.values() if others else ():
+        scores = {method: row[f"dice_{method}_{tissue}"] for method in others}
+        best = max(scores, key=lambda method: np.nan_to_num(scores[method]))
+        if not scores[best] >= qc.min_dice:
+            reasons.append(f"{tissue} Dice {scores[best]:.2f} with {best}, the best-agreeing other segmenter "
+                           f"(min {qc.min_dice})")
+    return reasons
+
+
+def decide(participant_id: str, reasons: list[str], qc: SegmentQCConfig) -> dict[str, object]:
+    if participant_id in qc.force_include:
+        failed = "; ".join(reasons) if reasons else "nothing"
+        return {"included": True, "reason": f"forced by segment.qc.force_include (failed: {failed})"}
+    return {"included": not reasons, "reason": "; ".join(reasons) or PASSED}
+
+
+def check_subject(subject: str, segmenter: str, stripped: Path, segmented: dict[str, Path],
+                  qc: SegmentQCConfig) -> dict:
+    """One qc.tsv row: ``segmenter``'s labels of ``subject`` measured, compared with the others', decided."""
+    image = load_nifti(subject_file(stripped, subject, "desc-brain_T1w"), subject)
+    mask = np.asarray(load_nifti(subject_file(stripped, subject, "desc-brain_mask"), subject).dataobj) > 0
+    labels = {method: read_labels(subject_file(folder, subject, "dseg"), mask.shape)
+              for method, folder in segmented.items()}
+    own = labels.pop(segmenter)
+    voxel_ml = float(np.prod(image.header.get_zooms()[:3])) / 1000.0
+    row = {"participant_id": f"sub-{subject}", "segmenter": segmenter}
+    row |= measures(own, image.get_fdata(dtype=np.float32), mask, voxel_ml) | agreement(own, labels)
+    row |= decide(row["participant_id"], failures(row, list(labels), qc), qc)
+    if not row["included"] or row["reason"] != PASSED:
+        log.warning("qc %s sub-%s: %s: %s", segmenter, subject,
+                    "included" if row["included"] else "EXCLUDED", row["reason"])
+    return row
+
+
+def read_decisions(path: Path) -> dict[str, tuple[bool, str]]:
+    """participant_id -> (included, reason) from a qc.tsv."""
+    return {row["participant_id"]: (row["included"] == "True", row["reason"]) for row in read_tsv(path)}
+
+
+def summary(rows: list[dict]) -> dict:
+    return {
+        "subjects": len(rows),
+        "included": sum(bool(row["included"]) for row in rows),
+        "excluded": {row["participant_id"]: row["reason"] for row in rows if not row["included"]},
+        "forced": [row["participant_id"] for row in rows if row["reason"].startswith("forced")],
+    }
+
+
+class SegmentedSets(luigi.WrapperTask):
+    """Every configured segmenter's labels on one stripper's images: what the agreement check reads.
+
+    Not a DVC stage: DVC sees its folder, ``data/segmented``, as one dependency (it holds the segment
+    stage's outputs), so dvc.yaml does not change with ``segment.methods``.
+    """
+
+    stripper = luigi.Parameter()
+
+    def requires(self) -> list[Stage]:
+        return [Segment(segmenter=method, stripper=self.stripper) for method in load_config().segment.methods]
+
+    def out_dir(self) -> Path:
+        return Path(Segment.out_template).parent
+
+    def output(self) -> list[luigi.LocalTarget]:
+        return [luigi.LocalTarget(str(self.out_dir()))]
+
+
+class SegmentQC(Stage):
+    name = "segment_qc"
+    segmenter = luigi.Parameter()
+    stripper = luigi.Parameter()
+    matrix = {"segmenter": "segment.methods", "stripper": "strip.methods"}
+    param_keys = ("segment.qc",)
+    out_template = "data/qc/{segmenter}-{stripper}"
+    metrics_template = "metrics/qc-{segmenter}-{stripper}.json"
+
+    def requires(self) -> list[luigi.Task]:
+        return [Strip(stripper=self.stripper), Acquire(), SegmentedSets(stripper=self.stripper)]
+
+    def build(self, out: Path, config: Config) -> None:
+        methods = config.segment.methods
+        if self.segmenter not in methods:
+            raise InputError(f"segment_qc: segmenter {self.segmenter!r} is not in segment.methods {methods}")
+        stripped, participants = self.input_dir(0), read_participants(self.input_dir(1))
+        segmented = {method: Path(Segment(segmenter=method, stripper=self.stripper).out_dir())
+                     for method in methods}
+        rows = [check_subject(participant.subject, self.segmenter, stripped, segmented, config.segment.qc)
+                for participant in participants]
+        write_tsv(rows, out / "qc.tsv")
+        write_json(summary(rows), self.metrics_path())
+        log.info("qc %s on %s: %d of %d subjects included", self.segmenter, self.stripper,
+                 sum(bool(row["included"]) for row in rows), len(rows))

@@ -1,0 +1,57 @@
+"""What every segmenter is given and returns, and the file handling the command-line ones share.
+
+A segmenter is a Tool plus a run function ``run(job, config) -> labels``: tissue labels
+{0 background, 1 GM, 2 WM, 3 CSF} (``pipeline.labels``) on the grid of ``job.image``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+from nibabel.processing import resample_from_to
+
+from pipeline.config import SegmentConfig
+from pipeline.io import save_nifti
+from pipeline.tools.base import Tool
+
+# Tools read 0 as "outside the head", but the strip stage's percentile normalization sets the darkest
+# 0.5 % of the brain (CSF) to exactly 0: lift the brain off zero so those voxels get a class too.
+BRAIN_FLOOR = 0.01
+
+
+@dataclass(frozen=True)
+class SegmentJob:
+    image: nib.Nifti1Image  # skull-stripped T1 (see ``tool_image``), 0 outside the mask
+    mask: np.ndarray  # bool brain mask on the image's grid
+    workdir: Path  # an empty scratch folder for the tool's files
+    threads: int
+
+
+@dataclass(frozen=True)
+class Segmenter:
+    tool: Tool
+    run: Callable[[SegmentJob, SegmentConfig], np.ndarray]
+
+
+def tool_image(image: nib.Nifti1Image, mask: np.ndarray) -> nib.Nifti1Image:
+    data = image.get_fdata(dtype=np.float32)
+    return nib.Nifti1Image(np.where(mask, data + BRAIN_FLOOR, 0).astype(np.float32), image.affine)
+
+
+def write_input(job: SegmentJob, name: str = "t1.nii.gz") -> Path:
+    path = job.workdir / name
+    save_nifti(job.image.get_fdata(dtype=np.float32), job.image.affine, path)
+    return path
+
+
+def labels_on_grid(labels: nib.spatialimages.SpatialImage, reference: nib.Nifti1Image) -> np.ndarray:
+    """A tool's label map on the reference grid: as is when the grids match, else nearest neighbour."""
+    if labels.shape[:3] == reference.shape[:3] and np.allclose(labels.affine, reference.affine, atol=1e-4):
+        return np.asarray(labels.dataobj).astype(np.int64).reshape(reference.shape[:3])
+    resampled = resample_from_to(labels, (reference.shape[:3], reference.affine), order=0, mode="constant",
+                                 cval=0, out_class=nib.Nifti1Image)
+    return np.rint(resampled.get_fdata()).astype(np.int64)

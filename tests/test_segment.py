@@ -1,0 +1,225 @@
+"""Segmentation: SAMSEG and hmrf on a real head, the QC gate, and the segment -> qc -> synthesize chain."""
+
+from __future__ import annotations
+
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import get_args
+
+import luigi
+import nibabel as nib
+import numpy as np
+import pytest
+import yaml
+
+from pipeline.config import (
+    ConfigError,
+    HarmonizeConfig,
+    SegmentMethod,
+    SegmentQCConfig,
+    StripConfig,
+    parse_config,
+)
+from pipeline.io import load_nifti, load_png, read_tsv, save_nifti, write_tsv
+from pipeline.labels import CSF, GM, NON_BRAIN, WM, present_labels, unmapped_labels
+from pipeline.metrics import dice_per_tissue
+from pipeline.stages import synthesize
+from pipeline.stages.acquire import subject_file
+from pipeline.stages.harmonize import harmonize_builtin
+from pipeline.stages.segment import save_overlay, tissue_labels
+from pipeline.stages.segment_qc import agreement, decide, failures, measures, read_decisions
+from pipeline.stages.strip import brain_mask, crop_to_brain
+from pipeline.stages.synthesize import Synthesize
+from pipeline.tools import SEGMENTERS
+from pipeline.tools.segmentation import SegmentJob, tool_image
+
+from .conftest import PROJECT_ROOT
+from .phantom import phantom
+
+QC = SegmentQCConfig()
+
+
+# --- SAMSEG (fast setting) and hmrf on a real head ----------------------------------------------------
+@pytest.fixture(scope="module")
+def head(ds000011: Path) -> tuple[nib.Nifti1Image, np.ndarray]:
+    """ds000011 sub-01 as the strip stage leaves it: harmonized, deepbet-stripped, normalized, cropped."""
+    raw = load_nifti(ds000011 / "sub-01" / "anat" / "sub-01_T1w.nii.gz")
+    harmonized, _ = harmonize_builtin(raw, HarmonizeConfig())
+    config = StripConfig()
+    brain, mask = crop_to_brain(harmonized, brain_mask("deepbet", harmonized, config), config.crop_margin_vox)
+    return brain, np.asarray(mask.dataobj) > 0
+
+
+def run_real(method: str, head, workdir: Path, **section) -> np.ndarray:
+    image, mask = head
+    config = parse_config({"segment": {"methods": [method], method: section}}).segment
+    return tissue_labels(method, SegmentJob(tool_image(image, mask), mask, workdir, 2), config)
+
+
+@pytest.fixture(scope="module")
+def real_runs(head, tmp_path_factory) -> dict:
+    """Both segmenters' tissues and SAMSEG's own seg.mgz. They run side by side: SAMSEG is a subprocess
+    whose single-threaded phases (registration) leave a core free for hmrf."""
+    workdir = tmp_path_factory.mktemp("samseg")
+    with ThreadPoolExecutor(1) as pool:
+        samseg = pool.submit(run_real, "samseg", head, workdir, fast=True)
+        hmrf = run_real("hmrf", head, tmp_path_factory.mktemp("hmrf"))
+        return {"samseg": samseg.result(), "hmrf": hmrf, "seg.mgz": workdir / "samseg" / "seg.mgz"}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["samseg", "hmrf"])
+def test_real_segmentation_is_plausible_and_passes_qc(head, real_runs, method: str):
+    image, mask = head
+    labels = real_runs[method]
+    row = measures(labels, image.get_fdata(dtype=np.float32), mask, voxel_ml=0.001)
+    assert 0.30 < row["GM_fraction"] < 0.55, row
+    assert 0.25 < row["WM_fraction"] < 0.45, row
+    assert 0.10 < row["CSF_fraction"] < 0.35, row
+    assert 1000 < row["GM_ml"] + row["WM_ml"] + row["CSF_ml"] < 1800, row
+    assert row["CSF_mean_t1"] < row["GM_mean_t1"] < row["WM_mean_t1"], row
+    assert failures(row, [], QC) == []
+
+
+@pytest.mark.slow
+def test_real_samseg_and_hmrf_agree(real_runs):
+    dice = dice_per_tissue(real_runs["samseg"], real_runs["hmrf"])
+    assert min(dice.values()) >= 0.7, dice
+
+
+@pytest.mark.slow
+def test_real_samseg_output_labels_are_all_decided(head, real_runs):
+    _, mask = head
+    labels = real_runs["samseg"]
+    raw = np.asarray(nib.load(real_runs["seg.mgz"]).dataobj).astype(np.int64)
+    assert raw.shape == mask.shape  # SAMSEG answers on its input's grid
+    assert unmapped_labels(raw) == []
+    assert {2, 3, 4, 16, 24, 41, 42, 43} <= set(present_labels(raw))
+    # What SAMSEG calls non-brain inside the stripper's mask (dura, skull edge) is what stays unlabelled.
+    non_brain = np.isin(raw[mask], list(NON_BRAIN)).mean()
+    assert (labels[mask] == 0).mean() == pytest.approx(non_brain, abs=0.002)
+
+
+def test_segmenter_registry_covers_every_configured_method_and_params_yaml():
+    methods = set(get_args(SegmentMethod))
+    assert set(SEGMENTERS) == methods
+    params = yaml.safe_load((PROJECT_ROOT / "params.yaml").read_text())
+    assert methods | {"methods", "qc"} <= set(params["segment"])  # DVC reads segment.<method>
+
+
+# --- the QC gate on a phantom whose truth is known ------------------------------------------------------
+def qc_row(labels: np.ndarray, others: dict[str, np.ndarray] | None = None, qc: SegmentQCConfig = QC) -> dict:
+    image, mask, _ = phantom()
+    others = others or {}
+    row = measures(labels, image.get_fdata(dtype=np.float32), mask, 0.001) | agreement(labels, others)
+    return row | decide("sub-01", failures(row, list(others), qc), qc)
+
+
+def swapped(labels: np.ndarray) -> np.ndarray:
+    return np.choose(labels, [0, WM, GM, CSF]).astype(np.uint8)
+
+
+def test_qc_passes_a_good_segmentation():
+    _, _, truth = phantom()
+    row = qc_row(truth, {"other": truth})
+    assert row["included"] and row["reason"] == "passed"
+    assert row["unlabelled_fraction"] == 0.0 and row["dice_other_GM"] == 1.0
+
+
+def test_qc_excludes_swapped_classes_with_the_reason():
+    _, _, truth = phantom()
+    row = qc_row(swapped(truth))
+    assert not row["included"]
+    assert "mean T1 not CSF < GM < WM (CSF 0.25" in row["reason"]
+
+
+def test_qc_excludes_an_empty_white_matter():
+    _, _, truth = phantom()
+    row = qc_row(np.where(truth == WM, GM, truth).astype(np.uint8))
+    assert not row["included"]
+    assert "WM fraction 0.000 outside [0.2, 0.55]" in row["reason"]
+    assert "WM nan" in row["reason"]
+
+
+def test_qc_excludes_a_mostly_unlabelled_brain():
+    _, _, truth = phantom()
+    row = qc_row(np.where(truth == CSF, 0, truth).astype(np.uint8))
+    assert not row["included"] and "of the brain mask unlabelled (max 0.1)" in row["reason"]
+
+
+def test_qc_needs_agreement_with_at_least_one_other_segmenter():
+    _, _, truth = phantom()
+    broken = swapped(truth)
+    alone = qc_row(truth, {"broken": broken})
+    assert not alone["included"] and "GM Dice 0.00 with broken" in alone["reason"]
+    assert qc_row(truth, {"broken": broken, "good": truth})["included"]
+
+
+def test_force_include_keeps_a_failing_subject_and_says_so():
+    _, _, truth = phantom()
+    row = qc_row(swapped(truth), qc=SegmentQCConfig(force_include=["sub-01"]))
+    assert row["included"]
+    assert row["reason"].startswith("forced by segment.qc.force_include (failed: mean T1 not CSF < GM < WM")
+
+
+def test_force_include_takes_participant_ids():
+    with pytest.raises(ConfigError, match="force_include"):
+        parse_config({"segment": {"qc": {"force_include": ["01"]}}})
+
+
+def test_overlay_png_shows_three_planes(tmp_path: Path):
+    image, _, truth = phantom()
+    save_overlay(image.get_fdata(), truth, tmp_path / "qc" / "sub-01_dseg.png", "sub-01 hmrf-deepbet")
+    png = load_png(tmp_path / "qc" / "sub-01_dseg.png")
+    assert png.ndim == 3 and png.shape[1] > 2 * png.shape[0]  # three panels side by side
+
+
+# --- the stages: segment writes labels and overlays; qc decides; synthesize skips the excluded ----------
+@pytest.fixture
+def study(tmp_path: Path, monkeypatch) -> Path:
+    """A project folder with three stripped phantom subjects (02 and 03 for testing and training)."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"segment": {"methods": ["hmrf"]}}))
+    image, mask, _ = phantom()
+    rows = []
+    stripped = Path("data/stripped/deepbet")
+    for subject, split in (("01", "train"), ("02", "train"), ("03", "test")):
+        brain = image.get_fdata(dtype=np.float32)
+        save_nifti(brain, image.affine, subject_file(stripped, subject, "desc-brain_T1w"))
+        save_nifti(mask.astype(np.uint8), image.affine, subject_file(stripped, subject, "desc-brain_mask"))
+        rows.append({"participant_id": f"sub-{subject}", "split": split})
+    write_tsv(rows, Path("data/raw/participants.tsv"))
+    return tmp_path
+
+
+def test_segment_stage_writes_labels_volumes_and_overlays(study: Path):
+    from pipeline.stages.segment import Segment
+
+    task = Segment(segmenter="hmrf", stripper="deepbet")
+    assert luigi.build([task], local_scheduler=True, log_level="WARNING")
+    out = Path("data/segmented/hmrf-deepbet")
+    _, mask, truth = phantom()
+    labels = np.asarray(nib.load(subject_file(out, "02", "dseg")).dataobj)
+    assert min(dice_per_tissue(truth, labels).values()) > 0.95
+    assert [row["participant_id"] for row in read_tsv(out / "volumes.tsv")] == ["sub-01", "sub-02", "sub-03"]
+    assert sorted(path.name for path in (out / "qc").iterdir()) == [f"sub-0{n}_dseg.png" for n in (1, 2, 3)]
+
+
+def test_qc_stage_excludes_and_synthesize_skips_with_a_log(study: Path, monkeypatch, caplog):
+    image, _, truth = phantom()
+    out = Path("data/segmented/hmrf-deepbet")
+    for subject, labels in (("01", truth), ("02", swapped(truth)), ("03", truth)):
+        save_nifti(labels, image.affine, subject_file(out, subject, "dseg"))
+    written = []
+    monkeypatch.setattr(synthesize, "write_samples", lambda out, subject, *args: written.append(subject))
+    with caplog.at_level(logging.WARNING, logger="pipeline"):
+        assert luigi.build([Synthesize(segmenter="hmrf", stripper="deepbet")], local_scheduler=True,
+                           log_level="WARNING")
+    decisions = read_decisions(Path("data/qc/hmrf-deepbet/qc.tsv"))
+    assert decisions["sub-01"] == (True, "passed") and decisions["sub-03"] == (True, "passed")
+    assert not decisions["sub-02"][0] and "mean T1 not CSF < GM < WM" in decisions["sub-02"][1]
+    assert written == ["01", "03"]
+    assert "sub-02 skipped, excluded by segmentation QC: mean T1 not CSF < GM < WM" in caplog.text
+    metrics = yaml.safe_load(Path("metrics/qc-hmrf-deepbet.json").read_text())
+    assert metrics["included"] == 2 and list(metrics["excluded"]) == ["sub-02"]
