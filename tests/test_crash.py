@@ -58,6 +58,20 @@ def clone(project: Path, destination: Path) -> Path:
     return destination
 
 
+def test_killed_strip_leaves_nothing_complete_and_rerun_matches(segmented: Path, tmp_path: Path):
+    project = clone(segmented, tmp_path / "killed")
+    reference = segmented / "data" / "stripped" / "deepbet"
+    shutil.rmtree(project / "data" / "stripped" / "deepbet")
+    kill_when(project, r"strip \[2/2\]", "strip", "--stripper", "deepbet")
+    assert not (project / "data" / "stripped" / "deepbet").exists()
+    run_stage(project, "strip", "--stripper", "deepbet")
+    for subject in ("01", "02"):
+        for suffix in ("desc-brain_mask", "desc-brain_T1w"):
+            name = f"sub-{subject}/anat/sub-{subject}_{suffix}.nii.gz"
+            rerun = nib.load(project / "data" / "stripped" / "deepbet" / name)
+            assert np.array_equal(rerun.get_fdata(), nib.load(reference / name).get_fdata())
+
+
 def test_killed_segment_leaves_nothing_complete_and_rerun_matches(segmented: Path, tmp_path: Path):
     project = clone(segmented, tmp_path / "killed")
     reference = segmented / "data" / "segmented" / "hmrf-deepbet"
