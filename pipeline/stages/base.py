@@ -72,3 +72,14 @@ class Stage(luigi.Task):
     def build(self, out: Path, config: Config) -> None:
         """Write the stage's results into ``out`` (moved into place on success)."""
         raise NotImplementedError
+
+
+class ComboStage(Stage):
+    """A stage run once per (segmenter, stripper) pair: one synthetic dataset and model each."""
+
+    segmenter = luigi.Parameter()
+    stripper = luigi.Parameter()
+    matrix = {"segmenter": "segment.methods", "stripper": "strip.methods"}
+
+    def combo(self) -> dict[str, str]:
+        return {"segmenter": self.segmenter, "stripper": self.stripper}

@@ -14,7 +14,6 @@ import json
 import logging
 from pathlib import Path
 
-import luigi
 import numpy as np
 
 from pipeline import nnunet
@@ -24,7 +23,7 @@ from pipeline.io import load_nifti, load_png, save_png, write_csv, write_json
 from pipeline.metrics import dice_per_tissue, summarize
 from pipeline.slices import center_pad, central_index, to_uint8
 from pipeline.stages.acquire import Acquire, read_participants, subject_file
-from pipeline.stages.base import Stage
+from pipeline.stages.base import ComboStage, Stage
 from pipeline.stages.export import DATASET_ID, DATASET_NAME, Export
 from pipeline.stages.segment import Segment
 from pipeline.stages.strip import Strip
@@ -54,11 +53,8 @@ def write_real_slices(subjects: list[str], stripped: Path, segmented: Path, out:
         save_png(center_pad(labels[:, :, k], size), out / "labels" / f"sub-{subject}.png")
 
 
-class Evaluate(Stage):
+class Evaluate(ComboStage):
     name = "evaluate"
-    segmenter = luigi.Parameter()
-    stripper = luigi.Parameter()
-    matrix = {"segmenter": "segment.methods", "stripper": "strip.methods"}
     out_template = "data/evaluation/{segmenter}-{stripper}"
     param_keys = ("seed", "train")
     metrics_template = "metrics/{segmenter}-{stripper}.json"
@@ -66,7 +62,7 @@ class Evaluate(Stage):
     plot_axes = {"x": "mean", "y": "case", "template": "bar_horizontal_sorted"}
 
     def requires(self) -> list[Stage]:
-        combo = {"segmenter": self.segmenter, "stripper": self.stripper}
+        combo = self.combo()
         return [Train(**combo), Export(**combo), Acquire(), Strip(stripper=self.stripper), Segment(**combo)]
 
     def build(self, out: Path, config: Config) -> None:

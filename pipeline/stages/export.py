@@ -11,12 +11,10 @@ import logging
 import shutil
 from pathlib import Path
 
-import luigi
-
 from pipeline.config import Config
 from pipeline.io import write_json
 from pipeline.labels import LABEL_NAMES
-from pipeline.stages.base import Stage
+from pipeline.stages.base import ComboStage, Stage
 from pipeline.stages.synthesize import Synthesize
 
 log = logging.getLogger("pipeline")
@@ -35,15 +33,12 @@ def export_split(source: Path, images_dir: Path, labels_dir: Path) -> int:
     return len(cases)
 
 
-class Export(Stage):
+class Export(ComboStage):
     name = "export"
-    segmenter = luigi.Parameter()
-    stripper = luigi.Parameter()
-    matrix = {"segmenter": "segment.methods", "stripper": "strip.methods"}
     out_template = "data/nnunet_raw/{segmenter}-{stripper}"
 
     def requires(self) -> list[Stage]:
-        return [Synthesize(segmenter=self.segmenter, stripper=self.stripper)]
+        return [Synthesize(**self.combo())]
 
     def build(self, out: Path, config: Config) -> None:
         synthetic = self.input_dir()

@@ -11,14 +11,13 @@ import logging
 import tempfile
 from pathlib import Path
 
-import luigi
 import numpy as np
 
 from pipeline.config import Config, SegmentConfig
 from pipeline.io import atomic_path, load_nifti, save_nifti, write_tsv
 from pipeline.labels import CSF, GM, TISSUES, WM
 from pipeline.stages.acquire import Acquire, read_participants, subject_file
-from pipeline.stages.base import Stage
+from pipeline.stages.base import ComboStage, Stage
 from pipeline.stages.strip import Strip
 from pipeline.tools import SEGMENTERS
 from pipeline.tools.segmentation import SegmentJob, tool_image
@@ -68,11 +67,8 @@ def save_overlay(image: np.ndarray, labels: np.ndarray, path: Path, title: str) 
         figure.savefig(tmp, format="png", dpi=80)
 
 
-class Segment(Stage):
+class Segment(ComboStage):
     name = "segment"
-    segmenter = luigi.Parameter()
-    stripper = luigi.Parameter()
-    matrix = {"segmenter": "segment.methods", "stripper": "strip.methods"}
     param_keys = ("segment.{segmenter}",)
     out_template = "data/segmented/{segmenter}-{stripper}"
 

@@ -24,7 +24,7 @@ from pipeline.io import InputError, load_nifti, read_tsv, write_json, write_tsv
 from pipeline.labels import CSF, GM, TISSUES, WM
 from pipeline.metrics import dice_per_tissue
 from pipeline.stages.acquire import Acquire, read_participants, subject_file
-from pipeline.stages.base import Stage
+from pipeline.stages.base import ComboStage, Stage
 from pipeline.stages.segment import Segment, tissue_volumes
 from pipeline.stages.strip import Strip
 
@@ -136,11 +136,8 @@ class SegmentedSets(luigi.WrapperTask):
         return [luigi.LocalTarget(str(self.out_dir()))]
 
 
-class SegmentQC(Stage):
+class SegmentQC(ComboStage):
     name = "segment_qc"
-    segmenter = luigi.Parameter()
-    stripper = luigi.Parameter()
-    matrix = {"segmenter": "segment.methods", "stripper": "strip.methods"}
     param_keys = ("segment.qc",)
     out_template = "data/qc/{segmenter}-{stripper}"
     metrics_template = "metrics/qc-{segmenter}-{stripper}.json"

@@ -13,14 +13,13 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-import luigi
 import numpy as np
 
 from pipeline.config import Config
 from pipeline.devices import torch_device
 from pipeline.io import load_nifti, save_png
 from pipeline.stages.acquire import Acquire, Participant, read_participants, subject_file
-from pipeline.stages.base import Stage
+from pipeline.stages.base import ComboStage, Stage
 from pipeline.stages.segment import Segment
 from pipeline.stages.segment_qc import SegmentQC, read_decisions
 from pipeline.synth.engine import check_engine, synthesize
@@ -53,17 +52,14 @@ def write_subject(out: Path, segmented: Path, participant: Participant, config: 
             write_samples(out / split, subject, labels, seeds, config)
 
 
-class Synthesize(Stage):
+class Synthesize(ComboStage):
     name = "synthesize"
-    segmenter = luigi.Parameter()
-    stripper = luigi.Parameter()
-    matrix = {"segmenter": "segment.methods", "stripper": "strip.methods"}
     param_keys = ("seed", "synth")
     out_template = "data/synthetic/{segmenter}-{stripper}"
 
     def requires(self) -> list[Stage]:
-        return [Segment(segmenter=self.segmenter, stripper=self.stripper), Acquire(),
-                SegmentQC(segmenter=self.segmenter, stripper=self.stripper)]
+        return [Segment(**self.combo()), Acquire(),
+                SegmentQC(**self.combo())]
 
     def build(self, out: Path, config: Config) -> None:
         segmented = self.input_dir(0)

@@ -12,13 +12,11 @@ import shutil
 import time
 from pathlib import Path
 
-import luigi
-
 from pipeline import nnunet
 from pipeline.config import Config
 from pipeline.devices import torch_device
 from pipeline.io import write_csv, write_json
-from pipeline.stages.base import Stage
+from pipeline.stages.base import ComboStage, Stage
 from pipeline.stages.export import DATASET_ID, DATASET_NAME, Export
 
 log = logging.getLogger("pipeline")
@@ -39,11 +37,8 @@ def training_curve(results: Path) -> list[dict]:
     ]
 
 
-class Train(Stage):
+class Train(ComboStage):
     name = "train"
-    segmenter = luigi.Parameter()
-    stripper = luigi.Parameter()
-    matrix = {"segmenter": "segment.methods", "stripper": "strip.methods"}
     param_keys = ("seed", "train")
     out_template = "models/{segmenter}-{stripper}"
     resumable = True  # an interrupted training continues from nnU-Net's latest checkpoint
@@ -51,7 +46,7 @@ class Train(Stage):
     plot_axes = {"x": "epoch", "y": "train_loss", "template": "linear"}
 
     def requires(self) -> list[Stage]:
-        return [Export(segmenter=self.segmenter, stripper=self.stripper)]
+        return [Export(**self.combo())]
 
     def build(self, out: Path, config: Config) -> None:
         device = torch_device(config.train.device)
