@@ -15,7 +15,7 @@ import luigi
 import yaml
 
 from pipeline.stages.acquire import Acquire
-from pipeline.stages.base import Stage
+from pipeline.stages.base import Gathered, Stage
 from pipeline.stages.evaluate import Evaluate
 from pipeline.stages.export import Export
 from pipeline.stages.harmonize import Harmonize
@@ -57,7 +57,7 @@ def _template(stage: type[Stage]) -> Stage:
 
 def _outputs(task: luigi.Task) -> list[str]:
     """What DVC sees of a task's output: a stage's folder, or the folders a gathering task names."""
-    return task.dvc_deps() if hasattr(task, "dvc_deps") else [str(task.out_dir())]
+    return task.dvc_deps() if isinstance(task, Gathered) else [str(task.out_dir())]
 
 
 def dvc_stage(stage: type[Stage]) -> dict:

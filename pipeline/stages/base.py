@@ -83,3 +83,16 @@ class ComboStage(Stage):
 
     def combo(self) -> dict[str, str]:
         return {"segmenter": self.segmenter, "stripper": self.stripper}
+
+
+class Gathered(luigi.WrapperTask):
+    """Every configured method's outputs of some stages, seen by DVC as the folders that hold them,
+    so that dvc.yaml does not change with the method lists in params.yaml. Not a DVC stage."""
+
+    folders: ClassVar[tuple[str, ...]]
+
+    def output(self) -> list[luigi.LocalTarget]:
+        return [luigi.LocalTarget(folder) for folder in self.folders]
+
+    def dvc_deps(self) -> list[str]:
+        return list(self.folders)

@@ -20,7 +20,7 @@ import numpy as np
 from pipeline.config import Config, load_config
 from pipeline.io import load_png, read_tsv, write_csv, write_text
 from pipeline.labels import TISSUES
-from pipeline.stages.base import Stage
+from pipeline.stages.base import Gathered, Stage
 from pipeline.stages.evaluate import Evaluate
 
 log = logging.getLogger("pipeline")
@@ -29,15 +29,13 @@ KINDS = ("real", "synthetic")
 COLOURS = np.array([[0, 0, 0], [230, 159, 0], [86, 180, 233], [0, 158, 115]], dtype=np.uint8)  # bg, GM, WM, CSF
 
 
-class Evaluations(luigi.WrapperTask):
-    """Every configured combo evaluated. DVC sees the folders they write as the dependency,
-    so dvc.yaml does not change with the method lists."""
+class Evaluations(Gathered):
+    """Every configured combo evaluated (and what the report shows of its QC and segmentation)."""
+
+    folders = ("data/evaluation", "metrics", "data/qc", "data/segmented")
 
     def requires(self) -> list[Stage]:
         return [Evaluate(segmenter=seg, stripper=strip) for seg, strip in load_config().combos()]
-
-    def dvc_deps(self) -> list[str]:
-        return ["data/evaluation", "metrics", "data/qc", "data/segmented"]
 
 
 def _figure():

@@ -24,7 +24,7 @@ from pipeline.io import InputError, load_nifti, read_tsv, write_json, write_tsv
 from pipeline.labels import CSF, GM, TISSUES, WM
 from pipeline.metrics import dice_per_tissue
 from pipeline.stages.acquire import Acquire, read_participants, subject_file
-from pipeline.stages.base import ComboStage, Stage
+from pipeline.stages.base import ComboStage, Gathered, Stage
 from pipeline.stages.segment import Segment, tissue_volumes
 from pipeline.stages.strip import Strip
 
@@ -117,23 +117,15 @@ def summary(rows: list[dict]) -> dict:
     }
 
 
-class SegmentedSets(luigi.WrapperTask):
-    """Every configured segmenter's labels on one stripper's images: what the agreement check reads.
-
-    Not a DVC stage: DVC sees its folder, ``data/segmented``, as one dependency (it holds the segment
-    stage's outputs), so dvc.yaml does not change with ``segment.methods``.
-    """
+class SegmentedSets(Gathered):
+    """Every configured segmenter's labels on one stripper's images (what the agreement check reads),
+    under ``data/segmented``."""
 
     stripper = luigi.Parameter()
+    folders = (str(Path(Segment.out_template).parent),)
 
     def requires(self) -> list[Stage]:
         return [Segment(segmenter=method, stripper=self.stripper) for method in load_config().segment.methods]
-
-    def out_dir(self) -> Path:
-        return Path(Segment.out_template).parent
-
-    def output(self) -> list[luigi.LocalTarget]:
-        return [luigi.LocalTarget(str(self.out_dir()))]
 
 
 class SegmentQC(ComboStage):

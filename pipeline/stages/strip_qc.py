@@ -23,7 +23,7 @@ from nibabel.processing import resample_from_to
 from pipeline.config import Config, load_config
 from pipeline.io import read_tsv, write_json, write_text
 from pipeline.stages.acquire import Acquire, subject_file
-from pipeline.stages.base import Stage
+from pipeline.stages.base import Gathered, Stage
 from pipeline.stages.strip import Strip, read_mask_qc
 
 log = logging.getLogger("pipeline")
@@ -33,19 +33,13 @@ Table = dict[str, dict[str, str]]  # masks.tsv rows by participant id
 FIGURE_COLUMNS = ("brain_ml", "components", "border_fraction", "strip_s")
 
 
-class StrippedSets(luigi.WrapperTask):
-    """Every configured stripper's output. Not a DVC stage: DVC sees its folder, ``data/stripped``,
-    as one dependency (it holds the strip stage's outputs), so dvc.yaml does not change with
-    ``strip.methods``."""
+class StrippedSets(Gathered):
+    """Every configured stripper's output, under ``data/stripped``."""
+
+    folders = (str(Path(Strip.out_template).parent),)
 
     def requires(self) -> list[Stage]:
         return [Strip(stripper=method) for method in load_config().strip.methods]
-
-    def out_dir(self) -> Path:
-        return Path(Strip.out_template).parent
-
-    def output(self) -> list[luigi.LocalTarget]:
-        return [luigi.LocalTarget(str(self.out_dir()))]
 
 
 def foreground(image: nib.spatialimages.SpatialImage) -> np.ndarray:
