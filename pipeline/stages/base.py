@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import resource
 import time
 from pathlib import Path
 from typing import ClassVar
@@ -20,6 +21,12 @@ from pipeline.config import Config, load_config
 from pipeline.io import atomic_dir, resumable_dir
 
 log = logging.getLogger("pipeline")
+
+
+def cpu_seconds() -> float:
+    """CPU time of this process and of its finished children (tools run as subprocesses)."""
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
 class Stage(luigi.Task):
@@ -59,7 +66,7 @@ class Stage(luigi.Task):
         config = load_config()
         label = " ".join([self.name, *self.item().values()])
         log.info("[%s] started", label)
-        start = time.monotonic()
+        start, cpu_start = time.monotonic(), cpu_seconds()
         if self.resumable:
             fingerprint = json.dumps([self.item(), config.model_dump(mode="json")], sort_keys=True)
             work = resumable_dir(self.out_dir(), fingerprint)
@@ -67,7 +74,8 @@ class Stage(luigi.Task):
             work = atomic_dir(self.out_dir())
         with work as tmp:
             self.build(tmp, config)
-        log.info("[%s] done in %.1f s -> %s", label, time.monotonic() - start, self.out_dir())
+        log.info("[%s] done in %.1f s wall, %.1f s CPU -> %s", label, time.monotonic() - start,
+                 cpu_seconds() - cpu_start, self.out_dir())
 
     def build(self, out: Path, config: Config) -> None:
         """Write the stage's results into ``out`` (moved into place on success)."""
