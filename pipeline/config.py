@@ -44,13 +44,11 @@ class AcquireConfig(Strict):
     # empty: every subject found. BIDS labels are letters and digits: no path separators, no "..".
     subjects: list[Annotated[str, Field(pattern=r"^[A-Za-z0-9]+$")]] = []
     test_fraction: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.2
-    keep_going: bool = False  # an unusable subject is listed in data/raw/failures.tsv and left out
 
 
 # --- harmonize ---------------------------------------------------------------
 class SynthSRConfig(Strict):
-    threads: Annotated[int, Field(ge=1)] = 2
-    cpu: bool = True
+    cpu: bool = True  # threads: the ``workers`` budget
 
 
 class HarmonizeConfig(Strict):
@@ -215,7 +213,8 @@ class TrainConfig(Strict):
 
 class Config(Strict):
     seed: int = 42
-    workers: Annotated[int, Field(ge=1)] = 2  # core budget inside a stage
+    workers: Annotated[int, Field(ge=1)] = 2  # core budget inside a stage: subjects at once x threads each
+    keep_going: bool = False  # a subject that fails is left out and listed (failures.tsv, QC tables)
     acquire: AcquireConfig = AcquireConfig()
     harmonize: HarmonizeConfig = HarmonizeConfig()
     strip: StripConfig = StripConfig()

@@ -164,4 +164,4 @@ def _cell(value: object) -> str:
         return "n/a"
     if isinstance(value, float):
         return f"{value:.6g}"
-    return str(value)
+    return str(value).replace("\t", " ").replace("\n", " | ")  # one cell, one line (e.g. a tool's output tail)

@@ -62,7 +62,7 @@ def test_killed_strip_leaves_nothing_complete_and_rerun_matches(segmented: Path,
     project = clone(segmented, tmp_path / "killed")
     reference = segmented / "data" / "stripped" / "deepbet"
     shutil.rmtree(project / "data" / "stripped" / "deepbet")
-    kill_when(project, r"strip \[2/2\]", "strip", "--stripper", "deepbet")
+    kill_when(project, r"strip deepbet \[1/2\] sub-\d+ done", "strip", "--stripper", "deepbet")
     assert not (project / "data" / "stripped" / "deepbet").exists()
     run_stage(project, "strip", "--stripper", "deepbet")
     for subject in ("01", "02"):
@@ -76,7 +76,8 @@ def test_killed_segment_leaves_nothing_complete_and_rerun_matches(segmented: Pat
     project = clone(segmented, tmp_path / "killed")
     reference = segmented / "data" / "segmented" / "hmrf-deepbet"
     shutil.rmtree(project / "data" / "segmented" / "hmrf-deepbet")
-    kill_when(project, r"segment \[2/2\]", "segment", "--segmenter", "hmrf", "--stripper", "deepbet")
+    kill_when(project, r"segment hmrf-deepbet \[1/2\] sub-\d+ done", "segment", "--segmenter", "hmrf",
+              "--stripper", "deepbet")
     assert not (project / "data" / "segmented" / "hmrf-deepbet").exists()  # the half-done stage is not done
     run_stage(project, "segment", "--segmenter", "hmrf", "--stripper", "deepbet")
     for subject in ("01", "02"):
@@ -90,7 +91,8 @@ def test_killed_synthesize_reruns_to_byte_identical_pngs(segmented: Path, tmp_pa
     clean = clone(segmented, tmp_path / "clean")
     run_stage(clean, "synthesize", "--segmenter", "hmrf", "--stripper", "deepbet")
     project = clone(segmented, tmp_path / "killed")
-    kill_when(project, r"synthesize \[2/2\]", "synthesize", "--segmenter", "hmrf", "--stripper", "deepbet")
+    kill_when(project, r"synthesize hmrf-deepbet \[1/2\] sub-\d+ done", "synthesize", "--segmenter", "hmrf",
+              "--stripper", "deepbet")
     assert not (project / "data" / "synthetic" / "hmrf-deepbet").exists()
     run_stage(project, "synthesize", "--segmenter", "hmrf", "--stripper", "deepbet")
     expected = sorted((clean / "data" / "synthetic" / "hmrf-deepbet").rglob("*.png"))

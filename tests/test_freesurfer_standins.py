@@ -153,7 +153,7 @@ def test_standin_mri_synthsr_command_and_harmonized_output(bin_dir: Path, tmp_pa
     save_nifti(image.get_fdata(dtype=np.float32) * 1000, image.affine, source)
     write_standin(bin_dir, "mri_synthsr", ["--i", str(source), "--o", str(target), "--threads", "2", "--cpu"],
                   SYNTHSR_BODY)
-    harmonized, record = harmonize_synthsr(source, target, HarmonizeConfig(method="synthsr"))
+    harmonized, record = harmonize_synthsr(source, target, HarmonizeConfig(method="synthsr"), threads=2)
     assert record["Method"] == "synthsr"
     assert nib.aff2axcodes(harmonized.affine) == ("R", "A", "S")
     data = harmonized.get_fdata()

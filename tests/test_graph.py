@@ -36,5 +36,5 @@ def test_every_stage_deps_are_upstream_outs():
         for kind in ("metrics", "plots"):
             produced.update(path for entry in stage.get(kind, []) for path in entry)
     assert stages["segment"]["matrix"] == {"segmenter": "${segment.methods}", "stripper": "${strip.methods}"}
-    assert stages["strip"]["params"][0] == "strip.${item.stripper}"
+    assert "strip.${item.stripper}" in stages["strip"]["params"]
     assert stages["evaluate"]["metrics"] == [{"metrics/${item.segmenter}-${item.stripper}.json": {"cache": False}}]

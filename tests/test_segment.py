@@ -180,7 +180,8 @@ def test_overlay_png_shows_three_planes(tmp_path: Path):
 def study(tmp_path: Path, monkeypatch) -> Path:
     """A project folder with three stripped phantom subjects (02 and 03 for testing and training)."""
     monkeypatch.chdir(tmp_path)
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"segment": {"methods": ["hmrf"]}}))
+    # One worker: the stages run in this process, where the tests' monkeypatches apply.
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"workers": 1, "segment": {"methods": ["hmrf"]}}))
     image, mask, _ = phantom()
     rows = []
     stripped = Path("data/stripped/deepbet")

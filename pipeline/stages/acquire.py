@@ -21,6 +21,7 @@ import numpy as np
 from pipeline.config import AcquireConfig, Config
 from pipeline.io import InputError, load_nifti, write_json, write_tsv
 from pipeline.stages.base import Stage
+from pipeline.subjects import failure_row, write_failures
 
 log = logging.getLogger("pipeline")
 
@@ -146,12 +147,8 @@ def copy_usable(scans: list[SourceScan], out: Path, keep_going: bool) -> list[tu
         try:
             copied.append((scan, write_scan(scan, out)))
         except InputError as error:
-            if not keep_going:
-                raise
-            log.error("acquire: left out sub-%s: %s", scan.subject, error)
-            failures.append({"participant_id": f"sub-{scan.subject}", "source": str(scan.path), "reason": str(error)})
-    if failures:
-        write_tsv(failures, out / "failures.tsv")
+            failures.append(failure_row("acquire", scan.subject, scan.path, error, keep_going))
+    write_failures(failures, out)
     if not copied:
         raise InputError("acquire: no usable subject (see the errors above)")
     return copied
@@ -159,12 +156,12 @@ def copy_usable(scans: list[SourceScan], out: Path, keep_going: bool) -> list[tu
 
 class Acquire(Stage):
     name = "acquire"
-    param_keys = ("seed", "acquire")
+    param_keys = ("seed", "keep_going", "acquire")
     out_template = "data/raw"
 
     def build(self, out: Path, config: Config) -> None:
         scans = gather(config.acquire, out.parent / ".openneuro-download")
-        scans = copy_usable(scans, out, config.acquire.keep_going)
+        scans = copy_usable(scans, out, config.keep_going)
         split, shared = split_subjects([scan.subject for scan, _ in scans], config.acquire.test_fraction, config.seed)
         write_tsv([row | {"split": split[scan.subject]} for scan, row in scans], out / "participants.tsv")
         write_json(

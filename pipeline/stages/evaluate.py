@@ -28,6 +28,7 @@ from pipeline.stages.export import DATASET_ID, DATASET_NAME, Export
 from pipeline.stages.segment import Segment
 from pipeline.stages.strip import Strip
 from pipeline.stages.train import Train
+from pipeline.subjects import failed_ids
 
 log = logging.getLogger("pipeline")
 
@@ -79,7 +80,8 @@ class Evaluate(ComboStage):
         predict(dataset / "imagesTs", out / "synthetic")
         synthetic = score_folder(dataset / "labelsTs", out / "synthetic", "synthetic")
 
-        test_subjects = [p.subject for p in read_participants(acquired) if p.in_test]
+        lost = failed_ids(segmented)  # keep_going: subjects without labels cannot be scored
+        test_subjects = [p.subject for p in read_participants(acquired) if p.in_test and f"sub-{p.subject}" not in lost]
         log.info("evaluate %s-%s: real central slices of %d test subject(s)", self.segmenter, self.stripper,
                  len(test_subjects))
         write_real_slices(test_subjects, stripped, segmented, out / "real", config.synth.size)

@@ -7,6 +7,7 @@ What was done is recorded in a JSON sidecar beside each image.
 
 from __future__ import annotations
 
+import functools
 import logging
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from pipeline.config import Config, HarmonizeConfig
 from pipeline.io import load_nifti, save_nifti, write_json
 from pipeline.stages.acquire import Acquire, read_participants, subject_file
 from pipeline.stages.base import Stage
+from pipeline.subjects import for_each_subject, read_failures, write_failures
 from pipeline.tools import freesurfer
 
 log = logging.getLogger("pipeline")
@@ -69,18 +71,30 @@ def harmonize_builtin(image: nib.Nifti1Image, config: HarmonizeConfig) -> tuple[
     return nib.Nifti1Image(data, resampled.affine), {"Method": "builtin", "Steps": steps}
 
 
-def harmonize_synthsr(source: Path, target: Path, config: HarmonizeConfig) -> tuple[nib.Nifti1Image, dict]:
+def harmonize_synthsr(source: Path, target: Path, config: HarmonizeConfig,
+                      threads: int) -> tuple[nib.Nifti1Image, dict]:
     """SynthSR makes a 1 mm MPRAGE-like image; we then bring it to RAS and [0, 1] like ``builtin``."""
-    freesurfer.synthsr(source, target, config.synthsr)
+    freesurfer.synthsr(source, target, config.synthsr, threads)
     image = to_ras_isotropic(load_nifti(target, source.name), config.voxel_size_mm)
     data = normalize_percentiles(image.get_fdata(dtype=np.float32), config.percentiles)
     steps = ["mri_synthsr", f"resample to {config.voxel_size_mm} mm RAS", f"percentiles {config.percentiles} -> [0, 1]"]
     return nib.Nifti1Image(data, image.affine), {"Method": "synthsr", "Steps": steps}
 
 
+def harmonize_subject(subject: str, threads: int, raw: Path, out: Path, config: HarmonizeConfig) -> None:
+    source = subject_file(raw, subject, "T1w")
+    target = subject_file(out, subject, "desc-harmonized_T1w")
+    if config.method == "synthsr":
+        image, record = harmonize_synthsr(source, target, config, threads)
+    else:
+        image, record = harmonize_builtin(load_nifti(source, subject), config)
+    save_nifti(image.get_fdata(dtype=np.float32), image.affine, target)
+    write_json(record | {"Source": str(source)}, target.with_name(target.name.replace(".nii.gz", ".json")))
+
+
 class Harmonize(Stage):
     name = "harmonize"
-    param_keys = ("harmonize",)
+    param_keys = ("keep_going", "harmonize")
     out_template = "data/harmonized"
 
     def requires(self) -> list[Stage]:
@@ -88,15 +102,9 @@ class Harmonize(Stage):
 
     def build(self, out: Path, config: Config) -> None:
         raw = self.input_dir()
-        participants = read_participants(raw)
-        for number, participant in enumerate(participants, 1):
-            subject = participant.subject
-            log.info("harmonize [%d/%d] sub-%s (%s)", number, len(participants), subject, config.harmonize.method)
-            source = subject_file(raw, subject, "T1w")
-            target = subject_file(out, subject, "desc-harmonized_T1w")
-            if config.harmonize.method == "synthsr":
-                image, record = harmonize_synthsr(source, target, config.harmonize)
-            else:
-                image, record = harmonize_builtin(load_nifti(source, subject), config.harmonize)
-            save_nifti(image.get_fdata(dtype=np.float32), image.affine, target)
-            write_json(record | {"Source": str(source)}, target.with_name(target.name.replace(".nii.gz", ".json")))
+        subjects = [participant.subject for participant in read_participants(raw)]
+        log.info("harmonize: %s", config.harmonize.method)
+        work = functools.partial(harmonize_subject, raw=raw, out=out, config=config.harmonize)
+        _, failures = for_each_subject("harmonize", subjects, work, out, config.workers, config.keep_going,
+                                       {subject: subject_file(raw, subject, "T1w") for subject in subjects})
+        write_failures(read_failures(raw) + failures, out)

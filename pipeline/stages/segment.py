@@ -7,6 +7,7 @@ over the image in three planes); per set: ``volumes.tsv``. The ``segment_qc`` st
 
 from __future__ import annotations
 
+import functools
 import logging
 import tempfile
 from pathlib import Path
@@ -19,6 +20,7 @@ from pipeline.labels import CSF, GM, TISSUES, WM
 from pipeline.stages.acquire import Acquire, read_participants, subject_file
 from pipeline.stages.base import ComboStage, Stage
 from pipeline.stages.strip import Strip
+from pipeline.subjects import failed_ids, for_each_subject, read_failures, write_failures
 from pipeline.tools import SEGMENTERS
 from pipeline.tools.segmentation import SegmentJob, tool_image
 
@@ -67,9 +69,23 @@ def save_overlay(image: np.ndarray, labels: np.ndarray, path: Path, title: str) 
         figure.savefig(tmp, format="png", dpi=80)
 
 
+def segment_subject(subject: str, threads: int, method: str, stripped: Path, out: Path,
+                    config: SegmentConfig) -> dict:
+    """The subject's tissue labels and overlay; returns its ``volumes.tsv`` row."""
+    image = load_nifti(subject_file(stripped, subject, "desc-brain_T1w"), subject)
+    mask = np.asarray(load_nifti(subject_file(stripped, subject, "desc-brain_mask"), subject).dataobj) > 0
+    with tempfile.TemporaryDirectory(prefix=f"segment-{method}-") as scratch:
+        labels = tissue_labels(method, SegmentJob(tool_image(image, mask), mask, Path(scratch), threads), config)
+    save_nifti(labels, image.affine, subject_file(out, subject, "dseg"))
+    save_overlay(image.get_fdata(dtype=np.float32), labels, out / "qc" / f"sub-{subject}_dseg.png",
+                 f"sub-{subject}  {method}-{stripped.name}")
+    voxel_ml = float(np.prod(image.header.get_zooms()[:3])) / 1000.0
+    return {"participant_id": f"sub-{subject}", **tissue_volumes(labels, voxel_ml)}
+
+
 class Segment(ComboStage):
     name = "segment"
-    param_keys = ("segment.{segmenter}",)
+    param_keys = ("keep_going", "segment.{segmenter}")
     out_template = "data/segmented/{segmenter}-{stripper}"
 
     def requires(self) -> list[Stage]:
@@ -77,21 +93,13 @@ class Segment(ComboStage):
 
     def build(self, out: Path, config: Config) -> None:
         stripped = self.input_dir(0)
-        participants = read_participants(self.input_dir(1))
-        rows = []
-        for number, participant in enumerate(participants, 1):
-            subject = participant.subject
-            log.info("segment [%d/%d] sub-%s with %s on %s", number, len(participants), subject,
-                     self.segmenter, self.stripper)
-            image = load_nifti(subject_file(stripped, subject, "desc-brain_T1w"), subject)
-            mask_image = load_nifti(subject_file(stripped, subject, "desc-brain_mask"), subject)
-            mask = np.asarray(mask_image.dataobj) > 0
-            with tempfile.TemporaryDirectory(prefix=f"segment-{self.segmenter}-") as scratch:
-                job = SegmentJob(tool_image(image, mask), mask, Path(scratch), config.workers)
-                labels = tissue_labels(self.segmenter, job, config.segment)
-            save_nifti(labels, image.affine, subject_file(out, subject, "dseg"))
-            save_overlay(image.get_fdata(dtype=np.float32), labels, out / "qc" / f"sub-{subject}_dseg.png",
-                         f"sub-{subject}  {self.segmenter}-{self.stripper}")
-            voxel_ml = float(np.prod(image.header.get_zooms()[:3])) / 1000.0
-            rows.append({"participant_id": f"sub-{subject}", **tissue_volumes(labels, voxel_ml)})
-        write_tsv(rows, out / "volumes.tsv")
+        SEGMENTERS[self.segmenter].tool.require()  # a missing tool stops before any work
+        lost = failed_ids(stripped)
+        subjects = [p.subject for p in read_participants(self.input_dir(1)) if f"sub-{p.subject}" not in lost]
+        work = functools.partial(segment_subject, method=self.segmenter, stripped=stripped, out=out,
+                                 config=config.segment)
+        files = {subject: subject_file(stripped, subject, "desc-brain_T1w") for subject in subjects}
+        rows, failures = for_each_subject(f"segment {self.segmenter}-{self.stripper}", subjects, work, out,
+                                          config.workers, config.keep_going, files)
+        write_tsv(list(rows.values()), out / "volumes.tsv")
+        write_failures(read_failures(stripped) + failures, out)

@@ -27,6 +27,7 @@ from pipeline.stages.acquire import Acquire, read_participants, subject_file
 from pipeline.stages.base import ComboStage, Gathered, Stage
 from pipeline.stages.segment import Segment, tissue_volumes
 from pipeline.stages.strip import Strip
+from pipeline.subjects import read_failures
 
 log = logging.getLogger("pipeline")
 
@@ -87,11 +88,14 @@ def decide(participant_id: str, reasons: list[str], qc: SegmentQCConfig) -> dict
 
 def check_subject(subject: str, segmenter: str, stripped: Path, segmented: dict[str, Path],
                   qc: SegmentQCConfig) -> dict:
-    """One qc.tsv row: ``segmenter``'s labels of ``subject`` measured, compared with the others', decided."""
+    """One qc.tsv row: ``segmenter``'s labels of ``subject`` measured, compared with the others', decided.
+
+    Segmenters that failed on this subject (``keep_going``) are left out of the agreement check.
+    """
     image = load_nifti(subject_file(stripped, subject, "desc-brain_T1w"), subject)
     mask = np.asarray(load_nifti(subject_file(stripped, subject, "desc-brain_mask"), subject).dataobj) > 0
-    labels = {method: read_labels(subject_file(folder, subject, "dseg"), mask.shape)
-              for method, folder in segmented.items()}
+    files = {method: subject_file(folder, subject, "dseg") for method, folder in segmented.items()}
+    labels = {method: read_labels(path, mask.shape) for method, path in files.items() if path.is_file()}
     own = labels.pop(segmenter)
     voxel_ml = float(np.prod(image.header.get_zooms()[:3])) / 1000.0
     row = {"participant_id": f"sub-{subject}", "segmenter": segmenter}
@@ -101,6 +105,12 @@ def check_subject(subject: str, segmenter: str, stripped: Path, segmented: dict[
         log.warning("qc %s sub-%s: %s: %s", segmenter, subject,
                     "included" if row["included"] else "EXCLUDED", row["reason"])
     return row
+
+
+def lost_subject(failure: dict, segmenter: str) -> dict:
+    """The qc.tsv row of a subject lost in an earlier stage (``keep_going``): excluded, with where and why."""
+    reason = f"failed in {failure['stage']}: {failure['reason']}"
+    return {"participant_id": failure["participant_id"], "segmenter": segmenter, "included": False, "reason": reason}
 
 
 def read_decisions(path: Path) -> dict[str, tuple[bool, str]]:
@@ -144,8 +154,11 @@ class SegmentQC(ComboStage):
         stripped, participants = self.input_dir(0), read_participants(self.input_dir(1))
         segmented = {method: Path(Segment(segmenter=method, stripper=self.stripper).out_dir())
                      for method in methods}
-        rows = [check_subject(participant.subject, self.segmenter, stripped, segmented, config.segment.qc)
-                for participant in participants]
+        lost = {row["participant_id"]: row for row in read_failures(segmented[self.segmenter])}
+        rows = [lost_subject(lost[f"sub-{p.subject}"], self.segmenter) if f"sub-{p.subject}" in lost
+                else check_subject(p.subject, self.segmenter, stripped, segmented, config.segment.qc)
+                for p in participants]
+        rows += [lost_subject(row, self.segmenter) for row in lost.values() if row["stage"] == "acquire"]
         write_tsv(rows, out / "qc.tsv")
         write_json(summary(rows), self.metrics_path())
         log.info("qc %s on %s: %d of %d subjects included", self.segmenter, self.stripper,

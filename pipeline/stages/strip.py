@@ -10,6 +10,7 @@ holds each mask's figures and whether they fall in ``strip.qc``'s plausible rang
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from pathlib import Path
@@ -24,6 +25,7 @@ from pipeline.io import InputError, atomic_path, load_nifti, read_tsv, save_nift
 from pipeline.stages.acquire import Acquire, read_participants, subject_file
 from pipeline.stages.base import Stage
 from pipeline.stages.harmonize import Harmonize, normalize_percentiles
+from pipeline.subjects import failed_ids, for_each_subject, read_failures, write_failures
 from pipeline.tools import STRIPPERS
 
 log = logging.getLogger("pipeline")
@@ -120,39 +122,45 @@ def save_mask_png(image: nib.Nifti1Image, mask: np.ndarray, path: Path, title: s
         figure.savefig(tmp, format="png", dpi=90)
 
 
+def strip_subject(subject: str, threads: int, method: str, harmonized: Path, out: Path,
+                  config: StripConfig) -> dict:
+    """The subject's cropped brain and mask, a QC picture; returns its ``masks.tsv`` row."""
+    image = load_nifti(subject_file(harmonized, subject, "desc-harmonized_T1w"), subject)
+    start = time.monotonic()
+    mask = brain_mask(method, image, config)
+    seconds = time.monotonic() - start
+    if not mask.any():
+        raise InputError(f"subject {subject}: {method} found no brain")
+    brain, cropped_mask = crop_to_brain(image, mask, config.crop_margin_vox)
+    for image_out, suffix in ((brain, "desc-brain_T1w"), (cropped_mask, "desc-brain_mask")):
+        save_nifti(np.asarray(image_out.dataobj), image_out.affine, subject_file(out, subject, suffix))
+    save_mask_png(image, mask, out / "qc" / f"sub-{subject}_mask.png", f"sub-{subject}: {method}")
+    figures = mask_figures(mask, abs(np.linalg.det(image.affine[:3, :3])) / 1000.0)
+    verdict = qc_verdict(figures, config.qc)
+    if not verdict["qc_pass"]:
+        log.warning("strip sub-%s with %s: QC flags %s", subject, method, verdict["qc_reason"])
+    return {"participant_id": f"sub-{subject}", "method": method, **figures, **verdict, "strip_s": round(seconds, 1)}
+
+
 class Strip(Stage):
     name = "strip"
     stripper = luigi.Parameter()
     matrix = {"stripper": "strip.methods"}
-    param_keys = ("strip.{stripper}", "strip.crop_margin_vox", "strip.qc")
+    param_keys = ("keep_going", "strip.{stripper}", "strip.crop_margin_vox", "strip.qc")
     out_template = "data/stripped/{stripper}"
 
     def requires(self) -> list[Stage]:
         return [Harmonize(), Acquire()]
 
     def build(self, out: Path, config: Config) -> None:
-        participants = read_participants(self.input_dir(1))
-        rows = []
-        for number, participant in enumerate(participants, 1):
-            subject = participant.subject
-            log.info("strip [%d/%d] sub-%s with %s", number, len(participants), subject, self.stripper)
-            rows.append(self.strip_subject(subject, out, config.strip))
-        write_tsv(rows, out / "masks.tsv")
-
-    def strip_subject(self, subject: str, out: Path, config: StripConfig) -> dict:
-        image = load_nifti(subject_file(self.input_dir(0), subject, "desc-harmonized_T1w"), subject)
-        start = time.monotonic()
-        mask = brain_mask(self.stripper, image, config)
-        seconds = time.monotonic() - start
-        if not mask.any():
-            raise InputError(f"subject {subject}: {self.stripper} found no brain")
-        brain, cropped_mask = crop_to_brain(image, mask, config.crop_margin_vox)
-        for image_out, suffix in ((brain, "desc-brain_T1w"), (cropped_mask, "desc-brain_mask")):
-            save_nifti(np.asarray(image_out.dataobj), image_out.affine, subject_file(out, subject, suffix))
-        save_mask_png(image, mask, out / "qc" / f"sub-{subject}_mask.png", f"sub-{subject}: {self.stripper}")
-        figures = mask_figures(mask, abs(np.linalg.det(image.affine[:3, :3])) / 1000.0)
-        verdict = qc_verdict(figures, config.qc)
-        if not verdict["qc_pass"]:
-            log.warning("strip sub-%s with %s: QC flags %s", subject, self.stripper, verdict["qc_reason"])
-        return {"participant_id": f"sub-{subject}", "method": self.stripper, **figures, **verdict,
-                "strip_s": round(seconds, 1)}
+        harmonized = self.input_dir(0)
+        STRIPPERS[self.stripper].tool_for(config.strip).require()  # a missing tool stops before any work
+        lost = failed_ids(harmonized)
+        subjects = [p.subject for p in read_participants(self.input_dir(1)) if f"sub-{p.subject}" not in lost]
+        work = functools.partial(strip_subject, method=self.stripper, harmonized=harmonized, out=out,
+                                 config=config.strip)
+        files = {subject: subject_file(harmonized, subject, "desc-harmonized_T1w") for subject in subjects}
+        rows, failures = for_each_subject(f"strip {self.stripper}", subjects, work, out, config.workers,
+                                          config.keep_going, files)
+        write_tsv(list(rows.values()), out / "masks.tsv")
+        write_failures(read_failures(harmonized) + failures, out)

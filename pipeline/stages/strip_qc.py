@@ -25,6 +25,7 @@ from pipeline.io import read_tsv, write_json, write_text
 from pipeline.stages.acquire import Acquire, subject_file
 from pipeline.stages.base import Gathered, Stage
 from pipeline.stages.strip import Strip, read_mask_qc
+from pipeline.subjects import failed_ids
 
 log = logging.getLogger("pipeline")
 
@@ -101,13 +102,14 @@ class StripQc(Stage):
         methods = config.strip.methods
         participants = read_tsv(self.input_dir(0) / "participants.tsv")
         sources = {row["participant_id"]: Path(row["source"]) for row in participants}
-        masks = {method: self.masks(method, list(sources)) for method in methods}
         tables = {method: read_mask_qc(self.input_dir(1) / method) for method in methods}
+        masks = {method: self.masks(method, list(tables[method])) for method in methods}  # the stripped only
         metrics = {
             "reference_dice": {method: reference_dice(masks[method], sources) for method in methods},
             "agreement_dice": agreement_dice(masks),
             "qc_pass_fraction": {method: float(np.mean([row["qc_pass"] == "True" for row in table.values()]))
                                  for method, table in tables.items()},
+            "failed": {method: sorted(failed_ids(self.input_dir(1) / method)) for method in methods},
         }
         write_json(metrics, self.metrics_path())
         write_text(index_html(tables, metrics, self.input_dir(1), self.out_dir()), out / "index.html")
@@ -123,12 +125,13 @@ def reference_dice(masks: dict[str, nib.Nifti1Image], sources: dict[str, Path]) 
     """Per subject whose source has a reference mask, the Dice with it; and the mean."""
     references = {pid: reference_mask(source) for pid, source in sources.items()}
     return _with_mean({pid: dice_world(masks[pid], nib.load(path))
-                       for pid, path in references.items() if path is not None})
+                       for pid, path in references.items() if path is not None and pid in masks})
 
 
 def agreement_dice(masks: dict[str, dict[str, nib.Nifti1Image]]) -> dict[str, dict[str, float]]:
     """Per pair of strippers ("a-b"): the Dice of their masks per subject, and the mean."""
-    return {f"{a}-{b}": _with_mean({pid: dice_world(masks[a][pid], masks[b][pid]) for pid in masks[a]})
+    return {f"{a}-{b}": _with_mean({pid: dice_world(masks[a][pid], masks[b][pid])
+                                    for pid in masks[a] if pid in masks[b]})
             for a, b in itertools.combinations(masks, 2)}
 
 

@@ -10,6 +10,7 @@ subjects are in the study. ``montage.png``: 16 training samples with tissue cont
 
 from __future__ import annotations
 
+import functools
 import logging
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from pipeline.stages.acquire import Acquire, Participant, read_participants, sub
 from pipeline.stages.base import ComboStage, Stage
 from pipeline.stages.segment import Segment
 from pipeline.stages.segment_qc import SegmentQC, read_decisions
+from pipeline.subjects import for_each_subject, write_failures
 from pipeline.synth.engine import check_engine, synthesize
 from pipeline.synth.montage import write_montage
 from pipeline.synth.params import sample_seed
@@ -40,21 +42,23 @@ def write_samples(out: Path, subject: str, labels: np.ndarray, seeds: list[int],
         save_png(label_slice, out / "labels" / f"{case}.png")
 
 
-def write_subject(out: Path, segmented: Path, participant: Participant, config: Config, progress: str) -> None:
-    """The subject's training and/or test samples, as its split asks."""
-    subject = participant.subject
+def write_subject(subject: str, threads: int, splits: dict[str, str], segmented: Path, out: Path,
+                  config: Config) -> None:
+    """The subject's training and/or test samples, as its split asks. One torch thread whatever the budget:
+    the ops are small, and subjects run in parallel processes instead (``pipeline.subjects``)."""
     labels = np.asarray(load_nifti(subject_file(segmented, subject, "dseg"), subject).dataobj)
-    for split, count, offset, wanted in (("train", config.synth.n_train, 0, participant.in_train),
-                                         ("test", config.synth.n_test, TEST_INDEX_OFFSET, participant.in_test)):
+    participant = Participant(subject, splits[subject])
+    for name, count, offset, wanted in (("train", config.synth.n_train, 0, participant.in_train),
+                                        ("test", config.synth.n_test, TEST_INDEX_OFFSET, participant.in_test)):
         if wanted:
-            log.info("synthesize %s: %d %s samples", progress, count, split)
+            log.info("synthesize sub-%s: %d %s samples", subject, count, name)
             seeds = [sample_seed(config.seed, subject, offset + index) for index in range(count)]
-            write_samples(out / split, subject, labels, seeds, config)
+            write_samples(out / name, subject, labels, seeds, config)
 
 
 class Synthesize(ComboStage):
     name = "synthesize"
-    param_keys = ("seed", "synth")
+    param_keys = ("seed", "keep_going", "synth")
     out_template = "data/synthetic/{segmenter}-{stripper}"
 
     def requires(self) -> list[Stage]:
@@ -63,16 +67,20 @@ class Synthesize(ComboStage):
 
     def build(self, out: Path, config: Config) -> None:
         segmented = self.input_dir(0)
-        participants = read_participants(self.input_dir(1))
         decisions = read_decisions(self.input_dir(2) / "qc.tsv")
         check_engine(config.synth)  # a missing optional engine stops before any work
-        for number, participant in enumerate(participants, 1):
-            progress = f"[{number}/{len(participants)}] sub-{participant.subject}"
+        splits = {}
+        for participant in read_participants(self.input_dir(1)):
             included, reason = decisions[f"sub-{participant.subject}"]
             if included:
-                write_subject(out, segmented, participant, config, progress)
+                splits[participant.subject] = participant.split
             else:
-                log.warning("synthesize %s skipped, excluded by segmentation QC: %s", progress, reason)
+                log.warning("synthesize: sub-%s skipped, excluded by segmentation QC: %s", participant.subject, reason)
+        work = functools.partial(write_subject, splits=splits, segmented=segmented, out=out, config=config)
+        files = {subject: subject_file(segmented, subject, "dseg") for subject in splits}
+        _, failures = for_each_subject(f"synthesize {self.segmenter}-{self.stripper}", list(splits), work, out,
+                                       config.workers, config.keep_going, files)
+        write_failures(failures, out)
         chosen = write_montage(out / "train", out / "montage.png", config.seed,
                                f"synthetic {self.segmenter}-{self.stripper}")
         log.info("synthesize: montage.png shows %d training samples", len(chosen))

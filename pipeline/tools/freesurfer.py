@@ -14,9 +14,9 @@ FREESURFER_HINT = (
 SYNTHSR = Tool("synthsr", FREESURFER_HINT, executables=("mri_synthsr",), search_dirs_env=("FREESURFER_HOME",))
 
 
-def synthsr(source: Path, target: Path, config: SynthSRConfig) -> None:
+def synthsr(source: Path, target: Path, config: SynthSRConfig, threads: int) -> None:
     SYNTHSR.require()
-    args = [SYNTHSR.find_executable("mri_synthsr"), "--i", source, "--o", target, "--threads", config.threads]
+    args = [SYNTHSR.find_executable("mri_synthsr"), "--i", source, "--o", target, "--threads", threads]
     if config.cpu:
         args.append("--cpu")
     target.parent.mkdir(parents=True, exist_ok=True)
