@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -43,16 +44,18 @@ def stem(path: Path) -> str:
     return path.name.removesuffix(".gz").removesuffix(".nii").removesuffix(".png")
 
 
-def preprocess_head(path: Path, model: dict) -> tuple[nib.Nifti1Image, nib.Nifti1Image]:
+def preprocess_head(path: Path, model: dict, work: Path) -> tuple[nib.Nifti1Image, nib.Nifti1Image]:
     """The input head as the model's training data was made: (original image, cropped brain)."""
-    from pipeline.stages.harmonize import harmonize_builtin
+    from pipeline.stages.harmonize import harmonize_builtin, harmonize_synthsr
     from pipeline.stages.strip import brain_mask, crop_to_brain
 
     original = load_nifti(path, stem(path))
     harmonize = HarmonizeConfig.model_validate(model["harmonize"])
-    if harmonize.method != "builtin":
-        raise InputError(f"predict: harmonization {harmonize.method!r} is not supported here yet; use builtin")
-    harmonized, _ = harmonize_builtin(original, harmonize)
+    if harmonize.method == "synthsr":
+        target = work / "synthsr" / f"{stem(path)}.nii.gz"
+        harmonized, _ = harmonize_synthsr(path, target, harmonize, threads=len(os.sched_getaffinity(0)))
+    else:
+        harmonized, _ = harmonize_builtin(original, harmonize)
     strip = StripConfig.model_validate(model["strip"])
     mask = brain_mask(model["stripper"], harmonized, strip)
     brain, _ = crop_to_brain(harmonized, mask, strip.crop_margin_vox)
@@ -85,7 +88,7 @@ def predict_heads(heads: list[Path], model_dir: Path, model: dict, output: Path,
     prepared = {}
     for path in heads:
         log.info("predict: preprocessing %s", path)
-        original, brain = preprocess_head(path, model)
+        original, brain = preprocess_head(path, model, work)
         data = brain.get_fdata(dtype=np.float32)
         ks = range(data.shape[2]) if all_slices else [central_index(data.shape[2])]
         for k in ks:

@@ -161,3 +161,26 @@ def test_standin_mri_synthsr_command_and_harmonized_output(bin_dir: Path, tmp_pa
     centre = nib.affines.apply_affine(image.affine, (np.array(image.shape) - 1) / 2)
     brightest = nib.affines.apply_affine(harmonized.affine, np.argwhere(data > 0.5).mean(axis=0))
     assert np.linalg.norm(brightest - centre) < 1.5  # the same head, where it was in world space
+
+
+def test_predict_preprocesses_a_head_with_standin_mri_synthsr_when_the_model_was_trained_so(bin_dir: Path,
+                                                                                           tmp_path: Path):
+    from pipeline.predict import preprocess_head
+
+    image, kept = head()
+    source = tmp_path / "new-head.nii.gz"
+    save_nifti(image.get_fdata(dtype=np.float32) * 1000, image.affine, source)
+    synthsr_out = tmp_path / "work" / "synthsr" / "new-head.nii.gz"
+    threads = str(len(os.sched_getaffinity(0)))
+    write_standin(bin_dir, "mri_synthsr", ["--i", str(source), "--o", str(synthsr_out), "--threads", threads, "--cpu"],
+                  SYNTHSR_BODY)
+    write_standin(bin_dir, "mri_synthstrip", [*SYNTHSTRIP_ARGS, "-b", "1"], SYNTHSTRIP_BODY)
+    model = {"harmonize": HarmonizeConfig(method="synthsr").model_dump(mode="json"), "stripper": "synthstrip",
+             "strip": strip_config().model_dump(mode="json")}
+    original, brain = preprocess_head(source, model, tmp_path / "work")
+    assert synthsr_out.is_file()  # the model's own harmonization ran, not the built-in one
+    assert original.shape == image.shape and np.allclose(original.affine, image.affine)
+    assert nib.aff2axcodes(brain.affine) == ("R", "A", "S")
+    centre = nib.affines.apply_affine(image.affine, np.argwhere(kept).mean(axis=0))
+    found = nib.affines.apply_affine(brain.affine, np.argwhere(brain.get_fdata() > 0).mean(axis=0))
+    assert np.linalg.norm(found - centre) < 1.5  # the cropped brain sits where the ball was
