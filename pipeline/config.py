@@ -211,6 +211,14 @@ class TrainConfig(Strict):
         return self.profiles[self.profile]
 
 
+# --- evaluate ----------------------------------------------------------------
+class EvaluateConfig(Strict):
+    # A BIDS derivative with each subject's reference labels (sub-X/anat/sub-X*_dseg.nii.gz on the raw head,
+    # and a dseg.tsv label table): test subjects that have one are also scored against it (dice.external).
+    reference_labels: str | None = None
+    reference_scheme: Literal["table", "freesurfer"] = "table"  # how labels become tissues (pipeline/references.py)
+
+
 class Config(Strict):
     seed: int = 42
     workers: Annotated[int, Field(ge=1)] = 2  # core budget inside a stage: subjects at once x threads each
@@ -221,6 +229,7 @@ class Config(Strict):
     segment: SegmentConfig = SegmentConfig()
     synth: SynthConfig = SynthConfig()
     train: TrainConfig = TrainConfig()
+    evaluate: EvaluateConfig = EvaluateConfig()
 
     def combos(self) -> list[tuple[str, str]]:
         """Every (segmenter, stripper) pair: one synthetic dataset and model each."""

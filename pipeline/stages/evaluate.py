@@ -2,7 +2,10 @@
 
 - ``synthetic``: the held-out synthetic test samples (the seed project's protocol);
 - ``real``: the real central axial slice of each test subject, after the same
-  preprocessing, against that segmenter's labels on that subject.
+  preprocessing, against that segmenter's labels on that subject;
+- ``external``: the same predictions against reference labels the user supplies
+  (``evaluate.reference_labels``, a BIDS derivative: ``pipeline.references``). Unlike ``real``, one
+  reference for every combo: the number that compares segmenters as well as strippers.
 
 Writes ``metrics/<combo>.json`` (DVC metrics), ``metrics/<combo>-cases.csv`` (every
 case's Dice, DVC plots) and the predictions under ``data/evaluation/<combo>/``.
@@ -17,10 +20,11 @@ from pathlib import Path
 import numpy as np
 
 from pipeline import nnunet
-from pipeline.config import Config
+from pipeline.config import Config, EvaluateConfig
 from pipeline.devices import torch_device
-from pipeline.io import load_nifti, load_png, save_png, write_csv, write_json
+from pipeline.io import InputError, load_nifti, load_png, save_png, write_csv, write_json
 from pipeline.metrics import dice_per_tissue, summarize
+from pipeline.references import on_grid, reference_file, reference_tissues
 from pipeline.slices import center_pad, central_index, to_uint8
 from pipeline.stages.acquire import Acquire, read_participants, subject_file
 from pipeline.stages.base import ComboStage, Stage
@@ -44,6 +48,27 @@ def score_folder(references: Path, predictions: Path, kind: str) -> list[dict]:
     return rows
 
 
+def write_external_slices(subjects: list[str], stripped: Path, config: EvaluateConfig, out: Path,
+                          size: int) -> list[str]:
+    """Each test subject's reference tissues on its real central slice, named like the real labels; returns
+    the subjects that have a reference. Carried in world space onto the stripped grid, so a brain the
+    stripper cut off counts against the strategy."""
+    root = Path(config.reference_labels).expanduser()
+    if not root.is_dir():
+        raise InputError(f"evaluate.reference_labels: {root} is not a folder")
+    scored = []
+    for subject in subjects:
+        path = reference_file(root, subject)
+        if path is None:
+            log.warning("evaluate: sub-%s has no reference labels under %s", subject, root)
+            continue
+        brain = load_nifti(subject_file(stripped, subject, "desc-brain_T1w"), subject)
+        tissues = on_grid(reference_tissues(path, root, config.reference_scheme, subject), brain)
+        save_png(center_pad(tissues[:, :, central_index(brain.shape[2])], size), out / f"sub-{subject}.png")
+        scored.append(subject)
+    return scored
+
+
 def write_real_slices(subjects: list[str], stripped: Path, segmented: Path, out: Path, size: int) -> None:
     """Each subject's real central axial slice and its reference labels, laid out like the synthetic ones."""
     for subject in subjects:
@@ -57,7 +82,7 @@ def write_real_slices(subjects: list[str], stripped: Path, segmented: Path, out:
 class Evaluate(ComboStage):
     name = "evaluate"
     out_template = "data/evaluation/{segmenter}-{stripper}"
-    param_keys = ("seed", "train")
+    param_keys = ("seed", "train", "evaluate")
     metrics_template = "metrics/{segmenter}-{stripper}.json"
     plots_template = "metrics/{segmenter}-{stripper}-cases.csv"
     plot_axes = {"x": "mean", "y": "case", "template": "bar_horizontal_sorted"}
@@ -87,21 +112,29 @@ class Evaluate(ComboStage):
         write_real_slices(test_subjects, stripped, segmented, out / "real", config.synth.size)
         predict(out / "real" / "images", out / "real" / "predictions")
         real = score_folder(out / "real" / "labels", out / "real" / "predictions", "real")
+        external = []
+        if config.evaluate.reference_labels:
+            if write_external_slices(test_subjects, stripped, config.evaluate, out / "external", config.synth.size):
+                external = score_folder(out / "external", out / "real" / "predictions", "external")
+            else:
+                log.warning("evaluate: no test subject has reference labels: no dice.external")
 
-        for row in synthetic + real:
+        for row in synthetic + real + external:
             row["mean"] = summarize([row])["mean"]
-        write_csv(synthetic + real, self.plots_path())
-        write_json(self.metrics(config, models, dataset, acquired, synthetic, real), self.metrics_path())
+        write_csv(synthetic + real + external, self.plots_path())
+        write_json(self.metrics(config, models, dataset, acquired, synthetic, real, external), self.metrics_path())
 
     def metrics(self, config: Config, models: Path, dataset: Path, acquired: Path, synthetic: list[dict],
-                real: list[dict]) -> dict:
+                real: list[dict], external: list[dict]) -> dict:
         training = json.loads((models / "training.json").read_text())
         description = json.loads((acquired / "dataset_description.json").read_text())
         metrics = {
-            "dice": {"synthetic": summarize(synthetic), "real": summarize(real)},
+            "dice": {"synthetic": summarize(synthetic), "real": summarize(real)}
+            | ({"external": summarize(external)} if external else {}),
             "n_train": json.loads((dataset / "dataset.json").read_text())["numTraining"],
             "n_test": len(synthetic),
             "n_real": len(real),
+            "n_external": len(external),
             "train_test_share_subject": description["TrainTestShareSubject"],
             "profile": training["profile"],
             "device": training["device"],

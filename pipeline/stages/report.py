@@ -25,7 +25,13 @@ from pipeline.stages.evaluate import Evaluate
 
 log = logging.getLogger("pipeline")
 
-KINDS = ("real", "synthetic")
+KINDS = ("external", "real", "synthetic")  # the ones a study has are shown
+# What each kind of Dice compares the predictions with.
+KIND_NOTES = {
+    "external": "the reference labels you supplied (evaluate.reference_labels): one reference for every strategy",
+    "real": "each segmenter's own labels of the real test slice: compares strippers for one segmenter",
+    "synthetic": "the labels the synthetic test images were generated from",
+}
 COLOURS = np.array([[0, 0, 0], [230, 159, 0], [86, 180, 233], [0, 158, 115]], dtype=np.uint8)  # bg, GM, WM, CSF
 
 
@@ -51,16 +57,18 @@ def dice_rows(combos: list[str], metrics_dir: Path) -> list[dict]:
     rows = []
     for combo in combos:
         metrics = json.loads((metrics_dir / f"{combo}.json").read_text())
-        for kind in KINDS:
-            scores = metrics["dice"].get(kind, {})
+        for kind in [kind for kind in KINDS if kind in metrics["dice"]]:
+            scores = metrics["dice"][kind]
             rows.append({"combo": combo, "kind": kind, **{k: scores.get(k) for k in [*TISSUES.values(), "mean"]}})
     return rows
 
 
 def bar_chart(rows: list[dict], path: Path) -> None:
     plt = _figure()
-    fig, axes = plt.subplots(1, len(KINDS), figsize=(11, 3.5), sharey=True)
-    for ax, kind in zip(axes, KINDS, strict=True):
+    kinds = [kind for kind in KINDS if any(row["kind"] == kind for row in rows)]
+    fig, axes = plt.subplots(1, len(kinds), figsize=(5.5 * len(kinds), 3.5), sharey=True, squeeze=False)
+    axes = axes[0]
+    for ax, kind in zip(axes, kinds, strict=True):
         selected = [row for row in rows if row["kind"] == kind]
         width = 0.8 / max(len(selected), 1)
         for i, row in enumerate(selected):
@@ -153,11 +161,13 @@ def _fmt(value: object) -> str:
 
 
 def best_strategy(rows: list[dict]) -> str:
-    real = [row for row in rows if row["kind"] == "real" and row["mean"] is not None]
-    if not real:
-        return "no real-slice Dice yet"
-    best = max(real, key=lambda row: row["mean"])
-    return f"{best['combo']} (mean real-slice Dice {best['mean']:.3f})"
+    """The best mean Dice on real slices: against the supplied reference when there is one."""
+    for kind, what in (("external", "against your reference labels"), ("real", "against each segmenter's labels")):
+        scored = [row for row in rows if row["kind"] == kind and row["mean"] is not None]
+        if scored:
+            best = max(scored, key=lambda row: row["mean"])
+            return f"{best['combo']} (mean Dice {best['mean']:.3f} on real test slices, {what})"
+    return "no real-slice Dice yet"
 
 
 class Report(Stage):
@@ -179,6 +189,8 @@ class Report(Stage):
             "<h1>synthseg-pipeline: strategy comparison</h1>",
             f"<p><b>Best strategy on real slices:</b> {html.escape(best_strategy(rows))}</p>",
             "<h2>Dice per tissue</h2>", table(rows), embed(out / "dice.png"),
+            "<ul>" + "".join(f"<li><b>{kind}</b>: {html.escape(note)}</li>" for kind, note in KIND_NOTES.items()
+                             if any(row["kind"] == kind for row in rows)) + "</ul>",
             "<h2>Training</h2>", embed(out / "training.png"),
             "<h2>Real test slices: reference and prediction</h2>",
             *[f"<h3>{html.escape(c)}</h3>{embed(out / f'examples-{c}.png')}" for c in shown],

@@ -1,0 +1,83 @@
+"""Training and scoring can tell a model that learned from one that did not: nnU-Net (the export and
+train stages, a small profile) on a trivially learnable task made from real label maps reaches a high
+Dice, and the same predictions scored against a wrong reference get a low one."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import luigi
+import nibabel as nib
+import numpy as np
+import pytest
+import yaml
+
+from pipeline import nnunet
+from pipeline.config import load_config
+from pipeline.io import save_png
+from pipeline.labels import GM, WM, remap
+from pipeline.metrics import summarize
+from pipeline.slices import center_pad
+from pipeline.stages.evaluate import score_folder
+from pipeline.stages.export import DATASET_ID, DATASET_NAME
+from pipeline.stages.train import Train
+
+pytestmark = pytest.mark.slow
+
+SIZE = 128  # the middle of the brain: a small patch trains quickly on CPU
+INTENSITY = np.array([0, 150, 220, 90], dtype=np.float32)  # background, GM, WM, CSF: a T1's order
+
+
+def tissue_slices(path: Path, count: int) -> list[np.ndarray]:
+    """``count`` axial tissue slices around the white matter's centre in a real label map."""
+    labels = remap(np.asarray(nib.as_closest_canonical(nib.load(path)).dataobj))
+    middle = int(np.argwhere(labels == WM)[:, 2].mean())
+    return [center_pad(labels[:, :, z], SIZE) for z in range(middle - 2 * count, middle + 2 * count, 4)]
+
+
+def write_cases(maps: list[Path], count: int, folder: Path, rng: np.random.Generator) -> None:
+    for path in maps:
+        for number, labels in enumerate(tissue_slices(path, count)):
+            case = f"{path.name.split('.')[0]}_{number:02d}"
+            image = INTENSITY[labels] + rng.normal(0, 6, labels.shape)
+            save_png(np.clip(image, 0, 255).astype(np.uint8), folder / "images" / f"{case}.png")
+            save_png(labels.astype(np.uint8), folder / "labels" / f"{case}.png")
+
+
+def swap_grey_and_white(labels: Path, out: Path) -> None:
+    from pipeline.io import load_png
+
+    for path in sorted(labels.glob("*.png")):
+        reference = load_png(path)
+        swapped = reference.copy()
+        swapped[reference == GM], swapped[reference == WM] = WM, GM
+        save_png(swapped, out / path.name)
+
+
+def test_a_trivially_learnable_task_scores_high_and_a_wrong_reference_low(tmp_path: Path, label_maps: Path,
+                                                                           monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    maps = sorted(label_maps.glob("*.nii.gz"))
+    rng = np.random.default_rng(0)
+    synthetic = tmp_path / "data" / "synthetic" / "hmrf-deepbet"  # what the export stage reads
+    write_cases(maps[:3], 6, synthetic / "train", rng)
+    write_cases(maps[3:], 3, synthetic / "test", rng)
+    profile = {"epochs": 12, "iterations_per_epoch": 25, "val_iterations_per_epoch": 2, "batch_size": 4,
+               "base_features": 8}
+    params = {"workers": 2, "train": {"profile": "ci", "profiles": {"ci": profile}}}
+    Path("params.yaml").write_text(yaml.safe_dump(params))
+    assert luigi.build([Train(segmenter="hmrf", stripper="deepbet")], local_scheduler=True, log_level="WARNING")
+
+    config = load_config()
+    raw, models = Path("data/nnunet_raw/hmrf-deepbet"), Path("models/hmrf-deepbet")
+    env = nnunet.environment(raw, tmp_path / "preprocessed", models, config.train, config.seed)
+    nnunet.predict(raw / DATASET_NAME / "imagesTs", tmp_path / "predictions", DATASET_ID, "all", "cpu", env,
+                   tta=False)
+    right = summarize(score_folder(raw / DATASET_NAME / "labelsTs", tmp_path / "predictions", "test"))
+    swap_grey_and_white(raw / DATASET_NAME / "labelsTs", tmp_path / "wrong")
+    wrong = summarize(score_folder(tmp_path / "wrong", tmp_path / "predictions", "test"))
+
+    assert right["mean"] > 0.8, right
+    assert right["GM"] > 0.7 and right["WM"] > 0.7 and right["CSF"] > 0.5, right
+    assert wrong["GM"] < 0.3 and wrong["WM"] < 0.3, wrong  # the metric fails a wrong reference
+    assert wrong["mean"] < right["mean"] - 0.4
