@@ -4,10 +4,7 @@ stand-in executables put on PATH: each checks its argv exactly and writes its ou
 
 from __future__ import annotations
 
-import json
 import os
-import stat
-import sys
 from pathlib import Path
 
 import nibabel as nib
@@ -21,6 +18,8 @@ from pipeline.stages import strip as strip_stage
 from pipeline.stages.harmonize import harmonize_synthsr
 from pipeline.stages.strip import brain_mask
 from pipeline.tools.base import ToolFailed, ToolMissing
+
+from . import standins
 
 # Our wrappers work in a fresh temporary folder: "{tmp}" in an expected argv stands for it.
 SYNTHSTRIP_ARGS = ["-i", "{tmp}/t1.nii.gz", "-o", "{tmp}/brain.nii.gz", "-m", "{tmp}/mask.nii.gz"]
@@ -39,18 +38,8 @@ nib.save(nib.Nifti1Image(image.get_fdata().astype(np.float32) * 3.0, image.affin
 
 
 def write_standin(folder: Path, name: str, expected: list[str], body: str, shift_mm: float = 0.0) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    script = folder / name
-    script.write_text(
-        f"#!{sys.executable}\nimport json, os, sys\nimport nibabel as nib\nimport numpy as np\n"
-        f"expected = json.loads({json.dumps(expected)!r})\n"
-        "expected = [arg.replace('{tmp}', os.path.dirname(sys.argv[2])) for arg in expected]\n"
-        "if sys.argv[1:] != expected:\n"
-        "    sys.exit(f'stand-in: argv {sys.argv[1:]} is not the expected {expected}')\n"
-        f"SHIFT = np.eye(4)\nSHIFT[0, 3] = {shift_mm}\n{body}"
-    )
-    script.chmod(script.stat().st_mode | stat.S_IXUSR)
-    return script
+    """A stand-in whose outputs may be shifted by ``shift_mm`` (SHIFT): a tool writing on the wrong grid."""
+    return standins.write_standin(folder, name, expected, body, f"SHIFT = np.eye(4)\nSHIFT[0, 3] = {shift_mm}")
 
 
 def head() -> tuple[nib.Nifti1Image, np.ndarray]:

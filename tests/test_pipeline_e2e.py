@@ -95,6 +95,37 @@ def test_predict_on_png_slices_writes_label_pngs(project: Path, tmp_path: Path):
     assert Image.open(outputs[0]).size == (256, 256)
 
 
+def test_reference_labels_add_dice_external_and_rerun_only_evaluation(project: Path, tmp_path: Path):
+    """A derivative holding, on the raw head's grid, the very labels dice.real is scored against: the
+    two Dice then differ only by the two nearest-neighbour resamplings between the grids."""
+    import nibabel as nib
+    import numpy as np
+    from nibabel.processing import resample_from_to
+
+    from pipeline.io import save_nifti, write_tsv
+
+    split = dict(row.split("\t")[0::2] for row in (project / "data/raw/participants.tsv").read_text().splitlines()[1:])
+    subject = next(pid for pid, kind in split.items() if kind == "test")
+    head = nib.load(project / "data" / "raw" / subject / "anat" / f"{subject}_T1w.nii.gz")
+    labels = nib.load(project / "data" / "segmented" / "hmrf-deepbet" / subject / "anat" / f"{subject}_dseg.nii.gz")
+    native = resample_from_to(labels, (head.shape[:3], head.affine), order=0, mode="constant", cval=0)
+    root = tmp_path / "reference"
+    save_nifti(np.asarray(native.dataobj).astype(np.uint8), head.affine,
+               root / subject / "anat" / f"{subject}_dseg.nii.gz")
+    write_tsv([{"index": 1, "name": "GM"}, {"index": 2, "name": "WM"}, {"index": 3, "name": "CSF"}],
+              root / "dseg.tsv")
+
+    ran = _run(["dvc", "exp", "run", "-S", f"evaluate.reference_labels={root}"], project)
+    assert "Running stage 'evaluate@" in ran and "Running stage 'train@" not in ran
+    metrics = json.loads((project / "metrics" / "hmrf-deepbet.json").read_text())
+    assert metrics["n_external"] == 1
+    for tissue in ("GM", "WM", "CSF", "mean"):
+        real, external = metrics["dice"]["real"][tissue], metrics["dice"]["external"][tissue]
+        assert (real is None) == (external is None)
+        assert real is None or abs(real - external) < 0.1, (tissue, real, external)
+    assert "against your reference labels" in (project / "data" / "report" / "index.html").read_text()
+
+
 def test_an_experiment_with_another_stripper_shows_in_metrics_diff(project: Path):
     # Last in this file: the experiment changes the workspace's params.yaml.
     _run(["dvc", "exp", "run", "-S", "strip.methods=[hdbet]", "-S", "strip.hdbet.mode=fast"], project)

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import stat
-import sys
 from pathlib import Path
 
 import nibabel as nib
@@ -24,6 +22,7 @@ from pipeline.tools.base import ToolFailed, ToolMissing
 from pipeline.tools.segmentation import SegmentJob, tool_image
 
 from .phantom import phantom
+from .standins import write_standin
 
 THREADS = 2
 
@@ -85,20 +84,6 @@ nib.MGHImage(labels.astype(np.int32), affine).to_filename(out)
 """
 
 
-def write_standin(folder: Path, name: str, expected: list[str], body: str) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    script = folder / name
-    script.write_text(
-        f"#!{sys.executable}\nimport json, os, sys\nimport nibabel as nib\nimport numpy as np\n"
-        f"expected = json.loads({json.dumps(expected)!r})\n"
-        "if sys.argv[1:] != expected:\n"
-        "    sys.exit(f'stand-in: argv {sys.argv[1:]} is not the expected {expected}')\n"
-        f"{SAMPLE_ON_GRID}{body}"
-    )
-    script.chmod(script.stat().st_mode | stat.S_IXUSR)
-    return script
-
-
 @pytest.fixture
 def job(tmp_path: Path) -> SegmentJob:
     image, mask, _ = phantom()
@@ -130,7 +115,7 @@ def segment_config(method: str, **section) -> object:
 def test_standin_fast_command_and_permuted_classes(job: SegmentJob, bin_dir: Path):
     expected = ["-t", "1", "-n", "3", "-H", "0.1", "-I", "4", "-o", str(job.workdir / "fast"),
                 str(job.workdir / "t1.nii.gz")]
-    write_standin(bin_dir, "fast", expected, FAST_BODY)
+    write_standin(bin_dir, "fast", expected, FAST_BODY, SAMPLE_ON_GRID)
     assert_matches_truth(tissue_labels("fast", job, segment_config("fast")))
 
 
@@ -138,7 +123,7 @@ def test_standin_fast_found_under_fsldir_without_bias_correction(job: SegmentJob
                                                                   monkeypatch):
     expected = ["-t", "1", "-n", "3", "-H", "0.2", "-I", "4", "-N", "-o", str(job.workdir / "fast"),
                 str(job.workdir / "t1.nii.gz")]
-    write_standin(tmp_path / "fsl" / "bin", "fast", expected, FAST_BODY)
+    write_standin(tmp_path / "fsl" / "bin", "fast", expected, FAST_BODY, SAMPLE_ON_GRID)
     monkeypatch.setenv("FSLDIR", str(tmp_path / "fsl"))
     monkeypatch.setenv("PATH", str(tmp_path / "empty"))
     config = segment_config("fast", mrf_beta=0.2, bias_correction=False)
@@ -148,14 +133,14 @@ def test_standin_fast_found_under_fsldir_without_bias_correction(job: SegmentJob
 def test_standin_synthseg_command_and_1mm_output_resampled(job: SegmentJob, bin_dir: Path):
     expected = ["--i", str(job.workdir / "t1.nii.gz"), "--o", str(job.workdir / "synthseg.mgz"),
                 "--threads", str(THREADS), "--cpu"]
-    write_standin(bin_dir, "mri_synthseg", expected, SYNTHSEG_BODY)
+    write_standin(bin_dir, "mri_synthseg", expected, SYNTHSEG_BODY, SAMPLE_ON_GRID)
     assert_matches_truth(tissue_labels("synthseg", job, segment_config("synthseg")))
 
 
 def test_standin_synthseg_rejects_an_unexpected_command_line(job: SegmentJob, bin_dir: Path):
     expected = ["--i", str(job.workdir / "t1.nii.gz"), "--o", str(job.workdir / "synthseg.mgz"),
                 "--threads", str(THREADS), "--cpu"]
-    write_standin(bin_dir, "mri_synthseg", expected, SYNTHSEG_BODY)
+    write_standin(bin_dir, "mri_synthseg", expected, SYNTHSEG_BODY, SAMPLE_ON_GRID)
     with pytest.raises(ToolFailed, match="--robust"):
         tissue_labels("synthseg", job, segment_config("synthseg", robust=True))
 
@@ -164,7 +149,7 @@ def test_standin_fastsurfer_command_and_parcellated_lia_output(job: SegmentJob, 
     expected = ["--t1", str(job.workdir / "t1.nii.gz"), "--sid", "subject",
                 "--sd", str(job.workdir / "fastsurfer"), "--seg_only",
                 "--device", "cpu", "--threads", str(THREADS)]
-    write_standin(bin_dir, "run_fastsurfer.sh", expected, FASTSURFER_BODY)
+    write_standin(bin_dir, "run_fastsurfer.sh", expected, FASTSURFER_BODY, SAMPLE_ON_GRID)
     assert_matches_truth(tissue_labels("fastsurfer", job, segment_config("fastsurfer", device="cpu")))
 
 
