@@ -9,14 +9,18 @@ import sys
 from pathlib import Path
 
 from pipeline.config import TrainConfig, TrainProfile
+from pipeline.subjects import THREAD_VARIABLES
 from pipeline.tools.base import run_command
 
 TRAINER = "nnUNetTrainerPipeline"
 TRAINER_DIR = Path(__file__).parent / "nnunet_trainers"
 
 
-def environment(raw: Path, preprocessed: Path, results: Path, config: TrainConfig, seed: int) -> dict[str, str]:
+def environment(raw: Path, preprocessed: Path, results: Path, config: TrainConfig, seed: int,
+                threads: int) -> dict[str, str]:
+    """nnU-Net's folders, our trainer and schedule, and the core budget (``threads``; torch reads it at start)."""
     env = dict(os.environ)
+    env |= {name: str(threads) for name in THREAD_VARIABLES}
     env |= {
         "nnUNet_raw": str(raw.resolve()),
         "nnUNet_preprocessed": str(preprocessed.resolve()),
@@ -31,6 +35,8 @@ def environment(raw: Path, preprocessed: Path, results: Path, config: TrainConfi
     }
     if config.deterministic:
         env["PIPELINE_SEED"] = str(seed)
+    else:
+        env["nnUNet_n_proc_DA"] = str(threads)  # augmentation workers beside the training process
     return env
 
 
@@ -67,7 +73,7 @@ def adapt_plans(plans_file: Path, profile: TrainProfile) -> dict:
 def train(dataset_id: int, fold: str, device: str, env: dict[str, str], deterministic: bool) -> None:
     if deterministic:
         # Augmentation in the training process itself, from the seeded generators: a CPU run repeats exactly.
-        # (Planning needs nnUNet_n_proc_DA unset: it sizes thread pools from it.)
+        # (Only here: planning sizes thread pools from nnUNet_n_proc_DA, which must not be 0 then.)
         env = env | {"nnUNet_n_proc_DA": "0"}
     # --c: continue from the latest checkpoint when an interrupted run left one (else nnU-Net starts afresh)
     run_command([command("nnUNetv2_train"), dataset_id, "2d", fold, "-tr", TRAINER, "-device", device, "--c"],

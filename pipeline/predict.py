@@ -128,7 +128,7 @@ def predict(model_dir: Path, input_path: Path, output: Path, all_slices: bool = 
     device = torch_device(train.device)
     with tempfile.TemporaryDirectory(prefix="predict-") as tmp:
         work = Path(tmp)
-        env = nnunet.environment(work, work, model_dir, train, model["seed"])
+        env = nnunet.environment(work, work, model_dir, train, model["seed"], len(os.sched_getaffinity(0)))
 
         def run(images: Path, predictions: Path) -> None:
             nnunet.predict(images, predictions, DATASET_ID, str(model["fold"]), device, env, tta=False)

@@ -70,7 +70,7 @@ def test_a_trivially_learnable_task_scores_high_and_a_wrong_reference_low(tmp_pa
 
     config = load_config()
     raw, models = Path("data/nnunet_raw/hmrf-deepbet"), Path("models/hmrf-deepbet")
-    env = nnunet.environment(raw, tmp_path / "preprocessed", models, config.train, config.seed)
+    env = nnunet.environment(raw, tmp_path / "preprocessed", models, config.train, config.seed, 2)
     nnunet.predict(raw / DATASET_NAME / "imagesTs", tmp_path / "predictions", DATASET_ID, "all", "cpu", env,
                    tta=False)
     right = summarize(score_folder(raw / DATASET_NAME / "labelsTs", tmp_path / "predictions", "test"))

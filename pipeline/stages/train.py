@@ -51,7 +51,7 @@ class Train(ComboStage):
     def build(self, out: Path, config: Config) -> None:
         device = torch_device(config.train.device)
         preprocessed = out / "preprocessed"
-        env = nnunet.environment(self.input_dir(), preprocessed, out, config.train, config.seed)
+        env = nnunet.environment(self.input_dir(), preprocessed, out, config.train, config.seed, config.workers)
         start = time.monotonic()
         log.info("train %s-%s: planning and preprocessing", self.segmenter, self.stripper)
         nnunet.plan_and_preprocess(DATASET_ID, env, config.workers)
