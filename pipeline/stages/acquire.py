@@ -94,7 +94,10 @@ def openneuro_scans(dataset: str, subjects: list[str], download_dir: Path) -> li
     include += ["dataset_description.json", "participants.tsv"]
     log.info("openneuro: downloading T1w files of %s to %s", dataset, download_dir)
     try:
-        openneuro.download(dataset=dataset, target_dir=download_dir, include=include, max_retries=1)
+        # Each file is checked against the server's size and, where it publishes one, its hash; every image
+        # is then read in full by write_scan, so a truncated download stops at acquire, naming the file.
+        openneuro.download(dataset=dataset, target_dir=download_dir, include=include, max_retries=1,
+                           verify_size=True, verify_hash="auto")
     except Exception as error:  # openneuro-py raises many kinds when offline
         raise InputError(f"openneuro: cannot download {dataset} (offline? {type(error).__name__}: {error})") from None
     return bids_scans(download_dir, subjects)
