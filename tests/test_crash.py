@@ -49,7 +49,8 @@ def segmented(tmp_path_factory, ds000011: Path) -> Path:
     project = copy_project(tmp_path_factory.mktemp("crash") / "study")
     tiny_study(project, ds000011, ["01", "02"], test_fraction=0.5)
     set_params(project, synth={"n_train": 6, "n_test": 3})
-    run_stage(project, "segment", "--segmenter", "hmrf", "--stripper", "deepbet")
+    log = run_stage(project, "segment", "--segmenter", "hmrf", "--stripper", "deepbet")
+    assert "2 subject(s), 2 at a time with 1 thread(s) each" in log  # params.yaml's workers: 2
     return project
 
 
@@ -85,6 +86,20 @@ def test_killed_segment_leaves_nothing_complete_and_rerun_matches(segmented: Pat
         rerun = nib.load(project / "data" / "segmented" / "hmrf-deepbet" / name)
         assert np.array_equal(rerun.get_fdata(), nib.load(reference / name).get_fdata())
     assert not list((project / "data" / "segmented").glob(".*")), "temporary folders left behind"
+
+
+def test_segment_on_one_core_equals_two_subjects_at_once(segmented: Path, tmp_path: Path):
+    """The core budget changes how subjects are scheduled, never the labels."""
+    project = clone(segmented, tmp_path / "serial")
+    set_params(project, workers=1)
+    shutil.rmtree(project / "data" / "segmented" / "hmrf-deepbet")
+    log = run_stage(project, "segment", "--segmenter", "hmrf", "--stripper", "deepbet")
+    assert "2 subject(s), 1 at a time with 1 thread(s) each" in log
+    parallel = segmented / "data" / "segmented" / "hmrf-deepbet"
+    for subject in ("01", "02"):
+        name = f"sub-{subject}/anat/sub-{subject}_dseg.nii.gz"
+        serial = np.asarray(nib.load(project / "data" / "segmented" / "hmrf-deepbet" / name).dataobj)
+        assert np.array_equal(serial, np.asarray(nib.load(parallel / name).dataobj))
 
 
 def test_killed_synthesize_reruns_to_byte_identical_pngs(segmented: Path, tmp_path: Path):
