@@ -109,11 +109,15 @@ class Evaluate(ComboStage):
         test_subjects = [p.subject for p in read_participants(acquired) if p.in_test and f"sub-{p.subject}" not in lost]
         log.info("evaluate %s-%s: real central slices of %d test subject(s)", self.segmenter, self.stripper,
                  len(test_subjects))
-        write_real_slices(test_subjects, stripped, segmented, out / "real", config.synth.size)
-        predict(out / "real" / "images", out / "real" / "predictions")
-        real = score_folder(out / "real" / "labels", out / "real" / "predictions", "real")
-        external = []
-        if config.evaluate.reference_labels:
+        real, external = [], []
+        if test_subjects:
+            write_real_slices(test_subjects, stripped, segmented, out / "real", config.synth.size)
+            predict(out / "real" / "images", out / "real" / "predictions")
+            real = score_folder(out / "real" / "labels", out / "real" / "predictions", "real")
+        else:
+            log.warning("evaluate %s-%s: no test subject left (keep_going): no real-slice Dice", self.segmenter,
+                        self.stripper)
+        if config.evaluate.reference_labels and test_subjects:
             if write_external_slices(test_subjects, stripped, config.evaluate, out / "external", config.synth.size):
                 external = score_folder(out / "external", out / "real" / "predictions", "external")
             else:
