@@ -106,17 +106,21 @@ def colour(labels: np.ndarray) -> np.ndarray:
 
 
 def examples(combo: str, evaluation: Path, path: Path) -> bool:
-    """Real slices: image | reference labels | prediction, one row per test subject."""
-    real = evaluation / combo / "real"
+    """Real slices: image | segmenter's labels | your reference (when given) | prediction, a row per subject."""
+    real, external = evaluation / combo / "real", evaluation / combo / "external"
     references = sorted((real / "labels").glob("*.png"))
     if not references:
         return False
+    columns = 4 if external.is_dir() else 3
     plt = _figure()
-    fig, axes = plt.subplots(len(references), 3, figsize=(8, 2.8 * len(references)), squeeze=False)
+    fig, axes = plt.subplots(len(references), columns, figsize=(2.7 * columns, 2.8 * len(references)), squeeze=False)
     for row, reference in zip(axes, references, strict=True):
-        image = load_png(real / "images" / f"{reference.stem}_0000.png")
-        panels = [(image, "T1 (real)"), (colour(load_png(reference)), "reference"),
-                  (colour(load_png(real / "predictions" / reference.name)), "prediction")]
+        panels = [(load_png(real / "images" / f"{reference.stem}_0000.png"), "T1 (real)"),
+                  (colour(load_png(reference)), "segmenter's labels")]
+        if columns == 4:
+            yours = external / reference.name
+            panels.append((colour(load_png(yours)) if yours.is_file() else np.zeros((8, 8)), "your reference"))
+        panels.append((colour(load_png(real / "predictions" / reference.name)), "prediction"))
         for ax, (panel, title) in zip(row, panels, strict=True):
             ax.imshow(np.rot90(panel), cmap="gray")
             ax.set_title(f"{reference.stem}: {title}", fontsize=8)
