@@ -57,9 +57,11 @@ def dice_rows(combos: list[str], metrics_dir: Path) -> list[dict]:
     rows = []
     for combo in combos:
         metrics = json.loads((metrics_dir / f"{combo}.json").read_text())
+        cases = {"external": metrics.get("n_external"), "real": metrics["n_real"], "synthetic": metrics["n_test"]}
         for kind in [kind for kind in KINDS if kind in metrics["dice"]]:
             scores = metrics["dice"][kind]
-            rows.append({"combo": combo, "kind": kind, **{k: scores.get(k) for k in [*TISSUES.values(), "mean"]}})
+            rows.append({"combo": combo, "kind": kind, **{k: scores.get(k) for k in [*TISSUES.values(), "mean"]},
+                         "cases": cases[kind]})
     return rows
 
 
