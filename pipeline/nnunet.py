@@ -18,7 +18,8 @@ TRAINER_DIR = Path(__file__).parent / "nnunet_trainers"
 
 def environment(raw: Path, preprocessed: Path, results: Path, config: TrainConfig, seed: int,
                 threads: int) -> dict[str, str]:
-    """nnU-Net's folders, our trainer and schedule, and the core budget (``threads``; torch reads it at start)."""
+    """nnU-Net's folders, our trainer and schedule, its seed (``train.seed``, else the study's ``seed``), and
+    the core budget (``threads``; torch reads it at start)."""
     env = dict(os.environ)
     env |= {name: str(threads) for name in THREAD_VARIABLES}
     env |= {
@@ -34,7 +35,7 @@ def environment(raw: Path, preprocessed: Path, results: Path, config: TrainConfi
         "PIPELINE_VAL_ITERATIONS": str(profile.val_iterations_per_epoch),
     }
     if config.deterministic:
-        env["PIPELINE_SEED"] = str(seed)
+        env["PIPELINE_SEED"] = str(config.training_seed(seed))
     else:
         env["nnUNet_n_proc_DA"] = str(threads)  # augmentation workers beside the training process
     return env

@@ -71,7 +71,7 @@ class Train(ComboStage):
                 "fold": config.train.fold,
                 "device": device,
                 "deterministic": config.train.deterministic,
-                "seed": config.seed,
+                "seed": config.train.training_seed(config.seed),
                 "wall_s": round(time.monotonic() - start, 1),
                 "trainer": nnunet.TRAINER,
                 # what `python -m pipeline predict` must do to a new head before this model sees it
