@@ -243,7 +243,8 @@ def test_strip_and_strip_qc_stages(tmp_path: Path, monkeypatch):
         rows.append({"participant_id": f"sub-{subject}", "source": str(sources / f"sub-{subject}_T1w.nii.gz"),
                      "split": "both"})
     write_tsv(rows, Path("data/raw/participants.tsv"))
-    config = parse_config({"strip": {"methods": ["deepbet", "hdbet"]}})
+    # One worker: subjects are stripped in this process, where the stand-in strippers are patched in.
+    config = parse_config({"workers": 1, "strip": {"methods": ["deepbet", "hdbet"]}})
     for method in config.strip.methods:
         stage = Strip(stripper=method)
         out = stage.out_dir()
