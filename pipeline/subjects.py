@@ -23,7 +23,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
-from pipeline.io import read_tsv, write_tsv
+from pipeline.config import ConfigError
+from pipeline.io import InputError, read_tsv, write_tsv
+from pipeline.tools.base import ToolMissing
 
 log = logging.getLogger("pipeline")
 
@@ -148,10 +150,6 @@ def remove_subject_files(out: Path, subject: str) -> None:
 
 def failure_row(stage: str, subject: str, file: Path | None, error: Exception, keep_going: bool) -> dict:
     """A failure's row for ``failures.tsv`` with ``keep_going``; without it, the error, naming subject and file."""
-    from pipeline.config import ConfigError
-    from pipeline.io import InputError
-    from pipeline.tools.base import ToolMissing
-
     if isinstance(error, ToolMissing | ConfigError):
         raise error  # the study's set-up, not the subject, is wrong: no subject would succeed
     where = f"sub-{subject}" + (f" ({file})" if file else "")
