@@ -173,6 +173,12 @@ def failed_ids(folder: Path) -> set[str]:
     return {row["participant_id"] for row in read_failures(folder)}
 
 
+def not_failed(subjects: list[str], upstream: Path) -> list[str]:
+    """The subjects an upstream stage's output does not list as failed (``keep_going``)."""
+    lost = failed_ids(upstream)
+    return [subject for subject in subjects if f"sub-{subject}" not in lost]
+
+
 def write_failures(rows: list[dict], out: Path) -> None:
     if rows:
         write_tsv([{column: row[column] for column in FAILURE_COLUMNS} for row in rows], out / FAILURES)

@@ -20,7 +20,7 @@ from pipeline.labels import CSF, GM, TISSUES, WM
 from pipeline.stages.acquire import Acquire, read_participants, subject_file
 from pipeline.stages.base import ComboStage, Stage
 from pipeline.stages.strip import Strip
-from pipeline.subjects import failed_ids, for_each_subject, read_failures, write_failures
+from pipeline.subjects import for_each_subject, not_failed, read_failures, write_failures
 from pipeline.tools import SEGMENTERS
 from pipeline.tools.segmentation import SegmentJob, tool_image
 
@@ -94,8 +94,7 @@ class Segment(ComboStage):
     def build(self, out: Path, config: Config) -> None:
         stripped = self.input_dir(0)
         SEGMENTERS[self.segmenter].tool.require()  # a missing tool stops before any work
-        lost = failed_ids(stripped)
-        subjects = [p.subject for p in read_participants(self.input_dir(1)) if f"sub-{p.subject}" not in lost]
+        subjects = not_failed([p.subject for p in read_participants(self.input_dir(1))], stripped)
         work = functools.partial(segment_subject, method=self.segmenter, stripped=stripped, out=out,
                                  config=config.segment)
         files = {subject: subject_file(stripped, subject, "desc-brain_T1w") for subject in subjects}

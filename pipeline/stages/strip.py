@@ -25,7 +25,7 @@ from pipeline.io import InputError, atomic_path, load_nifti, read_tsv, save_nift
 from pipeline.stages.acquire import Acquire, read_participants, subject_file
 from pipeline.stages.base import Stage
 from pipeline.stages.harmonize import Harmonize, normalize_percentiles
-from pipeline.subjects import failed_ids, for_each_subject, read_failures, write_failures
+from pipeline.subjects import for_each_subject, not_failed, read_failures, write_failures
 from pipeline.tools import STRIPPERS
 
 log = logging.getLogger("pipeline")
@@ -155,8 +155,7 @@ class Strip(Stage):
     def build(self, out: Path, config: Config) -> None:
         harmonized = self.input_dir(0)
         STRIPPERS[self.stripper].tool_for(config.strip).require()  # a missing tool stops before any work
-        lost = failed_ids(harmonized)
-        subjects = [p.subject for p in read_participants(self.input_dir(1)) if f"sub-{p.subject}" not in lost]
+        subjects = not_failed([p.subject for p in read_participants(self.input_dir(1))], harmonized)
         work = functools.partial(strip_subject, method=self.stripper, harmonized=harmonized, out=out,
                                  config=config.strip)
         files = {subject: subject_file(harmonized, subject, "desc-harmonized_T1w") for subject in subjects}
