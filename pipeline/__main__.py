@@ -1,4 +1,4 @@
-"""Command line: ``python -m pipeline {run,dvc-yaml,doctor,bench}``."""
+"""Command line: ``python -m pipeline {run,dvc-yaml,doctor,predict,bench}``."""
 
 from __future__ import annotations
 
@@ -75,12 +75,25 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_bench(args: argparse.Namespace) -> int:
+def cmd_bench_synth(args: argparse.Namespace) -> int:
     import json
 
     from pipeline.synth.bench import run_benchmark
 
     print(json.dumps(run_benchmark(args.labels, args.n, args.device), indent=2))
+    return 0
+
+
+def cmd_bench_real(args: argparse.Namespace) -> int:
+    import json
+    import tempfile
+
+    from pipeline.bench_real import benchmark
+
+    workdir = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="bench-real-"))
+    result = benchmark(Path(args.bids_root), Path(args.reference), args.subjects, args.test_fraction, workdir,
+                       args.set)
+    print(json.dumps(result, indent=2))
     return 0
 
 
@@ -108,12 +121,22 @@ def parser() -> argparse.ArgumentParser:
     predict.add_argument("--output", required=True, help="folder for the label maps")
     predict.add_argument("--all-slices", action="store_true", help="every axial slice, not only the central one")
     predict.set_defaults(func=cmd_predict)
-    bench = commands.add_parser("bench", help="benchmarks that print JSON figures")
-    bench.add_argument("what", choices=["synth"])
-    bench.add_argument("--labels", help="a 1 mm label volume (default: a packaged one)")
-    bench.add_argument("--n", type=int, default=200)
-    bench.add_argument("--device", default="cpu")
-    bench.set_defaults(func=cmd_bench)
+    bench = commands.add_parser("bench", help="benchmarks that print JSON figures").add_subparsers(
+        dest="what", required=True)
+    synth = bench.add_parser("synth", help="synthesis speed")
+    synth.add_argument("--labels", help="a 1 mm label volume (default: a packaged one)")
+    synth.add_argument("--n", type=int, default=200)
+    synth.add_argument("--device", default="cpu")
+    synth.set_defaults(func=cmd_bench_synth)
+    real = bench.add_parser("real", help="a study on real scans scored against reference labels")
+    real.add_argument("--bids-root", required=True, help="a BIDS folder of real T1w scans")
+    real.add_argument("--reference", required=True, help="a BIDS derivative of their reference labels")
+    real.add_argument("--subjects", nargs="*", default=[], help="subject labels (default: every subject)")
+    real.add_argument("--test-fraction", type=float, default=0.4, help="share of subjects held out")
+    real.add_argument("--workdir", help="the study's folder, reused between runs (default: a new temporary one)")
+    real.add_argument("-S", "--set", action="append", default=[], metavar="KEY=VALUE",
+                      help="a params.yaml override, as dvc exp run -S (repeatable)")
+    real.set_defaults(func=cmd_bench_real)
     return main
 
 

@@ -186,6 +186,14 @@ class SynthConfig(Strict):
     blur_range: Annotated[float, Field(ge=1.0)] = 1.15
     flip_probability: Probability = 0.5
     noise_std: Annotated[float, Field(ge=0.0)] = 0.0
+    # Share of samples whose background is exactly 0, as in the skull-stripped real slices the model segments
+    # (1: always; 0: lab2im's, a Gaussian of its own; SynthSeg resets it in 5 % of its samples).
+    zero_background: Probability = 1.0
+    # The GMM's priors (pipeline/synth/priors.py): uniform (lab2im: prior_means, prior_stds for every class),
+    # t1 (SynthSeg's T1 priors: WM ~160, cortex ~96, CSF ~44), subject (around the subject's own image).
+    priors: Literal["uniform", "t1", "subject"] = "uniform"
+    subject_prior_spread: Annotated[float, Field(ge=0.0, le=1.0)] = 0.05  # sd of a class mean / intensity range
+    subclasses: Annotated[int, Field(ge=1, le=8)] = 1  # Gaussian classes per tissue, by k-means of the image
 
 
 # --- train / evaluate --------------------------------------------------------
@@ -203,6 +211,9 @@ class TrainConfig(Strict):
         "ci": TrainProfile(epochs=2, iterations_per_epoch=5, val_iterations_per_epoch=2, batch_size=4, base_features=8),
     }
     fold: Literal[0, 1, 2, 3, 4, "all"] = "all"
+    # nnunet: nnU-Net's own data augmentation; synthesis: only the synthesis's (which already deforms, flips and
+    # re-textures every sample), with left-right mirroring only (pipeline/nnunet_trainers)
+    augmentation: Literal["nnunet", "synthesis"] = "nnunet"
     device: Literal["auto", "cpu", "cuda"] = "auto"
     deterministic: bool = True
     # The training's own seed (null: the study's ``seed``): retrain on the same data with other seeds to see

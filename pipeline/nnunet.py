@@ -12,8 +12,13 @@ from pipeline.config import TrainConfig, TrainProfile
 from pipeline.subjects import THREAD_VARIABLES
 from pipeline.tools.base import run_command
 
-TRAINER = "nnUNetTrainerPipeline"
+# train.augmentation -> the trainer class (pipeline/nnunet_trainers)
+TRAINERS = {"nnunet": "nnUNetTrainerPipeline", "synthesis": "nnUNetTrainerPipelineSynthAug"}
 TRAINER_DIR = Path(__file__).parent / "nnunet_trainers"
+
+
+def trainer_name(config: TrainConfig) -> str:
+    return TRAINERS[config.augmentation]
 
 
 def environment(raw: Path, preprocessed: Path, results: Path, config: TrainConfig, seed: int,
@@ -71,20 +76,20 @@ def adapt_plans(plans_file: Path, profile: TrainProfile) -> dict:
     return configuration
 
 
-def train(dataset_id: int, fold: str, device: str, env: dict[str, str], deterministic: bool) -> None:
+def train(dataset_id: int, fold: str, device: str, env: dict[str, str], deterministic: bool, trainer: str) -> None:
     if deterministic:
         # Augmentation in the training process itself, from the seeded generators: a CPU run repeats exactly.
         # (Only here: planning sizes thread pools from nnUNet_n_proc_DA, which must not be 0 then.)
         env = env | {"nnUNet_n_proc_DA": "0"}
     # --c: continue from the latest checkpoint when an interrupted run left one (else nnU-Net starts afresh)
-    run_command([command("nnUNetv2_train"), dataset_id, "2d", fold, "-tr", TRAINER, "-device", device, "--c"],
+    run_command([command("nnUNetv2_train"), dataset_id, "2d", fold, "-tr", trainer, "-device", device, "--c"],
                 "nnUNetv2_train", env, progress=re.compile(r"Epoch \d|train_loss|val_loss|Pseudo dice|Epoch time"))
 
 
 def predict(images: Path, output: Path, dataset_id: int, fold: str, device: str, env: dict[str, str],
-            tta: bool) -> None:
+            tta: bool, trainer: str) -> None:
     args = [command("nnUNetv2_predict"), "-i", images, "-o", output, "-d", dataset_id, "-c", "2d",
-            "-f", fold, "-tr", TRAINER, "-device", device, "-npp", 1, "-nps", 1]
+            "-f", fold, "-tr", trainer, "-device", device, "-npp", 1, "-nps", 1]
     if not tta:
         args.append("--disable_tta")
     run_command(args, "nnUNetv2_predict", env, progress=re.compile(r"^Predicting"))

@@ -1,7 +1,8 @@
 """``python -m pipeline predict``: segment new images with a trained model.
 
 A NIfTI head goes through the model's own preprocessing (harmonize, strip with the
-model's stripper, crop), its central axial slice (or every axial slice) is predicted,
+model's stripper, crop), its axial slice at the reference level (``pipeline.slices``, as in
+training and evaluation) or every axial slice is predicted,
 and the labels are written on the input's grid (same shape and affine). A PNG slice is
 predicted as it is and written as a label PNG.
 """
@@ -13,6 +14,7 @@ import logging
 import os
 import shutil
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import nibabel as nib
@@ -23,7 +25,7 @@ from pipeline import nnunet
 from pipeline.config import HarmonizeConfig, StripConfig, TrainConfig
 from pipeline.devices import torch_device
 from pipeline.io import InputError, load_nifti, load_png, save_nifti, save_png
-from pipeline.slices import center_pad, central_index, to_uint8, uncenter
+from pipeline.slices import center_pad, level_index, reference_level_mm, to_uint8, uncenter
 from pipeline.stages.export import DATASET_ID
 
 log = logging.getLogger("pipeline")
@@ -44,8 +46,18 @@ def stem(path: Path) -> str:
     return path.name.removesuffix(".gz").removesuffix(".nii").removesuffix(".png")
 
 
-def preprocess_head(path: Path, model: dict, work: Path) -> tuple[nib.Nifti1Image, nib.Nifti1Image]:
-    """The input head as the model's training data was made: (original image, cropped brain)."""
+@dataclass(frozen=True, eq=False)
+class PreparedHead:
+    """A head as the model's training data was made."""
+
+    original: nib.Nifti1Image  # as read: the labels are written on its grid
+    brain: nib.Nifti1Image  # harmonized, stripped, normalized and cropped
+    mask: np.ndarray  # the brain mask on the cropped grid
+    level_mm: float  # the reference axial level (world z), found on the harmonized head
+
+
+def preprocess_head(path: Path, model: dict, work: Path) -> PreparedHead:
+    """The input head through the model's harmonization and stripper, and its reference level."""
     from pipeline.stages.harmonize import harmonize_builtin, harmonize_synthsr
     from pipeline.stages.strip import brain_mask, crop_to_brain
 
@@ -58,8 +70,8 @@ def preprocess_head(path: Path, model: dict, work: Path) -> tuple[nib.Nifti1Imag
         harmonized, _ = harmonize_builtin(original, harmonize)
     strip = StripConfig.model_validate(model["strip"])
     mask = brain_mask(model["stripper"], harmonized, strip)
-    brain, _ = crop_to_brain(harmonized, mask, strip.crop_margin_vox)
-    return original, brain
+    brain, cropped_mask = crop_to_brain(harmonized, mask, strip.crop_margin_vox)
+    return PreparedHead(original, brain, np.asarray(cropped_mask.dataobj) > 0, reference_level_mm(harmonized))
 
 
 def labels_on_grid(labels: np.ndarray, affine: np.ndarray, plane: int | None, shape: tuple[int, ...],
@@ -88,15 +100,16 @@ def predict_heads(heads: list[Path], model_dir: Path, model: dict, output: Path,
     prepared = {}
     for path in heads:
         log.info("predict: preprocessing %s", path)
-        original, brain = preprocess_head(path, model, work)
-        data = brain.get_fdata(dtype=np.float32)
-        ks = range(data.shape[2]) if all_slices else [central_index(data.shape[2])]
+        head = preprocess_head(path, model, work)
+        data = head.brain.get_fdata(dtype=np.float32)
+        ks = range(data.shape[2]) if all_slices else [level_index(head.brain, head.level_mm)]
         for k in ks:
             slice_png = work / "images" / f"{stem(path)}-{k:04d}_0000.png"
-            save_png(center_pad(to_uint8(data[:, :, k]), model["size"]), slice_png)
-        prepared[path] = (original, brain, list(ks))
+            save_png(center_pad(to_uint8(data[:, :, k], head.mask[:, :, k]), model["size"]), slice_png)
+        prepared[path] = (head, list(ks))
     run(work / "images", work / "predictions")
-    for path, (original, brain, ks) in prepared.items():
+    for path, (head, ks) in prepared.items():
+        brain, original = head.brain, head.original
         labels = np.zeros(brain.shape, np.uint8)
         for k in ks:
             canvas = load_png(work / "predictions" / f"{stem(path)}-{k:04d}.png")
@@ -131,7 +144,8 @@ def predict(model_dir: Path, input_path: Path, output: Path, all_slices: bool = 
         env = nnunet.environment(work, work, model_dir, train, model["seed"], len(os.sched_getaffinity(0)))
 
         def run(images: Path, predictions: Path) -> None:
-            nnunet.predict(images, predictions, DATASET_ID, str(model["fold"]), device, env, tta=False)
+            nnunet.predict(images, predictions, DATASET_ID, str(model["fold"]), device, env, tta=False,
+                           trainer=model["trainer"])
 
         heads = [f for f in files if f.suffix != ".png"]
         slices = [f for f in files if f.suffix == ".png"]

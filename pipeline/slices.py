@@ -1,12 +1,25 @@
-"""The 2D view every model sees: the central axial slice, centre-padded to a square.
+"""The 2D view every model sees, for synthesis, evaluation and ``predict`` alike.
 
-Volumes are RAS, so an axial slice is ``volume[:, :, k]`` (rows left->right, columns
-posterior->anterior). Synthetic samples and real slices use the same convention.
+- **Which slice**: one world-space level per subject (``reference_level_mm``), found on the harmonized
+  head before any stripper runs, so every strategy is trained and scored at the same anatomy. It is the
+  height of the centre of the cerebral white matter (the largest bright connected structure of a T1 head):
+  the axial plane through the basal ganglia and the bodies of the lateral ventricles, with or without skull.
+- **Where in the canvas**: centre-padded (or centre-cropped) to ``size`` x ``size``.
+- **Which grey levels**: outside the brain exactly 0, as a skull-stripped scan; inside, the slice's own
+  robust range stretched to 1..255, so the darkest CSF never takes the background's value (nnU-Net crops and
+  normalises every image within its non-zero region).
+
+Volumes are RAS, so an axial slice is ``volume[:, :, k]`` (rows left->right, columns posterior->anterior).
 """
 
 from __future__ import annotations
 
+import nibabel as nib
 import numpy as np
+from scipy import ndimage
+
+BRAIN_PERCENTILES = (0.5, 99.5)  # the slice's in-brain range mapped to 1..255
+OPENING_VOXELS = 2  # cuts thin bright bridges (scalp fat, marrow, vessels) off the white matter
 
 
 def central_index(depth: int) -> int:
@@ -39,6 +52,68 @@ def uncenter(canvas: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     return out
 
 
-def to_uint8(image: np.ndarray) -> np.ndarray:
-    """A [0, 1] intensity image as 8-bit grey levels, as synthetic samples are written."""
-    return (np.clip(image, 0.0, 1.0) * 255).round().astype(np.uint8)
+def to_uint8(image: np.ndarray, brain: np.ndarray | None = None) -> np.ndarray:
+    """A slice as 8-bit grey levels.
+
+    Without ``brain``: [0, 1] intensities scaled to 0..255 (lab2im's generated background kept). With a
+    ``brain`` mask: 0 outside it, and inside the slice's ``BRAIN_PERCENTILES`` range stretched to 1..255.
+    """
+    if brain is None:
+        return (np.clip(image, 0.0, 1.0) * 255).round().astype(np.uint8)
+    out = np.zeros(image.shape, np.uint8)
+    values = image[brain].astype(np.float64)
+    if values.size == 0:
+        return out
+    low, high = np.percentile(values, BRAIN_PERCENTILES)
+    scaled = np.clip((values - low) / (high - low), 0.0, 1.0) if high > low else np.full(values.shape, 0.5)
+    out[brain] = (1 + np.round(scaled * 254)).astype(np.uint8)
+    return out
+
+
+def _otsu(values: np.ndarray, bins: int = 256) -> float:
+    """Otsu's threshold of ``values``: the cut that maximises the between-class variance."""
+    counts, edges = np.histogram(values, bins=bins)
+    centres = (edges[:-1] + edges[1:]) / 2
+    weight = np.cumsum(counts).astype(np.float64)
+    mass = np.cumsum(counts * centres)
+    total_weight, total_mass = weight[-1], mass[-1]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        mean_low = mass / weight
+        mean_high = (total_mass - mass) / (total_weight - weight)
+        between = weight * (total_weight - weight) * (mean_low - mean_high) ** 2
+    return float(centres[np.nanargmax(between[:-1])])
+
+
+def white_matter_centre(head: np.ndarray) -> np.ndarray:
+    """Voxel coordinates of the centre of the head's cerebral white matter.
+
+    Foreground by Otsu, its bright class by Otsu again, an opening to cut thin bright bridges, then the
+    largest connected piece: in a T1 head (skull or not) that is the cerebral white matter.
+    """
+    data = np.asarray(head, dtype=np.float32)
+    positive = data[data > 0]
+    if positive.size == 0:
+        raise ValueError("the head image has no positive voxels")
+    foreground = data > _otsu(positive)
+    bright = data > _otsu(data[foreground])
+    bright = ndimage.binary_opening(bright, ndimage.generate_binary_structure(3, 1), iterations=OPENING_VOXELS)
+    pieces, count = ndimage.label(bright)
+    if count == 0:
+        raise ValueError("no white matter found in the head image")
+    largest = 1 + int(np.argmax(ndimage.sum_labels(bright, pieces, index=np.arange(1, count + 1))))
+    return np.argwhere(pieces == largest).mean(axis=0)
+
+
+def reference_level_mm(head: nib.Nifti1Image) -> float:
+    """The subject's reference axial level: world z (mm, RAS) of the white matter's centre."""
+    centre = white_matter_centre(head.get_fdata(dtype=np.float32))
+    return float((head.affine @ np.append(centre, 1.0))[2])
+
+
+def level_index(image: nib.Nifti1Image, level_mm: float) -> int:
+    """The axial plane of a RAS, axis-aligned image (harmonized, stripped or cropped) nearest ``level_mm``,
+    kept inside the image."""
+    centre = (np.array(image.shape[:3]) - 1) / 2
+    world_centre = image.affine @ np.append(centre, 1.0)
+    k = (np.linalg.inv(image.affine) @ np.array([world_centre[0], world_centre[1], level_mm, 1.0]))[2]
+    return int(np.clip(round(float(k)), 0, image.shape[2] - 1))

@@ -166,7 +166,8 @@ def test_predict_preprocesses_a_head_with_standin_mri_synthsr_when_the_model_was
     write_standin(bin_dir, "mri_synthstrip", [*SYNTHSTRIP_ARGS, "-b", "1"], SYNTHSTRIP_BODY)
     model = {"harmonize": HarmonizeConfig(method="synthsr").model_dump(mode="json"), "stripper": "synthstrip",
              "strip": strip_config().model_dump(mode="json")}
-    original, brain = preprocess_head(source, model, tmp_path / "work")
+    prepared = preprocess_head(source, model, tmp_path / "work")
+    original, brain = prepared.original, prepared.brain
     assert synthsr_out.is_file()  # the model's own harmonization ran, not the built-in one
     assert original.shape == image.shape and np.allclose(original.affine, image.affine)
     assert nib.aff2axcodes(brain.affine) == ("R", "A", "S")

@@ -21,7 +21,7 @@ from pipeline.config import (
     StripConfig,
     parse_config,
 )
-from pipeline.io import load_nifti, load_png, read_tsv, save_nifti, write_tsv
+from pipeline.io import load_nifti, load_png, read_tsv, save_nifti, write_json, write_tsv
 from pipeline.labels import CSF, GM, NON_BRAIN, WM, present_labels, unmapped_labels
 from pipeline.metrics import dice_per_tissue
 from pipeline.stages import synthesize
@@ -189,6 +189,8 @@ def study(tmp_path: Path, monkeypatch) -> Path:
         brain = image.get_fdata(dtype=np.float32)
         save_nifti(brain, image.affine, subject_file(stripped, subject, "desc-brain_T1w"))
         save_nifti(mask.astype(np.uint8), image.affine, subject_file(stripped, subject, "desc-brain_mask"))
+        level = {"ReferenceLevelMM": float(image.affine[2, 3])}  # what harmonize found (any plane will do here)
+        write_json(level, Path(f"data/harmonized/sub-{subject}/anat/sub-{subject}_desc-harmonized_T1w.json"))
         rows.append({"participant_id": f"sub-{subject}", "split": split})
     write_tsv(rows, Path("data/raw/participants.tsv"))
     return tmp_path

@@ -20,7 +20,7 @@ from scipy import ndimage
 
 from pipeline.__main__ import main
 from pipeline.config import Config, ConfigError, SynthConfig
-from pipeline.io import save_nifti, save_png, write_tsv
+from pipeline.io import save_nifti, save_png, write_json, write_tsv
 from pipeline.slices import center_pad, to_uint8
 from pipeline.stages.acquire import subject_file
 from pipeline.stages.synthesize import Synthesize
@@ -41,6 +41,15 @@ from pipeline.synth.model import (
 from pipeline.synth.montage import CONTOURS, pick_cases, write_montage
 from pipeline.synth.params import draw_flip, draw_parameters, sample_seed
 from pipeline.tools.base import ToolMissing
+
+# lab2im's generative model as it is: what the tests of lab2im's behaviour run (the study's defaults go
+# further: a zero background, T1 priors, ...).
+LAB2IM = {"zero_background": 0.0, "priors": "uniform", "subclasses": 1, **LAB2IM_FIXED}
+
+
+def lab2im_config(**overrides: object) -> SynthConfig:
+    return SynthConfig(**{**LAB2IM, **overrides})
+
 
 STILL = {  # no spatial, intensity or blur randomness
     "scaling_bounds": 0.0,
@@ -93,7 +102,7 @@ def test_sample_seed_is_a_stable_hash():
 
 
 def test_same_seeds_give_identical_bytes_whatever_the_batch(small):
-    cfg = SynthConfig(size=128, noise_std=3.0)
+    cfg = lab2im_config(size=128, noise_std=3.0)
     images, labels = synthesize_slices(small, cfg, seeds("a", 10), batch_size=10)
     for batch_size in (1, 3):  # draws are per sample: the batch never shows
         again = synthesize_slices(small, cfg, seeds("a", 10), batch_size=batch_size)
@@ -129,7 +138,7 @@ def test_identical_bytes_across_processes():
 
 
 def test_adding_a_subject_does_not_change_the_others(small):
-    cfg = SynthConfig(size=128)
+    cfg = lab2im_config(size=128)
     alone = synthesize_slices(small, cfg, seeds("a", 3))[0]
     together = synthesize_slices(small, cfg, seeds("b", 2) + seeds("a", 3))[0]
     assert np.array_equal(together[2:], alone)
@@ -147,7 +156,7 @@ def test_slab_equals_full_volume(small, overrides, pad_labels):
     same order on both paths (no reduction across voxels but the min–max, which is exact), and the
     transcendental functions run in float64 (model._normalise_gamma), so array layout cannot change them.
     Both with the label volume padded in plane to the output size (synth.pad_labels_to_size) and without."""
-    cfg = SynthConfig(**overrides, pad_labels_to_size=pad_labels)
+    cfg = lab2im_config(**overrides, pad_labels_to_size=pad_labels)
     padded = synthesis_labels(small, cfg)
     volume, plan, n_labels, dev = prepare_volume(padded, cfg, "cpu")
     for seed in seeds("full", 2):
@@ -166,7 +175,7 @@ def test_slab_equals_full_volume(small, overrides, pad_labels):
 
 # --- geometry ----------------------------------------------------------------------------------------------
 def test_identity_reproduces_the_input_slice_and_flip_mirrors_it(small):
-    cfg = SynthConfig(size=128, prior_stds=(0.0, 0.0), **STILL)
+    cfg = lab2im_config(size=128, prior_stds=(0.0, 0.0), **STILL)
     images, labels = synthesize_slices(small, cfg, seeds("id", 2))
     (x, y, z), (px, py) = small.shape, ((128 - small.shape[0]) // 2, (128 - small.shape[1]) // 2)
     expected = np.zeros((128, 128), np.uint8)
@@ -184,7 +193,7 @@ def test_identity_reproduces_the_input_slice_and_flip_mirrors_it(small):
 
 def test_affine_matches_scipy(small):
     """Our affine convention (source = c + A·(p − c), lab2im's) against scipy's nearest neighbour."""
-    cfg = SynthConfig(**STILL)
+    cfg = lab2im_config(**STILL)
     volume, plan, n_labels, dev = prepare_volume(small, cfg, "cpu")
     params = dataclasses.replace(
         draw_parameters(1, cfg, plan.shape, n_labels),
@@ -204,7 +213,7 @@ def test_affine_matches_scipy(small):
 def _flow_errors(seed: int, shape=(64, 64, 64), sigma: float = 4.0) -> tuple[np.ndarray, np.ndarray, float]:
     """Errors of our SVF deformation and of lab2im's half-resolution scaling and squaring, against the exact
     flow (RK4, 64 steps at every voxel), at the voxels of three central slices."""
-    cfg = SynthConfig(**{**STILL, "nonlin_std": sigma})
+    cfg = lab2im_config(**{**STILL, "nonlin_std": sigma})
     params = draw_parameters(seed, cfg, shape)
     params = dataclasses.replace(params, velocity=params.velocity * (sigma / params.nonlin_std))
     plan = prepare_volume(np.zeros(shape, np.uint8), cfg, "cpu")[1]
@@ -274,12 +283,12 @@ def fraction_matches(flags: np.ndarray, p: float) -> bool:
 
 @pytest.fixture(scope="module")
 def draws() -> list:
-    cfg = SynthConfig()
+    cfg = lab2im_config()
     return [draw_parameters(seed, cfg, (64, 64, 64)) for seed in seeds("priors", 2000)]
 
 
 def test_drawn_parameters_follow_the_priors(draws):
-    cfg = SynthConfig()
+    cfg = lab2im_config()
 
     def get(name: str) -> np.ndarray:
         return np.array([getattr(p, name) for p in draws])
@@ -310,7 +319,7 @@ def test_the_checks_detect_wrong_priors(draws):
     assert not uniform_matches(means, 20.0, 230.0)  # wider
     assert not uniform_matches(np.clip(means, 35.0, 215.0), 25.0, 225.0)  # not covering
     wrong = [
-        draw_parameters(s, SynthConfig(prior_means=(25.0, 200.0)), (64, 64, 64)) for s in seeds("w", 500)
+        draw_parameters(s, lab2im_config(prior_means=(25.0, 200.0)), (64, 64, 64)) for s in seeds("w", 500)
     ]
     assert not uniform_matches(np.array([p.means for p in wrong]), 25.0, 225.0)
     gammas = np.array([p.gamma for p in draws])
@@ -326,7 +335,7 @@ def test_deformation_magnitude_follows_nonlin_std():
     xs, ys = np.arange(64), np.arange(64)
     magnitude = {}
     for nonlin_std in (2.0, 4.0):
-        cfg = SynthConfig(**{**STILL, "nonlin_std": nonlin_std})
+        cfg = lab2im_config(**{**STILL, "nonlin_std": nonlin_std})
         plan = prepare_volume(np.zeros(shape, np.uint8), cfg, "cpu")[1]
         params = [draw_parameters(seed, cfg, shape) for seed in seeds("magnitude", 24)]
         batch = make_batch(params, plan, torch.device("cpu"))
@@ -339,7 +348,7 @@ def test_deformation_magnitude_follows_nonlin_std():
         assert 0.85 < ratio.mean() < 1.2 and ratio.min() > 0.6
         magnitude[nonlin_std] = field_rms(u).mean().item()
     assert 1.8 < magnitude[4.0] / magnitude[2.0] < 2.3
-    still = make_batch([draw_parameters(1, SynthConfig(**STILL), shape)], plan, torch.device("cpu"))
+    still = make_batch([draw_parameters(1, lab2im_config(**STILL), shape)], plan, torch.device("cpu"))
     grid = torch.stack(
         torch.meshgrid(*(torch.tensor(a, dtype=torch.float32) for a in (zs, xs, ys)), indexing="ij")
     )
@@ -350,7 +359,7 @@ def test_deformation_magnitude_follows_nonlin_std():
 def test_rendered_intensities_follow_the_gmm_and_the_bias_field(small):
     """Raw GMM image of the slab (before normalisation): per-label mean and std are the drawn ones; with
     σ = 0 the image over the mean is exactly the exponentiated, interpolated bias field."""
-    cfg = SynthConfig(**{**STILL, "prior_means": (60.0, 240.0), "prior_stds": (5.0, 20.0)})
+    cfg = lab2im_config(**{**STILL, "prior_means": (60.0, 240.0), "prior_stds": (5.0, 20.0)})
     volume, plan, n_labels, dev = prepare_volume(small, cfg, "cpu")
     params = [draw_parameters(seed, cfg, plan.shape, n_labels) for seed in seeds("gmm", 4)]
     labels, image = render(volume, make_batch(params, plan, dev), plan.shape, plan.slab)
@@ -362,7 +371,7 @@ def test_rendered_intensities_follow_the_gmm_and_the_bias_field(small):
                 < 4 * p.stds[label] / np.sqrt(values.numel()) + 0.05
             )
             assert abs(values.std().item() / p.stds[label] - 1) < 4 / np.sqrt(2 * values.numel()) + 0.01
-    cfg = SynthConfig(**{**STILL, "prior_stds": (0.0, 0.0), "bias_field_probability": 1.0})
+    cfg = lab2im_config(**{**STILL, "prior_stds": (0.0, 0.0), "bias_field_probability": 1.0})
     params = [draw_parameters(seed, cfg, plan.shape, n_labels) for seed in seeds("bias", 2)]
     batch = make_batch(params, plan, dev)
     labels, image = render(volume, batch, plan.shape, plan.slab)
@@ -379,7 +388,7 @@ def test_rendered_intensities_follow_the_gmm_and_the_bias_field(small):
 
 # --- real-size outputs, inputs, benchmark ------------------------------------------------------------------
 def test_real_label_map_output(tissue):
-    cfg = SynthConfig(pad_labels_to_size=False)  # padded after synthesis: a black frame, checked below
+    cfg = lab2im_config(pad_labels_to_size=False)  # padded after synthesis: a black frame, checked below
     images, labels = synthesize_slices(tissue, cfg, seeds("real", 4))
     assert images.shape == labels.shape == (4, 256, 256) and images.dtype == labels.dtype == np.uint8
     assert set(np.unique(labels)) <= {0, 1, 2, 3}
@@ -397,7 +406,7 @@ def test_real_label_map_output(tissue):
 
 def test_general_labels_and_bad_inputs(small):
     sparse = np.choose(small, [0, 7, 41, 200]).astype(np.int32)  # any label values, each its own class
-    cfg = SynthConfig(size=128, prior_stds=(0.0, 0.0), **STILL)
+    cfg = lab2im_config(size=128, prior_stds=(0.0, 0.0), **STILL)
     images, labels = synthesize_slices(sparse, cfg, seeds("sparse", 1))
     assert set(np.unique(labels)) == {0, 7, 41, 200}
     assert len(np.unique(images[0][labels[0] > 0])) == 3
@@ -435,7 +444,7 @@ def test_padded_labels_leave_no_box_edge(small):
     steps, frame = {}, np.ones((128, 128), bool)
     frame[rows, columns] = False
     for pad in (False, True):
-        images, labels = synthesize_slices(small, SynthConfig(size=128, pad_labels_to_size=pad), seeds("edge", 6))
+        images, labels = synthesize_slices(small, lab2im_config(size=128, pad_labels_to_size=pad), seeds("edge", 6))
         images = images.astype(float)
         across = np.abs(images[:, rows.start, inner] - images[:, rows.start - 1, inner]).mean(axis=1)
         beside = np.abs(images[:, rows.start + 2, inner] - images[:, rows.start + 1, inner]).mean(axis=1)
@@ -456,7 +465,7 @@ def test_padded_labels_let_an_enlarged_brain_leave_the_box(small):
     inside[rows, columns] = True
     edge = inside.copy()
     edge[rows.start + 1 : rows.stop - 1, columns.start + 1 : columns.stop - 1] = False
-    cfg = SynthConfig(**{**STILL, "size": 128, "scaling_bounds": 0.15})
+    cfg = lab2im_config(**{**STILL, "size": 128, "scaling_bounds": 0.15})
     cut = synthesize_slices(small, cfg.model_copy(update={"pad_labels_to_size": False}), seeds("zoom", 12))[1]
     whole = synthesize_slices(small, cfg, seeds("zoom", 12))[1]
     assert not cut[:, ~inside].any() and cut[:, edge].any()
@@ -464,13 +473,13 @@ def test_padded_labels_let_an_enlarged_brain_leave_the_box(small):
 
 
 def test_synthesis_labels_pad_in_plane_like_center_pad(small):
-    cfg = SynthConfig(size=128)
+    cfg = lab2im_config(size=128)
     padded = synthesis_labels(small, cfg)
     assert padded.shape == (128, 128, small.shape[2]) and padded.dtype == small.dtype
     z = small.shape[2] // 2
     assert np.array_equal(padded[:, :, z], center_pad(small[:, :, z], 128))
     assert synthesis_labels(small, cfg.model_copy(update={"pad_labels_to_size": False})) is small
-    assert synthesis_labels(small, SynthConfig(size=64)).shape == small.shape  # larger axes: cropped after
+    assert synthesis_labels(small, lab2im_config(size=64)).shape == small.shape  # larger axes: cropped after
     assert synthesis_labels(small[:, :, 0], cfg).shape == small.shape[:2]  # left for validation to reject
 
 
@@ -484,7 +493,7 @@ def write_split(split: Path, images: np.ndarray, labels: np.ndarray) -> None:
 @pytest.fixture(scope="module")
 def written_split(small, tmp_path_factory) -> Path:
     split = tmp_path_factory.mktemp("synthetic") / "train"
-    write_split(split, *synthesize_slices(small, SynthConfig(size=128), seeds("montage", 20)))
+    write_split(split, *synthesize_slices(small, lab2im_config(size=128), seeds("montage", 20)))
     return split
 
 
@@ -532,19 +541,25 @@ def test_montage_turns_anterior_up_and_copes_with_few_samples(tmp_path):
 def stage(small, tmp_path, monkeypatch) -> Synthesize:
     """The synthesize stage on two subjects with the ``small`` labels (sub-01 train, sub-02 test)."""
     segmented, raw, qc = tmp_path / "segmented", tmp_path / "raw", tmp_path / "qc"
+    stripped, harmonized = tmp_path / "stripped", tmp_path / "harmonized"
+    brain = np.array([0.0, 0.45, 0.8, 0.15], np.float32)[small]  # a T1's order: CSF < GM < WM
     for subject in ("01", "02"):
         save_nifti(small, np.eye(4), subject_file(segmented, subject, "dseg"), dtype=np.uint8)
+        save_nifti(brain, np.eye(4), subject_file(stripped, subject, "desc-brain_T1w"))
+        write_json({"ReferenceLevelMM": small.shape[2] // 2},
+                   subject_file(harmonized, subject, "desc-harmonized_T1w").with_suffix("").with_suffix(".json"))
     write_tsv([{"participant_id": "sub-01", "split": "train"}, {"participant_id": "sub-02", "split": "test"}],
               raw / "participants.tsv")
     write_tsv([{"participant_id": f"sub-0{n}", "included": True, "reason": "passed"} for n in (1, 2)],
               qc / "qc.tsv")
-    monkeypatch.setattr(Synthesize, "input_dir", lambda self, index=0: [segmented, raw, qc][index])
+    folders = [segmented, raw, qc, stripped, harmonized]
+    monkeypatch.setattr(Synthesize, "input_dir", lambda self, index=0: folders[index])
     return Synthesize(segmenter="hmrf", stripper="deepbet")
 
 
 def test_synthesize_stage_writes_samples_and_a_montage(stage, tmp_path):
     out = tmp_path / "synthetic"
-    stage.build(out, Config(synth=SynthConfig(n_train=18, n_test=2, size=64)))
+    stage.build(out, Config(synth=lab2im_config(n_train=18, n_test=2, size=64)))
     assert len(list((out / "train" / "images").glob("*.png"))) == 18
     assert len(list((out / "test" / "labels").glob("*.png"))) == 2
     with Image.open(out / "montage.png") as png:
@@ -557,7 +572,7 @@ def test_synthesize_stage_writes_samples_and_a_montage(stage, tmp_path):
 def test_lab2im_engine_missing_stops_saying_how_to_install(small, stage, tmp_path, monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "lab2im", None)  # not importable, even where it is installed
     monkeypatch.setitem(sys.modules, "tensorflow", None)
-    cfg = SynthConfig(engine="lab2im", size=64)
+    cfg = lab2im_config(engine="lab2im", size=64)
     message = (
         r"lab2im was requested but is missing \(not found: lab2im, tensorflow; install the optional lab2im "
         r"package: pip install git\+https://github.com/vcasellesb/lab2im"
@@ -612,7 +627,7 @@ def standin_lab2im(monkeypatch) -> SimpleNamespace:
 
 @pytest.mark.parametrize("pad_labels", [True, False], ids=["labels-padded", "labels-as-cropped"])
 def test_standin_lab2im_gets_our_priors_and_is_sliced_and_padded_like_builtin(small, standin_lab2im, pad_labels):
-    cfg = SynthConfig(engine="lab2im", size=128, pad_labels_to_size=pad_labels, prior_means=(10.0, 200.0),
+    cfg = lab2im_config(engine="lab2im", size=128, pad_labels_to_size=pad_labels, prior_means=(10.0, 200.0),
                       prior_stds=(1.0, 30.0), blur_range=1.3)
     batch = seeds("lab2im", 4)
     numpy_state = np.random.get_state()[1].copy()
@@ -649,7 +664,8 @@ def test_standin_lab2im_gets_our_priors_and_is_sliced_and_padded_like_builtin(sm
 def test_standin_lab2im_refuses_what_lab2im_fixes(small, standin_lab2im):
     """ImageGenerator takes no spatial, bias, gamma, blur-σ or noise parameter: other values stop, named."""
     with pytest.raises(ConfigError, match=r"synth\.nonlin_std = 3\.0 \(lab2im fixes 4\.0\); synth\.noise_std"):
-        synthesize(small, SynthConfig(engine="lab2im", nonlin_std=3.0, noise_std=1.0), [1])
+        synthesize(small, lab2im_config(engine="lab2im", nonlin_std=3.0, noise_std=1.0), [1])
     assert not standin_lab2im.generators
     assert set(LAB2IM_FIXED) <= set(SynthConfig.model_fields)
-    assert all(getattr(SynthConfig(), key) == value for key, value in LAB2IM_FIXED.items())  # our defaults
+    with pytest.raises(ConfigError, match=r"synth\.zero_background = 1\.0 \(lab2im has only 0\.0\)"):
+        synthesize(small, lab2im_config(engine="lab2im", zero_background=1.0), [1])

@@ -72,7 +72,7 @@ def test_a_trivially_learnable_task_scores_high_and_a_wrong_reference_low(tmp_pa
     raw, models = Path("data/nnunet_raw/hmrf-deepbet"), Path("models/hmrf-deepbet")
     env = nnunet.environment(raw, tmp_path / "preprocessed", models, config.train, config.seed, 2)
     nnunet.predict(raw / DATASET_NAME / "imagesTs", tmp_path / "predictions", DATASET_ID, "all", "cpu", env,
-                   tta=False)
+                   tta=False, trainer=nnunet.trainer_name(config.train))
     right = summarize(score_folder(raw / DATASET_NAME / "labelsTs", tmp_path / "predictions", "test"))
     swap_grey_and_white(raw / DATASET_NAME / "labelsTs", tmp_path / "wrong")
     wrong = summarize(score_folder(tmp_path / "wrong", tmp_path / "predictions", "test"))

@@ -1,15 +1,31 @@
-"""nnU-Net trainer with the schedule of a ``train.profiles`` entry.
+"""nnU-Net trainers with the schedule of a ``train.profiles`` entry.
 
-nnU-Net finds it through the ``nnUNet_extTrainer`` environment variable, which
-``pipeline.stages.train`` sets to this folder; the profile arrives through
+nnU-Net finds them through the ``nnUNet_extTrainer`` environment variable, which
+``pipeline.nnunet`` sets to this folder; the profile arrives through
 ``PIPELINE_*`` environment variables so nnU-Net's own command lines stay unchanged.
+
+- ``nnUNetTrainerPipeline``: nnU-Net's own data augmentation.
+- ``nnUNetTrainerPipelineSynthAug`` (``train.augmentation: synthesis``): none beyond cropping the patch.
+  The synthetic samples are already drawn with random affine and elastic deformation, left-right flips,
+  bias field, gamma and blur (``pipeline.synth``), fresh for every sample; repeating that on the CPU per
+  batch costs more than the network's forward and backward pass at these sizes. Mirroring is left-right
+  only (as the synthesis flips), also at test time: a brain seen upside down is not a brain.
 """
 
 import os
 
 import numpy as np
 import torch
+from batchgeneratorsv2.transforms.base.basic_transform import BasicTransform
+from batchgeneratorsv2.transforms.spatial.spatial import SpatialTransform
+from batchgeneratorsv2.transforms.utils.compose import ComposeTransforms
+from batchgeneratorsv2.transforms.utils.deep_supervision_downsampling import DownsampleSegForDSTransform
+from batchgeneratorsv2.transforms.utils.nnunet_masking import MaskImageTransform
+from batchgeneratorsv2.transforms.utils.remove_label import RemoveLabelTansform
+from batchgeneratorsv2.transforms.utils.seg_to_regions import ConvertSegmentationToRegionsTransform
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+
+LEFT_RIGHT = (0,)  # axis 0 of a slice: rows, left -> right (pipeline.slices)
 
 
 class nnUNetTrainerPipeline(nnUNetTrainer):  # noqa: N801 - nnU-Net looks trainers up by this name
@@ -31,3 +47,31 @@ class nnUNetTrainerPipeline(nnUNetTrainer):  # noqa: N801 - nnU-Net looks traine
         # The pipeline's evaluate stage measures Dice on held-out synthetic and real slices;
         # nnU-Net's own sliding-window validation over the training fold would only cost time.
         self.print_to_log_file("validation skipped: the pipeline's evaluate stage measures Dice")
+
+
+class nnUNetTrainerPipelineSynthAug(nnUNetTrainerPipeline):  # noqa: N801
+    def configure_rotation_dummyDA_mirroring_and_inital_patch_size(self):  # noqa: N802 - nnU-Net's name
+        patch_size = tuple(self.configuration_manager.patch_size)
+        self.inference_allowed_mirroring_axes = LEFT_RIGHT
+        return (0.0, 0.0), False, patch_size, LEFT_RIGHT
+
+    @staticmethod
+    def get_training_transforms(patch_size, rotation_for_DA, deep_supervision_scales, mirror_axes,  # noqa: N803
+                                do_dummy_2d_data_aug, use_mask_for_norm=None, is_cascaded=False,
+                                foreground_labels=None, regions=None, ignore_label=None) -> BasicTransform:
+        if is_cascaded or do_dummy_2d_data_aug:
+            raise ValueError("nnUNetTrainerPipelineSynthAug trains 2D, non-cascaded models only")
+        transforms: list[BasicTransform] = [
+            SpatialTransform(patch_size, patch_center_dist_from_border=0, random_crop=False,
+                             border_mode_seg="constant", padding_value_seg=-1),
+        ]
+        if use_mask_for_norm is not None and any(use_mask_for_norm):
+            channels = [i for i, masked in enumerate(use_mask_for_norm) if masked]
+            transforms.append(MaskImageTransform(apply_to_channels=channels, channel_idx_in_seg=0, set_outside_to=0))
+        transforms.append(RemoveLabelTansform(-1, 0))
+        if regions is not None:
+            labels = list(regions) + [ignore_label] if ignore_label is not None else regions
+            transforms.append(ConvertSegmentationToRegionsTransform(regions=labels, channel_in_seg=0))
+        if deep_supervision_scales is not None:
+            transforms.append(DownsampleSegForDSTransform(ds_scales=deep_supervision_scales))
+        return ComposeTransforms(transforms)

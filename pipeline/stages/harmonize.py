@@ -2,12 +2,15 @@
 
 ``builtin``: reorient to RAS, resample to isotropic voxels, N4 bias-field correction,
 robust percentile normalization to [0, 1]. ``synthsr``: FreeSurfer's mri_synthsr.
-What was done is recorded in a JSON sidecar beside each image.
+What was done is recorded in a JSON sidecar beside each image, with the subject's reference axial level
+(``ReferenceLevelMM``, ``pipeline.slices``): found here, before any stripper, so that every strategy is
+trained and scored at the same anatomy.
 """
 
 from __future__ import annotations
 
 import functools
+import json
 import logging
 from pathlib import Path
 
@@ -16,7 +19,8 @@ import numpy as np
 from nibabel.processing import resample_to_output
 
 from pipeline.config import Config, HarmonizeConfig
-from pipeline.io import load_nifti, save_nifti, write_json
+from pipeline.io import InputError, load_nifti, save_nifti, write_json
+from pipeline.slices import reference_level_mm
 from pipeline.stages.acquire import Acquire, read_participants, subject_file
 from pipeline.stages.base import Stage
 from pipeline.subjects import for_each_subject, read_failures, write_failures
@@ -88,8 +92,25 @@ def harmonize_subject(subject: str, threads: int, raw: Path, out: Path, config: 
         image, record = harmonize_synthsr(source, target, config, threads)
     else:
         image, record = harmonize_builtin(load_nifti(source, subject), config)
+    try:
+        level = reference_level_mm(image)
+    except ValueError as error:
+        raise InputError(f"subject {subject}, file {source}: no reference level ({error})") from None
     save_nifti(image.get_fdata(dtype=np.float32), image.affine, target)
-    write_json(record | {"Source": str(source)}, target.with_name(target.name.replace(".nii.gz", ".json")))
+    write_json(record | {"Source": str(source), "ReferenceLevelMM": round(level, 2)}, sidecar(target))
+
+
+def sidecar(image: Path) -> Path:
+    return image.with_name(image.name.replace(".nii.gz", ".json"))
+
+
+def reference_level(harmonized: Path, subject: str) -> float:
+    """The subject's reference axial level (world z, mm), as the harmonize stage found it."""
+    record = sidecar(subject_file(harmonized, subject, "desc-harmonized_T1w"))
+    try:
+        return float(json.loads(record.read_text())["ReferenceLevelMM"])
+    except (OSError, KeyError, ValueError) as error:
+        raise InputError(f"subject {subject}, file {record}: no reference level ({error}); re-run harmonize") from None
 
 
 class Harmonize(Stage):

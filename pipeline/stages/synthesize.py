@@ -1,9 +1,9 @@
 """Stage 5 — synthesize: lab2im-style synthetic slices from each set of tissue label maps.
 
 For every subject, ``synth.n_train`` (train split) and ``synth.n_test`` (test split)
-samples: the central axial slice of a randomly deformed, re-textured volume, padded
-to ``synth.size`` squared, written as an image PNG and a label PNG {0,1,2,3}, by the
-``synth.engine`` (builtin, or the optional lab2im package). Each sample's seed derives
+samples: the axial slice at the subject's reference level (``pipeline.slices``) of a randomly
+deformed, re-textured volume, padded to ``synth.size`` squared, written as an image PNG and a
+label PNG {0,1,2,3}, by the ``synth.engine`` (builtin, or the optional lab2im package). Each sample's seed derives
 from (seed, subject, index), so samples are reproducible and independent of which other
 subjects are in the study. ``montage.png``: 16 training samples with tissue contours, for QC.
 """
@@ -12,21 +12,27 @@ from __future__ import annotations
 
 import functools
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from pipeline.config import Config
+from pipeline.config import Config, SynthConfig
 from pipeline.devices import torch_device
 from pipeline.io import load_nifti, save_png
+from pipeline.slices import level_index
 from pipeline.stages.acquire import Acquire, Participant, read_participants, subject_file
 from pipeline.stages.base import ComboStage, Stage
+from pipeline.stages.harmonize import Harmonize, reference_level
 from pipeline.stages.segment import Segment
 from pipeline.stages.segment_qc import SegmentQC, read_decisions
+from pipeline.stages.strip import Strip
 from pipeline.subjects import for_each_subject, write_failures
+from pipeline.synth.classes import GenerationClasses, one_class_per_label, split_tissues
 from pipeline.synth.engine import check_engine, synthesize
 from pipeline.synth.montage import write_montage
 from pipeline.synth.params import sample_seed
+from pipeline.synth.priors import IntensityPriors, priors_for
 
 log = logging.getLogger("pipeline")
 
@@ -34,26 +40,59 @@ log = logging.getLogger("pipeline")
 TEST_INDEX_OFFSET = 1_000_000
 
 
-def write_samples(out: Path, subject: str, labels: np.ndarray, seeds: list[int], config: Config) -> None:
-    images, label_slices = synthesize(labels, config.synth, seeds, device=torch_device())
+@dataclass(frozen=True)
+class Folders:
+    """Where a subject's inputs are: its labels, its stripped brain, its reference level."""
+
+    segmented: Path
+    stripped: Path
+    harmonized: Path
+
+
+@dataclass(frozen=True, eq=False)
+class SubjectModel:
+    """What one subject's samples are drawn from."""
+
+    classes: GenerationClasses  # generation classes and their training labels (synth.subclasses)
+    priors: IntensityPriors | None  # their GMM priors (synth.priors; None: lab2im's uniform ones)
+    centre: int  # the output slice: the subject's reference level on the label map's grid
+
+
+def subject_model(subject: str, folders: Folders, cfg: SynthConfig) -> SubjectModel:
+    """The subject's labels split into classes, their priors and its output slice, as ``cfg`` asks."""
+    dseg = load_nifti(subject_file(folders.segmented, subject, "dseg"), subject)
+    labels = np.asarray(dseg.dataobj)
+    image = None
+    if cfg.priors == "subject" or cfg.subclasses > 1:
+        brain = load_nifti(subject_file(folders.stripped, subject, "desc-brain_T1w"), subject)
+        image = brain.get_fdata(dtype=np.float32)
+    classes = split_tissues(labels, image, cfg.subclasses) if image is not None else one_class_per_label(labels)
+    priors = priors_for(cfg, image, classes.labels, classes.targets)
+    centre = level_index(dseg, reference_level(folders.harmonized, subject))
+    return SubjectModel(classes, priors, centre)
+
+
+def write_samples(out: Path, subject: str, model: SubjectModel, seeds: list[int], config: Config) -> None:
+    images, label_slices = synthesize(model.classes.labels, config.synth, seeds, torch_device(), priors=model.priors,
+                                      targets=model.classes.targets, centre=model.centre)
     for number, (image, label_slice) in enumerate(zip(images, label_slices, strict=True)):
         case = f"sub-{subject}_{number:04d}"
         save_png(image, out / "images" / f"{case}.png")
         save_png(label_slice, out / "labels" / f"{case}.png")
 
 
-def write_subject(subject: str, threads: int, splits: dict[str, str], segmented: Path, out: Path,
+def write_subject(subject: str, threads: int, splits: dict[str, str], folders: Folders, out: Path,
                   config: Config) -> None:
     """The subject's training and/or test samples, as its split asks. One torch thread whatever the budget:
     the ops are small, and subjects run in parallel processes instead (``pipeline.subjects``)."""
-    labels = np.asarray(load_nifti(subject_file(segmented, subject, "dseg"), subject).dataobj)
+    model = subject_model(subject, folders, config.synth)
     participant = Participant(subject, splits[subject])
     for name, count, offset, wanted in (("train", config.synth.n_train, 0, participant.in_train),
                                         ("test", config.synth.n_test, TEST_INDEX_OFFSET, participant.in_test)):
         if wanted:
             log.info("synthesize sub-%s: %d %s samples", subject, count, name)
             seeds = [sample_seed(config.seed, subject, offset + index) for index in range(count)]
-            write_samples(out / name, subject, labels, seeds, config)
+            write_samples(out / name, subject, model, seeds, config)
 
 
 class Synthesize(ComboStage):
@@ -62,11 +101,11 @@ class Synthesize(ComboStage):
     out_template = "data/synthetic/{segmenter}-{stripper}"
 
     def requires(self) -> list[Stage]:
-        return [Segment(**self.combo()), Acquire(),
-                SegmentQC(**self.combo())]
+        return [Segment(**self.combo()), Acquire(), SegmentQC(**self.combo()), Strip(stripper=self.stripper),
+                Harmonize()]
 
     def build(self, out: Path, config: Config) -> None:
-        segmented = self.input_dir(0)
+        folders = Folders(segmented=self.input_dir(0), stripped=self.input_dir(3), harmonized=self.input_dir(4))
         decisions = read_decisions(self.input_dir(2) / "qc.tsv")
         check_engine(config.synth)  # a missing optional engine stops before any work
         splits = {}
@@ -76,8 +115,8 @@ class Synthesize(ComboStage):
                 splits[participant.subject] = participant.split
             else:
                 log.warning("synthesize: sub-%s skipped, excluded by segmentation QC: %s", participant.subject, reason)
-        work = functools.partial(write_subject, splits=splits, segmented=segmented, out=out, config=config)
-        files = {subject: subject_file(segmented, subject, "dseg") for subject in splits}
+        work = functools.partial(write_subject, splits=splits, folders=folders, out=out, config=config)
+        files = {subject: subject_file(folders.segmented, subject, "dseg") for subject in splits}
         _, failures = for_each_subject(f"synthesize {self.segmenter}-{self.stripper}", list(splits), work, out,
                                        config.workers, config.keep_going, files)
         write_failures(failures, out)

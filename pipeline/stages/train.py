@@ -61,7 +61,8 @@ class Train(ComboStage):
                  plan["patch_size"], plan["architecture"]["arch_kwargs"]["features_per_stage"])
         log.info("train %s-%s: profile %s (%d epochs x %d iterations) on %s", self.segmenter, self.stripper,
                  config.train.profile, profile.epochs, profile.iterations_per_epoch, device)
-        nnunet.train(DATASET_ID, str(config.train.fold), device, env, config.train.deterministic)
+        nnunet.train(DATASET_ID, str(config.train.fold), device, env, config.train.deterministic,
+                     nnunet.trainer_name(config.train))
         shutil.rmtree(preprocessed)  # an intermediate: the plans travel with the model
         write_csv(training_curve(out), self.plots_path())
         write_json(
@@ -73,7 +74,7 @@ class Train(ComboStage):
                 "deterministic": config.train.deterministic,
                 "seed": config.train.training_seed(config.seed),
                 "wall_s": round(time.monotonic() - start, 1),
-                "trainer": nnunet.TRAINER,
+                "trainer": nnunet.trainer_name(config.train),
                 # what `python -m pipeline predict` must do to a new head before this model sees it
                 "segmenter": self.segmenter,
                 "stripper": self.stripper,

@@ -57,6 +57,10 @@ LAB2IM_FIXED: dict[str, float] = {
 }
 
 
+# What lab2im's model has no option for: one uniform-prior Gaussian per label, its own background.
+LAB2IM_ONLY: dict[str, object] = {"priors": "uniform", "subclasses": 1, "zero_background": 0.0}
+
+
 def check_config(cfg: SynthConfig) -> None:
     """Stop when ``cfg`` asks for a value lab2im's ImageGenerator cannot take."""
     wrong = [
@@ -64,6 +68,8 @@ def check_config(cfg: SynthConfig) -> None:
         for key, value in LAB2IM_FIXED.items()
         if not math.isclose(getattr(cfg, key), value, rel_tol=1e-9, abs_tol=1e-12)
     ]
+    wrong += [f"synth.{key} = {getattr(cfg, key)} (lab2im has only {value})"
+              for key, value in LAB2IM_ONLY.items() if getattr(cfg, key) != value]
     if wrong:
         raise ConfigError(
             "synth.engine lab2im: lab2im's ImageGenerator does not take "
@@ -129,9 +135,11 @@ def seeded(seed: int) -> Iterator[None]:
         np.random.set_state(state)
 
 
-def output_slice(image: np.ndarray, labels: np.ndarray, flip: bool, size: int) -> tuple[np.ndarray, np.ndarray]:
-    """A generated volume's central axial slice, flipped left–right if drawn, on the size × size canvas."""
-    z = central_index(image.shape[2])
+def output_slice(image: np.ndarray, labels: np.ndarray, flip: bool, size: int,
+                 centre: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """A generated volume's axial slice ``centre`` (None: the middle), flipped left–right if drawn, on the
+    size × size canvas."""
+    z = central_index(image.shape[2]) if centre is None else centre
     image_slice, label_slice = image[:, :, z], labels[:, :, z]
     if flip:
         image_slice, label_slice = image_slice[::-1], label_slice[::-1]
@@ -150,7 +158,8 @@ def generate(arguments: dict, shape: tuple[int, ...], seed: int) -> tuple[np.nda
     return image, labels
 
 
-def synthesize_slices(labels: np.ndarray, cfg: SynthConfig, seeds: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+def synthesize_slices(labels: np.ndarray, cfg: SynthConfig, seeds: Sequence[int],
+                      centre: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """``model.synthesize_slices``' contract (uint8 images and labels, (N, size, size)), drawn by lab2im."""
     check_config(cfg)
     check_installed()
@@ -163,5 +172,6 @@ def synthesize_slices(labels: np.ndarray, cfg: SynthConfig, seeds: Sequence[int]
         arguments = generator_arguments(path, volume, cfg)
         for index, seed in enumerate(seeds):
             image, deformed = generate(arguments, volume.shape, int(seed))
-            images[index], segmentations[index] = output_slice(image, deformed, draw_flip(int(seed), cfg), cfg.size)
+            images[index], segmentations[index] = output_slice(image, deformed, draw_flip(int(seed), cfg), cfg.size,
+                                                               centre)
     return images, segmentations

@@ -1,4 +1,4 @@
-"""lab2im's generative model, rendering only the central axial slice of each deformed volume.
+"""lab2im's generative model, rendering only the output axial slice of each deformed volume.
 
 Order of operations, lab2im's (``lab2im_model``; SynthSeg's ``labels_to_image_model`` is the same):
 deform the labels (affine ∘ SVF exponential, nearest neighbour) → GMM image from the deformed labels →
@@ -8,13 +8,20 @@ gamma is not linear. The random left–right flip is applied to the final slice 
 before the GMM): GMM noise is i.i.d. and every field prior is mirror-symmetric, so both orders give the
 same distribution, and flipping the output costs nothing.
 
-Only what is kept is generated: the output slice z = Z//2 depends on the deformed volume only on the
-slab z ± r (r: blur radius), so labels, intensities and fields are computed on that slab (whole plane in
-x and y: the output keeps it all unless the volume is larger than ``size``). The deformation is a 3D
-field of the whole volume grid, evaluated at the slab's voxels; source labels are fetched wherever the
-sampling coordinates point. The low-resolution fields (velocity, bias) are drawn at their full size, so
-every slab voxel gets exactly the value it has in the whole deformed volume: ``synthesize_full_volume``
-builds that volume and tests compare both paths.
+Departures from lab2im, each a ``synth`` option (``pipeline.config``): the GMM's priors per class
+(``synth.priors``: lab2im's uniform ones, SynthSeg's T1 ones, or the subject's own, ``priors``); several
+classes per tissue (``synth.subclasses``, ``classes``); and a background rendered as exactly 0 in a share of
+the samples (``synth.zero_background``; SynthSeg resets it in some of its samples), so that the samples
+look like the skull-stripped real slices the model will segment. The grey levels of the output follow
+``pipeline.slices.to_uint8``, the one path real slices take too.
+
+Only what is kept is generated: the output slice z (the subject's reference level, else Z//2) depends on
+the deformed volume only on the slab z ± r (r: blur radius), so labels, intensities and fields are
+computed on that slab (whole plane in x and y: the output keeps it all unless the volume is larger than
+``size``). The deformation is a 3D field of the whole volume grid, evaluated at the slab's voxels;
+source labels are fetched wherever the sampling coordinates point. The low-resolution fields (velocity,
+bias) are drawn at their full size, so every slab voxel gets exactly the value it has in the whole
+deformed volume: ``synthesize_full_volume`` builds that volume and tests compare both paths.
 
 Min–max normalisation uses the minimum and maximum over the slab: lab2im normalises over the volume it
 generates, which is its cropped output when an output shape is set; here the generated output is the
@@ -33,9 +40,11 @@ import torch
 import torch.nn.functional as F
 
 from pipeline.config import SynthConfig
+from pipeline.slices import to_uint8
 from pipeline.synth.canvas import synthesis_labels
 from pipeline.synth.fields import Shape3, flow_displacement, sample_grid
 from pipeline.synth.params import SampleParams, blur_radius, draw_parameters, sample_seed, slice_noise
+from pipeline.synth.priors import IntensityPriors
 
 __all__ = ["FullVolume", "draw_parameters", "sample_seed", "synthesize_full_volume", "synthesize_slices"]
 
@@ -61,17 +70,16 @@ class Plan:
     radius: int  # blur half-width (voxels)
     kept: tuple[tuple[int, int], tuple[int, int]]  # in-plane ranges of the volume kept in the output
     pad: tuple[int, int]  # output offsets of the kept ranges
-
-    @property
-    def centre(self) -> int:
-        return self.shape[2] // 2
+    centre: int  # the output slice (its z index in the volume)
 
     @property
     def slab(self) -> np.ndarray:
         return np.arange(self.centre - self.radius, self.centre + self.radius + 1)
 
 
-def make_plan(shape: Sequence[int], cfg: SynthConfig) -> Plan:
+def make_plan(shape: Sequence[int], cfg: SynthConfig, centre: int | None = None) -> Plan:
+    """``centre``: the output slice's z (the subject's reference level, ``pipeline.slices``; None: the
+    middle), moved inwards as far as the slab needs."""
     shape = tuple(int(n) for n in shape)
     radius = blur_radius(cfg)
     if len(shape) != 3 or shape[2] < 2 * radius + 2 or min(shape) < 2:
@@ -81,7 +89,8 @@ def make_plan(shape: Sequence[int], cfg: SynthConfig) -> Plan:
         start = max(0, (n - cfg.size) // 2)  # centre crop if larger than the output
         kept.append((start, min(n, start + cfg.size)))
         pad.append(max(0, (cfg.size - n) // 2))  # centre pad if smaller
-    return Plan(shape, cfg.size, radius, tuple(kept), tuple(pad))
+    centre = shape[2] // 2 if centre is None else int(np.clip(centre, radius, shape[2] - 1 - radius))
+    return Plan(shape, cfg.size, radius, tuple(kept), tuple(pad), centre)
 
 
 @dataclass
@@ -228,20 +237,24 @@ def _blur_plane(image: torch.Tensor, kernels: torch.Tensor) -> torch.Tensor:
 
 
 def _finish(
-    image: torch.Tensor, labels: torch.Tensor, batch: Batch, plan: Plan
+    image: torch.Tensor, labels: torch.Tensor, batch: Batch, plan: Plan, targets: np.ndarray | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Blurred slices (B, X, Y) and their labels → (B, size, size) arrays: crop, flip, quantise, pad."""
+    """Blurred slices (B, X, Y) and their generation classes → (B, size, size) arrays: crop, flip, grey
+    levels (``pipeline.slices.to_uint8``: with a zero background, 0 outside the brain and the brain's range
+    on 1..255, as a real skull-stripped slice), training labels (``targets``), pad."""
     (kx0, kx1), (ky0, ky1) = plan.kept
     image, labels = image[:, kx0:kx1, ky0:ky1], labels[:, kx0:kx1, ky0:ky1]
     flip = batch.flip.view(-1, 1, 1)
-    image = torch.where(flip, image.flip(1), image)
-    labels = torch.where(flip, labels.flip(1), labels)
-    image = (image.clamp(0, 1) * 255).round_().to(torch.uint8).cpu().numpy()
-    labels = labels.cpu().numpy()
+    image = torch.where(flip, image.flip(1), image).cpu().numpy()
+    labels = torch.where(flip, labels.flip(1), labels).cpu().numpy()
+    grey = np.stack([to_uint8(plane, classes > 0 if params.zero_background else None)
+                     for plane, classes, params in zip(image, labels, batch.params, strict=True)])
+    if targets is not None:
+        labels = np.asarray(targets)[labels]
     out_image = np.zeros((len(image), plan.size, plan.size), np.uint8)
     out_labels = np.zeros((len(image), plan.size, plan.size), labels.dtype)
     px, py = plan.pad
-    out_image[:, px : px + image.shape[1], py : py + image.shape[2]] = image
+    out_image[:, px : px + image.shape[1], py : py + image.shape[2]] = grey
     out_labels[:, px : px + image.shape[1], py : py + image.shape[2]] = labels
     return out_image, out_labels
 
@@ -265,21 +278,22 @@ class FullVolume:
 
 
 def synthesize_full_volume(
-    labels: np.ndarray, cfg: SynthConfig, seed: int, device: str = "cpu"
+    labels: np.ndarray, cfg: SynthConfig, seed: int, device: str = "cpu", priors: IntensityPriors | None = None,
+    targets: np.ndarray | None = None, centre: int | None = None,
 ) -> FullVolume:
     """Reference path: deform and generate the entire volume, blur it in 3D, then take the output slice.
 
     Slow and memory-hungry (whole volume); for tests and inspection. With ``cfg.pad_labels_to_size`` the
-    volume is the padded one (``canvas.synthesis_labels``).
+    volume is the padded one (``canvas.synthesis_labels``). Arguments as ``synthesize_slices``'.
     """
-    volume, plan, n_labels, dev = prepare_volume(synthesis_labels(labels, cfg), cfg, device)
-    batch = make_batch([draw_parameters(seed, cfg, plan.shape, n_labels)], plan, dev)
+    volume, plan, n_labels, dev = prepare_volume(synthesis_labels(labels, cfg), cfg, device, centre)
+    batch = make_batch([draw_parameters(seed, cfg, plan.shape, n_labels, priors)], plan, dev)
     deformed, image = render(volume, batch, plan.shape, np.arange(plan.shape[2]))
     slab = image[:, plan.slab[0] : plan.slab[-1] + 1]
     image = _normalise_gamma(image, slab.amin(dim=(1, 2, 3)), slab.amax(dim=(1, 2, 3)), batch.gamma)
     blurred = _blur_axis(image, 1, batch.kernels[:, 2])
     blurred = _blur_axis(_blur_axis(blurred, 2, batch.kernels[:, 0]), 3, batch.kernels[:, 1])
-    out_image, out_labels = _finish(blurred[:, plan.centre], deformed[:, plan.centre], batch, plan)
+    out_image, out_labels = _finish(blurred[:, plan.centre], deformed[:, plan.centre], batch, plan, targets)
     return FullVolume(
         labels=deformed[0].permute(1, 2, 0).cpu().numpy(),
         image=blurred[0].permute(1, 2, 0).cpu().numpy(),
@@ -289,7 +303,7 @@ def synthesize_full_volume(
 
 
 def prepare_volume(
-    labels: np.ndarray, cfg: SynthConfig, device: str
+    labels: np.ndarray, cfg: SynthConfig, device: str, centre: int | None = None
 ) -> tuple[torch.Tensor, Plan, int, torch.device]:
     """Validated, flattened label volume on ``device``, its plan, and max label + 1."""
     labels = np.asarray(labels)
@@ -307,7 +321,7 @@ def prepare_volume(
         "cuda" if device == "auto" and torch.cuda.is_available() else device.replace("auto", "cpu")
     )
     volume = torch.from_numpy(np.ascontiguousarray(labels, dtype=dtype)).to(dev).view(-1)
-    return volume, make_plan(labels.shape, cfg), n_labels, dev
+    return volume, make_plan(labels.shape, cfg, centre), n_labels, dev
 
 
 @contextlib.contextmanager
@@ -329,30 +343,35 @@ def synthesize_slices(
     device: str = "cpu",
     batch_size: int = 8,
     threads: int | None = 1,
+    priors: IntensityPriors | None = None,
+    targets: np.ndarray | None = None,
+    centre: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """labels: 3D integer volume (RAS, ~1 mm isotropic, any label values 0..255, each its own Gaussian
     class; already cropped to the brain). Returns (images uint8 (N, size, size), labels uint8 (N, size,
-    size)): the central axial slice ``volume[:, :, Z // 2]`` of each deformed volume (rows: x, left→right;
-    columns: y, posterior→anterior), centre-padded (or centre-cropped) to size × size. The padding is
-    background: with ``cfg.pad_labels_to_size`` the label volume is padded before synthesis, so the image
-    has generated background there too (``canvas``); otherwise image and labels are padded with 0 after.
+    size)): the axial slice ``volume[:, :, centre]`` (None: ``Z // 2``) of each deformed volume (rows: x,
+    left→right; columns: y, posterior→anterior), centre-padded (or centre-cropped) to size × size. The
+    padding is background: with ``cfg.pad_labels_to_size`` the label volume is padded before synthesis, so
+    the image has generated background there too (``canvas``); otherwise image and labels are padded with 0
+    after. ``priors``: the GMM's per-class priors (``pipeline.synth.priors``; None: lab2im's uniform ones);
+    ``targets``: the training label of each class (``pipeline.synth.classes``; None: the classes themselves).
 
     Sample i depends only on (labels, cfg, seeds[i]), not on the batch; ``device``: "cpu", "cuda" or
     "auto" (CUDA arithmetic may differ from the CPU's in the last bits). ``threads``: torch threads while
     generating (None: torch's setting). One is the most efficient: the ops are small, and a second
     OpenMP thread mostly waits (5× slower on a busy host); run subjects in parallel processes instead.
     """
-    volume, plan, n_labels, dev = prepare_volume(synthesis_labels(labels, cfg), cfg, device)
+    volume, plan, n_labels, dev = prepare_volume(synthesis_labels(labels, cfg), cfg, device, centre)
     if n_labels > 256:
         raise ValueError(f"labels up to {n_labels - 1} do not fit the uint8 output; remap them first")
     images, segmentations = [], []
     with torch_threads(threads):
         for start in range(0, len(seeds), batch_size):
             params = [
-                draw_parameters(int(s), cfg, plan.shape, n_labels) for s in seeds[start : start + batch_size]
+                draw_parameters(int(s), cfg, plan.shape, n_labels, priors) for s in seeds[start : start + batch_size]
             ]
             batch = make_batch(params, plan, dev)
-            image, segmentation = _finish(*slab_slices(volume, batch, plan), batch, plan)
+            image, segmentation = _finish(*slab_slices(volume, batch, plan), batch, plan, targets)
             images.append(image)
             segmentations.append(segmentation.astype(np.uint8))
     if not images:

@@ -17,9 +17,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from pipeline.config import SynthConfig
+from pipeline.synth.priors import IntensityPriors
 
 # One stream per component; never renumber (it would change every dataset).
-_MEANS, _STDS, _AFFINE, _VELOCITY, _BIAS, _INTENSITY, _BLUR, _FLIP, _GMM_NOISE, _WHITE_NOISE = range(10)
+_MEANS, _STDS, _AFFINE, _VELOCITY, _BIAS, _INTENSITY, _BLUR, _FLIP, _GMM_NOISE, _WHITE_NOISE, _BACKGROUND = range(11)
 
 
 def sample_seed(global_seed: int, subject: str, index: int) -> int:
@@ -61,6 +62,7 @@ class SampleParams:
     gamma: float  # log of the gamma exponent, ~ N(0, gamma_std)
     blur_sigma: np.ndarray  # (3,) voxels
     flip: bool
+    zero_background: bool  # label 0 rendered as exactly 0: a skull-stripped scan
 
     @property
     def affine(self) -> np.ndarray:
@@ -88,12 +90,14 @@ def _shearing_matrix(s: np.ndarray) -> np.ndarray:
 
 
 def draw_parameters(
-    seed: int, cfg: SynthConfig, shape: tuple[int, int, int], n_labels: int = 4
+    seed: int, cfg: SynthConfig, shape: tuple[int, int, int], n_labels: int = 4,
+    priors: IntensityPriors | None = None,
 ) -> SampleParams:
     """Draw every random parameter of one sample for a label volume of ``shape``.
 
     ``n_labels`` is max label value + 1; label value i gets the i-th draw of the means/stds streams, so a
-    label's Gaussian does not depend on which other labels exist.
+    label's Gaussian does not depend on which other labels exist. ``priors``: the GMM's priors per label
+    (None: lab2im's, ``cfg.prior_means`` and ``cfg.prior_stds`` for every label).
     """
     shape = tuple(int(n) for n in shape)
     affine = _rng(seed, _AFFINE)
@@ -111,10 +115,19 @@ def draw_parameters(
     noise_std = float(intensity.uniform(0, cfg.noise_std))
     gamma = float(intensity.normal(0, cfg.gamma_std))
     blur = _rng(seed, _BLUR).uniform(1 / cfg.blur_range, cfg.blur_range, 3) * cfg.blur_sigma_vox
+    if priors is None:
+        means = _rng(seed, _MEANS).uniform(*cfg.prior_means, n_labels)
+        stds = _rng(seed, _STDS).uniform(*cfg.prior_stds, n_labels)
+    else:
+        means, stds = priors.draw(_rng(seed, _MEANS), _rng(seed, _STDS), n_labels)
+    zero_background = bool(_rng(seed, _BACKGROUND).uniform() < cfg.zero_background)
+    if zero_background:
+        means, stds = means.copy(), stds.copy()
+        means[0] = stds[0] = 0.0
     return SampleParams(
         seed=seed,
-        means=_rng(seed, _MEANS).uniform(*cfg.prior_means, n_labels),
-        stds=_rng(seed, _STDS).uniform(*cfg.prior_stds, n_labels),
+        means=means,
+        stds=stds,
         scaling=scaling,
         rotation_deg=rotation,
         shearing=shearing,
@@ -127,6 +140,7 @@ def draw_parameters(
         gamma=gamma,
         blur_sigma=blur,
         flip=draw_flip(seed, cfg),
+        zero_background=zero_background,
     )
 
 

@@ -1,0 +1,119 @@
+"""``python -m pipeline bench real``: a whole study on real scans with reference labels, as JSON.
+
+The benchmark the models are judged by: a BIDS folder of real heads (or brains) and a BIDS derivative of
+reference labels made by people. It runs the study (``dvc repro``) in a work folder holding a copy of this
+project's code and ``params.yaml`` with the data settings (and any ``-S key=value``) applied, and prints,
+per strategy, Dice against the reference (``dice.external``), the teacher's own Dice there (the segmenter's
+labels of the same slices against the same reference: what the model can reach at best), the gap between
+the two, and the wall time. A second run in the same ``--workdir`` re-runs only what changed (DVC), so an
+ablation of a ``synth.*`` option costs synthesis, training and evaluation only.
+
+    python -m pipeline bench real --bids-root ../shared/data/oasis-manual \\
+        --reference ../shared/data/oasis-manual/derivatives/manual --test-fraction 0.4 \\
+        --workdir /tmp/bench-oasis -S synth.priors=t1
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+from pipeline.config import parse_config
+from pipeline.labels import TISSUES
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+COPIED = ("pipeline", "dvc.yaml", "params.yaml", "luigi.cfg", ".dvcignore")
+KINDS = ("external", "teacher", "real", "synthetic")
+
+
+def set_key(params: dict, dotted: str, value: object) -> None:
+    """``params[a][b] = value`` for ``a.b``; an unknown section is an error (params.yaml names them all)."""
+    *sections, key = dotted.split(".")
+    node = params
+    for section in sections:
+        if not isinstance(node.get(section), dict):
+            raise SystemExit(f"bench real: -S {dotted}: no section '{section}' in params.yaml")
+        node = node[section]
+    node[key] = value
+
+
+def study_params(bids_root: Path, reference: Path, subjects: list[str], test_fraction: float,
+                 overrides: list[str]) -> dict:
+    params = yaml.safe_load((PROJECT_ROOT / "params.yaml").read_text())
+    set_key(params, "acquire.source", "bids")
+    set_key(params, "acquire.bids_root", str(bids_root.resolve()))
+    set_key(params, "acquire.subjects", subjects)
+    set_key(params, "acquire.test_fraction", test_fraction)
+    set_key(params, "evaluate.reference_labels", str(reference.resolve()))
+    for override in overrides:
+        key, _, text = override.partition("=")
+        if not text:
+            raise SystemExit(f"bench real: -S expects key=value, got {override!r}")
+        set_key(params, key, yaml.safe_load(text))
+    parse_config(params, "bench real parameters")  # a wrong key or value stops here, named
+    return params
+
+
+def prepare(workdir: Path, params: dict) -> None:
+    """The project's code and these params in ``workdir`` (a DVC project of its own, kept between runs)."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    for name in COPIED:
+        source, target = PROJECT_ROOT / name, workdir / name
+        if source.is_dir():
+            shutil.rmtree(target, ignore_errors=True)
+            shutil.copytree(source, target, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy(source, target)
+    (workdir / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    if not (workdir / ".dvc").is_dir():
+        run(["dvc", "init", "--no-scm", "-q"], workdir)
+
+
+def environment() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    env["DVC_NO_ANALYTICS"] = "1"
+    return env
+
+
+def run(args: list[str], cwd: Path, log: Path | None = None) -> None:
+    with (log.open("a") if log else open(os.devnull, "w")) as sink:
+        result = subprocess.run(args, cwd=cwd, env=environment(), stdout=sink, stderr=subprocess.STDOUT)
+    if result.returncode != 0:
+        where = f"; see {log}" if log else ""
+        raise SystemExit(f"bench real: {' '.join(args)} failed in {cwd}{where}")
+
+
+def summary(metrics: dict) -> dict:
+    dice = metrics["dice"]
+    row = {kind: dice[kind] for kind in KINDS if kind in dice}
+    if "external" in dice:
+        row["gap_to_teacher"] = {
+            tissue: None if dice["teacher"][tissue] is None or dice["external"][tissue] is None
+            else round(dice["teacher"][tissue] - dice["external"][tissue], 4)
+            for tissue in TISSUES.values()
+        }
+    return row | {key: metrics[key] for key in ("n_external", "n_real", "n_train", "train_wall_s") if key in metrics}
+
+
+def benchmark(bids_root: Path, reference: Path, subjects: list[str], test_fraction: float, workdir: Path,
+              overrides: list[str]) -> dict:
+    params = study_params(bids_root, reference, subjects, test_fraction, overrides)
+    prepare(workdir, params)
+    log = workdir / "bench-real.log"
+    print(f"bench real: running the study in {workdir} (log: {log})", file=sys.stderr)
+    start = time.monotonic()
+    run(["dvc", "repro"], workdir, log)
+    wall = time.monotonic() - start
+    strategies = {path.stem: summary(json.loads(path.read_text()))
+                  for path in sorted((workdir / "metrics").glob("*.json"))
+                  if "n_real" in json.loads(path.read_text())}
+    return {"bids_root": str(bids_root), "reference": str(reference), "test_fraction": test_fraction,
+            "overrides": overrides, "workdir": str(workdir), "wall_s": round(wall, 1), "strategies": strategies}

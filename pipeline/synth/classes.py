@@ -1,0 +1,64 @@
+"""Generation classes: what the GMM draws one Gaussian for, and the training label each class stands for.
+
+One class per tissue is lab2im's default. A real tissue is not one grey level: cortex is darker at the pial
+surface than at the white matter, white matter varies with myelination, CSF mixes with tissue at sulcal
+edges. ``synth.subclasses`` splits each tissue into that many classes by 1D k-means of the subject's own
+intensities inside it (SynthSeg draws one Gaussian per anatomical label for the same reason), so the
+generated texture follows the real one. The training targets stay the tissues: ``targets[c]``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from pipeline.labels import TISSUES
+
+KMEANS_ITERATIONS = 20
+
+
+@dataclass(frozen=True, eq=False)
+class GenerationClasses:
+    labels: np.ndarray  # generation classes, on the label map's grid (0: background)
+    targets: np.ndarray  # (n_classes,): the training label of each class
+
+    @property
+    def n_classes(self) -> int:
+        return len(self.targets)
+
+
+def one_class_per_label(labels: np.ndarray) -> GenerationClasses:
+    labels = np.asarray(labels)
+    return GenerationClasses(labels, np.arange(int(labels.max(initial=0)) + 1))
+
+
+def kmeans_1d(values: np.ndarray, k: int) -> np.ndarray:
+    """Cluster index (0 = darkest) of each value: Lloyd's algorithm from the quantiles (deterministic)."""
+    centres = np.quantile(values, (np.arange(k) + 0.5) / k)
+    for _ in range(KMEANS_ITERATIONS):
+        assignment = np.abs(values[:, None] - centres[None]).argmin(axis=1)
+        updated = np.array([values[assignment == j].mean() if np.any(assignment == j) else centres[j]
+                            for j in range(k)])
+        if np.allclose(updated, centres):
+            break
+        centres = updated
+    order = np.argsort(np.argsort(centres))  # rank of each centre: darkest first
+    return order[np.abs(values[:, None] - centres[None]).argmin(axis=1)]
+
+
+def split_tissues(labels: np.ndarray, image: np.ndarray, subclasses: int) -> GenerationClasses:
+    """Tissue t (1..3) becomes classes 1 + (t-1)*subclasses ... t*subclasses, darkest first."""
+    if subclasses == 1:
+        return one_class_per_label(labels)
+    labels = np.asarray(labels)
+    classes = np.zeros(labels.shape, np.uint8)
+    for tissue in TISSUES:
+        inside = labels == tissue
+        first = 1 + (tissue - 1) * subclasses
+        if inside.sum() >= subclasses:
+            classes[inside] = first + kmeans_1d(np.asarray(image, dtype=np.float64)[inside], subclasses)
+        else:
+            classes[inside] = first
+    targets = np.concatenate([[0], np.repeat(list(TISSUES), subclasses)])
+    return GenerationClasses(classes, targets)
