@@ -194,6 +194,9 @@ class SynthConfig(Strict):
     priors: Literal["uniform", "t1", "subject"] = "uniform"
     subject_prior_spread: Annotated[float, Field(ge=0.0, le=1.0)] = 0.05  # sd of a class mean / intensity range
     subclasses: Annotated[int, Field(ge=1, le=8)] = 1  # Gaussian classes per tissue, by k-means of the image
+    # Output slice of each sample: uniform within the subject's reference level ± band_mm (1 mm voxels);
+    # 0: the reference level only.
+    band_mm: Annotated[float, Field(ge=0.0, le=60.0)] = 0.0
 
 
 # --- train / evaluate --------------------------------------------------------
@@ -234,6 +237,10 @@ class EvaluateConfig(Strict):
     # and a dseg.tsv label table): test subjects that have one are also scored against it (dice.external).
     reference_labels: str | None = None
     reference_scheme: Literal["table", "freesurfer"] = "table"  # how labels become tissues (pipeline/references.py)
+    # Real slices scored per test subject: every step_mm within its reference level ± band_mm, pooled into one
+    # Dice per subject (0: the reference level only).
+    band_mm: Annotated[float, Field(ge=0.0, le=60.0)] = 10.0
+    step_mm: Annotated[float, Field(gt=0.0)] = 2.0
 
 
 class Config(Strict):

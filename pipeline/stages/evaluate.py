@@ -42,21 +42,54 @@ log = logging.getLogger("pipeline")
 
 
 def score_folder(references: Path, predictions: Path, kind: str) -> list[dict]:
+    """Dice of every case (PNG) in ``references`` against its prediction."""
     rows = []
     for reference in sorted(references.glob("*.png")):
-        predicted = predictions / reference.name
-        if not predicted.is_file():
-            raise FileNotFoundError(f"nnU-Net wrote no prediction for {reference.name} in {predictions}")
         rows.append({"kind": kind, "case": reference.stem,
-                     **dice_per_tissue(load_png(reference), load_png(predicted))})
+                     **dice_per_tissue(load_png(reference), load_png(prediction_of(reference, predictions)))})
     return rows
+
+
+def prediction_of(reference: Path, predictions: Path) -> Path:
+    predicted = predictions / reference.name
+    if not predicted.is_file():
+        raise FileNotFoundError(f"nnU-Net wrote no prediction for {reference.name} in {predictions}")
+    return predicted
+
+
+def score_subjects(references: Path, predictions: Path, kind: str) -> list[dict]:
+    """Dice of every subject over all its slices at once (``slice_name``): one row per subject, each voxel
+    of the band counting once, so a subject weighs the same whatever its number of slices."""
+    by_subject: dict[str, list[Path]] = {}
+    for reference in sorted(references.glob("*.png")):
+        by_subject.setdefault(reference.stem.split(SLICE_SUFFIX)[0], []).append(reference)
+    rows = []
+    for subject, slices in by_subject.items():
+        truth = np.stack([load_png(path) for path in slices])
+        predicted = np.stack([load_png(prediction_of(path, predictions)) for path in slices])
+        rows.append({"kind": kind, "case": subject, "slices": len(slices), **dice_per_tissue(truth, predicted)})
+    return rows
+
+
+SLICE_SUFFIX = "_dz"  # sub-X_dz+04: the slice 4 mm above the subject's reference level
+REFERENCE_SLICE = f"{SLICE_SUFFIX}+00"
+
+
+def slice_name(subject: str, offset_mm: float) -> str:
+    return f"sub-{subject}{SLICE_SUFFIX}{round(offset_mm):+03d}"
+
+
+def band_offsets(config: EvaluateConfig) -> list[float]:
+    """Offsets (mm) of the scored slices from the reference level: every ``step_mm`` within ``band_mm``."""
+    steps = int(config.band_mm // config.step_mm)
+    return [step * config.step_mm for step in range(-steps, steps + 1)]
 
 
 def write_external_slices(levels: dict[str, float], stripped: Path, config: EvaluateConfig, out: Path,
                           size: int) -> list[str]:
-    """Each test subject's reference tissues on its real slice (at ``levels[subject]``), named like the real
-    labels; returns the subjects that have a reference. Carried in world space onto the stripped grid, so a
-    brain the stripper cut off counts against the strategy."""
+    """Each test subject's reference tissues on its real slices, named like the real labels; returns the
+    subjects that have a reference. Carried in world space onto the stripped grid, so a brain the stripper
+    cut off counts against the strategy."""
     root = Path(config.reference_labels).expanduser()
     if not root.is_dir():
         raise InputError(f"evaluate.reference_labels: {root} is not a folder")
@@ -68,22 +101,27 @@ def write_external_slices(levels: dict[str, float], stripped: Path, config: Eval
             continue
         brain = load_nifti(subject_file(stripped, subject, "desc-brain_T1w"), subject)
         tissues = on_grid(reference_tissues(path, root, config.reference_scheme, subject), brain)
-        save_png(center_pad(tissues[:, :, level_index(brain, level)], size), out / f"sub-{subject}.png")
+        for offset in band_offsets(config):
+            k = level_index(brain, level + offset)
+            save_png(center_pad(tissues[:, :, k], size), out / f"{slice_name(subject, offset)}.png")
         scored.append(subject)
     return scored
 
 
-def write_real_slices(levels: dict[str, float], stripped: Path, segmented: Path, out: Path, size: int) -> None:
-    """Each subject's real axial slice at its reference level, and its segmenter's labels there, laid out and
-    grey-levelled like the synthetic ones (``pipeline.slices``): 0 outside the brain mask."""
+def write_real_slices(levels: dict[str, float], stripped: Path, segmented: Path, out: Path,
+                      config: EvaluateConfig, size: int) -> None:
+    """Each subject's real axial slices around its reference level (``band_offsets``: the same planes in
+    world space for every strategy), and its segmenter's labels there, laid out and grey-levelled like the
+    synthetic ones (``pipeline.slices``): 0 outside the brain mask."""
     for subject, level in levels.items():
         brain = load_nifti(subject_file(stripped, subject, "desc-brain_T1w"), subject)
         mask = np.asarray(load_nifti(subject_file(stripped, subject, "desc-brain_mask"), subject).dataobj) > 0
         labels = np.asarray(load_nifti(subject_file(segmented, subject, "dseg"), subject).dataobj, dtype=np.uint8)
-        k = level_index(brain, level)
-        image = to_uint8(brain.get_fdata(dtype=np.float32)[:, :, k], mask[:, :, k])
-        save_png(center_pad(image, size), out / "images" / f"sub-{subject}_0000.png")
-        save_png(center_pad(labels[:, :, k], size), out / "labels" / f"sub-{subject}.png")
+        data = brain.get_fdata(dtype=np.float32)
+        for offset in band_offsets(config):
+            k, name = level_index(brain, level + offset), slice_name(subject, offset)
+            save_png(center_pad(to_uint8(data[:, :, k], mask[:, :, k]), size), out / "images" / f"{name}_0000.png")
+            save_png(center_pad(labels[:, :, k], size), out / "labels" / f"{name}.png")
 
 
 class Evaluate(ComboStage):
@@ -120,17 +158,17 @@ class Evaluate(ComboStage):
         levels = {subject: reference_level(harmonized, subject) for subject in test_subjects}
         real, external, teacher = [], [], []
         if test_subjects:
-            write_real_slices(levels, stripped, segmented, out / "real", config.synth.size)
+            write_real_slices(levels, stripped, segmented, out / "real", config.evaluate, config.synth.size)
             predict(out / "real" / "images", out / "real" / "predictions")
-            real = score_folder(out / "real" / "labels", out / "real" / "predictions", "real")
+            real = score_subjects(out / "real" / "labels", out / "real" / "predictions", "real")
         else:
             log.warning("evaluate %s-%s: no test subject left (keep_going): no real-slice Dice", self.segmenter,
                         self.stripper)
         if config.evaluate.reference_labels and test_subjects:
             if write_external_slices(levels, stripped, config.evaluate, out / "external", config.synth.size):
-                external = score_folder(out / "external", out / "real" / "predictions", "external")
+                external = score_subjects(out / "external", out / "real" / "predictions", "external")
                 # the labels the model learned from, against the same reference: what it could reach at best
-                teacher = score_folder(out / "external", out / "real" / "labels", "teacher")
+                teacher = score_subjects(out / "external", out / "real" / "labels", "teacher")
             else:
                 log.warning("evaluate: no test subject has reference labels: no dice.external")
 
@@ -150,6 +188,7 @@ class Evaluate(ComboStage):
             "n_train": json.loads((dataset / "dataset.json").read_text())["numTraining"],
             "n_test": len(synthetic),
             "n_real": len(real),
+            "real_slices_per_subject": len(band_offsets(config.evaluate)),
             "n_external": len(external),
             "train_test_share_subject": description["TrainTestShareSubject"],
             "profile": training["profile"],

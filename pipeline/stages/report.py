@@ -21,14 +21,16 @@ from pipeline.config import Config, load_config
 from pipeline.io import load_png, read_tsv, write_csv, write_text
 from pipeline.labels import TISSUES
 from pipeline.stages.base import Gathered, Stage
-from pipeline.stages.evaluate import Evaluate
+from pipeline.stages.evaluate import REFERENCE_SLICE, Evaluate
 
 log = logging.getLogger("pipeline")
 
-KINDS = ("external", "real", "synthetic")  # the ones a study has are shown
+KINDS = ("external", "teacher", "real", "synthetic")  # the ones a study has are shown
 # What each kind of Dice compares the predictions with.
 KIND_NOTES = {
     "external": "the reference labels you supplied (evaluate.reference_labels): one reference for every strategy",
+    "teacher": "not a model: the segmenter's own labels of the same real slices against your reference labels, "
+               "what a model trained on them can reach at best",
     "real": "each segmenter's own labels of the real test slice: compares strippers for one segmenter",
     "synthetic": "the labels the synthetic test images were generated from",
 }
@@ -57,7 +59,8 @@ def dice_rows(combos: list[str], metrics_dir: Path) -> list[dict]:
     rows = []
     for combo in combos:
         metrics = json.loads((metrics_dir / f"{combo}.json").read_text())
-        cases = {"external": metrics.get("n_external"), "real": metrics["n_real"], "synthetic": metrics["n_test"]}
+        cases = {"external": metrics.get("n_external"), "teacher": metrics.get("n_external"), "real": metrics["n_real"],
+                 "synthetic": metrics["n_test"]}
         for kind in [kind for kind in KINDS if kind in metrics["dice"]]:
             scores = metrics["dice"][kind]
             rows.append({"combo": combo, "kind": kind, **{k: scores.get(k) for k in [*TISSUES.values(), "mean"]},
@@ -110,7 +113,7 @@ def colour(labels: np.ndarray) -> np.ndarray:
 def examples(combo: str, evaluation: Path, path: Path) -> bool:
     """Real slices: image | segmenter's labels | your reference (when given) | prediction, a row per subject."""
     real, external = evaluation / combo / "real", evaluation / combo / "external"
-    references = sorted((real / "labels").glob("*.png"))
+    references = sorted((real / "labels").glob(f"*{REFERENCE_SLICE}.png"))  # each subject's reference level
     if not references:
         return False
     columns = 4 if external.is_dir() else 3

@@ -30,7 +30,7 @@ from pipeline.config import ConfigError, SynthConfig
 from pipeline.io import save_nifti
 from pipeline.slices import center_pad, central_index, to_uint8
 from pipeline.synth.canvas import synthesis_labels
-from pipeline.synth.params import draw_flip
+from pipeline.synth.params import draw_flip, draw_slice_offset
 from pipeline.tools.base import Tool
 
 INSTALL_HINT = (
@@ -135,11 +135,12 @@ def seeded(seed: int) -> Iterator[None]:
         np.random.set_state(state)
 
 
-def output_slice(image: np.ndarray, labels: np.ndarray, flip: bool, size: int,
-                 centre: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """A generated volume's axial slice ``centre`` (None: the middle), flipped left–right if drawn, on the
-    size × size canvas."""
+def output_slice(image: np.ndarray, labels: np.ndarray, flip: bool, size: int, centre: int | None = None,
+                 offset: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """A generated volume's axial slice ``offset`` from ``centre`` (None: the middle), flipped left–right if
+    drawn, on the size × size canvas."""
     z = central_index(image.shape[2]) if centre is None else centre
+    z = int(np.clip(z + offset, 0, image.shape[2] - 1))
     image_slice, label_slice = image[:, :, z], labels[:, :, z]
     if flip:
         image_slice, label_slice = image_slice[::-1], label_slice[::-1]
@@ -172,6 +173,6 @@ def synthesize_slices(labels: np.ndarray, cfg: SynthConfig, seeds: Sequence[int]
         arguments = generator_arguments(path, volume, cfg)
         for index, seed in enumerate(seeds):
             image, deformed = generate(arguments, volume.shape, int(seed))
-            images[index], segmentations[index] = output_slice(image, deformed, draw_flip(int(seed), cfg), cfg.size,
-                                                               centre)
+            images[index], segmentations[index] = output_slice(
+                image, deformed, draw_flip(int(seed), cfg), cfg.size, centre, draw_slice_offset(int(seed), cfg))
     return images, segmentations

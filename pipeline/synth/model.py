@@ -31,6 +31,7 @@ slab. ``synthesize_full_volume`` takes these statistics over the same voxels.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -259,6 +260,14 @@ def _finish(
     return out_image, out_labels
 
 
+def sample_plan(plan: Plan, params: SampleParams) -> Plan:
+    """The plan of one sample: its output slice ``params.slice_offset`` from the reference level."""
+    if params.slice_offset == 0:
+        return plan
+    centre = int(np.clip(plan.centre + params.slice_offset, plan.radius, plan.shape[2] - 1 - plan.radius))
+    return dataclasses.replace(plan, centre=centre)
+
+
 def slab_slices(volume: torch.Tensor, batch: Batch, plan: Plan) -> tuple[torch.Tensor, torch.Tensor]:
     """Blurred float image (B, X, Y) and labels of the output slice, generating only the slab."""
     labels, image = render(volume, batch, plan.shape, plan.slab)
@@ -287,7 +296,9 @@ def synthesize_full_volume(
     volume is the padded one (``canvas.synthesis_labels``). Arguments as ``synthesize_slices``'.
     """
     volume, plan, n_labels, dev = prepare_volume(synthesis_labels(labels, cfg), cfg, device, centre)
-    batch = make_batch([draw_parameters(seed, cfg, plan.shape, n_labels, priors)], plan, dev)
+    params = draw_parameters(seed, cfg, plan.shape, n_labels, priors)
+    plan = sample_plan(plan, params)
+    batch = make_batch([params], plan, dev)
     deformed, image = render(volume, batch, plan.shape, np.arange(plan.shape[2]))
     slab = image[:, plan.slab[0] : plan.slab[-1] + 1]
     image = _normalise_gamma(image, slab.amin(dim=(1, 2, 3)), slab.amax(dim=(1, 2, 3)), batch.gamma)
@@ -364,16 +375,18 @@ def synthesize_slices(
     volume, plan, n_labels, dev = prepare_volume(synthesis_labels(labels, cfg), cfg, device, centre)
     if n_labels > 256:
         raise ValueError(f"labels up to {n_labels - 1} do not fit the uint8 output; remap them first")
-    images, segmentations = [], []
+    images = np.zeros((len(seeds), cfg.size, cfg.size), np.uint8)
+    segmentations = np.zeros_like(images)
+    params = [draw_parameters(int(seed), cfg, plan.shape, n_labels, priors) for seed in seeds]
+    by_slice: dict[int, list[int]] = {}  # samples of one output slice share a slab: batched together
+    for index, sample in enumerate(params):
+        by_slice.setdefault(sample_plan(plan, sample).centre, []).append(index)
     with torch_threads(threads):
-        for start in range(0, len(seeds), batch_size):
-            params = [
-                draw_parameters(int(s), cfg, plan.shape, n_labels, priors) for s in seeds[start : start + batch_size]
-            ]
-            batch = make_batch(params, plan, dev)
-            image, segmentation = _finish(*slab_slices(volume, batch, plan), batch, plan, targets)
-            images.append(image)
-            segmentations.append(segmentation.astype(np.uint8))
-    if not images:
-        return np.zeros((0, cfg.size, cfg.size), np.uint8), np.zeros((0, cfg.size, cfg.size), np.uint8)
-    return np.concatenate(images), np.concatenate(segmentations)
+        for centre, indices in by_slice.items():
+            slice_plan = dataclasses.replace(plan, centre=centre)
+            for start in range(0, len(indices), batch_size):
+                chosen = indices[start : start + batch_size]
+                batch = make_batch([params[i] for i in chosen], slice_plan, dev)
+                image, segmentation = _finish(*slab_slices(volume, batch, slice_plan), batch, slice_plan, targets)
+                images[chosen], segmentations[chosen] = image, segmentation
+    return images, segmentations

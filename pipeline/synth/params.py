@@ -20,7 +20,8 @@ from pipeline.config import SynthConfig
 from pipeline.synth.priors import IntensityPriors
 
 # One stream per component; never renumber (it would change every dataset).
-_MEANS, _STDS, _AFFINE, _VELOCITY, _BIAS, _INTENSITY, _BLUR, _FLIP, _GMM_NOISE, _WHITE_NOISE, _BACKGROUND = range(11)
+(_MEANS, _STDS, _AFFINE, _VELOCITY, _BIAS, _INTENSITY, _BLUR, _FLIP, _GMM_NOISE, _WHITE_NOISE, _BACKGROUND,
+ _SLICE) = range(12)
 
 
 def sample_seed(global_seed: int, subject: str, index: int) -> int:
@@ -63,6 +64,7 @@ class SampleParams:
     blur_sigma: np.ndarray  # (3,) voxels
     flip: bool
     zero_background: bool  # label 0 rendered as exactly 0: a skull-stripped scan
+    slice_offset: int  # voxels above (+) or below the reference level: the output slice, ~ U(±synth.band_mm)
 
     @property
     def affine(self) -> np.ndarray:
@@ -141,12 +143,18 @@ def draw_parameters(
         blur_sigma=blur,
         flip=draw_flip(seed, cfg),
         zero_background=zero_background,
+        slice_offset=draw_slice_offset(seed, cfg),
     )
 
 
 def draw_flip(seed: int, cfg: SynthConfig) -> bool:
     """The sample's random left–right flip (its own stream: the lab2im engine draws it alone)."""
     return bool(_rng(seed, _FLIP).uniform() < cfg.flip_probability)
+
+
+def draw_slice_offset(seed: int, cfg: SynthConfig) -> int:
+    """The sample's output slice, in 1 mm voxels from the reference level (its own stream, as the flip)."""
+    return int(np.round(_rng(seed, _SLICE).uniform(-cfg.band_mm, cfg.band_mm)))
 
 
 def slice_noise(seed: int, z: int, plane: tuple[int, int], white: bool = False) -> np.ndarray:
