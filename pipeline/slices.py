@@ -20,6 +20,7 @@ from scipy import ndimage
 
 BRAIN_PERCENTILES = (0.5, 99.5)  # the slice's in-brain range mapped to 1..255
 OPENING_VOXELS = 2  # cuts thin bright bridges (scalp fat, marrow, vessels) off the white matter
+HULL_CLOSING_VOXELS = 4  # closes the white matter's hull over sulci and ventricles
 
 
 def central_index(depth: int) -> int:
@@ -84,24 +85,33 @@ def _otsu(values: np.ndarray, bins: int = 256) -> float:
     return float(centres[np.nanargmax(between[:-1])])
 
 
+def _largest_piece(mask: np.ndarray) -> np.ndarray:
+    pieces, count = ndimage.label(mask)
+    if count == 0:
+        raise ValueError("no white matter found in the head image")
+    return pieces == 1 + int(np.argmax(ndimage.sum_labels(mask, pieces, index=np.arange(1, count + 1))))
+
+
 def white_matter_centre(head: np.ndarray) -> np.ndarray:
     """Voxel coordinates of the centre of the head's cerebral white matter.
 
-    Foreground by Otsu, its bright class by Otsu again, an opening to cut thin bright bridges, then the
-    largest connected piece: in a T1 head (skull or not) that is the cerebral white matter.
+    The bright class of the foreground (Otsu twice), opened to cut thin bright bridges, and its largest
+    piece: in a T1 head, skull or not, the white matter with some grey matter the skull's darkness let in.
+    A second pass thresholds again inside that piece's hull alone (white matter, deep grey nuclei,
+    ventricles), so the white matter is found as it would be in the stripped brain.
     """
     data = np.asarray(head, dtype=np.float32)
     positive = data[data > 0]
     if positive.size == 0:
         raise ValueError("the head image has no positive voxels")
+    ball = ndimage.generate_binary_structure(3, 1)
     foreground = data > _otsu(positive)
-    bright = data > _otsu(data[foreground])
-    bright = ndimage.binary_opening(bright, ndimage.generate_binary_structure(3, 1), iterations=OPENING_VOXELS)
-    pieces, count = ndimage.label(bright)
-    if count == 0:
-        raise ValueError("no white matter found in the head image")
-    largest = 1 + int(np.argmax(ndimage.sum_labels(bright, pieces, index=np.arange(1, count + 1))))
-    return np.argwhere(pieces == largest).mean(axis=0)
+    region = foreground
+    for _ in range(2):
+        bright = ndimage.binary_opening(region & (data > _otsu(data[region])), ball, iterations=OPENING_VOXELS)
+        white = _largest_piece(bright)
+        region = ndimage.binary_fill_holes(ndimage.binary_closing(white, ball, iterations=HULL_CLOSING_VOXELS))
+    return np.argwhere(white).mean(axis=0)
 
 
 def reference_level_mm(head: nib.Nifti1Image) -> float:

@@ -21,11 +21,13 @@ from scipy import ndimage
 from pipeline.__main__ import main
 from pipeline.config import Config, ConfigError, SynthConfig
 from pipeline.io import save_nifti, save_png, write_json, write_tsv
+from pipeline.labels import CSF, GM, WM
 from pipeline.slices import center_pad, to_uint8
 from pipeline.stages.acquire import subject_file
 from pipeline.stages.synthesize import Synthesize
 from pipeline.synth.bench import load_tissue_labels, run_benchmark
 from pipeline.synth.canvas import synthesis_labels
+from pipeline.synth.classes import split_tissues
 from pipeline.synth.engine import check_engine, synthesize
 from pipeline.synth.fields import sample_grid, scaling_and_squaring, velocity_at
 from pipeline.synth.lab2im_engine import LAB2IM_FIXED
@@ -39,7 +41,8 @@ from pipeline.synth.model import (
     synthesize_slices,
 )
 from pipeline.synth.montage import CONTOURS, pick_cases, write_montage
-from pipeline.synth.params import draw_flip, draw_parameters, sample_seed
+from pipeline.synth.params import draw_flip, draw_parameters, draw_slice_offset, sample_seed
+from pipeline.synth.priors import T1_PRIORS, subject_priors, t1_priors
 from pipeline.tools.base import ToolMissing
 
 # lab2im's generative model as it is: what the tests of lab2im's behaviour run (the study's defaults go
@@ -669,3 +672,80 @@ def test_standin_lab2im_refuses_what_lab2im_fixes(small, standin_lab2im):
     assert set(LAB2IM_FIXED) <= set(SynthConfig.model_fields)
     with pytest.raises(ConfigError, match=r"synth\.zero_background = 1\.0 \(lab2im has only 0\.0\)"):
         synthesize(small, lab2im_config(engine="lab2im", zero_background=1.0), [1])
+
+
+# --- departures from lab2im: zero background, T1 and subject priors, sub-classes, the output slice -----------
+def test_zero_background_is_exactly_zero_outside_the_brain_and_never_inside(small):
+    """As a real skull-stripped slice (pipeline.slices.to_uint8): 0 outside, the brain on 1..255."""
+    cfg = SynthConfig(size=128, zero_background=1.0)
+    images, labels = synthesize_slices(small, cfg, seeds("zero", 6))
+    for image, label in zip(images, labels, strict=True):
+        assert not image[label == 0].any()
+        assert image[label > 0].min() >= 1 and image[label > 0].max() == 255
+    generated = synthesize_slices(small, cfg.model_copy(update={"zero_background": 0.0}), seeds("zero", 6))[0]
+    assert all((image[label == 0] > 0).mean() > 0.5 for image, label in zip(generated, labels, strict=True))
+    flags = [draw_parameters(s, cfg.model_copy(update={"zero_background": 0.3}), (64, 64, 64)).zero_background
+             for s in seeds("share", 2000)]
+    assert fraction_matches(np.array(flags), 0.3) and not fraction_matches(np.array(flags), 0.4)
+
+
+def test_t1_priors_draw_synthseg_t1_contrast():
+    priors = t1_priors(np.arange(4))  # one class per tissue: background, GM, WM, CSF
+    cfg = SynthConfig(zero_background=0.0)
+    draws = [draw_parameters(s, cfg, (64, 64, 64), 4, priors) for s in seeds("t1", 2000)]
+    means, stds = np.array([p.means for p in draws]), np.array([p.stds for p in draws])
+    for tissue in (GM, WM, CSF):
+        (mean, mean_sd), (std, std_sd) = T1_PRIORS[tissue]
+        assert normal_matches(means[:, tissue], mean, mean_sd), tissue
+        assert normal_matches(stds[:, tissue], std, std_sd), tissue
+    assert not normal_matches(means[:, GM], T1_PRIORS[WM][0][0], T1_PRIORS[WM][0][1])
+    assert np.mean(means[:, WM] > means[:, GM]) > 0.99 and np.mean(means[:, GM] > means[:, CSF]) > 0.99
+
+
+def test_subject_priors_centre_on_the_subjects_own_intensities(small):
+    rng = np.random.default_rng(0)
+    truth = np.array([0.0, 0.45, 0.8, 0.15])  # background, GM, WM, CSF
+    image = truth[small] + rng.normal(0, 0.02, small.shape) * (small > 0)
+    priors = subject_priors(image, small, 4, spread=0.05)
+    assert priors.distribution == "normal"
+    assert np.allclose(priors.means[0, 1:], 255 * truth[1:], atol=0.5)
+    assert np.allclose(priors.means[1, 1:], 0.05 * 255)
+    assert np.allclose(priors.stds[0, 1:], 255 * 0.02, rtol=0.05)
+    assert priors.means[0, 0] == T1_PRIORS[0][0][0]  # background keeps SynthSeg's T1 background prior
+
+
+def test_subclasses_split_each_tissue_by_intensity_and_train_on_tissues(small):
+    rng = np.random.default_rng(1)
+    levels = rng.integers(0, 3, small.shape)  # three grey levels inside every tissue
+    image = np.where(small > 0, 0.1 + 0.25 * (small % 3) + 0.05 * levels, 0.0)
+    classes = split_tissues(small, image, 3)
+    assert classes.n_classes == 10 and classes.targets.tolist() == [0, 1, 1, 1, 2, 2, 2, 3, 3, 3]
+    assert np.array_equal(classes.targets[classes.labels], small)  # every class maps back to its tissue
+    for tissue in (GM, WM, CSF):
+        inside = small == tissue
+        found = classes.labels[inside] - (1 + 3 * (tissue - 1))
+        assert np.array_equal(found, levels[inside])  # darkest first: the k-means recovers the levels
+    cfg = lab2im_config(size=128, prior_stds=(0.0, 0.0), **STILL)
+    images, labels = synthesize_slices(classes.labels, cfg, seeds("sub", 1), targets=classes.targets)
+    assert set(np.unique(labels)) <= {0, 1, 2, 3}
+    inside = labels[0] == WM
+    assert len(np.unique(images[0][inside])) == 3  # one Gaussian per class, σ = 0: three greys in WM
+
+
+def test_the_output_slice_is_the_reference_level_plus_the_samples_offset(small):
+    cfg = lab2im_config(size=128, prior_stds=(0.0, 0.0), **STILL)
+    rows, columns = box(small.shape, 128)
+    at_level = synthesize_slices(small, cfg, seeds("level", 2), centre=30)[1]
+    assert np.array_equal(at_level[0][rows, columns], small[:, :, 30])
+    band = cfg.model_copy(update={"band_mm": 8.0})
+    offsets = np.array([draw_slice_offset(s, band) for s in seeds("band", 3000)])
+    counts = np.bincount(offsets + 8, minlength=17)  # U(-8, 8) rounded: 1/16 each, half at the two ends
+    expected = np.array([0.5, *[1.0] * 15, 0.5]) / 16 * offsets.size
+    assert offsets.min() == -8 and offsets.max() == 8 and len(counts) == 17
+    assert np.all(np.abs(counts - expected) < 4 * np.sqrt(expected))
+    batch = seeds("band", 12)
+    labels = synthesize_slices(small, band, batch, centre=30)[1]
+    for label, seed in zip(labels, batch, strict=True):
+        assert np.array_equal(label[rows, columns], small[:, :, 30 + draw_slice_offset(seed, band)])
+    one_by_one = [synthesize_slices(small, band, [seed], centre=30)[1][0] for seed in batch]
+    assert np.array_equal(np.stack(one_by_one), labels)  # grouping samples by slice never shows
