@@ -84,6 +84,15 @@ def cmd_bench_synth(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench_train(args: argparse.Namespace) -> int:
+    import json
+
+    from pipeline.bench_train import benchmark
+
+    print(json.dumps(benchmark(Path(args.study), args.combo, args.set, args.eval_every), indent=2))
+    return 0
+
+
 def cmd_bench_real(args: argparse.Namespace) -> int:
     import json
     import tempfile
@@ -128,6 +137,13 @@ def parser() -> argparse.ArgumentParser:
     synth.add_argument("--n", type=int, default=200)
     synth.add_argument("--device", default="cpu")
     synth.set_defaults(func=cmd_bench_synth)
+    train = bench.add_parser("train", help="seconds per training iteration, and real Dice against training time")
+    train.add_argument("--study", default=".", help="a study folder after dvc repro (default: here)")
+    train.add_argument("--combo", default="hmrf-deepbet", help="segmenter-stripper: which exported set to train on")
+    train.add_argument("--eval-every", type=int, default=2, help="score the real slices every N epochs")
+    train.add_argument("-S", "--set", action="append", default=[], metavar="KEY=VALUE",
+                       help="a params.yaml override, as dvc exp run -S (repeatable)")
+    train.set_defaults(func=cmd_bench_train)
     real = bench.add_parser("real", help="a study on real scans scored against reference labels")
     real.add_argument("--bids-root", required=True, help="a BIDS folder of real T1w scans")
     real.add_argument("--reference", required=True, help="a BIDS derivative of their reference labels")

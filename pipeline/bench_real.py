@@ -25,7 +25,7 @@ from pathlib import Path
 
 import yaml
 
-from pipeline.config import parse_config
+from pipeline.config import apply_overrides, parse_config
 from pipeline.labels import TISSUES
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -33,30 +33,14 @@ COPIED = ("pipeline", "dvc.yaml", "params.yaml", "luigi.cfg", ".dvcignore")
 KINDS = ("external", "teacher", "real", "synthetic")
 
 
-def set_key(params: dict, dotted: str, value: object) -> None:
-    """``params[a][b] = value`` for ``a.b``; an unknown section is an error (params.yaml names them all)."""
-    *sections, key = dotted.split(".")
-    node = params
-    for section in sections:
-        if not isinstance(node.get(section), dict):
-            raise SystemExit(f"bench real: -S {dotted}: no section '{section}' in params.yaml")
-        node = node[section]
-    node[key] = value
-
-
 def study_params(bids_root: Path, reference: Path, subjects: list[str], test_fraction: float,
                  overrides: list[str]) -> dict:
+    """This project's params.yaml with the data settings, then ``overrides``, applied; validated."""
     params = yaml.safe_load((PROJECT_ROOT / "params.yaml").read_text())
-    set_key(params, "acquire.source", "bids")
-    set_key(params, "acquire.bids_root", str(bids_root.resolve()))
-    set_key(params, "acquire.subjects", subjects)
-    set_key(params, "acquire.test_fraction", test_fraction)
-    set_key(params, "evaluate.reference_labels", str(reference.resolve()))
-    for override in overrides:
-        key, _, text = override.partition("=")
-        if not text:
-            raise SystemExit(f"bench real: -S expects key=value, got {override!r}")
-        set_key(params, key, yaml.safe_load(text))
+    params["acquire"] |= {"source": "bids", "bids_root": str(bids_root.resolve()), "subjects": subjects,
+                          "test_fraction": test_fraction}
+    params["evaluate"]["reference_labels"] = str(reference.resolve())
+    params = apply_overrides(params, overrides)
     parse_config(params, "bench real parameters")  # a wrong key or value stops here, named
     return params
 

@@ -191,12 +191,18 @@ class SynthConfig(Strict):
     zero_background: Probability = 1.0
     # The GMM's priors (pipeline/synth/priors.py): uniform (lab2im: prior_means, prior_stds for every class),
     # t1 (SynthSeg's T1 priors: WM ~160, cortex ~96, CSF ~44), subject (around the subject's own image).
-    priors: Literal["uniform", "t1", "subject"] = "uniform"
+    priors: Literal["uniform", "t1", "subject"] = "subject"
     subject_prior_spread: Annotated[float, Field(ge=0.0, le=1.0)] = 0.05  # sd of a class mean / intensity range
-    subclasses: Annotated[int, Field(ge=1, le=8)] = 1  # Gaussian classes per tissue, by k-means of the image
+    subclasses: Annotated[int, Field(ge=1, le=8)] = 3  # Gaussian classes per tissue, by k-means of the image
     # Output slice of each sample: uniform within the subject's reference level ± band_mm (1 mm voxels);
     # 0: the reference level only.
     band_mm: Annotated[float, Field(ge=0.0, le=60.0)] = 0.0
+    # Resolution randomisation (SynthSeg): in this share of the samples a lower-resolution acquisition is
+    # simulated, slice thickness ~ U(1, max_thickness_mm) and in-plane voxels ~ U(1, max_in_plane_mm): blurred as
+    # that acquisition (σ = 0.75 × voxel), resampled in plane to it and back; the labels stay at 1 mm.
+    resolution_probability: Probability = 0.0
+    max_thickness_mm: Annotated[float, Field(ge=1.0, le=10.0)] = 5.0
+    max_in_plane_mm: Annotated[float, Field(ge=1.0, le=4.0)] = 1.5
 
 
 # --- train / evaluate --------------------------------------------------------
@@ -284,6 +290,24 @@ def parse_config(raw: object, source: str = "params.yaml") -> Config:
         known = ", ".join(sorted(config.train.profiles))
         raise ConfigError(f"{source}: 'train.profile': unknown profile {config.train.profile!r} (known: {known})")
     return config
+
+
+def apply_overrides(raw: dict, overrides: list[str]) -> dict:
+    """``raw`` (params.yaml's mapping) with ``KEY=VALUE`` overrides set in place, as ``dvc exp run -S`` sets
+    them: dotted keys, YAML values. A key under an unknown section is an error; the values are checked by
+    ``parse_config``."""
+    for override in overrides:
+        dotted, _, text = override.partition("=")
+        if not text:
+            raise ConfigError(f"-S expects KEY=VALUE, got {override!r}")
+        *sections, key = dotted.split(".")
+        node = raw
+        for section in sections:
+            if not isinstance(node.get(section), dict):
+                raise ConfigError(f"-S {dotted}: params.yaml has no section '{section}'")
+            node = node[section]
+        node[key] = yaml.safe_load(text)
+    return raw
 
 
 def load_config(path: Path = PARAMS_FILE) -> Config:

@@ -151,8 +151,9 @@ def test_adding_a_subject_does_not_change_the_others(small):
 @pytest.mark.parametrize("pad_labels", [True, False], ids=["labels-padded", "labels-as-cropped"])
 @pytest.mark.parametrize(
     "overrides",
-    [{"size": 64}, {"size": 128, "noise_std": 5.0, "flip_probability": 1.0}],
-    ids=["cropped", "padded-noise-flip"],
+    [{"size": 64}, {"size": 128, "noise_std": 5.0, "flip_probability": 1.0},
+     {"size": 96, "resolution_probability": 1.0, "max_thickness_mm": 4.0, "max_in_plane_mm": 2.0}],
+    ids=["cropped", "padded-noise-flip", "low-resolution"],
 )
 def test_slab_equals_full_volume(small, overrides, pad_labels):
     """Bit-exact, not within a tolerance: every voxel is computed by the same elementwise operations in the
@@ -749,3 +750,26 @@ def test_the_output_slice_is_the_reference_level_plus_the_samples_offset(small):
         assert np.array_equal(label[rows, columns], small[:, :, 30 + draw_slice_offset(seed, band)])
     one_by_one = [synthesize_slices(small, band, [seed], centre=30)[1][0] for seed in batch]
     assert np.array_equal(np.stack(one_by_one), labels)  # grouping samples by slice never shows
+
+
+def test_simulated_low_resolution_blurs_as_that_acquisition(small):
+    cfg = SynthConfig(size=128, resolution_probability=0.4, max_thickness_mm=5.0, max_in_plane_mm=2.0)
+    draws = [draw_parameters(s, cfg, small.shape) for s in seeds("res", 2000)]
+    low = np.array([not np.allclose(p.resolution, 1) for p in draws])
+    assert fraction_matches(low, 0.4)
+    resolution = np.array([p.resolution for p in draws])[low]
+    assert uniform_matches(resolution[:, 2], 1.0, 5.0) and uniform_matches(resolution[:, 0], 1.0, 2.0)
+    assert np.array_equal(resolution[:, 0], resolution[:, 1])  # square in-plane voxels
+    sigma = np.array([p.blur_sigma for p in draws])[low]
+    assert np.allclose(sigma, np.maximum(sigma, 0.75 * resolution))
+    sharp = synthesize_slices(small, cfg.model_copy(update={"resolution_probability": 0.0}), seeds("res", 8))
+    blurred = synthesize_slices(small, cfg.model_copy(update={"resolution_probability": 1.0}), seeds("res", 8))
+    assert np.array_equal(sharp[1], blurred[1])  # the labels stay at 1 mm
+
+    def detail(images: np.ndarray) -> float:
+        """Mean |Laplacian| inside the brain, away from its (masked, hard) edge."""
+        inside = np.stack([ndimage.binary_erosion(label > 0, iterations=3) for label in sharp[1]])
+        laplacian = np.stack([ndimage.laplace(image.astype(float)) for image in images])
+        return float(np.abs(laplacian[inside]).mean())
+
+    assert detail(blurred[0]) < 0.7 * detail(sharp[0])

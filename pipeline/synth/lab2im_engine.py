@@ -58,7 +58,8 @@ LAB2IM_FIXED: dict[str, float] = {
 
 
 # What lab2im's model has no option for: one uniform-prior Gaussian per label, its own background.
-LAB2IM_ONLY: dict[str, object] = {"priors": "uniform", "subclasses": 1, "zero_background": 0.0}
+LAB2IM_ONLY: dict[str, object] = {"priors": "uniform", "subclasses": 1, "zero_background": 0.0,
+                                   "resolution_probability": 0.0}
 
 
 def check_config(cfg: SynthConfig) -> None:

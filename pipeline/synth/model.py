@@ -237,6 +237,20 @@ def _blur_plane(image: torch.Tensor, kernels: torch.Tensor) -> torch.Tensor:
     return _blur_axis(_blur_axis(image, 1, kernels[:, 0]), 2, kernels[:, 1])
 
 
+def _acquire_in_plane(image: torch.Tensor, batch: Batch) -> torch.Tensor:
+    """Slices (B, X, Y) of samples with a simulated in-plane voxel above 1 mm: resampled to it and back to
+    1 mm (bilinear), as a low-resolution scan upsampled for segmentation (the blur before was its PSF)."""
+    out = image
+    for index, params in enumerate(batch.params):
+        voxel = float(params.resolution[0])
+        if voxel > 1:
+            plane = image[index][None, None]
+            low = F.interpolate(plane, scale_factor=1 / voxel, mode="bilinear", align_corners=False)
+            out = out.clone() if out is image else out
+            out[index] = F.interpolate(low, size=image.shape[1:], mode="bilinear", align_corners=False)[0, 0]
+    return out
+
+
 def _finish(
     image: torch.Tensor, labels: torch.Tensor, batch: Batch, plan: Plan, targets: np.ndarray | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -246,7 +260,7 @@ def _finish(
     (kx0, kx1), (ky0, ky1) = plan.kept
     image, labels = image[:, kx0:kx1, ky0:ky1], labels[:, kx0:kx1, ky0:ky1]
     flip = batch.flip.view(-1, 1, 1)
-    image = torch.where(flip, image.flip(1), image).cpu().numpy()
+    image = _acquire_in_plane(torch.where(flip, image.flip(1), image), batch).cpu().numpy()
     labels = torch.where(flip, labels.flip(1), labels).cpu().numpy()
     grey = np.stack([to_uint8(plane, classes > 0 if params.zero_background else None)
                      for plane, classes, params in zip(image, labels, batch.params, strict=True)])

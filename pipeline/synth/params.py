@@ -21,7 +21,8 @@ from pipeline.synth.priors import IntensityPriors
 
 # One stream per component; never renumber (it would change every dataset).
 (_MEANS, _STDS, _AFFINE, _VELOCITY, _BIAS, _INTENSITY, _BLUR, _FLIP, _GMM_NOISE, _WHITE_NOISE, _BACKGROUND,
- _SLICE) = range(12)
+ _SLICE, _RESOLUTION) = range(13)
+ACQUISITION_BLUR = 0.75  # lab2im's blurring_sigma_for_downsampling: σ = 0.75 × (low resolution / 1 mm)
 
 
 def sample_seed(global_seed: int, subject: str, index: int) -> int:
@@ -40,8 +41,12 @@ def grid_shape(shape: tuple[int, ...], scale: float) -> tuple[int, ...]:
 
 
 def blur_radius(cfg: SynthConfig) -> int:
-    """Half-width of lab2im's blurring kernel: window = int(ceil(2.5·σ)/2)·2 + 1 for the nominal σ."""
-    return int(math.ceil(2.5 * cfg.blur_sigma_vox) / 2)
+    """Half-width of lab2im's blurring kernel: window = int(ceil(2.5·σ)/2)·2 + 1 for the nominal σ, or for the
+    largest σ a simulated acquisition can ask for (``synth.resolution_probability``)."""
+    sigma = cfg.blur_sigma_vox
+    if cfg.resolution_probability > 0:
+        sigma = max(sigma * cfg.blur_range, ACQUISITION_BLUR * max(cfg.max_thickness_mm, cfg.max_in_plane_mm))
+    return int(math.ceil(2.5 * sigma) / 2)
 
 
 @dataclass(frozen=True, eq=False)
@@ -62,6 +67,7 @@ class SampleParams:
     noise_std: float  # white noise σ, intensity units, ~ U(0, noise_std)
     gamma: float  # log of the gamma exponent, ~ N(0, gamma_std)
     blur_sigma: np.ndarray  # (3,) voxels
+    resolution: np.ndarray  # (3,) mm: the simulated acquisition's voxel (1: the label map's own, 1 mm)
     flip: bool
     zero_background: bool  # label 0 rendered as exactly 0: a skull-stripped scan
     slice_offset: int  # voxels above (+) or below the reference level: the output slice, ~ U(±synth.band_mm)
@@ -117,6 +123,8 @@ def draw_parameters(
     noise_std = float(intensity.uniform(0, cfg.noise_std))
     gamma = float(intensity.normal(0, cfg.gamma_std))
     blur = _rng(seed, _BLUR).uniform(1 / cfg.blur_range, cfg.blur_range, 3) * cfg.blur_sigma_vox
+    resolution = draw_resolution(seed, cfg)
+    blur = np.where(resolution > 1, np.maximum(blur, ACQUISITION_BLUR * resolution), blur)
     if priors is None:
         means = _rng(seed, _MEANS).uniform(*cfg.prior_means, n_labels)
         stds = _rng(seed, _STDS).uniform(*cfg.prior_stds, n_labels)
@@ -141,6 +149,7 @@ def draw_parameters(
         noise_std=noise_std,
         gamma=gamma,
         blur_sigma=blur,
+        resolution=resolution,
         flip=draw_flip(seed, cfg),
         zero_background=zero_background,
         slice_offset=draw_slice_offset(seed, cfg),
@@ -150,6 +159,17 @@ def draw_parameters(
 def draw_flip(seed: int, cfg: SynthConfig) -> bool:
     """The sample's random left–right flip (its own stream: the lab2im engine draws it alone)."""
     return bool(_rng(seed, _FLIP).uniform() < cfg.flip_probability)
+
+
+def draw_resolution(seed: int, cfg: SynthConfig) -> np.ndarray:
+    """(x, y, z) mm of a simulated acquisition (SynthSeg's resolution randomisation, for axial slices): in a
+    share ``resolution_probability`` of the samples, in-plane ~ U(1, max_in_plane_mm) and slice thickness ~
+    U(1, max_thickness_mm); otherwise 1 mm."""
+    stream = _rng(seed, _RESOLUTION)
+    if stream.uniform() >= cfg.resolution_probability:
+        return np.ones(3)
+    in_plane = stream.uniform(1.0, cfg.max_in_plane_mm)
+    return np.array([in_plane, in_plane, stream.uniform(1.0, cfg.max_thickness_mm)])
 
 
 def draw_slice_offset(seed: int, cfg: SynthConfig) -> int:

@@ -1,0 +1,136 @@
+"""``python -m pipeline bench train``: where a training iteration's time goes on this machine, and how fast
+the model learns to segment real slices, as JSON.
+
+It trains nnU-Net in this process, as the train stage would (same planning, profile and trainer), on a
+study's exported synthetic set (``data/nnunet_raw/<combo>``), timing each iteration's data loading and
+augmentation apart from its forward and backward pass. After every ``--eval-every`` epochs it predicts the
+study's real test slices (``data/evaluation/<combo>/real``, written by its evaluate stage) with the network
+as it is, and scores them against their labels: a time-to-Dice curve.
+
+    python -m pipeline bench train --study . --combo hmrf-deepbet [-S train.augmentation=synthesis]
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import resource
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+from pipeline import nnunet
+from pipeline.config import Config, apply_overrides, parse_config
+from pipeline.devices import torch_device
+from pipeline.metrics import summarize
+from pipeline.stages.evaluate import score_subjects
+from pipeline.stages.export import DATASET_ID, DATASET_NAME
+
+
+def study_config(study: Path, overrides: list[str]) -> Config:
+    params = apply_overrides(yaml.safe_load((study / "params.yaml").read_text()), overrides)
+    return parse_config(params, f"{study / 'params.yaml'} with {overrides}")
+
+
+def make_trainer(config: Config, device: str):
+    """The configured trainer (``pipeline/nnunet_trainers``, found as nnUNetv2_train finds it) on the planned
+    dataset; nnU-Net's folders come from the environment."""
+    import torch
+    from nnunetv2.run.run_training import get_trainer_from_args
+
+    return get_trainer_from_args(str(DATASET_ID), "2d", config.train.fold, nnunet.trainer_name(config.train),
+                                 device=torch.device(device))
+
+
+def real_dice(trainer, real: Path, out: Path) -> dict:
+    """The network as it is now, on the study's real test slices, against their labels."""
+    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+
+    trainer.set_deep_supervision_enabled(False)  # as nnU-Net's own final validation predicts
+    trainer.network.eval()
+    predictor = nnUNetPredictor(use_mirroring=False, device=trainer.device, verbose=False, allow_tqdm=False)
+    predictor.manual_initialization(trainer.network, trainer.plans_manager, trainer.configuration_manager,
+                                    [trainer.network.state_dict()], trainer.dataset_json, type(trainer).__name__,
+                                    trainer.inference_allowed_mirroring_axes)
+    out.mkdir(parents=True, exist_ok=True)
+    predictor.predict_from_files_sequential(str(real / "images"), str(out))
+    trainer.set_deep_supervision_enabled(True)
+    trainer.network.train()
+    return summarize(score_subjects(real / "labels", out, "real"))
+
+
+def train_timed(trainer, real: Path, work: Path, eval_every: int) -> tuple[dict, list[dict]]:
+    """nnU-Net's run_training loop, each iteration's data and step timed, real Dice every ``eval_every``
+    epochs (its time not counted as training)."""
+    import torch
+
+    data_s, step_s, curve, training = [], [], [], 0.0
+    trainer.on_train_start()
+    for epoch in range(trainer.num_epochs):
+        epoch_start = time.perf_counter()
+        trainer.on_epoch_start()
+        trainer.on_train_epoch_start()
+        outputs = []
+        for _ in range(trainer.num_iterations_per_epoch):
+            start = time.perf_counter()
+            batch = next(trainer.dataloader_train)
+            loaded = time.perf_counter()
+            outputs.append(trainer.train_step(batch))
+            data_s.append(loaded - start)
+            step_s.append(time.perf_counter() - loaded)
+        trainer.on_train_epoch_end(outputs)
+        with torch.no_grad():
+            trainer.on_validation_epoch_start()
+            trainer.on_validation_epoch_end([trainer.validation_step(next(trainer.dataloader_val))
+                                             for _ in range(trainer.num_val_iterations_per_epoch)])
+        trainer.on_epoch_end()
+        training += time.perf_counter() - epoch_start
+        if (epoch + 1) % eval_every == 0 or epoch + 1 == trainer.num_epochs:
+            dice = real_dice(trainer, real, work / f"epoch-{epoch + 1}")
+            curve.append({"epoch": epoch + 1, "iterations": len(step_s), "training_minutes": round(training / 60, 2),
+                          "dice_real": {k: None if v is None else round(v, 4) for k, v in dice.items()}})
+            print(f"bench train: epoch {epoch + 1}, {training / 60:.1f} min: {curve[-1]['dice_real']}",
+                  file=sys.stderr)
+    trainer.on_train_end()
+    median = statistics.median
+    timings = {"data_and_augmentation_s": round(median(data_s), 3), "forward_backward_s": round(median(step_s), 3),
+               "iteration_s": round(median(a + b for a, b in zip(data_s, step_s, strict=True)), 3),
+               "iterations": len(step_s)}
+    return timings, curve
+
+
+def benchmark(study: Path, combo: str, overrides: list[str], eval_every: int) -> dict:
+    import torch
+
+    config = study_config(study, overrides)
+    raw, real = study / "data" / "nnunet_raw" / combo, study / "data" / "evaluation" / combo / "real"
+    for needed in (raw, real / "images", real / "labels"):
+        if not needed.is_dir():
+            raise SystemExit(f"bench train: {needed} is missing: run the study (dvc repro) first")
+    device = torch_device(config.train.device)
+    with tempfile.TemporaryDirectory(prefix="bench-train-") as tmp:
+        work = Path(tmp)
+        env = nnunet.environment(raw, work / "preprocessed", work / "results", config.train, config.seed,
+                                 config.workers)
+        nnunet.plan_and_preprocess(DATASET_ID, env, config.workers)
+        plan = nnunet.adapt_plans(work / "preprocessed" / DATASET_NAME / "nnUNetPlans.json",
+                                  config.train.active_profile())
+        os.environ.update(env | ({"nnUNet_n_proc_DA": "0"} if config.train.deterministic else {}))
+        torch.set_num_threads(config.workers)
+        with open(work / "nnunet.log", "w") as log, contextlib.redirect_stdout(log):
+            trainer = make_trainer(config, device)
+            timings, curve = train_timed(trainer, real, work, eval_every)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return {
+        "study": str(study), "combo": combo, "overrides": overrides, "device": device,
+        "threads": config.workers, "profile": config.train.profile, **config.train.active_profile().model_dump(),
+        "augmentation": config.train.augmentation, "patch_size": plan["patch_size"],
+        "features_per_stage": plan["architecture"]["arch_kwargs"]["features_per_stage"],
+        "batch_size": plan["batch_size"], **timings, "peak_rss_mb": round(peak),
+        "peak_gpu_mb": round(torch.cuda.max_memory_allocated() / 2**20) if device == "cuda" else None,
+        "time_to_dice": curve,
+    }
