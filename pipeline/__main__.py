@@ -71,7 +71,9 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 def cmd_predict(args: argparse.Namespace) -> int:
     from pipeline.predict import predict
 
-    predict(Path(args.model), Path(args.input), Path(args.output), all_slices=args.all_slices)
+    fold = args.fold if args.fold in (None, "all") else int(args.fold)
+    predict(Path(args.model), Path(args.input), Path(args.output), all_slices=args.all_slices, device=args.device,
+            tta=args.tta, fold=fold)
     return 0
 
 
@@ -110,6 +112,7 @@ def parser() -> argparse.ArgumentParser:
     from pipeline.graph import BY_NAME
 
     main = argparse.ArgumentParser(prog="python -m pipeline", description=__doc__)
+    main.add_argument("--debug", action="store_true", help="show the traceback of an error")
     commands = main.add_subparsers(dest="command", required=True)
     run = commands.add_parser("run", help="run a stage (and what it needs) with Luigi")
     run.add_argument("stage", choices=["all", *BY_NAME])
@@ -128,7 +131,13 @@ def parser() -> argparse.ArgumentParser:
     predict.add_argument("--model", required=True, help="a trained model folder, models/<segmenter>-<stripper>")
     predict.add_argument("--input", required=True, help="a T1 .nii/.nii.gz head, a .png slice, or a folder")
     predict.add_argument("--output", required=True, help="folder for the label maps")
-    predict.add_argument("--all-slices", action="store_true", help="every axial slice, not only the central one")
+    predict.add_argument("--all-slices", action="store_true",
+                         help="every axial slice, not only the one at the reference level")
+    predict.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
+                         help="auto: the GPU when torch sees one")
+    predict.add_argument("--tta", action="store_true", help="nnU-Net's test-time mirroring (left-right)")
+    predict.add_argument("--fold", choices=["all", "0", "1", "2", "3", "4"],
+                         help="the model's fold (default: the one it was trained on)")
     predict.set_defaults(func=cmd_predict)
     bench = commands.add_parser("bench", help="benchmarks that print JSON figures").add_subparsers(
         dest="what", required=True)
@@ -160,7 +169,24 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
     logging.getLogger("luigi-interface").setLevel(logging.WARNING)  # our stages report progress themselves
     args = parser().parse_args(argv)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except user_errors() as error:
+        if args.debug:
+            raise
+        print(f"error: {error}\n(python -m pipeline --debug ... shows the traceback)", file=sys.stderr)
+        return 2
+
+
+def user_errors() -> tuple[type[Exception], ...]:
+    """What an input, a parameter or a missing or failing tool raises: one message, not a traceback."""
+    from pipeline.config import ConfigError
+    from pipeline.io import InputError
+    from pipeline.labels import UnknownLabel
+    from pipeline.subjects import SubjectFailed
+    from pipeline.tools.base import ToolFailed, ToolMissing
+
+    return ConfigError, InputError, UnknownLabel, SubjectFailed, ToolFailed, ToolMissing, FileNotFoundError
 
 
 if __name__ == "__main__":

@@ -130,22 +130,24 @@ def predict_pngs(slices: list[Path], output: Path, work: Path, run) -> None:
         log.info("predict: %s -> %s", path, output / f"{stem(path)}.png")
 
 
-def predict(model_dir: Path, input_path: Path, output: Path, all_slices: bool = False) -> None:
+def predict(model_dir: Path, input_path: Path, output: Path, all_slices: bool = False, device: str = "auto",
+            tta: bool = False, fold: int | str | None = None) -> None:
+    """``fold``: None for the fold the model was trained on."""
     record = model_dir / "training.json"
     if not record.is_file():
         raise InputError(f"{model_dir}: not a trained model folder (no training.json)")
     model = json.loads(record.read_text())
     files = inputs_of(input_path)
     output.mkdir(parents=True, exist_ok=True)
-    train = TrainConfig(device="auto")
+    train = TrainConfig(device=device)
     device = torch_device(train.device)
+    fold = model["fold"] if fold is None else fold
     with tempfile.TemporaryDirectory(prefix="predict-") as tmp:
         work = Path(tmp)
         env = nnunet.environment(work, work, model_dir, train, model["seed"], len(os.sched_getaffinity(0)))
 
         def run(images: Path, predictions: Path) -> None:
-            nnunet.predict(images, predictions, DATASET_ID, str(model["fold"]), device, env, tta=False,
-                           trainer=model["trainer"])
+            nnunet.predict(images, predictions, DATASET_ID, str(fold), device, env, tta=tta, trainer=model["trainer"])
 
         heads = [f for f in files if f.suffix != ".png"]
         slices = [f for f in files if f.suffix == ".png"]

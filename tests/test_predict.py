@@ -20,3 +20,26 @@ def test_every_plane_maps_with_nearest_neighbour_when_all_were_predicted():
     labels = np.broadcast_to(np.arange(60, dtype=np.uint8) % 4, (40, 50, 60)).copy()
     affine = np.eye(4)
     assert np.array_equal(labels_on_grid(labels, affine, None, labels.shape, affine), labels)
+
+
+def test_a_command_error_is_one_message_naming_the_file_and_debug_shows_the_traceback(tmp_path, capsys):
+    import pytest
+
+    from pipeline.__main__ import main
+    from pipeline.io import InputError
+
+    missing = tmp_path / "no-model"
+    assert main(["predict", "--model", str(missing), "--input", str(tmp_path), "--output", str(tmp_path)]) == 2
+    message = capsys.readouterr().err
+    assert f"error: {missing}: not a trained model folder (no training.json)" in message
+    assert "Traceback" not in message and "--debug" in message
+    with pytest.raises(InputError, match="not a trained model folder"):
+        main(["--debug", "predict", "--model", str(missing), "--input", str(tmp_path), "--output", str(tmp_path)])
+
+
+def test_bench_overrides_name_a_wrong_key(tmp_path, capsys):
+    from pipeline.__main__ import main
+
+    (tmp_path / "params.yaml").write_text("seed: 1\n")
+    assert main(["bench", "train", "--study", str(tmp_path), "-S", "nosuch.key=1"]) == 2
+    assert "params.yaml has no section 'nosuch'" in capsys.readouterr().err

@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline import nnunet
+from pipeline.compare import mean_ci95
 from pipeline.config import Config, EvaluateConfig
 from pipeline.devices import torch_device
 from pipeline.io import InputError, load_nifti, load_png, save_png, write_csv, write_json
@@ -124,6 +125,12 @@ def write_real_slices(levels: dict[str, float], stripped: Path, segmented: Path,
             save_png(center_pad(labels[:, :, k], size), out / "labels" / f"{name}.png")
 
 
+def with_ci(subjects: list[dict]) -> dict:
+    """Mean Dice per tissue over the subjects' rows, and the 95 % bootstrap interval of their mean over tissues."""
+    ci = mean_ci95({row["case"]: [row["mean"]] for row in subjects if row["mean"] is not None})
+    return summarize(subjects) | {"mean_ci95": None if ci is None else [round(ci[0], 4), round(ci[1], 4)]}
+
+
 class Evaluate(ComboStage):
     name = "evaluate"
     out_template = "data/evaluation/{segmenter}-{stripper}"
@@ -183,8 +190,10 @@ class Evaluate(ComboStage):
         training = json.loads((models / "training.json").read_text())
         description = json.loads((acquired / "dataset_description.json").read_text())
         metrics = {
-            "dice": {"synthetic": summarize(synthetic), "real": summarize(real)}
-            | ({"external": summarize(external), "teacher": summarize(teacher)} if external else {}),
+            "dice": {"synthetic": summarize(synthetic), "real": with_ci(real)}
+            | ({"external": with_ci(external), "teacher": with_ci(teacher)} if external else {}),
+            "n_subjects": len(real),
+            "n_seeds": 1,
             "n_train": json.loads((dataset / "dataset.json").read_text())["numTraining"],
             "n_test": len(synthetic),
             "n_real": len(real),

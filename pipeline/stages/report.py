@@ -17,6 +17,7 @@ from pathlib import Path
 import luigi
 import numpy as np
 
+from pipeline.compare import Difference, Scores, paired_difference
 from pipeline.config import Config, load_config
 from pipeline.io import load_png, read_tsv, write_csv, write_text
 from pipeline.labels import TISSUES
@@ -88,7 +89,9 @@ def bar_chart(rows: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
-def curves(combos: list[str], metrics_dir: Path, path: Path) -> None:
+def curves(combos: list[str], metrics_dir: Path, path: Path, fold: int | str) -> None:
+    """Training curves. With fold all, nnU-Net's "validation" batches come from the training cases: say so."""
+    held_out = "training cases (fold all)" if fold == "all" else f"held-out fold {fold}"
     plt = _figure()
     fig, (loss_ax, dice_ax) = plt.subplots(1, 2, figsize=(11, 3.5))
     for combo in combos:
@@ -96,10 +99,10 @@ def curves(combos: list[str], metrics_dir: Path, path: Path) -> None:
             rows = list(csv.DictReader(handle))
         epochs = [int(r["epoch"]) for r in rows]
         loss_ax.plot(epochs, [float(r["train_loss"]) for r in rows], label=f"{combo} train")
-        loss_ax.plot(epochs, [float(r["val_loss"]) for r in rows], "--", label=f"{combo} val")
+        loss_ax.plot(epochs, [float(r["val_loss"]) for r in rows], "--", label=f"{combo} on {held_out}")
         dice_ax.plot(epochs, [float(r["pseudo_dice"]) for r in rows], label=combo)
     loss_ax.set(title="loss", xlabel="epoch")
-    dice_ax.set(title="nnU-Net pseudo Dice (validation)", xlabel="epoch", ylim=(0, 1))
+    dice_ax.set(title=f"nnU-Net pseudo Dice on {held_out}", xlabel="epoch", ylim=(0, 1))
     loss_ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=90)
@@ -169,19 +172,73 @@ def _fmt(value: object) -> str:
     return f"{value:.3f}" if isinstance(value, float) else html.escape(str(value))
 
 
-def best_strategy(rows: list[dict]) -> str:
-    """The best mean Dice on real slices: against the supplied reference when there is one."""
-    for kind, what in (("external", "against your reference labels"), ("real", "against each segmenter's labels")):
-        scored = [row for row in rows if row["kind"] == kind and row["mean"] is not None]
-        if scored:
-            best = max(scored, key=lambda row: row["mean"])
-            return f"{best['combo']} (mean Dice {best['mean']:.3f} on real test slices, {what})"
-    return "no real-slice Dice yet"
+def subject_scores(combo: str, metrics_dir: Path, kind: str) -> Scores:
+    """Mean Dice per real test subject (and training seed) of one combo, from its cases table."""
+    with open(metrics_dir / f"{combo}-cases.csv") as handle:
+        rows = [row for row in csv.DictReader(handle) if row["kind"] == kind and row["mean"] != "n/a"]
+    scores: Scores = {}
+    for row in rows:
+        scores.setdefault(row["case"], []).append(float(row["mean"]))
+    return scores
+
+
+def comparison_kind(combos: list[str], metrics_dir: Path) -> str:
+    """external when every combo was scored against the user's reference labels, else real."""
+    return "external" if all(subject_scores(c, metrics_dir, "external") for c in combos) else "real"
+
+
+def comparable(a: str, b: str, kind: str) -> bool:
+    """dice.real scores each model against its own segmenter's labels: only strippers of one segmenter compare."""
+    return kind == "external" or a.split("-")[0] == b.split("-")[0]
+
+
+def pairwise(combos: list[str], metrics_dir: Path, kind: str) -> list[Difference]:
+    scores = {combo: subject_scores(combo, metrics_dir, kind) for combo in combos}
+    return [paired_difference(a, scores[a], b, scores[b]) for i, a in enumerate(combos) for b in combos[i + 1:]
+            if comparable(a, b, kind) and scores[a] and scores[b]]
+
+
+def verdict(rows: list[dict], differences: list[Difference], kind: str) -> str:
+    """The strategy with the best mean real-slice Dice, named the best only when every paired 95 % CI against
+    it excludes 0."""
+    what = {"external": "against your reference labels", "real": "against each segmenter's labels"}[kind]
+    scored = [row for row in rows if row["kind"] == kind and row["mean"] is not None]
+    if not scored:
+        return "no real-slice Dice yet"
+    best = max(scored, key=lambda row: row["mean"])
+    against = [d for d in differences if best["combo"] in (d.a, d.b)]
+    if not against:
+        return f"{best['combo']} (mean Dice {best['mean']:.3f} on real test slices, {what}; nothing to compare with)"
+    undecided = [d for d in against if d.winner != best["combo"]]
+    if undecided:
+        return "; ".join(d.verdict() for d in undecided) + f" (mean Dice on real test slices, {what})"
+    return f"{best['combo']} (mean Dice {best['mean']:.3f} on real test slices, {what}): " + "; ".join(
+        d.verdict() for d in against)
+
+
+def difference_rows(differences: list[Difference]) -> list[dict]:
+    return [{"a": d.a, "b": d.b, "a - b": d.mean, "95 % CI low": d.ci95[0], "95 % CI high": d.ci95[1],
+             "subjects": d.n_subjects, "seeds": d.n_seeds, "verdict": d.verdict()} for d in differences]
+
+
+def per_subject_rows(combos: list[str], metrics_dir: Path, kind: str) -> list[dict]:
+    scores = {combo: subject_scores(combo, metrics_dir, kind) for combo in combos}
+    subjects = sorted({subject for combo_scores in scores.values() for subject in combo_scores})
+    return [{"subject": subject, **{combo: float(np.mean(scores[combo][subject])) if subject in scores[combo]
+                                    else None for combo in combos}} for subject in subjects]
+
+
+def shared_subjects_warning(combos: list[str], metrics_dir: Path) -> str:
+    shared = [c for c in combos if json.loads((metrics_dir / f"{c}.json").read_text())["train_test_share_subject"]]
+    if not shared:
+        return ""
+    return ("<p><b>Warning:</b> train and test share subjects in this study (too few subjects to split), so the "
+            "real-slice Dice is not that of unseen brains.</p>")
 
 
 class Report(Stage):
     name = "report"
-    param_keys = ("strip.methods", "segment.methods")
+    param_keys = ("strip.methods", "segment.methods", "train.fold")
     out_template = "data/report"
 
     def requires(self) -> list[luigi.Task]:
@@ -189,14 +246,23 @@ class Report(Stage):
 
     def build(self, out: Path, config: Config) -> None:
         combos = [f"{seg}-{strip}" for seg, strip in config.combos()]
-        rows = dice_rows(combos, Path("metrics"))
+        metrics = Path("metrics")
+        rows = dice_rows(combos, metrics)
+        kind = comparison_kind(combos, metrics)
+        differences = pairwise(combos, metrics, kind)
+        answer = verdict(rows, differences, kind)
         bar_chart(rows, out / "dice.png")
-        curves(combos, Path("metrics"), out / "training.png")
+        curves(combos, metrics, out / "training.png", config.train.fold)
         shown = [combo for combo in combos if examples(combo, Path("data/evaluation"), out / f"examples-{combo}.png")]
         excluded = exclusions(combos, Path("data/qc"))
         sections = [
             "<h1>synthseg-pipeline: strategy comparison</h1>",
-            f"<p><b>Best strategy on real slices:</b> {html.escape(best_strategy(rows))}</p>",
+            f"<p><b>Best strategy on real slices:</b> {html.escape(answer)}</p>",
+            shared_subjects_warning(combos, metrics),
+            f"<h2>Paired comparisons ({kind} Dice, mean over tissues; bootstrap over test subjects and seeds)</h2>",
+            table(difference_rows(differences)),
+            f"<h2>Per test subject ({kind} Dice, mean over tissues)</h2>",
+            table(per_subject_rows(combos, metrics, kind)),
             "<h2>Dice per tissue</h2>", table(rows), embed(out / "dice.png"),
             "<ul>" + "".join(f"<li><b>{kind}</b>: {html.escape(note)}</li>" for kind, note in KIND_NOTES.items()
                              if any(row["kind"] == kind for row in rows)) + "</ul>",
@@ -210,4 +276,4 @@ class Report(Stage):
         write_text(f"<!doctype html><html><head><meta charset='utf-8'><title>synthseg-pipeline report</title>"
                    f"<style>{style}</style></head><body>{''.join(sections)}</body></html>\n", out / "index.html")
         write_csv(rows, out / "dice.csv")
-        log.info("report: %s (best: %s)", self.out_dir() / "index.html", best_strategy(rows))
+        log.info("report: %s (%s)", self.out_dir() / "index.html", answer)

@@ -1,0 +1,106 @@
+"""Comparing strategies with their uncertainty (pipeline.compare): paired bootstrap over test subjects and
+seeds, on per-subject Dice of real manually labelled OASIS brains."""
+
+from __future__ import annotations
+
+import nibabel as nib
+import numpy as np
+import pytest
+from scipy import ndimage
+
+from pipeline.compare import mean_ci95, paired_difference, subjects_needed
+from pipeline.metrics import dice_per_tissue
+from pipeline.references import tissues_by_name
+
+from .conftest import SHARED_DATA
+
+OASIS = SHARED_DATA / "oasis-manual"
+
+
+@pytest.fixture(scope="module")
+def references() -> dict[str, np.ndarray]:
+    """Each OASIS subject's manual tissues {0, 1 GM, 2 WM, 3 CSF}, the 11 axial planes around its middle."""
+    if not OASIS.is_dir():
+        pytest.skip(f"real test data not found at {OASIS}")
+    lookup = tissues_by_name(OASIS / "derivatives" / "manual" / "dseg.tsv")
+    table = np.zeros(max(lookup) + 1, np.uint8)
+    for index, tissue in lookup.items():
+        table[index] = tissue
+    out = {}
+    for path in sorted((OASIS / "derivatives" / "manual").glob("sub-*/anat/*_dseg.nii.gz")):
+        labels = table[np.rint(np.asarray(nib.as_closest_canonical(nib.load(path)).dataobj)).astype(int)]
+        middle = int(np.argwhere(labels > 0)[:, 2].mean())
+        out[path.name.split("_")[0]] = labels[:, :, middle - 10 : middle + 11 : 2]
+    return out
+
+
+def imperfect(labels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A plausible segmentation: the reference moved by up to a voxel and with some boundary voxels wrong."""
+    shift = rng.integers(-1, 2, 2)
+    moved = np.roll(labels, tuple(shift), axis=(0, 1))
+    boundary = moved != ndimage.grey_erosion(moved, size=(3, 3, 1))
+    flip = boundary & (rng.uniform(size=labels.shape) < 0.3)
+    return np.where(flip, labels, moved)
+
+
+def swapped(labels: np.ndarray) -> np.ndarray:
+    out = labels.copy()
+    out[labels == 1], out[labels == 2] = 2, 1
+    return out
+
+
+def scores(references: dict[str, np.ndarray], predictions: dict[str, np.ndarray]) -> dict[str, list[float]]:
+    """Mean Dice over tissues per subject (one seed)."""
+    return {subject: [float(np.nanmean(list(dice_per_tissue(reference, predictions[subject]).values())))]
+            for subject, reference in references.items()}
+
+
+def predicted(references: dict[str, np.ndarray], seed: int) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return {subject: imperfect(labels, rng) for subject, labels in references.items()}
+
+
+def test_a_model_beats_the_same_model_with_grey_and_white_matter_swapped(references):
+    good = predicted(references, 0)
+    model = scores(references, good)
+    worse = scores(references, {subject: swapped(labels) for subject, labels in good.items()})
+    difference = paired_difference("model", model, "swapped", worse)
+    assert difference.detected and difference.winner == "model"
+    assert difference.ci95[0] > 0.2 and difference.n_subjects == len(references) == 10
+    assert "model beats swapped" in difference.verdict()
+    again = paired_difference("swapped", worse, "model", model)  # order does not change the answer
+    assert again.winner == "model" and again.ci95[1] < -0.2
+
+
+def test_two_identical_strategies_name_no_winner(references):
+    first = scores(references, predicted(references, 1))
+    second = scores(references, predicted(references, 2))  # the same method, other noise
+    difference = paired_difference("first", first, "second", second)
+    assert difference.ci95[0] < 0 < difference.ci95[1]
+    assert difference.winner is None and "no detectable difference" in difference.verdict()
+    assert "with 10 subjects and 1 seeds" in difference.verdict()
+    itself = paired_difference("first", first, "copy", first)
+    assert itself.ci95 == (0.0, 0.0) and itself.winner is None
+
+
+def test_the_bootstrap_is_seeded_and_reproducible(references):
+    model = scores(references, predicted(references, 3))
+    assert mean_ci95(model) == mean_ci95(model)
+    assert mean_ci95(model, seed=1) != mean_ci95(model, seed=2)
+    low, high = mean_ci95(model)
+    values = [v[0] for v in model.values()]
+    assert min(values) <= low < np.mean(values) < high <= max(values)
+    other = {subject: [value[0] - 0.01] for subject, value in model.items()}
+    assert paired_difference("a", model, "b", other).__dict__ == paired_difference("a", model, "b", other).__dict__
+
+
+def test_seeds_are_resampled_within_subjects_and_the_needed_subjects_follow_the_spread():
+    rng = np.random.default_rng(4)
+    noisy = {f"s{i}": list(0.8 + rng.normal(0, 0.05, 3)) for i in range(6)}  # three seeds each
+    steady = {subject: [np.mean(values)] * 3 for subject, values in noisy.items()}
+    wide, narrow = mean_ci95(noisy), mean_ci95(steady)
+    assert wide[1] - wide[0] > narrow[1] - narrow[0]  # the seeds' spread widens the interval
+    with pytest.raises(ValueError, match="every seed"):
+        mean_ci95({"a": [0.5, 0.6], "b": [0.5]})
+    assert subjects_needed(np.array([0.01, -0.005, 0.02, 0.0])) > 4
+    assert subjects_needed(np.array([0.1, 0.1])) is None  # no spread to go on
