@@ -59,6 +59,17 @@ def test_acquired_subjects_follow_the_split(project: Path):
     assert splits == ["test", "train"]
 
 
+def test_every_derivative_folder_is_a_bids_derivative_dataset(project: Path):
+    for folder in ("data/harmonized", "data/stripped/deepbet", "data/segmented/hmrf-deepbet"):
+        description = json.loads((project / folder / "dataset_description.json").read_text())
+        assert description["DatasetType"] == "derivative", folder
+        assert description["GeneratedBy"][0]["Name"] == "synthseg-pipeline" and description["BIDSVersion"]
+    assert (project / "data/segmented/hmrf-deepbet/dseg.tsv").read_text().splitlines()[1:] == [
+        "0\tbackground", "1\tGM", "2\tWM", "3\tCSF"]
+    columns = json.loads((project / "data/raw/participants.json").read_text())
+    assert set(columns) == {"source", "split"} and set(columns["split"]["Levels"]) == {"train", "test", "both"}
+
+
 def test_metrics_and_plots_are_readable_by_dvc(project: Path):
     shown = _run(["dvc", "metrics", "show", "--json"], project)
     assert "hmrf-deepbet.json" in shown

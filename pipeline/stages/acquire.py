@@ -26,6 +26,13 @@ from pipeline.subjects import failure_row, write_failures
 log = logging.getLogger("pipeline")
 
 SUBJECT_ID = re.compile(r"^[A-Za-z0-9]+$")  # BIDS labels are alphanumeric: no separators, no '..'
+# participants.json: what the custom columns of participants.tsv hold (BIDS asks for it)
+PARTICIPANT_COLUMNS = {
+    "source": {"Description": "the file this subject's T1w image was copied from"},
+    "split": {"Description": "the subject's role in the study", "Levels": {
+        "train": "its synthetic images train the models", "test": "held out: its real and synthetic slices test them",
+        "both": "too few subjects to split: it trains and tests"}},
+}
 
 
 @dataclass(frozen=True)
@@ -178,6 +185,7 @@ class Acquire(Stage):
             },
             out / "dataset_description.json",
         )
+        write_json(PARTICIPANT_COLUMNS, out / "participants.json")
         if shared:
             log.warning("acquire: %d subject(s) cannot be split cleanly: train and test share subjects", len(scans))
 

@@ -18,6 +18,7 @@ import nibabel as nib
 import numpy as np
 from nibabel.processing import resample_to_output
 
+from pipeline.bids import write_derivative_description
 from pipeline.config import Config, HarmonizeConfig
 from pipeline.io import InputError, load_nifti, save_nifti, write_json
 from pipeline.slices import reference_level_mm
@@ -129,3 +130,5 @@ class Harmonize(Stage):
         _, failures = for_each_subject("harmonize", subjects, work, out, config.workers, config.keep_going,
                                        {subject: subject_file(raw, subject, "T1w") for subject in subjects})
         write_failures(read_failures(raw) + failures, out)
+        write_derivative_description(out, "synthseg-pipeline harmonized T1w", f"harmonize: {config.harmonize.method}",
+                                     Parameters=config.harmonize.model_dump(mode="json"))

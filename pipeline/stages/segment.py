@@ -14,9 +14,10 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline.bids import write_derivative_description
 from pipeline.config import Config, SegmentConfig
 from pipeline.io import atomic_path, load_nifti, save_nifti, write_tsv
-from pipeline.labels import CSF, GM, TISSUES, WM
+from pipeline.labels import CSF, GM, LABEL_NAMES, TISSUES, WM
 from pipeline.stages.acquire import Acquire, read_participants, subject_file
 from pipeline.stages.base import ComboStage, Stage
 from pipeline.stages.strip import Strip
@@ -102,3 +103,7 @@ class Segment(ComboStage):
                                           config.workers, config.keep_going, files)
         write_tsv(list(rows.values()), out / "volumes.tsv")
         write_failures(read_failures(stripped) + failures, out)
+        write_tsv([{"index": index, "name": name} for index, name in LABEL_NAMES.items()], out / "dseg.tsv")
+        write_derivative_description(out, f"synthseg-pipeline tissues ({self.segmenter}-{self.stripper})",
+                                     f"segment: {self.segmenter} on {self.stripper} brains, as GM/WM/CSF (dseg.tsv)",
+                                     Parameters=getattr(config.segment, self.segmenter).model_dump(mode="json"))

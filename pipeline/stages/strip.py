@@ -19,6 +19,7 @@ import luigi
 import nibabel as nib
 import numpy as np
 
+from pipeline.bids import write_derivative_description
 from pipeline.config import Config, StripConfig, StripQcConfig
 from pipeline.devices import torch_device
 from pipeline.io import InputError, atomic_path, load_nifti, read_tsv, save_nifti, write_tsv
@@ -163,3 +164,6 @@ class Strip(Stage):
                                           config.keep_going, files)
         write_tsv(list(rows.values()), out / "masks.tsv")
         write_failures(read_failures(harmonized) + failures, out)
+        write_derivative_description(out, f"synthseg-pipeline brains ({self.stripper})",
+                                     f"strip: {self.stripper} brain mask, normalized and cropped brain",
+                                     Parameters=config.strip.model_dump(mode="json"))
