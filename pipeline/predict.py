@@ -1,10 +1,14 @@
 """``python -m pipeline predict``: segment new images with a trained model.
 
-A NIfTI head goes through the model's own preprocessing (harmonize, strip with the
-model's stripper, crop), its axial slice at the reference level (``pipeline.slices``, as in
-training and evaluation) or every axial slice is predicted,
-and the labels are written on the input's grid (same shape and affine). A PNG slice is
-predicted as it is and written as a label PNG.
+A head (.nii, .nii.gz, .mgz, .mgh) goes through the model's own preprocessing (harmonize, strip
+with the model's stripper, crop); its axial slice at the reference level (``pipeline.slices``, as
+in training and evaluation) or every axial slice is predicted, and the labels are written on the
+input's grid (same shape and affine). A PNG slice is predicted as it is and written as a label PNG.
+
+The output folder is a BIDS derivative: ``<entities>_dseg.nii.gz`` per head (``sub-01_T1w.mgz``
+gives ``sub-01_dseg.nii.gz``; a non-BIDS name keeps its stem), ``dseg.tsv``,
+``dataset_description.json`` (the pipeline's version, the model and its training record),
+``tissue_volumes.tsv`` (mL over the predicted slices) and an overlay PNG per head.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -22,20 +27,26 @@ import numpy as np
 from PIL import Image
 
 from pipeline import nnunet
+from pipeline.bids import write_derivative_description
 from pipeline.config import HarmonizeConfig, StripConfig, TrainConfig
 from pipeline.devices import torch_device
-from pipeline.io import InputError, load_nifti, load_png, save_nifti, save_png
+from pipeline.io import InputError, atomic_path, load_nifti, load_png, save_nifti, save_png, write_tsv
+from pipeline.labels import LABEL_NAMES, TISSUES, coloured
 from pipeline.slices import center_pad, level_index, reference_level_mm, to_uint8, uncenter
 from pipeline.stages.export import DATASET_ID
 
 log = logging.getLogger("pipeline")
 
 
+HEAD_SUFFIXES = (".nii.gz", ".nii", ".mgz", ".mgh")
+BIDS_NAME = re.compile(r"^(sub-[A-Za-z0-9]+(?:_[a-z]+-[A-Za-z0-9]+)*)_[A-Za-z0-9]+$")  # entities, then a suffix
+
+
 def inputs_of(path: Path) -> list[Path]:
     if path.is_dir():
-        found = sorted([*path.glob("*.nii.gz"), *path.glob("*.nii"), *path.glob("*.png")])
+        found = sorted(p for p in path.iterdir() if p.name.endswith((*HEAD_SUFFIXES, ".png")))
         if not found:
-            raise InputError(f"{path}: no .nii, .nii.gz or .png files to predict")
+            raise InputError(f"{path}: no .nii, .nii.gz, .mgz, .mgh or .png files to predict")
         return found
     if not path.is_file():
         raise InputError(f"{path}: no such file or folder")
@@ -43,7 +54,16 @@ def inputs_of(path: Path) -> list[Path]:
 
 
 def stem(path: Path) -> str:
-    return path.name.removesuffix(".gz").removesuffix(".nii").removesuffix(".png")
+    for suffix in (*HEAD_SUFFIXES, ".png"):
+        if path.name.endswith(suffix):
+            return path.name.removesuffix(suffix)
+    return path.name
+
+
+def case_name(path: Path) -> str:
+    """The output's name: a BIDS name's entities (``sub-01_ses-2_T1w.mgz`` -> ``sub-01_ses-2``), else its stem."""
+    match = BIDS_NAME.match(stem(path))
+    return match.group(1) if match else stem(path)
 
 
 @dataclass(frozen=True, eq=False)
@@ -108,6 +128,7 @@ def predict_heads(heads: list[Path], model_dir: Path, model: dict, output: Path,
             save_png(center_pad(to_uint8(data[:, :, k], head.mask[:, :, k]), model["size"]), slice_png)
         prepared[path] = (head, list(ks))
     run(work / "images", work / "predictions")
+    volumes = []
     for path, (head, ks) in prepared.items():
         brain, original = head.brain, head.original
         labels = np.zeros(brain.shape, np.uint8)
@@ -116,8 +137,36 @@ def predict_heads(heads: list[Path], model_dir: Path, model: dict, output: Path,
             labels[:, :, k] = uncenter(canvas, brain.shape[:2])
         plane = None if all_slices else ks[0]
         on_input = labels_on_grid(labels, brain.affine, plane, original.shape[:3], original.affine)
-        save_nifti(on_input, original.affine, output / f"{stem(path)}_dseg.nii.gz")
-        log.info("predict: %s -> %s", path, output / f"{stem(path)}_dseg.nii.gz")
+        target = output / f"{case_name(path)}_dseg.nii.gz"
+        save_nifti(on_input, original.affine, target)
+        k = level_index(brain, head.level_mm)
+        save_overlay(head.brain.get_fdata(dtype=np.float32)[:, :, k], labels[:, :, k],
+                     output / f"{case_name(path)}_dseg.png")
+        volumes.append({"case": case_name(path), "source": str(path), "slices": len(ks), **tissue_ml(labels, brain)})
+        log.info("predict: %s -> %s", path, target)
+    write_tsv(volumes, output / "tissue_volumes.tsv")
+
+
+def tissue_ml(labels: np.ndarray, grid: nib.Nifti1Image) -> dict[str, float]:
+    """mL of each tissue over the predicted slices."""
+    voxel_ml = float(abs(np.linalg.det(grid.affine[:3, :3]))) / 1000.0
+    return {f"{name}_ml": round(float((labels == tissue).sum()) * voxel_ml, 2) for tissue, name in TISSUES.items()}
+
+
+def save_overlay(image: np.ndarray, labels: np.ndarray, path: Path) -> None:
+    """The reference-level slice with its tissues over it, anterior up."""
+    grey = np.repeat(to_uint8(image, image > 0)[..., None], 3, axis=2).astype(np.float32)
+    blended = np.where(labels[..., None] > 0, 0.55 * grey + 0.45 * coloured(labels), grey)
+    with atomic_path(path, suffix=".png") as tmp:
+        Image.fromarray(np.rot90(blended).astype(np.uint8)).save(tmp, format="PNG")
+
+
+def write_description(output: Path, model_dir: Path, model: dict) -> None:
+    """``output`` as a BIDS derivative: its label table and where the labels came from."""
+    write_tsv([{"index": index, "name": name} for index, name in LABEL_NAMES.items()], output / "dseg.tsv")
+    write_derivative_description(output, "synthseg-pipeline predictions",
+                                 f"predict: nnU-Net 2D model {model['segmenter']}-{model['stripper']}",
+                                 Model=str(model_dir.resolve()), TrainingRecord=model)
 
 
 def predict_pngs(slices: list[Path], output: Path, work: Path, run) -> None:
@@ -155,3 +204,4 @@ def predict(model_dir: Path, input_path: Path, output: Path, all_slices: bool = 
             predict_heads(heads, model_dir, model, output, work, all_slices, run)
         if slices:
             predict_pngs(slices, output, work, run)
+    write_description(output, model_dir, model)

@@ -83,16 +83,30 @@ def test_predict_on_a_real_head_returns_labels_on_the_input_grid(project: Path, 
 
     split = dict(row.split("\t")[0::2] for row in (project / "data/raw/participants.tsv").read_text().splitlines()[1:])
     test_subject = next(subject for subject, kind in split.items() if kind == "test")
-    head = ds000011 / test_subject / "anat" / f"{test_subject}_T1w.nii.gz"
-    _run(["python", "-m", "pipeline", "predict", "--model", "models/hmrf-deepbet", "--input", str(head),
-          "--output", str(tmp_path)], project)
-    labels, original = nib.load(tmp_path / f"{test_subject}_T1w_dseg.nii.gz"), nib.load(head)
+    real = nib.load(ds000011 / test_subject / "anat" / f"{test_subject}_T1w.nii.gz")
+    head = tmp_path / "in" / f"{test_subject}_T1w.mgz"  # a FreeSurfer volume, as researchers have them
+    head.parent.mkdir()
+    nib.save(nib.MGHImage(np.asarray(real.dataobj).astype(np.float32), real.affine), head)
+    out = tmp_path / "out"
+    _run(["python", "-m", "pipeline", "predict", "--model", "models/hmrf-deepbet", "--input", str(head.parent),
+          "--output", str(out)], project)
+    labels, original = nib.load(out / f"{test_subject}_dseg.nii.gz"), nib.load(head)  # BIDS: entities + _dseg
     assert labels.shape == original.shape and np.allclose(labels.affine, original.affine)
     data = np.asarray(labels.dataobj)
     assert set(np.unique(data)) <= {0, 1, 2, 3}
     labelled_planes = np.nonzero(data.reshape(-1, data.shape[2]).any(axis=0))[0]
-    assert len(labelled_planes) == 1  # the central axial slice only
+    assert len(labelled_planes) == 1  # the reference level only
     assert (data > 0).sum() > 1000  # a brain-sized slice, not a few voxels
+    description = json.loads((out / "dataset_description.json").read_text())
+    assert description["DatasetType"] == "derivative"
+    assert description["GeneratedBy"][0]["TrainingRecord"]["segmenter"] == "hmrf"
+    assert (out / "dseg.tsv").read_text().splitlines()[1:] == ["0\tbackground", "1\tGM", "2\tWM", "3\tCSF"]
+    volumes = (out / "tissue_volumes.tsv").read_text().splitlines()
+    assert volumes[0].split("\t")[:6] == ["case", "source", "slices", "GM_ml", "WM_ml", "CSF_ml"]
+    row = dict(zip(volumes[0].split("\t"), volumes[1].split("\t"), strict=True))
+    assert row["case"] == test_subject and row["slices"] == "1"
+    assert 1.0 < float(row["GM_ml"]) + float(row["WM_ml"]) + float(row["CSF_ml"]) < 25.0  # one 1 mm axial slice
+    assert (out / f"{test_subject}_dseg.png").is_file()
 
 
 def test_predict_on_png_slices_writes_label_pngs(project: Path, tmp_path: Path):

@@ -43,3 +43,14 @@ def test_bench_overrides_name_a_wrong_key(tmp_path, capsys):
     (tmp_path / "params.yaml").write_text("seed: 1\n")
     assert main(["bench", "train", "--study", str(tmp_path), "-S", "nosuch.key=1"]) == 2
     assert "params.yaml has no section 'nosuch'" in capsys.readouterr().err
+
+
+def test_outputs_are_named_by_the_inputs_bids_entities():
+    from pathlib import Path
+
+    from pipeline.predict import case_name
+
+    assert case_name(Path("sub-01_T1w.mgz")) == "sub-01"
+    assert case_name(Path("/x/sub-01_ses-2_run-1_T1w.nii.gz")) == "sub-01_ses-2_run-1"
+    assert case_name(Path("head scan.nii")) == "head scan"
+    assert case_name(Path("brain.mgh")) == "brain"

@@ -20,7 +20,7 @@ import numpy as np
 from pipeline.compare import Difference, Scores, paired_difference
 from pipeline.config import Config, load_config
 from pipeline.io import load_png, read_tsv, write_csv, write_text
-from pipeline.labels import TISSUES
+from pipeline.labels import TISSUES, coloured
 from pipeline.stages.base import Gathered, Stage
 from pipeline.stages.evaluate import REFERENCE_SLICE, Evaluate
 
@@ -35,7 +35,6 @@ KIND_NOTES = {
     "real": "each segmenter's own labels of the real test slice: compares strippers for one segmenter",
     "synthetic": "the labels the synthetic test images were generated from",
 }
-COLOURS = np.array([[0, 0, 0], [230, 159, 0], [86, 180, 233], [0, 158, 115]], dtype=np.uint8)  # bg, GM, WM, CSF
 
 
 class Evaluations(Gathered):
@@ -109,10 +108,6 @@ def curves(combos: list[str], metrics_dir: Path, path: Path, fold: int | str) ->
     plt.close(fig)
 
 
-def colour(labels: np.ndarray) -> np.ndarray:
-    return COLOURS[np.clip(labels, 0, 3)]
-
-
 def examples(combo: str, evaluation: Path, path: Path) -> bool:
     """Real slices: image | segmenter's labels | your reference (when given) | prediction, a row per subject."""
     real, external = evaluation / combo / "real", evaluation / combo / "external"
@@ -124,11 +119,11 @@ def examples(combo: str, evaluation: Path, path: Path) -> bool:
     fig, axes = plt.subplots(len(references), columns, figsize=(2.7 * columns, 2.8 * len(references)), squeeze=False)
     for row, reference in zip(axes, references, strict=True):
         panels = [(load_png(real / "images" / f"{reference.stem}_0000.png"), "T1 (real)"),
-                  (colour(load_png(reference)), "segmenter's labels")]
+                  (coloured(load_png(reference)), "segmenter's labels")]
         if columns == 4:
             yours = external / reference.name
-            panels.append((colour(load_png(yours)) if yours.is_file() else np.zeros((8, 8)), "your reference"))
-        panels.append((colour(load_png(real / "predictions" / reference.name)), "prediction"))
+            panels.append((coloured(load_png(yours)) if yours.is_file() else np.zeros((8, 8)), "your reference"))
+        panels.append((coloured(load_png(real / "predictions" / reference.name)), "prediction"))
         for ax, (panel, title) in zip(row, panels, strict=True):
             ax.imshow(np.rot90(panel), cmap="gray")
             ax.set_title(f"{reference.stem}: {title}", fontsize=8)
