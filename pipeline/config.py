@@ -38,8 +38,9 @@ def _unique(methods: list[str]) -> list[str]:
 
 # --- acquire -----------------------------------------------------------------
 class AcquireConfig(Strict):
-    source: Literal["sample", "bids", "openneuro"] = "sample"
+    source: Literal["sample", "bids", "folder", "openneuro"] = "sample"
     bids_root: str | None = None  # for source=bids
+    folder: str | None = None  # for source=folder: a plain folder of heads, one subject per file
     dataset: str = "ds002330"  # for source=openneuro
     # empty: every subject found. BIDS labels are letters and digits: no path separators, no "..".
     subjects: list[Annotated[str, Field(pattern=r"^[A-Za-z0-9]+$")]] = []

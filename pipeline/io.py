@@ -19,6 +19,14 @@ import nibabel as nib
 import numpy as np
 from PIL import Image
 
+HEAD_SUFFIXES = (".nii.gz", ".nii", ".mgz", ".mgh")  # what a head may be stored as (NIfTI, FreeSurfer)
+
+
+def image_stem(path: Path) -> str:
+    """A file's name without its image suffix (``head.nii.gz`` -> ``head``)."""
+    name = Path(path).name
+    return next((name.removesuffix(suffix) for suffix in (*HEAD_SUFFIXES, ".png") if name.endswith(suffix)), name)
+
 
 class InputError(ValueError):
     """An input file is unusable; the message names the subject and the file."""
@@ -81,7 +89,8 @@ def resumable_dir(final: Path, fingerprint: str) -> Iterator[Path]:
 
 
 def load_nifti(path: Path, subject: str = "?") -> nib.Nifti1Image:
-    """Load a 3D NIfTI image fully, with a clear error for anything unusable."""
+    """Load a 3D image (NIfTI, or a FreeSurfer .mgz/.mgh) fully as NIfTI, with a clear error for anything
+    unusable."""
     path = Path(path)
     where = f"subject {subject}, file {path}"
     if not path.is_file():
@@ -106,7 +115,8 @@ def load_nifti(path: Path, subject: str = "?") -> nib.Nifti1Image:
         raise InputError(f"{where}: implausible voxel size {tuple(float(z) for z in zooms)} mm")
     if float(np.ptp(data)) == 0.0:
         raise InputError(f"{where}: image is constant")
-    return nib.Nifti1Image(np.asarray(data), image.affine, image.header)
+    header = image.header if isinstance(image, nib.Nifti1Image) else None  # an MGH header does not carry over
+    return nib.Nifti1Image(np.asarray(data), image.affine, header)
 
 
 def save_nifti(array: np.ndarray, affine: np.ndarray, path: Path, dtype: type | None = None) -> None:

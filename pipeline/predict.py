@@ -30,7 +30,17 @@ from pipeline import nnunet
 from pipeline.bids import write_derivative_description
 from pipeline.config import HarmonizeConfig, StripConfig, TrainConfig
 from pipeline.devices import torch_device
-from pipeline.io import InputError, atomic_path, load_nifti, load_png, save_nifti, save_png, write_tsv
+from pipeline.io import (
+    HEAD_SUFFIXES,
+    InputError,
+    atomic_path,
+    image_stem,
+    load_nifti,
+    load_png,
+    save_nifti,
+    save_png,
+    write_tsv,
+)
 from pipeline.labels import LABEL_NAMES, TISSUES, coloured
 from pipeline.slices import center_pad, level_index, reference_level_mm, to_uint8, uncenter
 from pipeline.stages.export import DATASET_ID
@@ -38,7 +48,6 @@ from pipeline.stages.export import DATASET_ID
 log = logging.getLogger("pipeline")
 
 
-HEAD_SUFFIXES = (".nii.gz", ".nii", ".mgz", ".mgh")
 BIDS_NAME = re.compile(r"^(sub-[A-Za-z0-9]+(?:_[a-z]+-[A-Za-z0-9]+)*)_[A-Za-z0-9]+$")  # entities, then a suffix
 
 
@@ -53,17 +62,10 @@ def inputs_of(path: Path) -> list[Path]:
     return [path]
 
 
-def stem(path: Path) -> str:
-    for suffix in (*HEAD_SUFFIXES, ".png"):
-        if path.name.endswith(suffix):
-            return path.name.removesuffix(suffix)
-    return path.name
-
-
 def case_name(path: Path) -> str:
     """The output's name: a BIDS name's entities (``sub-01_ses-2_T1w.mgz`` -> ``sub-01_ses-2``), else its stem."""
-    match = BIDS_NAME.match(stem(path))
-    return match.group(1) if match else stem(path)
+    match = BIDS_NAME.match(image_stem(path))
+    return match.group(1) if match else image_stem(path)
 
 
 @dataclass(frozen=True, eq=False)
@@ -81,10 +83,10 @@ def preprocess_head(path: Path, model: dict, work: Path) -> PreparedHead:
     from pipeline.stages.harmonize import harmonize_builtin, harmonize_synthsr
     from pipeline.stages.strip import brain_mask, crop_to_brain
 
-    original = load_nifti(path, stem(path))
+    original = load_nifti(path, image_stem(path))
     harmonize = HarmonizeConfig.model_validate(model["harmonize"])
     if harmonize.method == "synthsr":
-        target = work / "synthsr" / f"{stem(path)}.nii.gz"
+        target = work / "synthsr" / f"{image_stem(path)}.nii.gz"
         harmonized, _ = harmonize_synthsr(path, target, harmonize, threads=len(os.sched_getaffinity(0)))
     else:
         harmonized, _ = harmonize_builtin(original, harmonize)
@@ -124,7 +126,7 @@ def predict_heads(heads: list[Path], model_dir: Path, model: dict, output: Path,
         data = head.brain.get_fdata(dtype=np.float32)
         ks = range(data.shape[2]) if all_slices else [level_index(head.brain, head.level_mm)]
         for k in ks:
-            slice_png = work / "images" / f"{stem(path)}-{k:04d}_0000.png"
+            slice_png = work / "images" / f"{image_stem(path)}-{k:04d}_0000.png"
             save_png(center_pad(to_uint8(data[:, :, k], head.mask[:, :, k]), model["size"]), slice_png)
         prepared[path] = (head, list(ks))
     run(work / "images", work / "predictions")
@@ -133,7 +135,7 @@ def predict_heads(heads: list[Path], model_dir: Path, model: dict, output: Path,
         brain, original = head.brain, head.original
         labels = np.zeros(brain.shape, np.uint8)
         for k in ks:
-            canvas = load_png(work / "predictions" / f"{stem(path)}-{k:04d}.png")
+            canvas = load_png(work / "predictions" / f"{image_stem(path)}-{k:04d}.png")
             labels[:, :, k] = uncenter(canvas, brain.shape[:2])
         plane = None if all_slices else ks[0]
         on_input = labels_on_grid(labels, brain.affine, plane, original.shape[:3], original.affine)
@@ -172,11 +174,11 @@ def write_description(output: Path, model_dir: Path, model: dict) -> None:
 def predict_pngs(slices: list[Path], output: Path, work: Path, run) -> None:
     for path in slices:
         with Image.open(path) as image:
-            save_png(np.asarray(image.convert("L")), work / "slices" / f"{stem(path)}_0000.png")
+            save_png(np.asarray(image.convert("L")), work / "slices" / f"{image_stem(path)}_0000.png")
     run(work / "slices", work / "slice-predictions")
     for path in slices:
-        shutil.copyfile(work / "slice-predictions" / f"{stem(path)}.png", output / f"{stem(path)}.png")
-        log.info("predict: %s -> %s", path, output / f"{stem(path)}.png")
+        shutil.copyfile(work / "slice-predictions" / f"{image_stem(path)}.png", output / f"{image_stem(path)}.png")
+        log.info("predict: %s -> %s", path, output / f"{image_stem(path)}.png")
 
 
 def predict(model_dir: Path, input_path: Path, output: Path, all_slices: bool = False, device: str = "auto",

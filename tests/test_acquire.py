@@ -104,3 +104,40 @@ def test_participants_table_round_trips(tmp_path: Path):
     write_tsv([{"participant_id": "sub-01", "split": "train"}], tmp_path / "p.tsv")
     assert read_tsv(tmp_path / "p.tsv") == [{"participant_id": "sub-01", "split": "train"}]
 
+
+
+def resave_as_mgz(source: Path, target: Path) -> nib.MGHImage:
+    real = nib.load(source)
+    image = nib.MGHImage(np.asarray(real.dataobj).astype(np.float32), real.affine)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    nib.save(image, target)
+    return image
+
+
+def test_a_folder_of_heads_is_a_subject_per_file_with_sanitised_labels(ds000011: Path, tmp_path: Path):
+    heads = tmp_path / "heads"
+    heads.mkdir()
+    (heads / "patient_01.nii.gz").symlink_to(ds000011 / "sub-01/anat/sub-01_T1w.nii.gz")
+    resave_as_mgz(ds000011 / "sub-02/anat/sub-02_T1w.nii.gz", heads / "patient-02.mgz")
+    (heads / "notes.txt").write_text("not a head")
+    scans = gather(AcquireConfig(source="folder", folder=str(heads)), tmp_path / "download")
+    assert [(s.subject, s.path.name) for s in scans] == [("patient01", "patient_01.nii.gz"),
+                                                        ("patient02", "patient-02.mgz")]
+    row = write_scan(scans[1], tmp_path / "raw")  # the FreeSurfer volume becomes BIDS NIfTI, same voxels
+    copied = nib.load(tmp_path / "raw/sub-patient02/anat/sub-patient02_T1w.nii.gz")
+    original = nib.load(heads / "patient-02.mgz")
+    assert row["source"] == str(heads / "patient-02.mgz")
+    assert np.allclose(copied.affine, original.affine) and np.array_equal(copied.get_fdata(), original.get_fdata())
+    (heads / "patient 01.nii").write_bytes(b"")
+    with pytest.raises(InputError, match="would both be subject patient01"):
+        gather(AcquireConfig(source="folder", folder=str(heads)), tmp_path / "download")
+
+
+def test_bids_reader_takes_mgz_and_names_the_run_it_uses(ds000011: Path, tmp_path: Path, caplog):
+    anat = tmp_path / "bids" / "sub-01" / "anat"
+    resave_as_mgz(ds000011 / "sub-01/anat/sub-01_T1w.nii.gz", anat / "sub-01_run-2_T1w.mgz")
+    resave_as_mgz(ds000011 / "sub-01/anat/sub-01_T1w.nii.gz", anat / "sub-01_run-1_T1w.mgz")
+    with caplog.at_level("WARNING", logger="pipeline"):
+        scans = bids_scans(tmp_path / "bids", [])
+    assert [s.path.name for s in scans] == ["sub-01_run-1_T1w.mgz"]
+    assert "subject 01 has 2 T1w images (sub-01_run-1_T1w.mgz, sub-01_run-2_T1w.mgz): using sub-01_run-1" in caplog.text

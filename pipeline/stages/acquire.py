@@ -19,7 +19,7 @@ import nibabel as nib
 import numpy as np
 
 from pipeline.config import AcquireConfig, Config
-from pipeline.io import InputError, load_nifti, write_json, write_tsv
+from pipeline.io import HEAD_SUFFIXES, InputError, image_stem, load_nifti, write_json, write_tsv
 from pipeline.stages.base import Stage
 from pipeline.subjects import failure_row, write_failures
 
@@ -71,8 +71,14 @@ def sample_scans() -> list[SourceScan]:
     return scans
 
 
+def t1w_images(anat: Path) -> list[Path]:
+    """The T1w images of a BIDS ``anat`` folder, NIfTI or FreeSurfer volumes, in name order (run-1 first)."""
+    return sorted(path for path in anat.glob("*_T1w.*") if path.name.endswith(HEAD_SUFFIXES))
+
+
 def bids_scans(root: Path, subjects: list[str]) -> list[SourceScan]:
-    """The first ``sub-*/anat/*_T1w.nii[.gz]`` of each subject in a local BIDS root."""
+    """One ``sub-*/anat/*_T1w`` image per subject of a local BIDS root (.nii, .nii.gz, .mgz, .mgh). With
+    several runs, the first in name order (the lowest run number) is used, and the choice is logged."""
     if not root.is_dir():
         raise InputError(f"bids: root folder {root} does not exist")
     scans = []
@@ -80,10 +86,13 @@ def bids_scans(root: Path, subjects: list[str]) -> list[SourceScan]:
         label = subject_dir.name.removeprefix("sub-")
         if subjects and label not in subjects:
             continue
-        t1s = sorted(subject_dir.glob("anat/*_T1w.nii.gz")) + sorted(subject_dir.glob("anat/*_T1w.nii"))
+        t1s = t1w_images(subject_dir / "anat")
         if not t1s:
-            log.warning("bids: subject %s has no anat/*_T1w.nii[.gz]; skipped", label)
+            log.warning("bids: subject %s has no anat/*_T1w image (.nii, .nii.gz, .mgz, .mgh); skipped", label)
             continue
+        if len(t1s) > 1:
+            log.warning("bids: subject %s has %d T1w images (%s): using %s, the first in name order", label,
+                        len(t1s), ", ".join(path.name for path in t1s), t1s[0].name)
         scans.append(SourceScan(label, t1s[0], f"BIDS {root}"))
     missing = sorted(set(subjects) - {scan.subject for scan in scans})
     if missing:
@@ -91,6 +100,28 @@ def bids_scans(root: Path, subjects: list[str]) -> list[SourceScan]:
     if not scans:
         raise InputError(f"bids: no sub-*/anat/*_T1w.nii[.gz] under {root}")
     return scans
+
+
+def folder_scans(folder: Path, subjects: list[str]) -> list[SourceScan]:
+    """Every head in a plain folder (.nii, .nii.gz, .mgz, .mgh), a subject each, labelled by its file name's
+    letters and digits (``head_01.nii.gz`` -> ``head01``); two files with one label are an error."""
+    if not folder.is_dir():
+        raise InputError(f"folder: {folder} does not exist")
+    scans: dict[str, SourceScan] = {}
+    for path in sorted(p for p in folder.iterdir() if p.name.endswith(HEAD_SUFFIXES)):
+        label = re.sub(r"[^A-Za-z0-9]", "", image_stem(path))
+        if not label:
+            raise InputError(f"folder: {path} has no letters or digits to name its subject")
+        if label in scans:
+            raise InputError(f"folder: {scans[label].path.name} and {path.name} would both be subject {label}")
+        scans[label] = SourceScan(label, path, f"folder {folder}")
+    chosen = [scans[label] for label in sorted(scans) if not subjects or label in subjects]
+    missing = sorted(set(subjects) - set(scans))
+    if missing:
+        raise InputError(f"folder: subjects not found in {folder}: {', '.join(missing)}")
+    if not chosen:
+        raise InputError(f"folder: no .nii, .nii.gz, .mgz or .mgh head in {folder}")
+    return chosen
 
 
 def openneuro_scans(dataset: str, subjects: list[str], download_dir: Path) -> list[SourceScan]:
@@ -132,6 +163,10 @@ def gather(config: AcquireConfig, download_dir: Path) -> list[SourceScan]:
         if not config.bids_root:
             raise InputError("acquire.bids_root must name a BIDS folder when acquire.source is 'bids'")
         return bids_scans(Path(config.bids_root).expanduser(), config.subjects)
+    if config.source == "folder":
+        if not config.folder:
+            raise InputError("acquire.folder must name a folder of heads when acquire.source is 'folder'")
+        return folder_scans(Path(config.folder).expanduser(), config.subjects)
     return openneuro_scans(config.dataset, config.subjects, download_dir)
 
 
