@@ -116,3 +116,54 @@ def test_disk_full_while_writing_leaves_no_file(tmp_path: Path, monkeypatch):
     with pytest.raises(OSError, match="No space left"):
         save_nifti(head(), np.eye(4), target)
     assert list(tmp_path.iterdir()) == []  # neither the file nor its temporary twin
+
+
+def resaved(original: nib.Nifti1Image, orientation: str, dtype: type, step_z: int = 1) -> nib.Nifti1Image:
+    """A real head as another scanner might store it: reoriented (e.g. LIA, LPS), another type, thicker slices."""
+    canonical = nib.as_closest_canonical(original)
+    data = canonical.get_fdata(dtype=np.float32)[:, :, ::step_z]
+    affine = canonical.affine @ np.diag([1.0, 1.0, step_z, 1.0])
+    transform = nib.orientations.ornt_transform(nib.orientations.axcodes2ornt("RAS"),
+                                                nib.orientations.axcodes2ornt(tuple(orientation)))
+    data = nib.orientations.apply_orientation(data, transform)
+    affine = affine @ nib.orientations.inv_ornt_aff(transform, canonical.shape[:2] + (data.shape[2],))
+    scale = np.iinfo(dtype).max / data.max()
+    return nib.Nifti1Image(np.round(data * scale).astype(dtype), affine)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("orientation", "dtype", "step_z", "suffix", "thick"),
+                         [("LIA", np.uint8, 1, ".mgz", False), ("LPS", np.uint16, 3, ".nii.gz", True)],
+                         ids=["uint8-LIA-mgz", "uint16-LPS-3mm-slices"])
+def test_clinical_scans_are_harmonized_to_the_same_anatomy(ds000011: Path, tmp_path: Path, orientation, dtype,
+                                                           step_z, suffix, thick):
+    """Resaved real heads (another orientation, integer type, FreeSurfer format, 4 mm axial slices) come out
+    RAS at 1 mm with the same reference level as the original, and thick slices carry a QC flag."""
+    from pipeline.config import HarmonizeConfig
+    from pipeline.slices import reference_level_mm
+    from pipeline.stages.harmonize import acquisition_qc, harmonize_builtin
+
+    original = nib.load(ds000011 / "sub-01" / "anat" / "sub-01_T1w.nii.gz")
+    clinical = resaved(original, orientation, dtype, step_z)
+    path = tmp_path / f"sub-01_T1w{suffix}"
+    nib.save(nib.MGHImage(clinical.get_fdata(dtype=np.float32), clinical.affine) if suffix == ".mgz" else clinical,
+             path)
+    head = load_nifti(path, "01")
+    assert nib.aff2axcodes(head.affine) == tuple(orientation)
+    qc = acquisition_qc(head, "01", path)
+    assert bool(qc["QCFlags"]) == thick and (not thick or "resampled to 1 mm" in qc["QCFlags"][0])
+    harmonized, _ = harmonize_builtin(head, HarmonizeConfig())
+    reference, _ = harmonize_builtin(load_nifti(ds000011 / "sub-01" / "anat" / "sub-01_T1w.nii.gz"),
+                                     HarmonizeConfig())
+    assert nib.aff2axcodes(harmonized.affine) == ("R", "A", "S")
+    assert np.allclose(harmonized.header.get_zooms()[:3], 1.0)
+    assert abs(reference_level_mm(harmonized) - reference_level_mm(reference)) < 4.0
+
+
+def test_a_field_of_view_too_small_for_a_brain_is_refused_naming_the_file(ds000011: Path, tmp_path: Path):
+    from pipeline.stages.harmonize import acquisition_qc
+
+    original = nib.load(ds000011 / "sub-01" / "anat" / "sub-01_T1w.nii.gz")
+    slab = nib.Nifti1Image(np.asarray(original.dataobj)[:, :, 80:140], original.affine)  # 60 x 1.33 mm = 80 mm
+    with pytest.raises(InputError, match=r"subject 01, file .*slab.nii.gz: field of view .* too small"):
+        acquisition_qc(slab, "01", tmp_path / "slab.nii.gz")

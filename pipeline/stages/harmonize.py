@@ -86,13 +86,35 @@ def harmonize_synthsr(source: Path, target: Path, config: HarmonizeConfig,
     return nib.Nifti1Image(data, image.affine), {"Method": "synthsr", "Steps": steps}
 
 
+THICK_SLICE_MM = 3.0  # a voxel this long in one axis: a clinical scan, resampled but flagged
+MIN_FIELD_OF_VIEW_MM = 100.0  # less than this in any axis cannot hold a brain
+
+
+def acquisition_qc(image: nib.Nifti1Image, subject: str, source: Path) -> dict:
+    """The source's voxel size, a flag for thick slices, and a refusal when the field of view is too small."""
+    zooms = np.array(image.header.get_zooms()[:3], dtype=float)
+    extent = zooms * np.array(image.shape[:3])
+    if extent.min() < MIN_FIELD_OF_VIEW_MM:
+        raise InputError(f"subject {subject}, file {source}: field of view {np.round(extent).tolist()} mm is too "
+                         f"small for a brain (at least {MIN_FIELD_OF_VIEW_MM:g} mm in every axis)")
+    flags = []
+    if zooms.max() >= THICK_SLICE_MM:
+        flags.append(f"voxels of {zooms.max():.1f} mm: resampled to 1 mm, thin structures are lost "
+                     "(harmonize.method: synthsr recovers them, if FreeSurfer is installed)")
+        log.warning("harmonize sub-%s: %s", subject, flags[-1])
+    return {"SourceVoxelMM": np.round(zooms, 3).tolist(), "QCFlags": flags}
+
+
 def harmonize_subject(subject: str, threads: int, raw: Path, out: Path, config: HarmonizeConfig) -> None:
     source = subject_file(raw, subject, "T1w")
     target = subject_file(out, subject, "desc-harmonized_T1w")
+    head = load_nifti(source, subject)
+    qc = acquisition_qc(head, subject, source)
     if config.method == "synthsr":
         image, record = harmonize_synthsr(source, target, config, threads)
     else:
-        image, record = harmonize_builtin(load_nifti(source, subject), config)
+        image, record = harmonize_builtin(head, config)
+    record |= qc
     try:
         level = reference_level_mm(image)
     except ValueError as error:
