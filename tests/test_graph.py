@@ -1,5 +1,6 @@
 import subprocess
 import sys
+from pathlib import Path
 
 import yaml
 
@@ -38,3 +39,32 @@ def test_every_stage_deps_are_upstream_outs():
     assert stages["segment"]["matrix"] == {"segmenter": "${segment.methods}", "stripper": "${strip.methods}"}
     assert "strip.${item.stripper}" in stages["strip"]["params"]
     assert stages["evaluate"]["metrics"] == [{"metrics/${item.segmenter}-${item.stripper}.json": {"cache": False}}]
+
+
+LOADED = """
+import sys, {module}
+print("\\n".join(sorted(m.__file__ for n, m in sys.modules.items()
+                        if n.split(".")[0] == "pipeline" and getattr(m, "__file__", None))))
+"""
+
+
+def test_every_module_a_stage_imports_is_in_its_deps():
+    """What importing each stage's module really loads (asked of a fresh interpreter, not of graph.py) is
+    among the stage's code deps in dvc.yaml, package __init__ files included: editing any of it re-runs it."""
+    stages = yaml.safe_load((PROJECT_ROOT / "dvc.yaml").read_text())["stages"]
+    for stage in STAGES:
+        result = subprocess.run([sys.executable, "-c", LOADED.format(module=stage.__module__)], cwd=PROJECT_ROOT,
+                                capture_output=True, text=True, check=True)
+        loaded = {str(Path(path).resolve().relative_to(PROJECT_ROOT)) for path in result.stdout.split()}
+        assert f"pipeline/stages/{stage.name}.py" in loaded and "pipeline/stages/__init__.py" in loaded
+        missing = loaded - set(stages[stage.name]["deps"])
+        assert not missing, (stage.name, sorted(missing))
+
+
+def test_a_stage_depends_only_on_the_tools_it_can_run():
+    stages = yaml.safe_load(dvc_yaml())["stages"]
+    assert "pipeline/tools/hdbet.py" not in stages["harmonize"]["deps"]  # tools/__init__.py loads no tool
+    assert "pipeline/tools/freesurfer.py" in stages["harmonize"]["deps"]  # SynthSR
+    assert "pipeline/references.py" not in stages["train"]["deps"] + stages["synthesize"]["deps"]
+    assert "pipeline/references.py" in stages["evaluate"]["deps"]
+    assert "pipeline/nnunet_trainers" in stages["train"]["deps"]  # loaded by nnU-Net, not imported

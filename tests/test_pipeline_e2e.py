@@ -53,6 +53,20 @@ def test_dvc_status_is_clean_and_second_repro_runs_nothing(project: Path):
     assert "Running stage" not in second
 
 
+def test_editing_a_module_only_evaluate_runs_makes_evaluate_stale_and_nothing_upstream(project: Path):
+    module = project / "pipeline" / "references.py"
+    original = module.read_text()
+    module.write_text(original + "\n# an edit\n")
+    try:
+        status = _run(["dvc", "status", "--json"], project)
+    finally:
+        module.write_text(original)
+    stale = set(json.loads(status.strip().splitlines()[-1]))
+    assert "evaluate@hmrf-deepbet" in stale
+    assert stale <= {"evaluate@hmrf-deepbet", "report"}, stale  # downstream of evaluate only
+    assert "up to date" in _run(["dvc", "status"], project)
+
+
 def test_acquired_subjects_follow_the_split(project: Path):
     rows = (project / "data" / "raw" / "participants.tsv").read_text().splitlines()[1:]
     splits = sorted(row.split("\t")[-1] for row in rows)

@@ -31,7 +31,7 @@ from pipeline.stages.segment import save_overlay, tissue_labels
 from pipeline.stages.segment_qc import agreement, decide, failures, measures, read_decisions
 from pipeline.stages.strip import brain_mask, crop_to_brain
 from pipeline.stages.synthesize import Synthesize
-from pipeline.tools import SEGMENTERS
+from pipeline.tools.registry import SEGMENTERS
 from pipeline.tools.segmentation import SegmentJob, tool_image
 
 from .conftest import PROJECT_ROOT

@@ -24,8 +24,9 @@ from pipeline.io import load_nifti, load_png, read_tsv, save_nifti, write_tsv
 from pipeline.stages.harmonize import harmonize_builtin, normalize_percentiles
 from pipeline.stages.strip import Strip, brain_mask, crop_to_brain, mask_figures, qc_verdict, save_mask_png
 from pipeline.stages.strip_qc import StripQc, dice_world, reference_mask
-from pipeline.tools import STRIPPERS, hdbet
+from pipeline.tools import hdbet
 from pipeline.tools.base import Tool
+from pipeline.tools.registry import STRIPPERS
 from pipeline.tools.stripping import PackagedTool, Stripper, always
 
 REAL = ("hdbet", "deepbet", "robex")

@@ -22,7 +22,7 @@ from pipeline.stages.acquire import Acquire, read_participants, subject_file
 from pipeline.stages.base import ComboStage, Stage
 from pipeline.stages.strip import Strip
 from pipeline.subjects import for_each_subject, not_failed, read_failures, write_failures
-from pipeline.tools import SEGMENTERS
+from pipeline.tools.registry import SEGMENTERS
 from pipeline.tools.segmentation import SegmentJob, tool_image
 
 log = logging.getLogger("pipeline")

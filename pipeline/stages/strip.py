@@ -27,7 +27,7 @@ from pipeline.stages.acquire import Acquire, read_participants, subject_file
 from pipeline.stages.base import Stage
 from pipeline.stages.harmonize import Harmonize, normalize_percentiles
 from pipeline.subjects import for_each_subject, not_failed, read_failures, write_failures
-from pipeline.tools import STRIPPERS
+from pipeline.tools.registry import STRIPPERS
 
 log = logging.getLogger("pipeline")
 

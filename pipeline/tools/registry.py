@@ -1,0 +1,45 @@
+"""Registries of the methods each stage can use, each backed by one Tool."""
+
+from __future__ import annotations
+
+from pipeline.config import StripConfig
+from pipeline.tools import (
+    deepbet,
+    fast,
+    fastsurfer,
+    freesurfer,
+    hdbet,
+    hmrf,
+    robex,
+    samseg,
+    synthseg,
+    synthstrip,
+)
+from pipeline.tools.base import Tool
+from pipeline.tools.segmentation import Segmenter
+from pipeline.tools.stripping import Stripper
+
+HARMONIZERS: dict[str, Tool | None] = {"builtin": None, "synthsr": freesurfer.SYNTHSR}
+STRIPPERS: dict[str, Stripper] = {
+    "deepbet": deepbet.STRIPPER,
+    "hdbet": hdbet.STRIPPER,
+    "robex": robex.STRIPPER,
+    "synthstrip": synthstrip.STRIPPER,
+}
+SEGMENTERS: dict[str, Segmenter] = {
+    "hmrf": hmrf.SEGMENTER,
+    "samseg": samseg.SEGMENTER,
+    "fast": fast.SEGMENTER,
+    "synthseg": synthseg.SEGMENTER,
+    "fastsurfer": fastsurfer.SEGMENTER,
+}
+
+
+def all_tools(strip: StripConfig | None = None) -> dict[str, dict[str, Tool | None]]:
+    """Every method's tool; ``strip`` picks the tools that depend on the configuration (SynthStrip's)."""
+    segment = {method: segmenter.tool for method, segmenter in SEGMENTERS.items()}
+    strippers = {method: stripper.tool_for(strip or StripConfig()) for method, stripper in STRIPPERS.items()}
+    from pipeline.synth.lab2im_engine import TOOL as LAB2IM  # here: pipeline.synth imports pipeline.tools.base
+
+    synthesize: dict[str, Tool | None] = {"builtin": None, "lab2im": LAB2IM}
+    return {"harmonize": HARMONIZERS, "strip": strippers, "segment": segment, "synthesize": synthesize}
