@@ -26,7 +26,7 @@ def label_maps() -> Path:
     return LABEL_MAPS
 
 
-COPIED = ["pipeline", "dvc.yaml", "params.yaml", "luigi.cfg", ".dvcignore"]
+COPIED = ["pipeline", "dvc.yaml", "params.yaml", "luigi.cfg", ".dvcignore", "requirements.lock"]
 
 
 def copy_project(destination: Path) -> Path:

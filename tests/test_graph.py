@@ -29,7 +29,7 @@ def test_every_stage_deps_are_upstream_outs():
     assert list(stages) == [stage.name for stage in STAGES]
     produced: set[str] = set()
     for name, stage in stages.items():
-        data_deps = [dep for dep in stage["deps"] if not dep.startswith("pipeline/")]
+        data_deps = [dep for dep in stage["deps"] if not dep.startswith("pipeline/") and dep != "requirements.lock"]
         for dep in data_deps:
             # a stage output, or a folder holding some (what gathering stages depend on)
             assert dep in produced or any(out.startswith(dep + "/") for out in produced), f"{name}: {dep}"
@@ -68,3 +68,13 @@ def test_a_stage_depends_only_on_the_tools_it_can_run():
     assert "pipeline/references.py" not in stages["train"]["deps"] + stages["synthesize"]["deps"]
     assert "pipeline/references.py" in stages["evaluate"]["deps"]
     assert "pipeline/nnunet_trainers" in stages["train"]["deps"]  # loaded by nnU-Net, not imported
+
+
+def test_the_stages_that_hang_on_package_versions_depend_on_the_lock_file():
+    stages = yaml.safe_load(dvc_yaml())["stages"]
+    sensitive = {name for name, stage in stages.items() if "requirements.lock" in stage["deps"]}
+    assert sensitive == {"harmonize", "strip", "segment", "synthesize", "train", "evaluate"}
+    pinned = [line for line in (PROJECT_ROOT / "requirements.lock").read_text().splitlines()
+              if line and not line.startswith("#")]
+    assert "torch==2.14.1" in pinned and "torchvision==0.29.1" in pinned
+    assert all("==" in line for line in pinned)  # exact versions, nothing floating

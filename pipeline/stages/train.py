@@ -16,7 +16,7 @@ from pipeline import nnunet
 from pipeline.config import Config
 from pipeline.devices import torch_device
 from pipeline.io import write_csv, write_json
-from pipeline.stages.base import ComboStage, Stage
+from pipeline.stages.base import ComboStage, Stage, package_versions
 from pipeline.stages.export import DATASET_ID, DATASET_NAME, Export
 
 log = logging.getLogger("pipeline")
@@ -81,6 +81,7 @@ class Train(ComboStage):
                 "harmonize": config.harmonize.model_dump(mode="json"),
                 "strip": config.strip.model_dump(mode="json"),
                 "size": config.synth.size,
+                "versions": package_versions(),
             },
             out / "training.json",
         )
