@@ -114,11 +114,12 @@ def benchmark(study: Path, combo: str, overrides: list[str], eval_every: int) ->
     device = torch_device(config.train.device)
     with tempfile.TemporaryDirectory(prefix="bench-train-") as tmp:
         work = Path(tmp)
-        env = nnunet.environment(raw, work / "preprocessed", work / "results", config.train, config.seed,
-                                 config.workers)
+        env = nnunet.environment(raw, work / "preprocessed", work / "results", config.workers,
+                                 config.train.deterministic)
         nnunet.plan_and_preprocess(DATASET_ID, env, config.workers)
+        seed = config.train.training_seed(config.seed) if config.train.deterministic else None
         plan = nnunet.adapt_plans(work / "preprocessed" / DATASET_NAME / "nnUNetPlans.json",
-                                  config.train.active_profile())
+                                  config.train.active_profile(), seed)
         os.environ.update(env | ({"nnUNet_n_proc_DA": "0"} if config.train.deterministic else {}))
         torch.set_num_threads(config.workers)
         with open(work / "nnunet.log", "w") as log, contextlib.redirect_stdout(log):

@@ -21,10 +21,10 @@ def trainer_name(config: TrainConfig) -> str:
     return TRAINERS[config.augmentation]
 
 
-def environment(raw: Path, preprocessed: Path, results: Path, config: TrainConfig, seed: int,
-                threads: int) -> dict[str, str]:
-    """nnU-Net's folders, our trainer and schedule, its seed (``train.seed``, else the study's ``seed``), and
-    the core budget (``threads``; torch reads it at start)."""
+def environment(raw: Path, preprocessed: Path, results: Path, threads: int, deterministic: bool = True
+                ) -> dict[str, str]:
+    """nnU-Net's folders, our trainers, and the core budget (``threads``; torch reads it at start). The
+    schedule and seed travel in the plans (``adapt_plans``), so a model folder holds all it was trained with."""
     env = dict(os.environ)
     env |= {name: str(threads) for name in THREAD_VARIABLES}
     env |= {
@@ -33,15 +33,7 @@ def environment(raw: Path, preprocessed: Path, results: Path, config: TrainConfi
         "nnUNet_results": str(results.resolve()),
         "nnUNet_extTrainer": str(TRAINER_DIR),
     }
-    profile = config.active_profile()
-    env |= {
-        "PIPELINE_EPOCHS": str(profile.epochs),
-        "PIPELINE_ITERATIONS": str(profile.iterations_per_epoch),
-        "PIPELINE_VAL_ITERATIONS": str(profile.val_iterations_per_epoch),
-    }
-    if config.deterministic:
-        env["PIPELINE_SEED"] = str(config.training_seed(seed))
-    else:
+    if not deterministic:
         env["nnUNet_n_proc_DA"] = str(threads)  # augmentation workers beside the training process
     return env
 
@@ -57,14 +49,17 @@ def plan_and_preprocess(dataset_id: int, env: dict[str, str], processes: int) ->
                 progress=re.compile(r"^\d+:|Fingerprint|Preprocessing|plans"))
 
 
-def adapt_plans(plans_file: Path, profile: TrainProfile) -> dict:
-    """Apply a profile's batch size and network width to nnU-Net's 2D plan.
+def adapt_plans(plans_file: Path, profile: TrainProfile, seed: int | None) -> dict:
+    """Apply a profile to nnU-Net's 2D plan: its batch size and network width, and its schedule and training
+    seed (``pipeline``, read by ``pipeline/nnunet_trainers``; None: an unseeded run).
 
     Done between planning and training, so the plans copied beside the model (and used
-    at prediction) describe the network that was really trained.
+    at prediction) describe the network that was really trained, and how.
     """
     plans = json.loads(plans_file.read_text())
     configuration = plans["configurations"]["2d"]
+    configuration["pipeline"] = {"epochs": profile.epochs, "iterations_per_epoch": profile.iterations_per_epoch,
+                                 "val_iterations_per_epoch": profile.val_iterations_per_epoch, "seed": seed}
     if profile.batch_size:
         configuration["batch_size"] = profile.batch_size
     if profile.base_features:

@@ -195,7 +195,7 @@ def predict(model_dir: Path, input_path: Path, output: Path, all_slices: bool = 
     fold = model["fold"] if fold is None else fold
     with tempfile.TemporaryDirectory(prefix="predict-") as tmp:
         work = Path(tmp)
-        env = nnunet.environment(work, work, model_dir, train, model["seed"], len(os.sched_getaffinity(0)))
+        env = nnunet.environment(work, work, model_dir, len(os.sched_getaffinity(0)))
 
         def run(images: Path, predictions: Path) -> None:
             nnunet.predict(images, predictions, DATASET_ID, str(fold), device, env, tta=tta, trainer=model["trainer"])

@@ -63,14 +63,8 @@ def test_combos_cover_every_pair():
     assert config.combos() == [("hmrf", "deepbet")]
 
 
-def test_the_training_seed_defaults_to_the_study_seed_and_can_be_varied_alone(tmp_path: Path):
-    from pipeline import nnunet
-
-    def seed_of(**train) -> str:
-        config = parse_config({"seed": 42, "train": train})
-        return nnunet.environment(tmp_path, tmp_path, tmp_path, config.train, config.seed, 2)["PIPELINE_SEED"]
-
-    assert seed_of() == "42"
-    assert seed_of(seed=7) == "7"
-    assert "PIPELINE_SEED" not in nnunet.environment(tmp_path, tmp_path, tmp_path,
-                                                     parse_config({"train": {"deterministic": False}}).train, 42, 2)
+def test_the_training_seed_defaults_to_the_study_seed_and_can_be_varied_alone():
+    config = parse_config({"seed": 42})
+    assert config.train.training_seed(config.seed) == 42
+    config = parse_config({"seed": 42, "train": {"seed": 7}})
+    assert config.train.training_seed(config.seed) == 7

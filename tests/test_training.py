@@ -4,6 +4,7 @@ Dice, and the same predictions scored against a wrong reference get a low one.""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import luigi
@@ -70,7 +71,11 @@ def test_a_trivially_learnable_task_scores_high_and_a_wrong_reference_low(tmp_pa
 
     config = load_config()
     raw, models = Path("data/nnunet_raw/hmrf-deepbet"), Path("models/hmrf-deepbet")
-    env = nnunet.environment(raw, tmp_path / "preprocessed", models, config.train, config.seed, 2)
+    # nnU-Net copies the plans into the model folder: the schedule and the seed travel with the model
+    plans = json.loads(next(models.glob(f"{DATASET_NAME}/*/plans.json")).read_text())
+    assert plans["configurations"]["2d"]["pipeline"] == {**{k: profile[k] for k in (
+        "epochs", "iterations_per_epoch", "val_iterations_per_epoch")}, "seed": 42}
+    env = nnunet.environment(raw, tmp_path / "preprocessed", models, 2)
     nnunet.predict(raw / DATASET_NAME / "imagesTs", tmp_path / "predictions", DATASET_ID, "all", "cpu", env,
                    tta=False, trainer=nnunet.trainer_name(config.train))
     right = summarize(score_folder(raw / DATASET_NAME / "labelsTs", tmp_path / "predictions", "test"))
@@ -81,3 +86,4 @@ def test_a_trivially_learnable_task_scores_high_and_a_wrong_reference_low(tmp_pa
     assert right["GM"] > 0.7 and right["WM"] > 0.7 and right["CSF"] > 0.5, right
     assert wrong["GM"] < 0.3 and wrong["WM"] < 0.3, wrong  # the metric fails a wrong reference
     assert wrong["mean"] < right["mean"] - 0.4
+

@@ -1,8 +1,9 @@
 """nnU-Net trainers with the schedule of a ``train.profiles`` entry.
 
 nnU-Net finds them through the ``nnUNet_extTrainer`` environment variable, which
-``pipeline.nnunet`` sets to this folder; the profile arrives through
-``PIPELINE_*`` environment variables so nnU-Net's own command lines stay unchanged.
+``pipeline.nnunet`` sets to this folder. The profile's schedule and the training seed are in the
+plans (``configurations.2d.pipeline``, written by ``pipeline.nnunet.adapt_plans``), which nnU-Net copies
+into the model folder: the folder records how it was trained, and nnU-Net's own command lines work on it.
 
 - ``nnUNetTrainerPipeline``: nnU-Net's own data augmentation.
 - ``nnUNetTrainerPipelineSynthAug`` (``train.augmentation: synthesis``): none beyond cropping the patch.
@@ -11,8 +12,6 @@ nnU-Net finds them through the ``nnUNet_extTrainer`` environment variable, which
   batch costs more than the network's forward and backward pass at these sizes. Mirroring is left-right
   only (as the synthesis flips), also at test time: a brain seen upside down is not a brain.
 """
-
-import os
 
 import numpy as np
 import torch
@@ -31,16 +30,15 @@ LEFT_RIGHT = (0,)  # axis 0 of a slice: rows, left -> right (pipeline.slices)
 class nnUNetTrainerPipeline(nnUNetTrainer):  # noqa: N801 - nnU-Net looks trainers up by this name
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):  # noqa: B008 - nnU-Net's signature
-        seed = os.environ.get("PIPELINE_SEED")
-        if seed is not None:  # deterministic runs: same weights, same sampling
-            torch.manual_seed(int(seed))
-            np.random.seed(int(seed))
+        schedule = plans["configurations"][configuration].get("pipeline", {})
+        if schedule.get("seed") is not None:  # deterministic runs: same weights, same sampling
+            torch.manual_seed(int(schedule["seed"]))
+            np.random.seed(int(schedule["seed"]))
         super().__init__(plans, configuration, fold, dataset_json, device)
-        self.num_epochs = int(os.environ.get("PIPELINE_EPOCHS", self.num_epochs))
-        self.num_iterations_per_epoch = int(os.environ.get("PIPELINE_ITERATIONS", self.num_iterations_per_epoch))
-        self.num_val_iterations_per_epoch = int(
-            os.environ.get("PIPELINE_VAL_ITERATIONS", self.num_val_iterations_per_epoch)
-        )
+        self.num_epochs = schedule.get("epochs", self.num_epochs)
+        self.num_iterations_per_epoch = schedule.get("iterations_per_epoch", self.num_iterations_per_epoch)
+        self.num_val_iterations_per_epoch = schedule.get("val_iterations_per_epoch",
+                                                         self.num_val_iterations_per_epoch)
         self.save_every = max(1, min(self.save_every, self.num_epochs // 2 or 1))
 
     def perform_actual_validation(self, save_probabilities: bool = False) -> None:

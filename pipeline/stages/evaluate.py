@@ -148,7 +148,7 @@ class Evaluate(ComboStage):
         models, raw, acquired, stripped, segmented, harmonized = (self.input_dir(i) for i in range(6))
         dataset = raw / DATASET_NAME
         device = torch_device(config.train.device)
-        env = nnunet.environment(raw, out / "preprocessed", models, config.train, config.seed, config.workers)
+        env = nnunet.environment(raw, out / "preprocessed", models, config.workers)
 
         def predict(images: Path, predictions: Path) -> None:
             nnunet.predict(images, predictions, DATASET_ID, str(config.train.fold), device, env,

@@ -51,12 +51,13 @@ class Train(ComboStage):
     def build(self, out: Path, config: Config) -> None:
         device = torch_device(config.train.device)
         preprocessed = out / "preprocessed"
-        env = nnunet.environment(self.input_dir(), preprocessed, out, config.train, config.seed, config.workers)
+        env = nnunet.environment(self.input_dir(), preprocessed, out, config.workers, config.train.deterministic)
         start = time.monotonic()
         log.info("train %s-%s: planning and preprocessing", self.segmenter, self.stripper)
         nnunet.plan_and_preprocess(DATASET_ID, env, config.workers)
         profile = config.train.active_profile()
-        plan = nnunet.adapt_plans(preprocessed / DATASET_NAME / "nnUNetPlans.json", profile)
+        seed = config.train.training_seed(config.seed) if config.train.deterministic else None
+        plan = nnunet.adapt_plans(preprocessed / DATASET_NAME / "nnUNetPlans.json", profile, seed)
         log.info("train %s-%s: batch %d, patch %s, features %s", self.segmenter, self.stripper, plan["batch_size"],
                  plan["patch_size"], plan["architecture"]["arch_kwargs"]["features_per_stage"])
         log.info("train %s-%s: profile %s (%d epochs x %d iterations) on %s", self.segmenter, self.stripper,
