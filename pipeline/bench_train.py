@@ -28,7 +28,7 @@ from pipeline.config import Config, apply_overrides, parse_config
 from pipeline.devices import torch_device
 from pipeline.metrics import summarize
 from pipeline.stages.evaluate import score_subjects
-from pipeline.stages.export import DATASET_ID, DATASET_NAME
+from pipeline.stages.export import nnunet_dataset
 
 
 def study_config(study: Path, overrides: list[str]) -> Config:
@@ -36,13 +36,13 @@ def study_config(study: Path, overrides: list[str]) -> Config:
     return parse_config(params, f"{study / 'params.yaml'} with {overrides}")
 
 
-def make_trainer(config: Config, device: str):
+def make_trainer(config: Config, dataset_id: int, device: str):
     """The configured trainer (``pipeline/nnunet_trainers``, found as nnUNetv2_train finds it) on the planned
     dataset; nnU-Net's folders come from the environment."""
     import torch
     from nnunetv2.run.run_training import get_trainer_from_args
 
-    return get_trainer_from_args(str(DATASET_ID), "2d", config.train.fold, nnunet.trainer_name(config.train),
+    return get_trainer_from_args(str(dataset_id), "2d", config.train.fold, nnunet.trainer_name(config.train),
                                  device=torch.device(device))
 
 
@@ -116,14 +116,15 @@ def benchmark(study: Path, combo: str, overrides: list[str], eval_every: int) ->
         work = Path(tmp)
         env = nnunet.environment(raw, work / "preprocessed", work / "results", config.workers,
                                  config.train.deterministic)
-        nnunet.plan_and_preprocess(DATASET_ID, env, config.workers)
+        dataset = nnunet_dataset(*combo.split("-"))
+        nnunet.plan_and_preprocess(dataset.id, env, config.workers)
         seed = config.train.training_seed(config.seed) if config.train.deterministic else None
-        plan = nnunet.adapt_plans(work / "preprocessed" / DATASET_NAME / "nnUNetPlans.json",
+        plan = nnunet.adapt_plans(work / "preprocessed" / dataset.name / "nnUNetPlans.json",
                                   config.train.active_profile(), seed)
         os.environ.update(env | ({"nnUNet_n_proc_DA": "0"} if config.train.deterministic else {}))
         torch.set_num_threads(config.workers)
         with open(work / "nnunet.log", "w") as log, contextlib.redirect_stdout(log):
-            trainer = make_trainer(config, device)
+            trainer = make_trainer(config, dataset.id, device)
             timings, curve = train_timed(trainer, real, work, eval_every)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return {

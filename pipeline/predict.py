@@ -43,7 +43,6 @@ from pipeline.io import (
 )
 from pipeline.labels import LABEL_NAMES, TISSUES, coloured
 from pipeline.slices import center_pad, level_index, reference_level_mm, to_uint8, uncenter
-from pipeline.stages.export import DATASET_ID
 
 log = logging.getLogger("pipeline")
 
@@ -198,7 +197,8 @@ def predict(model_dir: Path, input_path: Path, output: Path, all_slices: bool = 
         env = nnunet.environment(work, work, model_dir, len(os.sched_getaffinity(0)))
 
         def run(images: Path, predictions: Path) -> None:
-            nnunet.predict(images, predictions, DATASET_ID, str(fold), device, env, tta=tta, trainer=model["trainer"])
+            nnunet.predict(images, predictions, model.get("dataset_id", 1), str(fold), device, env, tta=tta,
+                           trainer=model["trainer"])
 
         heads = [f for f in files if f.suffix != ".png"]
         slices = [f for f in files if f.suffix == ".png"]

@@ -68,3 +68,15 @@ def test_the_training_seed_defaults_to_the_study_seed_and_can_be_varied_alone():
     assert config.train.training_seed(config.seed) == 42
     config = parse_config({"seed": 42, "train": {"seed": 7}})
     assert config.train.training_seed(config.seed) == 7
+
+
+def test_every_combo_has_its_own_nnunet_dataset_id_and_name():
+    from typing import get_args
+
+    from pipeline.config import SegmentMethod, StripMethod
+    from pipeline.stages.export import nnunet_dataset
+
+    datasets = [nnunet_dataset(seg, strip) for seg in get_args(SegmentMethod) for strip in get_args(StripMethod)]
+    assert len({d.id for d in datasets}) == len({d.name for d in datasets}) == len(datasets) == 20
+    assert all(100 <= d.id <= 999 and d.name.startswith(f"Dataset{d.id}_") for d in datasets)  # nnU-Net: 3 digits
+    assert nnunet_dataset("samseg", "hdbet").name == "Dataset111_samseg_hdbet"

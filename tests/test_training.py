@@ -20,7 +20,7 @@ from pipeline.labels import GM, WM, remap
 from pipeline.metrics import summarize
 from pipeline.slices import center_pad
 from pipeline.stages.evaluate import score_folder
-from pipeline.stages.export import DATASET_ID, DATASET_NAME
+from pipeline.stages.export import nnunet_dataset
 from pipeline.stages.train import Train
 
 pytestmark = pytest.mark.slow
@@ -71,15 +71,17 @@ def test_a_trivially_learnable_task_scores_high_and_a_wrong_reference_low(tmp_pa
 
     config = load_config()
     raw, models = Path("data/nnunet_raw/hmrf-deepbet"), Path("models/hmrf-deepbet")
+    dataset = nnunet_dataset("hmrf", "deepbet")
+    assert (dataset.id, dataset.name) == (100, "Dataset100_hmrf_deepbet")
     # nnU-Net copies the plans into the model folder: the schedule and the seed travel with the model
-    plans = json.loads(next(models.glob(f"{DATASET_NAME}/*/plans.json")).read_text())
+    plans = json.loads(next(models.glob(f"{dataset.name}/*/plans.json")).read_text())
     assert plans["configurations"]["2d"]["pipeline"] == {**{k: profile[k] for k in (
         "epochs", "iterations_per_epoch", "val_iterations_per_epoch")}, "seed": 42}
     env = nnunet.environment(raw, tmp_path / "preprocessed", models, 2)
-    nnunet.predict(raw / DATASET_NAME / "imagesTs", tmp_path / "predictions", DATASET_ID, "all", "cpu", env,
+    nnunet.predict(raw / dataset.name / "imagesTs", tmp_path / "predictions", dataset.id, "all", "cpu", env,
                    tta=False, trainer=nnunet.trainer_name(config.train))
-    right = summarize(score_folder(raw / DATASET_NAME / "labelsTs", tmp_path / "predictions", "test"))
-    swap_grey_and_white(raw / DATASET_NAME / "labelsTs", tmp_path / "wrong")
+    right = summarize(score_folder(raw / dataset.name / "labelsTs", tmp_path / "predictions", "test"))
+    swap_grey_and_white(raw / dataset.name / "labelsTs", tmp_path / "wrong")
     wrong = summarize(score_folder(tmp_path / "wrong", tmp_path / "predictions", "test"))
 
     assert right["mean"] > 0.8, right

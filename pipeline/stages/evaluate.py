@@ -32,7 +32,7 @@ from pipeline.references import on_grid, reference_file, reference_tissues
 from pipeline.slices import center_pad, level_index, to_uint8
 from pipeline.stages.acquire import Acquire, read_participants, subject_file
 from pipeline.stages.base import ComboStage, Stage
-from pipeline.stages.export import DATASET_ID, DATASET_NAME, Export
+from pipeline.stages.export import Export, nnunet_dataset
 from pipeline.stages.harmonize import Harmonize, reference_level
 from pipeline.stages.segment import Segment
 from pipeline.stages.strip import Strip
@@ -146,12 +146,13 @@ class Evaluate(ComboStage):
 
     def build(self, out: Path, config: Config) -> None:
         models, raw, acquired, stripped, segmented, harmonized = (self.input_dir(i) for i in range(6))
-        dataset = raw / DATASET_NAME
+        nnunet_set = nnunet_dataset(self.segmenter, self.stripper)
+        dataset = raw / nnunet_set.name
         device = torch_device(config.train.device)
         env = nnunet.environment(raw, out / "preprocessed", models, config.workers)
 
         def predict(images: Path, predictions: Path) -> None:
-            nnunet.predict(images, predictions, DATASET_ID, str(config.train.fold), device, env,
+            nnunet.predict(images, predictions, nnunet_set.id, str(config.train.fold), device, env,
                            config.train.predict_tta, nnunet.trainer_name(config.train))
 
         log.info("evaluate %s-%s: synthetic test slices", self.segmenter, self.stripper)

@@ -1,17 +1,19 @@
 """Stage 6 — export: a synthetic set in nnU-Net v2's raw format (2D PNG).
 
-``data/nnunet_raw/<combo>/Dataset001_Synthetic/``: imagesTr/CASE_0000.png, labelsTr/CASE.png,
-imagesTs/, labelsTs/ and dataset.json. Each combo has its own nnUNet_raw root, so
-every dataset can keep the id 1.
+``data/nnunet_raw/<combo>/Dataset1SK_<segmenter>_<stripper>/``: imagesTr/CASE_0000.png, labelsTr/CASE.png,
+imagesTs/, labelsTs/ and dataset.json. Each combo has its own dataset ID and name (``nnunet_dataset``), so
+its model folder says which strategy it is wherever it goes.
 """
 
 from __future__ import annotations
 
 import logging
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
+from typing import get_args
 
-from pipeline.config import Config
+from pipeline.config import Config, SegmentMethod, StripMethod
 from pipeline.io import write_json
 from pipeline.labels import LABEL_NAMES
 from pipeline.stages.base import ComboStage, Stage
@@ -19,8 +21,18 @@ from pipeline.stages.synthesize import Synthesize
 
 log = logging.getLogger("pipeline")
 
-DATASET_ID = 1
-DATASET_NAME = f"Dataset{DATASET_ID:03d}_Synthetic"
+@dataclass(frozen=True)
+class NnunetDataset:
+    """A combo's nnU-Net dataset: its own ID and name, stable across studies (``Dataset1SK_<seg>_<strip>``: S
+    and K the methods' places in ``config.SegmentMethod`` and ``config.StripMethod``)."""
+
+    id: int
+    name: str
+
+
+def nnunet_dataset(segmenter: str, stripper: str) -> NnunetDataset:
+    dataset_id = 100 + 10 * get_args(SegmentMethod).index(segmenter) + get_args(StripMethod).index(stripper)
+    return NnunetDataset(dataset_id, f"Dataset{dataset_id:03d}_{segmenter}_{stripper}")
 
 
 def export_split(source: Path, images_dir: Path, labels_dir: Path) -> int:
@@ -42,7 +54,7 @@ class Export(ComboStage):
 
     def build(self, out: Path, config: Config) -> None:
         synthetic = self.input_dir()
-        dataset = out / DATASET_NAME
+        dataset = out / nnunet_dataset(self.segmenter, self.stripper).name
         n_train = export_split(synthetic / "train", dataset / "imagesTr", dataset / "labelsTr")
         n_test = export_split(synthetic / "test", dataset / "imagesTs", dataset / "labelsTs")
         write_json(

@@ -17,16 +17,16 @@ from pipeline.config import Config
 from pipeline.devices import torch_device
 from pipeline.io import write_csv, write_json
 from pipeline.stages.base import ComboStage, Stage, package_versions
-from pipeline.stages.export import DATASET_ID, DATASET_NAME, Export
+from pipeline.stages.export import Export, nnunet_dataset
 
 log = logging.getLogger("pipeline")
 
 
-def training_curve(results: Path) -> list[dict]:
+def training_curve(results: Path, dataset: str) -> list[dict]:
     """Per-epoch losses and nnU-Net's pseudo Dice, read from the final checkpoint's log."""
     import torch
 
-    checkpoint = next(results.glob(f"{DATASET_NAME}/*/fold_*/checkpoint_final.pth"))
+    checkpoint = next(results.glob(f"{dataset}/*/fold_*/checkpoint_final.pth"))
     history = torch.load(checkpoint, map_location="cpu", weights_only=False)["logging"]
     return [
         {"epoch": epoch, "train_loss": train, "val_loss": val, "pseudo_dice": dice,
@@ -54,18 +54,19 @@ class Train(ComboStage):
         env = nnunet.environment(self.input_dir(), preprocessed, out, config.workers, config.train.deterministic)
         start = time.monotonic()
         log.info("train %s-%s: planning and preprocessing", self.segmenter, self.stripper)
-        nnunet.plan_and_preprocess(DATASET_ID, env, config.workers)
+        dataset = nnunet_dataset(self.segmenter, self.stripper)
+        nnunet.plan_and_preprocess(dataset.id, env, config.workers)
         profile = config.train.active_profile()
         seed = config.train.training_seed(config.seed) if config.train.deterministic else None
-        plan = nnunet.adapt_plans(preprocessed / DATASET_NAME / "nnUNetPlans.json", profile, seed)
+        plan = nnunet.adapt_plans(preprocessed / dataset.name / "nnUNetPlans.json", profile, seed)
         log.info("train %s-%s: batch %d, patch %s, features %s", self.segmenter, self.stripper, plan["batch_size"],
                  plan["patch_size"], plan["architecture"]["arch_kwargs"]["features_per_stage"])
         log.info("train %s-%s: profile %s (%d epochs x %d iterations) on %s", self.segmenter, self.stripper,
                  config.train.profile, profile.epochs, profile.iterations_per_epoch, device)
-        nnunet.train(DATASET_ID, str(config.train.fold), device, env, config.train.deterministic,
+        nnunet.train(dataset.id, str(config.train.fold), device, env, config.train.deterministic,
                      nnunet.trainer_name(config.train))
         shutil.rmtree(preprocessed)  # an intermediate: the plans travel with the model
-        write_csv(training_curve(out), self.plots_path())
+        write_csv(training_curve(out, dataset.name), self.plots_path())
         write_json(
             {
                 "profile": config.train.profile,
@@ -76,6 +77,7 @@ class Train(ComboStage):
                 "seed": config.train.training_seed(config.seed),
                 "wall_s": round(time.monotonic() - start, 1),
                 "trainer": nnunet.trainer_name(config.train),
+                "dataset_id": dataset.id,
                 # what `python -m pipeline predict` must do to a new head before this model sees it
                 "segmenter": self.segmenter,
                 "stripper": self.stripper,
