@@ -102,8 +102,8 @@ def cmd_bench_real(args: argparse.Namespace) -> int:
     from pipeline.bench_real import benchmark
 
     workdir = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="bench-real-"))
-    result = benchmark(Path(args.bids_root), Path(args.reference), args.subjects, args.test_fraction, workdir,
-                       args.set)
+    reference = Path(args.reference) if args.reference else None
+    result = benchmark(Path(args.bids_root), reference, args.subjects, args.test_fraction, workdir, args.set)
     print(json.dumps(result, indent=2))
     return 0
 
@@ -155,7 +155,7 @@ def parser() -> argparse.ArgumentParser:
     train.set_defaults(func=cmd_bench_train)
     real = bench.add_parser("real", help="a study on real scans scored against reference labels")
     real.add_argument("--bids-root", required=True, help="a BIDS folder of real T1w scans")
-    real.add_argument("--reference", required=True, help="a BIDS derivative of their reference labels")
+    real.add_argument("--reference", help="a BIDS derivative of their reference labels (without: dice.real only)")
     real.add_argument("--subjects", nargs="*", default=[], help="subject labels (default: every subject)")
     real.add_argument("--test-fraction", type=float, default=0.4, help="share of subjects held out")
     real.add_argument("--workdir", help="the study's folder, reused between runs (default: a new temporary one)")

@@ -5,7 +5,8 @@ reference labels made by people. It runs the study (``dvc repro``) in a work fol
 project's code and ``params.yaml`` with the data settings (and any ``-S key=value``) applied, and prints,
 per strategy, Dice against the reference (``dice.external``), the teacher's own Dice there (the segmenter's
 labels of the same slices against the same reference: what the model can reach at best), the gap between
-the two, and the wall time. A second run in the same ``--workdir`` re-runs only what changed (DVC), so an
+the two, and the wall time. Without ``--reference`` it reports ``dice.real`` (against the segmenter's labels)
+and ``dice.synthetic`` only. A second run in the same ``--workdir`` re-runs only what changed (DVC), so an
 ablation of a ``synth.*`` option costs synthesis, training and evaluation only.
 
     python -m pipeline bench real --bids-root ../shared/data/oasis-manual \\
@@ -33,13 +34,13 @@ COPIED = ("pipeline", "dvc.yaml", "params.yaml", "luigi.cfg", ".dvcignore", "req
 KINDS = ("external", "teacher", "real", "synthetic")
 
 
-def study_params(bids_root: Path, reference: Path, subjects: list[str], test_fraction: float,
+def study_params(bids_root: Path, reference: Path | None, subjects: list[str], test_fraction: float,
                  overrides: list[str]) -> dict:
     """This project's params.yaml with the data settings, then ``overrides``, applied; validated."""
     params = yaml.safe_load((PROJECT_ROOT / "params.yaml").read_text())
     params["acquire"] |= {"source": "bids", "bids_root": str(bids_root.resolve()), "subjects": subjects,
                           "test_fraction": test_fraction}
-    params["evaluate"]["reference_labels"] = str(reference.resolve())
+    params["evaluate"]["reference_labels"] = str(reference.resolve()) if reference else None
     params = apply_overrides(params, overrides)
     parse_config(params, "bench real parameters")  # a wrong key or value stops here, named
     return params
@@ -87,7 +88,7 @@ def summary(metrics: dict) -> dict:
     return row | {key: metrics[key] for key in ("n_external", "n_real", "n_train", "train_wall_s") if key in metrics}
 
 
-def benchmark(bids_root: Path, reference: Path, subjects: list[str], test_fraction: float, workdir: Path,
+def benchmark(bids_root: Path, reference: Path | None, subjects: list[str], test_fraction: float, workdir: Path,
               overrides: list[str]) -> dict:
     params = study_params(bids_root, reference, subjects, test_fraction, overrides)
     prepare(workdir, params)
@@ -99,5 +100,5 @@ def benchmark(bids_root: Path, reference: Path, subjects: list[str], test_fracti
     strategies = {path.stem: summary(json.loads(path.read_text()))
                   for path in sorted((workdir / "metrics").glob("*.json"))
                   if "n_real" in json.loads(path.read_text())}
-    return {"bids_root": str(bids_root), "reference": str(reference), "test_fraction": test_fraction,
+    return {"bids_root": str(bids_root), "reference": reference and str(reference), "test_fraction": test_fraction,
             "overrides": overrides, "workdir": str(workdir), "wall_s": round(wall, 1), "strategies": strategies}
