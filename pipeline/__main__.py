@@ -50,7 +50,7 @@ def cmd_dvc_yaml(args: argparse.Namespace) -> int:
 
 def cmd_doctor(args: argparse.Namespace) -> int:
     from pipeline.config import PARAMS_FILE, Config, ConfigError, load_config
-    from pipeline.tools.registry import all_tools
+    from pipeline.tools.registry import all_tools, missing_tools
 
     try:  # params.yaml decides some tools (e.g. SynthStrip with a model file)
         config = load_config() if PARAMS_FILE.is_file() else Config()
@@ -65,6 +65,11 @@ def cmd_doctor(args: argparse.Namespace) -> int:
                 availability = tool.check()
                 state, detail = ("available" if availability.available else "missing"), availability.detail
             print(f"{stage:<10} {method:<12} {state:<10} {detail}")
+    if args.configured:
+        missing = missing_tools(config)
+        for line in missing:
+            print(f"error: params.yaml needs {line}", file=sys.stderr)
+        return 1 if missing else 0
     return 0
 
 
@@ -126,6 +131,8 @@ def parser() -> argparse.ArgumentParser:
     dvc.add_argument("--check", action="store_true", help="exit 1 when dvc.yaml is out of date")
     dvc.set_defaults(func=cmd_dvc_yaml)
     doctor = commands.add_parser("doctor", help="list every method and whether its tool is available")
+    doctor.add_argument("--configured", action="store_true",
+                        help="exit 1, naming each, when a method params.yaml asks for is missing")
     doctor.set_defaults(func=cmd_doctor)
     predict = commands.add_parser("predict", help="segment a NIfTI head, a PNG slice or a folder with a model")
     predict.add_argument("--model", required=True, help="a trained model folder, models/<segmenter>-<stripper>")

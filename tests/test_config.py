@@ -80,3 +80,27 @@ def test_every_combo_has_its_own_nnunet_dataset_id_and_name():
     assert len({d.id for d in datasets}) == len({d.name for d in datasets}) == len(datasets) == 20
     assert all(100 <= d.id <= 999 and d.name.startswith(f"Dataset{d.id}_") for d in datasets)  # nnU-Net: 3 digits
     assert nnunet_dataset("samseg", "hdbet").name == "Dataset111_samseg_hdbet"
+
+
+def test_the_original_study_preset_is_valid_and_doctor_names_every_missing_tool_first(tmp_path: Path, monkeypatch,
+                                                                                       capsys):
+    import shutil
+
+    from pipeline.__main__ import main
+
+    preset = PROJECT_ROOT / "presets" / "original-study.yaml"
+    config = load_config(preset)
+    assert config.acquire.dataset == "ds002330" and config.harmonize.method == "synthsr"
+    assert config.combos() == [(seg, strip) for seg in ("fastsurfer", "fast", "samseg", "synthseg")
+                               for strip in ("synthstrip", "hdbet")]
+    assert (config.synth.n_train, config.synth.n_test, config.train.profile) == (600, 60, "standard")
+    shutil.copy(preset, tmp_path / "params.yaml")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("PATH", "/usr/bin:/bin")  # none of FreeSurfer, FSL, FastSurfer here
+    monkeypatch.delenv("FREESURFER_HOME", raising=False)
+    monkeypatch.delenv("FSLDIR", raising=False)
+    assert main(["doctor", "--configured"]) == 1
+    errors = capsys.readouterr().err
+    for needed in ("harmonize synthsr", "strip synthstrip", "segment fastsurfer", "segment fast:", "segment synthseg"):
+        assert f"params.yaml needs {needed}" in errors, needed
+    assert "strip hdbet" not in errors and "segment samseg" not in errors  # these are installed

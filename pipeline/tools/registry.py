@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pipeline.config import StripConfig
+from pipeline.config import Config, StripConfig
 from pipeline.tools import (
     deepbet,
     fast,
@@ -43,3 +43,22 @@ def all_tools(strip: StripConfig | None = None) -> dict[str, dict[str, Tool | No
 
     synthesize: dict[str, Tool | None] = {"builtin": None, "lab2im": LAB2IM}
     return {"harmonize": HARMONIZERS, "strip": strippers, "segment": segment, "synthesize": synthesize}
+
+
+def configured_methods(config: Config) -> dict[str, list[str]]:
+    """The methods a study's configuration runs, by stage."""
+    return {"harmonize": [config.harmonize.method], "strip": list(config.strip.methods),
+            "segment": list(config.segment.methods), "synthesize": [config.synth.engine]}
+
+
+def missing_tools(config: Config) -> list[str]:
+    """'stage method: what to install' for every configured method whose tool this machine lacks."""
+    tools = all_tools(config.strip)
+    missing = []
+    for stage, methods in configured_methods(config).items():
+        for method in methods:
+            tool = tools[stage][method]
+            availability = tool.check() if tool is not None else None
+            if availability is not None and not availability.available:
+                missing.append(f"{stage} {method}: {availability.detail}")
+    return missing
