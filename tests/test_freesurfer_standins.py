@@ -43,7 +43,8 @@ def write_standin(folder: Path, name: str, expected: list[str], body: str, shift
 
 
 def head() -> tuple[nib.Nifti1Image, np.ndarray]:
-    """A bright ball in a dim shell, on an oblique LAS-like grid: (image, what a threshold keeps)."""
+    """A bright ball (a brighter white-matter core in a grey rim) in a dim shell, on an oblique LAS-like grid:
+    (image, what a threshold keeps)."""
     shape = (40, 44, 36)
     angle = np.radians(12)
     rotation = np.array([[-np.cos(angle), -np.sin(angle), 0], [-np.sin(angle), np.cos(angle), 0], [0, 0, 1]])
@@ -51,7 +52,8 @@ def head() -> tuple[nib.Nifti1Image, np.ndarray]:
     index = np.indices(shape).reshape(3, -1).T
     distance = np.linalg.norm(index - (np.array(shape) - 1) / 2, axis=1).reshape(shape)
     rng = np.random.default_rng(3)
-    data = np.where(distance < 12, 0.6 + 0.3 * rng.random(shape), np.where(distance < 16, 0.3, 0.0))
+    brain = np.where(distance < 7, 0.85, 0.6) + 0.1 * rng.random(shape)
+    data = np.where(distance < 12, brain, np.where(distance < 16, 0.3, 0.0))
     return nib.Nifti1Image(data.astype(np.float32), affine), data > 0.5
 
 
