@@ -85,7 +85,8 @@ def summary(metrics: dict) -> dict:
             else round(dice["teacher"][tissue] - dice["external"][tissue], 4)
             for tissue in TISSUES.values()
         }
-    return row | {key: metrics[key] for key in ("n_external", "n_real", "n_train", "train_wall_s") if key in metrics}
+    counts = ("n_external", "n_real", "n_seeds", "n_train", "train_wall_s")
+    return row | {key: metrics[key] for key in counts if key in metrics}
 
 
 def benchmark(bids_root: Path, reference: Path | None, subjects: list[str], test_fraction: float, workdir: Path,

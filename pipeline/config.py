@@ -229,6 +229,9 @@ class TrainConfig(Strict):
     # The training's own seed (null: the study's ``seed``): retrain on the same data with other seeds to see
     # how much Dice moves from one training run to the next.
     seed: int | None = None
+    # Train and evaluate each strategy once per seed, on the same synthetic set and split (empty: once, with
+    # ``seed``). The report's intervals then cover the training's own noise as well as the subjects'.
+    seeds: list[int] = []
     predict_tta: bool = False  # nnU-Net's mirroring at prediction: better Dice, 4x (2D) the time
 
     def active_profile(self) -> TrainProfile:
@@ -236,6 +239,17 @@ class TrainConfig(Strict):
 
     def training_seed(self, study_seed: int) -> int:
         return study_seed if self.seed is None else self.seed
+
+    def training_seeds(self, study_seed: int) -> list[int]:
+        """The seeds each strategy is trained with, the first one's model the one ``predict`` uses."""
+        return list(self.seeds) or [self.training_seed(study_seed)]
+
+    @field_validator("seeds")
+    @classmethod
+    def _distinct(cls, seeds: list[int]) -> list[int]:
+        if len(set(seeds)) != len(seeds):
+            raise ValueError(f"lists a seed twice: {seeds}")
+        return seeds
 
 
 # --- evaluate ----------------------------------------------------------------

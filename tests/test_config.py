@@ -34,6 +34,7 @@ def test_defaults_fill_missing_sections():
         ({"train": {"profile": "huge"}}, "train.profile"),
         ({"acquire": {"source": "ftp"}}, "acquire.source"),
         ({"bogus": 1}, "bogus"),
+        ({"train": {"seeds": [1, 1]}}, "train.seeds"),
     ],
 )
 def test_invalid_params_name_the_key(raw, named):
@@ -68,6 +69,12 @@ def test_the_training_seed_defaults_to_the_study_seed_and_can_be_varied_alone():
     assert config.train.training_seed(config.seed) == 42
     config = parse_config({"seed": 42, "train": {"seed": 7}})
     assert config.train.training_seed(config.seed) == 7
+
+
+def test_train_seeds_lists_every_training_run_and_defaults_to_the_one_seed():
+    assert parse_config({"seed": 42}).train.training_seeds(42) == [42]
+    assert parse_config({"seed": 42, "train": {"seed": 7}}).train.training_seeds(42) == [7]
+    assert parse_config({"train": {"seeds": [3, 1, 2]}}).train.training_seeds(42) == [3, 1, 2]
 
 
 def test_every_combo_has_its_own_nnunet_dataset_id_and_name():

@@ -37,11 +37,16 @@ def project(tmp_path_factory, ds000011: Path) -> Path:
 
 def test_repro_writes_metrics_with_dice_in_range(project: Path):
     metrics = json.loads((project / "metrics" / "hmrf-deepbet.json").read_text())
-    for kind in ("synthetic", "real"):
+    tissues = {"GM", "WM", "CSF", "mean"}
+    for kind, keys in (("synthetic", tissues), ("real", tissues | {"mean_ci95", "sd_over_seeds"})):
         dice = metrics["dice"][kind]
-        assert set(dice) == {"GM", "WM", "CSF", "mean"}
-        assert all(0.0 <= value <= 1.0 for value in dice.values() if value is not None)
+        assert set(dice) == keys
+        assert all(0.0 <= dice[key] <= 1.0 for key in tissues if dice[key] is not None)
         assert dice["mean"] is not None
+    # one test subject and one seed: the interval is that subject's mean, and there is no spread over seeds
+    real = metrics["dice"]["real"]
+    assert real["mean_ci95"] == [round(real["mean"], 4)] * 2 and real["sd_over_seeds"] is None
+    assert (metrics["n_subjects"], metrics["n_seeds"]) == (1, 1)
     assert metrics["n_train"] == 8 and metrics["n_test"] == 4  # 1 train subject, 1 test subject
     assert metrics["n_real"] == 1
     assert metrics["train_test_share_subject"] is False
@@ -188,9 +193,40 @@ def test_bench_train_times_every_iteration_and_scores_real_slices_each_epoch(pro
     assert report["peak_rss_mb"] > 100 and report["patch_size"] and report["augmentation"] == "nnunet"
 
 
+def _real_rows(project: Path) -> list[dict]:
+    import csv
+
+    with open(project / "metrics" / "hmrf-deepbet-cases.csv") as handle:
+        return [row for row in csv.DictReader(handle) if row["kind"] == "real"]
+
+
+def test_train_seeds_trains_and_scores_each_strategy_once_per_seed_on_the_same_data(project: Path):
+    import numpy as np
+
+    from pipeline.io import load_png
+
+    baseline = _real_rows(project)
+    ran = _run(["dvc", "exp", "run", "-S", "train.seeds=[42,7]"], project)
+    assert "Running stage 'train@" in ran and "Running stage 'synthesize" not in ran
+    metrics = json.loads((project / "metrics" / "hmrf-deepbet.json").read_text())
+    assert (metrics["n_seeds"], metrics["n_subjects"]) == (2, 1)
+    rows = _real_rows(project)
+    assert sorted(row["seed"] for row in rows) == ["42", "7"]
+    # deterministic CPU training: the seed-42 model, trained again, is the study's single-seed one
+    assert [row["mean"] for row in rows if row["seed"] == "42"] == [row["mean"] for row in baseline]
+    record = json.loads((project / "models" / "hmrf-deepbet" / "seed-7" / "training.json").read_text())
+    assert (record["seed"], record["seeds"]) == (7, [42, 7])
+    evaluation = project / "data" / "evaluation" / "hmrf-deepbet"
+    first, other = (np.stack([load_png(p) for p in sorted(folder.glob("*.png"))])
+                    for folder in (evaluation / "real" / "predictions", evaluation / "seed-7" / "real" / "predictions"))
+    assert first.shape == other.shape and (first != other).any()  # another seed, another model
+    assert metrics["dice"]["real"]["sd_over_seeds"] is not None
+
+
 def test_an_experiment_with_another_stripper_shows_in_metrics_diff(project: Path):
     # Last in this file: the experiment changes the workspace's params.yaml.
-    _run(["dvc", "exp", "run", "-S", "strip.methods=[hdbet]", "-S", "strip.hdbet.mode=fast"], project)
+    _run(["dvc", "exp", "run", "-S", "strip.methods=[hdbet]", "-S", "strip.hdbet.mode=fast", "-S", "train.seeds=[]"],
+         project)
     diff = json.loads(_run(["dvc", "metrics", "diff", "--all", "--json"], project).strip().splitlines()[-1])
     assert "metrics/hmrf-deepbet.json" in diff and "metrics/hmrf-hdbet.json" in diff
     new = diff["metrics/hmrf-hdbet.json"]["dice.real.mean"]["new"]

@@ -36,7 +36,7 @@ from pipeline.stages.export import Export, nnunet_dataset
 from pipeline.stages.harmonize import Harmonize, reference_level
 from pipeline.stages.segment import Segment
 from pipeline.stages.strip import Strip
-from pipeline.stages.train import Train
+from pipeline.stages.train import Train, trained_seeds
 from pipeline.subjects import failed_ids
 
 log = logging.getLogger("pipeline")
@@ -125,10 +125,25 @@ def write_real_slices(levels: dict[str, float], stripped: Path, segmented: Path,
             save_png(center_pad(labels[:, :, k], size), out / "labels" / f"{name}.png")
 
 
-def with_ci(subjects: list[dict]) -> dict:
-    """Mean Dice per tissue over the subjects' rows, and the 95 % bootstrap interval of their mean over tissues."""
-    ci = mean_ci95({row["case"]: [row["mean"]] for row in subjects if row["mean"] is not None})
-    return summarize(subjects) | {"mean_ci95": None if ci is None else [round(ci[0], 4), round(ci[1], 4)]}
+def with_seed(rows: list[dict], seed: int) -> list[dict]:
+    return [{"seed": seed, **row} for row in rows]
+
+
+def with_ci(rows: list[dict]) -> dict:
+    """Mean Dice per tissue over the (subject, seed) rows; the 95 % bootstrap interval of their mean over
+    tissues, resampling subjects and seeds (``pipeline.compare``); and the SD over seeds of that mean (None
+    with one seed)."""
+    scored = [row for row in rows if row["mean"] is not None]
+    by_subject: dict[str, list[float]] = {}
+    by_seed: dict[int, list[float]] = {}
+    for row in scored:
+        by_subject.setdefault(row["case"], []).append(row["mean"])
+        by_seed.setdefault(row.get("seed"), []).append(row["mean"])
+    ci = mean_ci95(by_subject)
+    seed_means = [float(np.mean(means)) for means in by_seed.values()]
+    return summarize(rows) | {"mean_ci95": None if ci is None else [round(ci[0], 4), round(ci[1], 4)],
+                              "sd_over_seeds": round(float(np.std(seed_means, ddof=1)), 4)
+                              if len(seed_means) > 1 else None}
 
 
 class Evaluate(ComboStage):
@@ -149,36 +164,42 @@ class Evaluate(ComboStage):
         nnunet_set = nnunet_dataset(self.segmenter, self.stripper)
         dataset = raw / nnunet_set.name
         device = torch_device(config.train.device)
-        env = nnunet.environment(raw, out / "preprocessed", models, config.workers)
 
-        def predict(images: Path, predictions: Path) -> None:
+        def predict(results: Path, images: Path, predictions: Path) -> None:
+            env = nnunet.environment(raw, out / "preprocessed", results, config.workers)
             nnunet.predict(images, predictions, nnunet_set.id, str(config.train.fold), device, env,
                            config.train.predict_tta, nnunet.trainer_name(config.train))
 
-        log.info("evaluate %s-%s: synthetic test slices", self.segmenter, self.stripper)
-        predict(dataset / "imagesTs", out / "synthetic")
-        synthetic = score_folder(dataset / "labelsTs", out / "synthetic", "synthetic")
-
         lost = failed_ids(segmented)  # keep_going: subjects without labels cannot be scored
         test_subjects = [p.subject for p in read_participants(acquired) if p.in_test and f"sub-{p.subject}" not in lost]
-        log.info("evaluate %s-%s: real central slices of %d test subject(s)", self.segmenter, self.stripper,
+        log.info("evaluate %s-%s: real slices of %d test subject(s)", self.segmenter, self.stripper,
                  len(test_subjects))
         levels = {subject: reference_level(harmonized, subject) for subject in test_subjects}
-        real, external, teacher = [], [], []
         if test_subjects:
             write_real_slices(levels, stripped, segmented, out / "real", config.evaluate, config.synth.size)
-            predict(out / "real" / "images", out / "real" / "predictions")
-            real = score_subjects(out / "real" / "labels", out / "real" / "predictions", "real")
         else:
             log.warning("evaluate %s-%s: no test subject left (keep_going): no real-slice Dice", self.segmenter,
                         self.stripper)
-        if config.evaluate.reference_labels and test_subjects:
-            if write_external_slices(levels, stripped, config.evaluate, out / "external", config.synth.size):
-                external = score_subjects(out / "external", out / "real" / "predictions", "external")
-                # the labels the model learned from, against the same reference: what it could reach at best
-                teacher = score_subjects(out / "external", out / "real" / "labels", "teacher")
-            else:
-                log.warning("evaluate: no test subject has reference labels: no dice.external")
+        referenced = bool(config.evaluate.reference_labels and test_subjects
+                          and write_external_slices(levels, stripped, config.evaluate, out / "external",
+                                                    config.synth.size))
+        if config.evaluate.reference_labels and test_subjects and not referenced:
+            log.warning("evaluate: no test subject has reference labels: no dice.external")
+        # the labels the model learned from, against the same reference: what it could reach at best
+        teacher = score_subjects(out / "external", out / "real" / "labels", "teacher") if referenced else []
+
+        synthetic, real, external = [], [], []
+        for seed, results in trained_seeds(models):
+            base = out if results == models else out / f"seed-{seed}"
+            log.info("evaluate %s-%s: the model of seed %d", self.segmenter, self.stripper, seed)
+            predict(results, dataset / "imagesTs", base / "synthetic")
+            synthetic += with_seed(score_folder(dataset / "labelsTs", base / "synthetic", "synthetic"), seed)
+            if test_subjects:
+                predict(results, out / "real" / "images", base / "real" / "predictions")
+                real += with_seed(score_subjects(out / "real" / "labels", base / "real" / "predictions", "real"), seed)
+            if referenced:
+                external += with_seed(score_subjects(out / "external", base / "real" / "predictions", "external"),
+                                      seed)
 
         for row in synthetic + real + external + teacher:
             row["mean"] = summarize([row])["mean"]
@@ -193,13 +214,13 @@ class Evaluate(ComboStage):
         metrics = {
             "dice": {"synthetic": summarize(synthetic), "real": with_ci(real)}
             | ({"external": with_ci(external), "teacher": with_ci(teacher)} if external else {}),
-            "n_subjects": len(real),
-            "n_seeds": 1,
+            "n_subjects": len({row["case"] for row in real}),
+            "n_seeds": len(training.get("seeds", [training["seed"]])),
             "n_train": json.loads((dataset / "dataset.json").read_text())["numTraining"],
-            "n_test": len(synthetic),
-            "n_real": len(real),
+            "n_test": len({row["case"] for row in synthetic}),
+            "n_real": len({row["case"] for row in real}),
             "real_slices_per_subject": len(band_offsets(config.evaluate)),
-            "n_external": len(external),
+            "n_external": len({row["case"] for row in external}),
             "train_test_share_subject": description["TrainTestShareSubject"],
             "profile": training["profile"],
             "device": training["device"],

@@ -64,7 +64,8 @@ def dice_rows(combos: list[str], metrics_dir: Path) -> list[dict]:
         for kind in [kind for kind in KINDS if kind in metrics["dice"]]:
             scores = metrics["dice"][kind]
             rows.append({"combo": combo, "kind": kind, **{k: scores.get(k) for k in [*TISSUES.values(), "mean"]},
-                         "cases": cases[kind]})
+                         "sd over seeds": scores.get("sd_over_seeds"), "cases": cases[kind],
+                         "seeds": 1 if kind == "teacher" else metrics.get("n_seeds", 1)})
     return rows
 
 

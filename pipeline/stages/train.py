@@ -2,11 +2,14 @@
 
 The schedule comes from ``train.profiles[train.profile]``; the device is the GPU
 when present (``train.device: auto``). ``models/<combo>/`` holds nnU-Net's results
-folder and ``training.json`` (profile, device, seed, wall time).
+folder and ``training.json`` (profile, device, seed, wall time). With ``train.seeds`` the stage trains once
+per seed on the same synthetic set: the first seed's model in ``models/<combo>/``, each other one in
+``models/<combo>/seed-<seed>/``.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
 import time
@@ -17,9 +20,21 @@ from pipeline.config import Config
 from pipeline.devices import torch_device
 from pipeline.io import write_csv, write_json
 from pipeline.stages.base import ComboStage, Stage, package_versions
-from pipeline.stages.export import Export, nnunet_dataset
+from pipeline.stages.export import Export, NnunetDataset, nnunet_dataset
 
 log = logging.getLogger("pipeline")
+
+
+def seed_folders(models: Path, seeds: list[int]) -> list[tuple[int, Path]]:
+    """Where each seed's model lives: the first seed's in the model folder itself (what ``predict`` uses),
+    every other one in ``seed-<seed>/`` inside it."""
+    return [(seed, models if index == 0 else models / f"seed-{seed}") for index, seed in enumerate(seeds)]
+
+
+def trained_seeds(models: Path) -> list[tuple[int, Path]]:
+    """The (seed, folder) of every model a train stage wrote, from its training.json."""
+    record = json.loads((models / "training.json").read_text())
+    return seed_folders(models, record.get("seeds", [record["seed"]]))
 
 
 def training_curve(results: Path, dataset: str) -> list[dict]:
@@ -51,40 +66,52 @@ class Train(ComboStage):
     def build(self, out: Path, config: Config) -> None:
         device = torch_device(config.train.device)
         preprocessed = out / "preprocessed"
-        env = nnunet.environment(self.input_dir(), preprocessed, out, config.workers, config.train.deterministic)
         start = time.monotonic()
         log.info("train %s-%s: planning and preprocessing", self.segmenter, self.stripper)
         dataset = nnunet_dataset(self.segmenter, self.stripper)
-        nnunet.plan_and_preprocess(dataset.id, env, config.workers)
+        nnunet.plan_and_preprocess(dataset.id, nnunet.environment(self.input_dir(), preprocessed, out, config.workers),
+                                   config.workers)
+        seeds = config.train.training_seeds(config.seed)
+        for seed, results in seed_folders(out, seeds):  # the first seed's wall time includes the planning
+            self.train_once(results, preprocessed, dataset, seed, device, config)
+            write_json(self.record(config, device, dataset.id, seed, seeds, time.monotonic() - start),
+                       results / "training.json")
+            start = time.monotonic()
+        shutil.rmtree(preprocessed)  # an intermediate: the plans travel with each model
+        write_csv(training_curve(out, dataset.name), self.plots_path())
+
+    def train_once(self, results: Path, preprocessed: Path, dataset: NnunetDataset, seed: int, device: str,
+                   config: Config) -> None:
         profile = config.train.active_profile()
-        seed = config.train.training_seed(config.seed) if config.train.deterministic else None
-        plan = nnunet.adapt_plans(preprocessed / dataset.name / "nnUNetPlans.json", profile, seed)
+        env = nnunet.environment(self.input_dir(), preprocessed, results, config.workers, config.train.deterministic)
+        # the plans carry the seed: each seed's model folder gets its own copy when its training starts
+        plan = nnunet.adapt_plans(preprocessed / dataset.name / "nnUNetPlans.json", profile,
+                                  seed if config.train.deterministic else None)
         log.info("train %s-%s: batch %d, patch %s, features %s", self.segmenter, self.stripper, plan["batch_size"],
                  plan["patch_size"], plan["architecture"]["arch_kwargs"]["features_per_stage"])
-        log.info("train %s-%s: profile %s (%d epochs x %d iterations) on %s", self.segmenter, self.stripper,
-                 config.train.profile, profile.epochs, profile.iterations_per_epoch, device)
+        log.info("train %s-%s: profile %s (%d epochs x %d iterations), seed %d, on %s", self.segmenter,
+                 self.stripper, config.train.profile, profile.epochs, profile.iterations_per_epoch, seed, device)
         nnunet.train(dataset.id, str(config.train.fold), device, env, config.train.deterministic,
                      nnunet.trainer_name(config.train))
-        shutil.rmtree(preprocessed)  # an intermediate: the plans travel with the model
-        write_csv(training_curve(out, dataset.name), self.plots_path())
-        write_json(
-            {
-                "profile": config.train.profile,
-                **profile.model_dump(),
-                "fold": config.train.fold,
-                "device": device,
-                "deterministic": config.train.deterministic,
-                "seed": config.train.training_seed(config.seed),
-                "wall_s": round(time.monotonic() - start, 1),
-                "trainer": nnunet.trainer_name(config.train),
-                "dataset_id": dataset.id,
-                # what `python -m pipeline predict` must do to a new head before this model sees it
-                "segmenter": self.segmenter,
-                "stripper": self.stripper,
-                "harmonize": config.harmonize.model_dump(mode="json"),
-                "strip": config.strip.model_dump(mode="json"),
-                "size": config.synth.size,
-                "versions": package_versions(),
-            },
-            out / "training.json",
-        )
+
+    def record(self, config: Config, device: str, dataset_id: int, seed: int, seeds: list[int], wall_s: float
+               ) -> dict:
+        """training.json: how the model was trained, and what ``predict`` must do to a new head first."""
+        return {
+            "profile": config.train.profile,
+            **config.train.active_profile().model_dump(),
+            "fold": config.train.fold,
+            "device": device,
+            "deterministic": config.train.deterministic,
+            "seed": seed,
+            "seeds": seeds,
+            "wall_s": round(wall_s, 1),
+            "trainer": nnunet.trainer_name(config.train),
+            "dataset_id": dataset_id,
+            "segmenter": self.segmenter,
+            "stripper": self.stripper,
+            "harmonize": config.harmonize.model_dump(mode="json"),
+            "strip": config.strip.model_dump(mode="json"),
+            "size": config.synth.size,
+            "versions": package_versions(),
+        }
