@@ -1,0 +1,46 @@
+"""The command line: every command and option explains itself, and the package's console script runs it."""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+from pathlib import Path
+
+from pipeline.__main__ import parser
+
+from .conftest import venv_env
+
+
+def _subparsers(command: argparse.ArgumentParser) -> list[argparse._SubParsersAction]:
+    return [action for action in command._actions if isinstance(action, argparse._SubParsersAction)]
+
+
+def _commands(command: argparse.ArgumentParser, path: str = "") -> list[tuple[str, argparse.ArgumentParser]]:
+    found = [(path, command)]
+    for group in _subparsers(command):
+        for name, sub in group.choices.items():
+            found += _commands(sub, f"{path} {name}".strip())
+    return found
+
+
+def test_every_command_and_option_has_help_text():
+    commands = _commands(parser())
+    assert {"run", "dvc-yaml", "doctor", "predict", "bench synth", "bench train", "bench real"} <= dict(commands).keys()
+    for path, command in commands:
+        for group in _subparsers(command):
+            helped = {choice.dest for choice in group._choices_actions if choice.help}
+            assert helped == set(group.choices), (path, set(group.choices) - helped)
+        for action in command._actions:
+            if not isinstance(action, argparse._SubParsersAction | argparse._HelpAction):
+                assert action.help, f"'{path}' option {action.option_strings or action.dest} has no help"
+
+
+def test_help_lists_every_command_and_the_console_script_runs_the_same_main():
+    script = Path(sys.executable).parent / "synthseg-pipeline"
+    listed = subprocess.run([str(script), "--help"], env=venv_env(), capture_output=True, text=True, check=True)
+    for name in ("run", "dvc-yaml", "doctor", "predict", "bench"):
+        assert name in listed.stdout
+    modular = subprocess.run([sys.executable, "-m", "pipeline", "predict", "--help"], env=venv_env(),
+                             capture_output=True, text=True, check=True)
+    assert "--all-slices" in modular.stdout and "--tta" in modular.stdout
