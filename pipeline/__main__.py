@@ -134,9 +134,11 @@ def parser() -> argparse.ArgumentParser:
     doctor.add_argument("--configured", action="store_true",
                         help="exit 1, naming each, when a method params.yaml asks for is missing")
     doctor.set_defaults(func=cmd_doctor)
-    predict = commands.add_parser("predict", help="segment a head (.nii, .nii.gz, .mgz, .mgh), a PNG slice or a folder with a model")
+    predict = commands.add_parser("predict",
+                                  help="segment a head (.nii, .nii.gz, .mgz, .mgh), a PNG slice or a folder")
     predict.add_argument("--model", required=True, help="a trained model folder, models/<segmenter>-<stripper>")
-    predict.add_argument("--input", required=True, help="a T1 head (.nii, .nii.gz, .mgz, .mgh), a .png slice, or a folder")
+    predict.add_argument("--input", required=True,
+                         help="a T1 head (.nii, .nii.gz, .mgz, .mgh), a .png slice, or a folder")
     predict.add_argument("--output", required=True, help="folder for the label maps")
     predict.add_argument("--all-slices", action="store_true",
                          help="every axial slice, not only the one at the reference level")
