@@ -218,10 +218,13 @@ def sphere_head(radius_mm: float) -> tuple[nib.Nifti1Image, np.ndarray]:
     return nib.Nifti1Image(image.astype(np.float32), affine), distance < radius_mm
 
 
-def threshold_stripper(dilate: int) -> Stripper:
+def threshold_stripper(dilate: int, delay_s: float = 0.0) -> Stripper:
+    import time
+
     from scipy import ndimage
 
     def run(image: nib.Nifti1Image, config: StripConfig, device: str) -> np.ndarray:
+        time.sleep(delay_s)  # a run that takes longer, as a loaded machine's
         mask = image.get_fdata() > 0.5
         return ndimage.binary_dilation(mask, iterations=dilate) if dilate else mask
 
@@ -254,6 +257,15 @@ def test_strip_and_strip_qc_stages(tmp_path: Path, monkeypatch):
         assert table["sub-big"]["qc_pass"] == "True" and table["sub-big"]["qc_reason"] == "n/a"
         assert table["sub-small"]["qc_pass"] == "False" and "brain volume" in table["sub-small"]["qc_reason"]
         assert (out / "qc" / "sub-big_mask.png").is_file()
+
+    # a slower run writes the very same files: the strip stage's output is reproducible byte for byte
+    monkeypatch.setitem(STRIPPERS, "deepbet", threshold_stripper(dilate=0, delay_s=0.3))
+    Strip(stripper="deepbet").build(tmp_path / "again", config)
+    first = Strip(stripper="deepbet").out_dir()
+    files = sorted(path.relative_to(first) for path in first.rglob("*") if path.is_file())
+    assert files == sorted(path.relative_to(tmp_path / "again") for path in (tmp_path / "again").rglob("*")
+                           if path.is_file())
+    assert all((first / name).read_bytes() == (tmp_path / "again" / name).read_bytes() for name in files)
 
     qc = StripQc()
     qc.build(qc.out_dir(), config)

@@ -31,7 +31,7 @@ log = logging.getLogger("pipeline")
 
 Grid = tuple[tuple[int, ...], np.ndarray]  # shape, affine
 Table = dict[str, dict[str, str]]  # masks.tsv rows by participant id
-FIGURE_COLUMNS = ("brain_ml", "components", "border_fraction", "strip_s")
+FIGURE_COLUMNS = ("brain_ml", "components", "border_fraction")
 
 
 class StrippedSets(Gathered):
