@@ -21,6 +21,16 @@ Z_95 = 1.959964
 Scores = dict[str, list[float]]  # subject -> one score per training seed
 
 
+def scores_by_subject(rows: list[dict]) -> Scores:
+    """Evaluation rows (``case``: the subject, ``mean``: its mean Dice, one row per seed) as Scores; rows
+    without a score left out."""
+    scores: Scores = {}
+    for row in rows:
+        if row["mean"] is not None:
+            scores.setdefault(row["case"], []).append(float(row["mean"]))
+    return scores
+
+
 @dataclass(frozen=True)
 class Difference:
     """Strategy ``a`` minus strategy ``b``: mean over the common subjects and seeds, with its 95 % CI."""

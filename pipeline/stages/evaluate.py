@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline import nnunet
-from pipeline.compare import mean_ci95
+from pipeline.compare import mean_ci95, scores_by_subject
 from pipeline.config import Config, EvaluateConfig
 from pipeline.devices import torch_device
 from pipeline.io import InputError, load_nifti, load_png, save_png, write_csv, write_json
@@ -133,13 +133,11 @@ def with_ci(rows: list[dict]) -> dict:
     """Mean Dice per tissue over the (subject, seed) rows; the 95 % bootstrap interval of their mean over
     tissues, resampling subjects and seeds (``pipeline.compare``); and the SD over seeds of that mean (None
     with one seed)."""
-    scored = [row for row in rows if row["mean"] is not None]
-    by_subject: dict[str, list[float]] = {}
-    by_seed: dict[int, list[float]] = {}
-    for row in scored:
-        by_subject.setdefault(row["case"], []).append(row["mean"])
-        by_seed.setdefault(row.get("seed"), []).append(row["mean"])
-    ci = mean_ci95(by_subject)
+    by_seed: dict[int | None, list[float]] = {}
+    for row in rows:
+        if row["mean"] is not None:
+            by_seed.setdefault(row.get("seed"), []).append(row["mean"])
+    ci = mean_ci95(scores_by_subject(rows))
     seed_means = [float(np.mean(means)) for means in by_seed.values()]
     return summarize(rows) | {"mean_ci95": None if ci is None else [round(ci[0], 4), round(ci[1], 4)],
                               "sd_over_seeds": round(float(np.std(seed_means, ddof=1)), 4)

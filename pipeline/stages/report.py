@@ -17,7 +17,7 @@ from pathlib import Path
 import luigi
 import numpy as np
 
-from pipeline.compare import Difference, Scores, paired_difference
+from pipeline.compare import Difference, Scores, paired_difference, scores_by_subject
 from pipeline.config import Config, load_config
 from pipeline.io import load_png, read_tsv, write_csv, write_text
 from pipeline.labels import TISSUES, coloured
@@ -171,11 +171,9 @@ def _fmt(value: object) -> str:
 def subject_scores(combo: str, metrics_dir: Path, kind: str) -> Scores:
     """Mean Dice per real test subject (and training seed) of one combo, from its cases table."""
     with open(metrics_dir / f"{combo}-cases.csv") as handle:
-        rows = [row for row in csv.DictReader(handle) if row["kind"] == kind and row["mean"] != "n/a"]
-    scores: Scores = {}
-    for row in rows:
-        scores.setdefault(row["case"], []).append(float(row["mean"]))
-    return scores
+        rows = [row | {"mean": None if row["mean"] == "n/a" else row["mean"]} for row in csv.DictReader(handle)
+                if row["kind"] == kind]
+    return scores_by_subject(rows)
 
 
 def comparison_kind(combos: list[str], metrics_dir: Path) -> str:
