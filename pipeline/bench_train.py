@@ -27,8 +27,8 @@ from pipeline import nnunet
 from pipeline.config import Config, apply_overrides, parse_config
 from pipeline.devices import torch_device
 from pipeline.metrics import summarize
+from pipeline.nnunet import nnunet_dataset
 from pipeline.stages.evaluate import score_subjects
-from pipeline.stages.export import nnunet_dataset
 
 
 def study_config(study: Path, overrides: list[str]) -> Config:

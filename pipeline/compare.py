@@ -14,6 +14,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from pipeline.bids import subject_of
+
 BOOTSTRAP_SEED = 20261201
 RESAMPLES = 4000
 Z_95 = 1.959964
@@ -22,13 +24,14 @@ Scores = dict[str, list[float]]  # subject -> one score per training seed
 
 
 def scores_by_subject(rows: list[dict]) -> Scores:
-    """Evaluation rows (``case``: the subject, ``mean``: its mean Dice, one row per seed) as Scores; rows
-    without a score left out."""
-    scores: Scores = {}
+    """Evaluation rows (``case``: a subject or one of its sessions, ``seed``, ``mean``: its mean Dice) as
+    Scores: per subject, one score per seed, the mean over its sessions (they are not independent
+    subjects, and a subject weighs the same whatever its number of sessions); rows without a score left out."""
+    by_seed: dict[str, dict[object, list[float]]] = {}
     for row in rows:
         if row["mean"] is not None:
-            scores.setdefault(row["case"], []).append(float(row["mean"]))
-    return scores
+            by_seed.setdefault(subject_of(row["case"]), {}).setdefault(row.get("seed"), []).append(float(row["mean"]))
+    return {subject: [float(np.mean(means)) for means in seeds.values()] for subject, seeds in by_seed.items()}
 
 
 @dataclass(frozen=True)

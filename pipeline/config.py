@@ -44,6 +44,9 @@ class AcquireConfig(Strict):
     dataset: str = "ds002330"  # for source=openneuro
     # empty: every subject found. BIDS labels are letters and digits: no path separators, no "..".
     subjects: list[Annotated[str, Field(pattern=r"^[A-Za-z0-9]+$")]] = []
+    # Several T1w heads in one subject or session: "first", the lowest run number (logged), or "all", each
+    # one a case of its own (its name keeps the acq/run/... entities that tell it apart).
+    runs: Literal["first", "all"] = "first"
     test_fraction: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.2
 
 

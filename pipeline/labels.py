@@ -142,3 +142,16 @@ def classes_to_tissues(classes: np.ndarray, image: np.ndarray, mask: np.ndarray)
     for class_id, tissue in zip(by_brightness, (CSF, GM, WM), strict=True):
         tissues[mask & (classes == class_id)] = tissue
     return tissues
+
+
+def voxel_volume_ml(affine: np.ndarray) -> float:
+    return float(abs(np.linalg.det(affine[:3, :3]))) / 1000.0
+
+
+def tissue_volumes(labels: np.ndarray, voxel_ml: float) -> dict[str, float]:
+    """mL of GM, WM and CSF in a label map, and each one's share of the three."""
+    volumes = {f"{name}_ml": float((labels == tissue).sum() * voxel_ml) for tissue, name in TISSUES.items()}
+    brain = sum(volumes.values())
+    fractions = {f"{name}_fraction": volumes[f"{name}_ml"] / brain if brain else 0.0
+                 for name in TISSUES.values()}
+    return volumes | fractions

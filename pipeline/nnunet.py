@@ -6,9 +6,11 @@ import json
 import os
 import re
 import sys
+from dataclasses import dataclass
 from pathlib import Path
+from typing import get_args
 
-from pipeline.config import TrainConfig, TrainProfile
+from pipeline.config import SegmentMethod, StripMethod, TrainConfig, TrainProfile
 from pipeline.subjects import THREAD_VARIABLES
 from pipeline.tools.base import run_command
 
@@ -88,3 +90,29 @@ def predict(images: Path, output: Path, dataset_id: int, fold: str, device: str,
     if not tta:
         args.append("--disable_tta")
     run_command(args, "nnUNetv2_predict", env, progress=re.compile(r"^Predicting"))
+
+
+@dataclass(frozen=True)
+class NnunetDataset:
+    """A combo's nnU-Net dataset: its own ID and name, stable across studies (``Dataset1SK_<seg>_<strip>``: S
+    and K the methods' places in ``config.SegmentMethod`` and ``config.StripMethod``)."""
+
+    id: int
+    name: str
+
+
+def nnunet_dataset(segmenter: str, stripper: str) -> NnunetDataset:
+    dataset_id = 100 + 10 * get_args(SegmentMethod).index(segmenter) + get_args(StripMethod).index(stripper)
+    return NnunetDataset(dataset_id, f"Dataset{dataset_id:03d}_{segmenter}_{stripper}")
+
+
+def seed_folders(models: Path, seeds: list[int]) -> list[tuple[int, Path]]:
+    """Where each seed's model lives: the first seed's in the model folder itself (what ``predict`` uses),
+    every other one in ``seed-<seed>/`` inside it."""
+    return [(seed, models if index == 0 else models / f"seed-{seed}") for index, seed in enumerate(seeds)]
+
+
+def trained_seeds(models: Path) -> list[tuple[int, Path]]:
+    """The (seed, folder) of every model a train stage wrote, from its training.json."""
+    record = json.loads((models / "training.json").read_text())
+    return seed_folders(models, record.get("seeds", [record["seed"]]))

@@ -41,8 +41,10 @@ from pipeline.io import (
     save_png,
     write_tsv,
 )
-from pipeline.labels import LABEL_NAMES, TISSUES, coloured
+from pipeline.labels import LABEL_NAMES, coloured, tissue_volumes, voxel_volume_ml
+from pipeline.preprocess import crop_to_brain, harmonize_builtin, harmonize_synthsr
 from pipeline.slices import center_pad, level_index, reference_level_mm, to_uint8, uncenter
+from pipeline.tools.registry import brain_mask
 
 log = logging.getLogger("pipeline")
 
@@ -79,9 +81,6 @@ class PreparedHead:
 
 def preprocess_head(path: Path, model: dict, work: Path) -> PreparedHead:
     """The input head through the model's harmonization and stripper, and its reference level."""
-    from pipeline.stages.harmonize import harmonize_builtin, harmonize_synthsr
-    from pipeline.stages.strip import brain_mask, crop_to_brain
-
     original = load_nifti(path, image_stem(path))
     harmonize = HarmonizeConfig.model_validate(model["harmonize"])
     if harmonize.method == "synthsr":
@@ -143,15 +142,11 @@ def predict_heads(heads: list[Path], model_dir: Path, model: dict, output: Path,
         k = level_index(brain, head.level_mm)
         save_overlay(head.brain.get_fdata(dtype=np.float32)[:, :, k], labels[:, :, k],
                      output / f"{case_name(path)}_dseg.png")
-        volumes.append({"case": case_name(path), "source": str(path), "slices": len(ks), **tissue_ml(labels, brain)})
+        ml = {key: round(value, 2) for key, value in tissue_volumes(labels, voxel_volume_ml(brain.affine)).items()
+              if key.endswith("_ml")}
+        volumes.append({"case": case_name(path), "source": str(path), "slices": len(ks), **ml})
         log.info("predict: %s -> %s", path, target)
     write_tsv(volumes, output / "tissue_volumes.tsv")
-
-
-def tissue_ml(labels: np.ndarray, grid: nib.Nifti1Image) -> dict[str, float]:
-    """mL of each tissue over the predicted slices."""
-    voxel_ml = float(abs(np.linalg.det(grid.affine[:3, :3]))) / 1000.0
-    return {f"{name}_ml": round(float((labels == tissue).sum()) * voxel_ml, 2) for tissue, name in TISSUES.items()}
 
 
 def save_overlay(image: np.ndarray, labels: np.ndarray, path: Path) -> None:

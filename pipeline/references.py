@@ -1,6 +1,6 @@
 """Reference labels a user supplies for evaluation: a BIDS derivative of the input heads.
 
-Layout: ``<root>/sub-X/anat/sub-X[_...]_dseg.nii.gz`` on the subject's raw head (any grid: it is
+Layout: ``<root>/sub-X[/ses-Y]/anat/sub-X[_ses-Y][_...]_dseg.nii.gz`` on the subject's raw head (any grid: it is
 resampled in world space), and a label table: ``<file>.tsv`` beside the image or ``<root>/dseg.tsv``
 (BIDS columns ``index`` and ``name``). ``evaluate.reference_scheme`` says how labels become tissues:
 
@@ -17,6 +17,7 @@ import nibabel as nib
 import numpy as np
 from nibabel.processing import resample_from_to
 
+from pipeline.bids import case_dir, entities
 from pipeline.io import InputError, load_nifti, read_tsv
 from pipeline.labels import BACKGROUND, CSF, GM, WM, UnknownLabel, remap
 
@@ -29,14 +30,20 @@ TISSUE_NAMES: dict[str, int] = {
 }
 
 
-def reference_file(root: Path, subject: str) -> Path | None:
-    """The subject's dseg image: the only one, or the one without a ``desc-`` entity; None when absent."""
-    found = sorted((root / f"sub-{subject}" / "anat").glob(f"sub-{subject}*_dseg.nii*"))
+def reference_file(root: Path, case: str) -> Path | None:
+    """The case's dseg image (``pipeline.bids``: a subject, or its session): the only one, or the one without a
+    ``desc-`` entity; for one of several runs, the session's own when there is none for the run; None when
+    absent."""
+    anat = case_dir(root, case) / "anat"
+    found = sorted(anat.glob(f"sub-{case}_*dseg.nii*"))
+    if not found and "run" in entities(f"sub-{case}"):
+        session = case_dir(Path(), case)
+        found = sorted(anat.glob(f"{'_'.join(session.parts)}_*dseg.nii*"))
     if len(found) > 1:
         plain = [path for path in found if "_desc-" not in path.name]
         if len(plain) != 1:
             names = ", ".join(path.name for path in found)
-            raise InputError(f"subject {subject}: several reference label maps ({names}) under {root}; keep one")
+            raise InputError(f"sub-{case}: several reference label maps ({names}) under {root}; keep one")
         found = plain
     return found[0] if found else None
 

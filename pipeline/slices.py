@@ -127,3 +127,13 @@ def level_index(image: nib.Nifti1Image, level_mm: float) -> int:
     world_centre = image.affine @ np.append(centre, 1.0)
     k = (np.linalg.inv(image.affine) @ np.array([world_centre[0], world_centre[1], level_mm, 1.0]))[2]
     return int(np.clip(round(float(k)), 0, image.shape[2] - 1))
+
+
+SLICE_SUFFIX = "_dz"  # sub-X_dz+04: the slice 4 mm above the subject's reference level
+
+
+REFERENCE_SLICE = f"{SLICE_SUFFIX}+00"
+
+
+def slice_name(subject: str, offset_mm: float) -> str:
+    return f"sub-{subject}{SLICE_SUFFIX}{round(offset_mm):+03d}"

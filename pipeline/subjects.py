@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
+from pipeline.bids import case_dir
 from pipeline.config import ConfigError
 from pipeline.io import InputError, read_tsv, write_tsv
 from pipeline.tools.base import ToolMissing
@@ -137,15 +138,20 @@ def for_each_subject(stage: str, subjects: Sequence[str], work: Callable[[str, i
     return ordered, [failures[subject] for subject in subjects if subject in failures]
 
 
-def remove_subject_files(out: Path, subject: str) -> None:
-    """Everything of one subject under ``out``: its ``sub-X`` folders and its ``sub-X_*`` files."""
-    for path in sorted(out.rglob(f"sub-{subject}*"), reverse=True):
-        if path.name != f"sub-{subject}" and not path.name.startswith(f"sub-{subject}_"):
+def remove_subject_files(out: Path, case: str) -> None:
+    """Everything of one case under ``out``: its ``sub-<case>`` folders and ``sub-<case>_*`` files, then the
+    folders that held only them (a session's)."""
+    for path in sorted(out.rglob(f"sub-{case}*"), reverse=True):
+        if path.name != f"sub-{case}" and not path.name.startswith(f"sub-{case}_"):
             continue  # sub-1 must not take sub-10 with it
         if path.is_dir():
             shutil.rmtree(path, ignore_errors=True)
         else:
             path.unlink(missing_ok=True)
+    folder = case_dir(out, case) / "anat"
+    while folder != out and folder.is_dir() and not any(folder.iterdir()):
+        folder.rmdir()
+        folder = folder.parent
 
 
 def failure_row(stage: str, subject: str, file: Path | None, error: Exception, keep_going: bool) -> dict:

@@ -47,9 +47,8 @@ def test_split_is_deterministic_by_subject_and_shares_when_too_small():
 
 def test_write_scan_copies_a_real_head(ds000011: Path, tmp_path: Path):
     scan = bids_scans(ds000011, ["02"])[0]
-    row = write_scan(scan, tmp_path)
-    copied = tmp_path / "sub-02" / "anat" / "sub-02_T1w.nii.gz"
-    assert row["participant_id"] == "sub-02"
+    copied = write_scan(scan, tmp_path)
+    assert copied == tmp_path / "sub-02" / "anat" / "sub-02_T1w.nii.gz"
     assert np.array_equal(nib.load(copied).get_fdata(), nib.load(scan.path).get_fdata())
 
 
@@ -121,12 +120,11 @@ def test_a_folder_of_heads_is_a_subject_per_file_with_sanitised_labels(ds000011:
     resave_as_mgz(ds000011 / "sub-02/anat/sub-02_T1w.nii.gz", heads / "patient-02.mgz")
     (heads / "notes.txt").write_text("not a head")
     scans = gather(AcquireConfig(source="folder", folder=str(heads)), tmp_path / "download")
-    assert [(s.subject, s.path.name) for s in scans] == [("patient01", "patient_01.nii.gz"),
+    assert [(s.case, s.path.name) for s in scans] == [("patient01", "patient_01.nii.gz"),
                                                         ("patient02", "patient-02.mgz")]
-    row = write_scan(scans[1], tmp_path / "raw")  # the FreeSurfer volume becomes BIDS NIfTI, same voxels
-    copied = nib.load(tmp_path / "raw/sub-patient02/anat/sub-patient02_T1w.nii.gz")
-    original = nib.load(heads / "patient-02.mgz")
-    assert row["source"] == str(heads / "patient-02.mgz")
+    written = write_scan(scans[1], tmp_path / "raw")  # the FreeSurfer volume becomes BIDS NIfTI, same voxels
+    assert written == tmp_path / "raw/sub-patient02/anat/sub-patient02_T1w.nii.gz"
+    copied, original = nib.load(written), nib.load(heads / "patient-02.mgz")
     assert np.allclose(copied.affine, original.affine) and np.array_equal(copied.get_fdata(), original.get_fdata())
     (heads / "patient 01.nii").write_bytes(b"")
     with pytest.raises(InputError, match="would both be subject patient01"):
@@ -140,4 +138,5 @@ def test_bids_reader_takes_mgz_and_names_the_run_it_uses(ds000011: Path, tmp_pat
     with caplog.at_level("WARNING", logger="pipeline"):
         scans = bids_scans(tmp_path / "bids", [])
     assert [s.path.name for s in scans] == ["sub-01_run-1_T1w.mgz"]
-    assert "subject 01 has 2 T1w images (sub-01_run-1_T1w.mgz, sub-01_run-2_T1w.mgz): using sub-01_run-1" in caplog.text
+    assert ("sub-01 has 2 T1w images (sub-01_run-1_T1w.mgz, sub-01_run-2_T1w.mgz): using sub-01_run-1_T1w.mgz, "
+            "the lowest run (acquire.runs: first)") in caplog.text

@@ -15,8 +15,8 @@ import pytest
 
 from pipeline.config import ConfigError, parse_config
 from pipeline.io import InputError, load_nifti, save_nifti
+from pipeline.preprocess import to_ras_isotropic
 from pipeline.stages.acquire import bids_scans, copy_usable
-from pipeline.stages.harmonize import to_ras_isotropic
 
 from .conftest import copy_project, set_params, venv_env
 
@@ -85,7 +85,7 @@ def test_keep_going_lists_the_broken_subject_and_keeps_the_others(ds000011: Path
     out = tmp_path / "raw"
     out.mkdir()
     kept = copy_usable(bids_scans(root, []), out, keep_going=True)
-    assert [scan.subject for scan, _ in kept] == ["01"]
+    assert [scan.case for scan in kept] == ["01"]
     failures = (out / "failures.tsv").read_text()
     assert "sub-02" in failures and "sub-02_T1w.nii.gz" in failures and "not a readable NIfTI" in failures
     assert not (out / "sub-02").exists()
@@ -140,8 +140,8 @@ def test_clinical_scans_are_harmonized_to_the_same_anatomy(ds000011: Path, tmp_p
     """Resaved real heads (another orientation, integer type, FreeSurfer format, 4 mm axial slices) come out
     RAS at 1 mm with the same reference level as the original, and thick slices carry a QC flag."""
     from pipeline.config import HarmonizeConfig
+    from pipeline.preprocess import acquisition_qc, harmonize_builtin
     from pipeline.slices import reference_level_mm
-    from pipeline.stages.harmonize import acquisition_qc, harmonize_builtin
 
     original = nib.load(ds000011 / "sub-01" / "anat" / "sub-01_T1w.nii.gz")
     clinical = resaved(original, orientation, dtype, step_z)
@@ -161,7 +161,7 @@ def test_clinical_scans_are_harmonized_to_the_same_anatomy(ds000011: Path, tmp_p
 
 
 def test_a_field_of_view_too_small_for_a_brain_is_refused_naming_the_file(ds000011: Path, tmp_path: Path):
-    from pipeline.stages.harmonize import acquisition_qc
+    from pipeline.preprocess import acquisition_qc
 
     original = nib.load(ds000011 / "sub-01" / "anat" / "sub-01_T1w.nii.gz")
     slab = nib.Nifti1Image(np.asarray(original.dataobj)[:, :, 80:140], original.affine)  # 60 x 1.33 mm = 80 mm

@@ -14,10 +14,10 @@ import pytest
 from pipeline.__main__ import main
 from pipeline.config import HarmonizeConfig, StripConfig, parse_config
 from pipeline.io import save_nifti
-from pipeline.stages import strip as strip_stage
-from pipeline.stages.harmonize import harmonize_synthsr
-from pipeline.stages.strip import brain_mask
+from pipeline.preprocess import harmonize_synthsr
+from pipeline.tools import registry
 from pipeline.tools.base import ToolFailed, ToolMissing
+from pipeline.tools.registry import brain_mask
 
 from . import standins
 
@@ -87,7 +87,7 @@ def test_standin_mri_synthstrip_under_freesurfer_home_with_a_border(tmp_path: Pa
 
 def test_standin_mri_synthstrip_on_the_gpu_when_there_is_one(bin_dir: Path, monkeypatch):
     write_standin(bin_dir, "mri_synthstrip", [*SYNTHSTRIP_ARGS, "-b", "1", "-g"], SYNTHSTRIP_BODY)
-    monkeypatch.setattr(strip_stage, "torch_device", lambda: "cuda")
+    monkeypatch.setattr(registry, "torch_device", lambda: "cuda")
     image, expected = head()
     assert np.array_equal(brain_mask("synthstrip", image, StripConfig()), expected)
 

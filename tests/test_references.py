@@ -11,9 +11,8 @@ import pytest
 
 from pipeline.io import InputError, save_nifti, write_tsv
 from pipeline.labels import CSF, GM, WM, remap
+from pipeline.preprocess import crop, to_ras_isotropic
 from pipeline.references import on_grid, reference_file, reference_tissues
-from pipeline.stages.harmonize import to_ras_isotropic
-from pipeline.stages.strip import crop
 
 
 def derivative(root: Path, subject: str, labels: np.ndarray, affine: np.ndarray, table: dict[int, str] | None,

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import yaml
 
+from pipeline.bids import subject_file, write_raw_tables
 from pipeline.config import (
     ConfigError,
     HarmonizeConfig,
@@ -21,17 +22,15 @@ from pipeline.config import (
     StripConfig,
     parse_config,
 )
-from pipeline.io import load_nifti, load_png, read_tsv, save_nifti, write_json, write_tsv
+from pipeline.io import load_nifti, load_png, read_tsv, save_nifti, write_json
 from pipeline.labels import CSF, GM, NON_BRAIN, WM, present_labels, unmapped_labels
 from pipeline.metrics import dice_per_tissue
+from pipeline.preprocess import crop_to_brain, harmonize_builtin
 from pipeline.stages import synthesize
-from pipeline.stages.acquire import subject_file
-from pipeline.stages.harmonize import harmonize_builtin
 from pipeline.stages.segment import save_overlay, tissue_labels
-from pipeline.stages.segment_qc import agreement, decide, failures, measures, read_decisions
-from pipeline.stages.strip import brain_mask, crop_to_brain
-from pipeline.stages.synthesize import Synthesize
-from pipeline.tools.registry import SEGMENTERS
+from pipeline.stages.segment_qc import agreement, decide, failures, measures
+from pipeline.stages.synthesize import Synthesize, read_decisions
+from pipeline.tools.registry import SEGMENTERS, brain_mask
 from pipeline.tools.segmentation import SegmentJob, tool_image
 
 from .conftest import PROJECT_ROOT
@@ -183,7 +182,7 @@ def study(tmp_path: Path, monkeypatch) -> Path:
     # One worker: the stages run in this process, where the tests' monkeypatches apply.
     (tmp_path / "params.yaml").write_text(yaml.safe_dump({"workers": 1, "segment": {"methods": ["hmrf"]}}))
     image, mask, _ = phantom()
-    rows = []
+    splits: dict[str, str] = {}
     stripped = Path("data/stripped/deepbet")
     for subject, split in (("01", "train"), ("02", "train"), ("03", "test")):
         brain = image.get_fdata(dtype=np.float32)
@@ -191,8 +190,8 @@ def study(tmp_path: Path, monkeypatch) -> Path:
         save_nifti(mask.astype(np.uint8), image.affine, subject_file(stripped, subject, "desc-brain_mask"))
         level = {"ReferenceLevelMM": float(image.affine[2, 3])}  # what harmonize found (any plane will do here)
         write_json(level, Path(f"data/harmonized/sub-{subject}/anat/sub-{subject}_desc-harmonized_T1w.json"))
-        rows.append({"participant_id": f"sub-{subject}", "split": split})
-    write_tsv(rows, Path("data/raw/participants.tsv"))
+        splits[subject] = split
+    write_raw_tables(Path("data/raw"), splits, {f"{s}": Path(f"/heads/{s}.nii.gz") for s in splits})
     return tmp_path
 
 

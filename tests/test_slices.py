@@ -76,7 +76,7 @@ def test_the_reference_level_is_the_same_with_and_without_skull(ds000011: Path):
     """Real heads with skull against the same heads skull-stripped by deepbet: the same level within 4 mm,
     so the level does not hang on what a stripper keeps (measured: 1-3.5 mm lower with skull)."""
     from pipeline.config import StripConfig
-    from pipeline.stages.strip import brain_mask
+    from pipeline.tools.registry import brain_mask
 
     for path in sorted(ds000011.glob("sub-0[1-3]/anat/*_T1w.nii.gz")):
         head = canonical(path)

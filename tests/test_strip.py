@@ -19,14 +19,15 @@ import pytest
 from nibabel.orientations import axcodes2ornt, io_orientation, ornt_transform
 from nibabel.processing import resample_from_to
 
+from pipeline.bids import write_raw_tables
 from pipeline.config import HarmonizeConfig, StripConfig, StripMethod, StripQcConfig, parse_config
-from pipeline.io import load_nifti, load_png, read_tsv, save_nifti, write_tsv
-from pipeline.stages.harmonize import harmonize_builtin, normalize_percentiles
-from pipeline.stages.strip import Strip, brain_mask, crop_to_brain, mask_figures, qc_verdict, save_mask_png
+from pipeline.io import load_nifti, load_png, read_tsv, save_nifti
+from pipeline.preprocess import crop_to_brain, harmonize_builtin, normalize_percentiles
+from pipeline.stages.strip import Strip, mask_figures, qc_verdict, save_mask_png
 from pipeline.stages.strip_qc import StripQc, dice_world, reference_mask
 from pipeline.tools import hdbet
 from pipeline.tools.base import Tool
-from pipeline.tools.registry import STRIPPERS
+from pipeline.tools.registry import STRIPPERS, brain_mask
 from pipeline.tools.stripping import PackagedTool, Stripper, always
 
 REAL = ("hdbet", "deepbet", "robex")
@@ -238,15 +239,14 @@ def test_strip_and_strip_qc_stages(tmp_path: Path, monkeypatch):
     monkeypatch.setitem(STRIPPERS, "deepbet", threshold_stripper(dilate=0))
     monkeypatch.setitem(STRIPPERS, "hdbet", threshold_stripper(dilate=1))
     sources = tmp_path / "sources"
-    rows = []
+    heads: dict[str, Path] = {}
     for subject, radius in (("big", 66.0), ("small", 20.0)):
         image, inside = sphere_head(radius)
         harmonized = Path(f"data/harmonized/sub-{subject}/anat/sub-{subject}_desc-harmonized_T1w.nii.gz")
         save_nifti(image.get_fdata(dtype=np.float32), image.affine, harmonized)
         save_nifti(inside.astype(np.uint8), image.affine, sources / f"sub-{subject}_desc-brain_mask.nii.gz")
-        rows.append({"participant_id": f"sub-{subject}", "source": str(sources / f"sub-{subject}_T1w.nii.gz"),
-                     "split": "both"})
-    write_tsv(rows, Path("data/raw/participants.tsv"))
+        heads[subject] = sources / f"sub-{subject}_T1w.nii.gz"
+    write_raw_tables(Path("data/raw"), dict.fromkeys(heads, "both"), heads)
     # One worker: subjects are stripped in this process, where the stand-in strippers are patched in.
     config = parse_config({"workers": 1, "strip": {"methods": ["deepbet", "hdbet"]}})
     for method in config.strip.methods:

@@ -6,12 +6,13 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
+from pipeline.bids import subject_file
 from pipeline.io import InputError, read_tsv
-from pipeline.stages.acquire import subject_file
 from pipeline.subjects import SubjectFailed, for_each_subject, plan_budget
 from pipeline.tools.base import ToolMissing
 
@@ -19,7 +20,9 @@ from .conftest import copy_project, set_params, tiny_study, venv_env
 
 
 def report_process(subject: str, threads: int) -> dict:
-    """Where a subject's work ran, and the thread cap it was given."""
+    """Where a subject's work ran, and the thread cap it was given. It takes a second, as a subject's work
+    does: a worker that finished at once could take every subject before the other had started."""
+    time.sleep(1.0)
     return {"subject": subject, "pid": os.getpid(), "threads": threads, "omp": os.environ.get("OMP_NUM_THREADS")}
 
 

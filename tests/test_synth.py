@@ -19,11 +19,11 @@ from PIL import Image
 from scipy import ndimage
 
 from pipeline.__main__ import main
+from pipeline.bids import subject_file, write_raw_tables
 from pipeline.config import Config, ConfigError, SynthConfig
 from pipeline.io import save_nifti, save_png, write_json, write_tsv
 from pipeline.labels import CSF, GM, WM
 from pipeline.slices import center_pad, to_uint8
-from pipeline.stages.acquire import subject_file
 from pipeline.stages.synthesize import Synthesize
 from pipeline.synth.bench import load_tissue_labels, run_benchmark
 from pipeline.synth.canvas import synthesis_labels
@@ -552,8 +552,7 @@ def stage(small, tmp_path, monkeypatch) -> Synthesize:
         save_nifti(brain, np.eye(4), subject_file(stripped, subject, "desc-brain_T1w"))
         write_json({"ReferenceLevelMM": small.shape[2] // 2},
                    subject_file(harmonized, subject, "desc-harmonized_T1w").with_suffix("").with_suffix(".json"))
-    write_tsv([{"participant_id": "sub-01", "split": "train"}, {"participant_id": "sub-02", "split": "test"}],
-              raw / "participants.tsv")
+    write_raw_tables(raw, {"01": "train", "02": "test"}, {s: Path(f"/heads/{s}.nii.gz") for s in ("01", "02")})
     write_tsv([{"participant_id": f"sub-0{n}", "included": True, "reason": "passed"} for n in (1, 2)],
               qc / "qc.tsv")
     folders = [segmented, raw, qc, stripped, harmonized]

@@ -1,8 +1,10 @@
 """Stage 1 — acquire: gather T1-weighted heads into a BIDS tree under ``data/raw``.
 
-Sources: ``sample`` (real heads shipped inside installed packages, offline),
-``bids`` (any local BIDS root) and ``openneuro`` (T1w files of an OpenNeuro dataset).
-``participants.tsv`` records each subject's train/test split.
+Sources: ``sample`` (real heads shipped inside installed packages, offline), ``bids`` (any local BIDS root,
+with or without sessions), ``folder`` (a plain folder of heads) and ``openneuro`` (the T1w files of an
+OpenNeuro dataset). Each head is a case (``pipeline.bids``): a subject, a subject's session, or with
+``acquire.runs: all`` each of its runs. ``participants.tsv`` records each subject's train/test split and the
+scans tables where each head came from.
 """
 
 from __future__ import annotations
@@ -18,28 +20,37 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
+from pipeline.bids import (
+    BIDS_VERSION,
+    CASE,
+    LABEL,
+    entities,
+    session_dirs,
+    subject_file,
+    subject_of,
+    t1w_images,
+    write_raw_tables,
+)
 from pipeline.config import AcquireConfig, Config
-from pipeline.io import HEAD_SUFFIXES, InputError, image_stem, load_nifti, write_json, write_tsv
+from pipeline.io import HEAD_SUFFIXES, InputError, image_stem, load_nifti, write_json
 from pipeline.stages.base import Stage
 from pipeline.subjects import failure_row, write_failures
 
 log = logging.getLogger("pipeline")
 
-SUBJECT_ID = re.compile(r"^[A-Za-z0-9]+$")  # BIDS labels are alphanumeric: no separators, no '..'
-# participants.json: what the custom columns of participants.tsv hold (BIDS asks for it)
-PARTICIPANT_COLUMNS = {
-    "source": {"Description": "the file this subject's T1w image was copied from"},
-    "split": {"Description": "the subject's role in the study", "Levels": {
-        "train": "its synthetic images train the models", "test": "held out: its real and synthetic slices test them",
-        "both": "too few subjects to split: it trains and tests"}},
-}
+# The entities a raw T1w head's name may carry that tell one of a session's heads from another.
+RUN_ENTITIES = ("acq", "ce", "rec", "run", "echo", "part", "chunk")
 
 
 @dataclass(frozen=True)
 class SourceScan:
-    subject: str  # BIDS label, without "sub-"
+    case: str  # the case label (pipeline.bids): subject, then session and run entities, without "sub-"
     path: Path
     origin: str  # where it came from, for the dataset description
+
+    @property
+    def subject(self) -> str:
+        return subject_of(self.case)
 
 
 def _package_file(package: str, *parts: str) -> Path | None:
@@ -71,34 +82,53 @@ def sample_scans() -> list[SourceScan]:
     return scans
 
 
-def t1w_images(anat: Path) -> list[Path]:
-    """The T1w images of a BIDS ``anat`` folder, NIfTI or FreeSurfer volumes, in name order (run-1 first)."""
-    return sorted(path for path in anat.glob("*_T1w.*") if path.name.endswith(HEAD_SUFFIXES))
+def run_label(case: str, path: Path) -> str:
+    """The case label of one of several heads of a subject or session: the case, then the entities of the
+    file's name that tell it from the others (``sub-01_ses-A_run-2_T1w.nii.gz`` -> ``01_ses-A_run-2``)."""
+    found = entities(path.name)
+    return "_".join([case, *(f"{key}-{found[key]}" for key in RUN_ENTITIES if key in found)])
 
 
-def bids_scans(root: Path, subjects: list[str]) -> list[SourceScan]:
-    """One ``sub-*/anat/*_T1w`` image per subject of a local BIDS root (.nii, .nii.gz, .mgz, .mgh). With
-    several runs, the first in name order (the lowest run number) is used, and the choice is logged."""
+def session_scans(case: str, anat: Path, runs: str, origin: str) -> list[SourceScan]:
+    """The heads of one subject or session: the lowest-numbered run (``runs: first``, the choice logged
+    when there were several) or every one of them as its own case (``runs: all``)."""
+    t1s = t1w_images(anat)
+    if not t1s:
+        log.warning("bids: sub-%s has no anat/*_T1w image (.nii, .nii.gz, .mgz, .mgh); skipped", case)
+        return []
+    if len(t1s) == 1:
+        return [SourceScan(case, t1s[0], origin)]
+    names = ", ".join(path.name for path in t1s)
+    if runs == "first":
+        log.warning("bids: sub-%s has %d T1w images (%s): using %s, the lowest run (acquire.runs: first)", case,
+                    len(t1s), names, t1s[0].name)
+        return [SourceScan(case, t1s[0], origin)]
+    scans = [SourceScan(run_label(case, path), path, origin) for path in t1s]
+    if len({scan.case for scan in scans}) < len(scans):
+        raise InputError(f"bids: sub-{case}: the T1w images {names} are not told apart by their "
+                         f"{'/'.join(RUN_ENTITIES)} entities")
+    log.info("bids: sub-%s has %d T1w images (%s): each is a case (acquire.runs: all)", case, len(t1s), names)
+    return scans
+
+
+def bids_scans(root: Path, subjects: list[str], runs: str = "first") -> list[SourceScan]:
+    """The ``sub-*/[ses-*/]anat/*_T1w`` heads of a local BIDS root (.nii, .nii.gz, .mgz, .mgh): one case per
+    subject, or per session where there are sessions; several runs as ``session_scans`` says."""
     if not root.is_dir():
         raise InputError(f"bids: root folder {root} does not exist")
     scans = []
     for subject_dir in sorted(root.glob("sub-*")):
-        label = subject_dir.name.removeprefix("sub-")
-        if subjects and label not in subjects:
+        subject = subject_dir.name.removeprefix("sub-")
+        if subjects and subject not in subjects:
             continue
-        t1s = t1w_images(subject_dir / "anat")
-        if not t1s:
-            log.warning("bids: subject %s has no anat/*_T1w image (.nii, .nii.gz, .mgz, .mgh); skipped", label)
-            continue
-        if len(t1s) > 1:
-            log.warning("bids: subject %s has %d T1w images (%s): using %s, the first in name order", label,
-                        len(t1s), ", ".join(path.name for path in t1s), t1s[0].name)
-        scans.append(SourceScan(label, t1s[0], f"BIDS {root}"))
+        for folder in session_dirs(subject_dir):
+            case = subject if folder == subject_dir else f"{subject}_{folder.name}"
+            scans += session_scans(case, folder / "anat", runs, f"BIDS {root}")
     missing = sorted(set(subjects) - {scan.subject for scan in scans})
     if missing:
         raise InputError(f"bids: subjects not found under {root}: {', '.join(missing)}")
     if not scans:
-        raise InputError(f"bids: no sub-*/anat/*_T1w.nii[.gz] under {root}")
+        raise InputError(f"bids: no sub-*/[ses-*/]anat/*_T1w.nii[.gz] under {root}")
     return scans
 
 
@@ -124,11 +154,11 @@ def folder_scans(folder: Path, subjects: list[str]) -> list[SourceScan]:
     return chosen
 
 
-def openneuro_scans(dataset: str, subjects: list[str], download_dir: Path) -> list[SourceScan]:
+def openneuro_scans(dataset: str, subjects: list[str], runs: str, download_dir: Path) -> list[SourceScan]:
     """Download only the T1w files (and top-level metadata) of an OpenNeuro dataset."""
     import openneuro  # heavy import, only for this source
 
-    include = [f"sub-{s}/anat/*_T1w.nii.gz" for s in subjects] or ["sub-*/anat/*_T1w.nii.gz"]
+    include = [f"sub-{s}/{d}anat/*_T1w.nii.gz" for s in subjects or ["*"] for d in ("", "ses-*/")]
     include += ["dataset_description.json", "participants.tsv"]
     log.info("openneuro: downloading T1w files of %s to %s", dataset, download_dir)
     try:
@@ -138,7 +168,7 @@ def openneuro_scans(dataset: str, subjects: list[str], download_dir: Path) -> li
                            verify_size=True, verify_hash="auto")
     except Exception as error:  # openneuro-py raises many kinds when offline
         raise InputError(f"openneuro: cannot download {dataset} (offline? {type(error).__name__}: {error})") from None
-    return bids_scans(download_dir, subjects)
+    return bids_scans(download_dir, subjects, runs)
 
 
 def split_subjects(subjects: list[str], test_fraction: float, seed: int) -> tuple[dict[str, str], bool]:
@@ -162,37 +192,39 @@ def gather(config: AcquireConfig, download_dir: Path) -> list[SourceScan]:
     if config.source == "bids":
         if not config.bids_root:
             raise InputError("acquire.bids_root must name a BIDS folder when acquire.source is 'bids'")
-        return bids_scans(Path(config.bids_root).expanduser(), config.subjects)
+        return bids_scans(Path(config.bids_root).expanduser(), config.subjects, config.runs)
     if config.source == "folder":
         if not config.folder:
             raise InputError("acquire.folder must name a folder of heads when acquire.source is 'folder'")
         return folder_scans(Path(config.folder).expanduser(), config.subjects)
-    return openneuro_scans(config.dataset, config.subjects, download_dir)
+    return openneuro_scans(config.dataset, config.subjects, config.runs, download_dir)
 
 
-def write_scan(scan: SourceScan, out: Path) -> dict:
-    if not SUBJECT_ID.match(scan.subject):
-        raise InputError(f"subject id {scan.subject!r} ({scan.path}) is not a BIDS label (letters and digits only)")
-    image = load_nifti(scan.path, scan.subject)  # validates: readable, 3D, finite, sane voxels
-    target = out / f"sub-{scan.subject}" / "anat" / f"sub-{scan.subject}_T1w.nii.gz"
-    target.parent.mkdir(parents=True)
+def write_scan(scan: SourceScan, out: Path) -> Path:
+    """The scan as ``sub-<case>_T1w.nii.gz`` in the BIDS tree; returns that file."""
+    if not LABEL.match(scan.subject) or not CASE.match(scan.case):
+        raise InputError(f"subject id {scan.case!r} ({scan.path}) is not a BIDS label (letters and digits only)")
+    image = load_nifti(scan.path, scan.case)  # validates: readable, 3D, finite, sane voxels
+    target = subject_file(out, scan.case, "T1w")
+    target.parent.mkdir(parents=True, exist_ok=True)
     if scan.path.name.endswith(".nii.gz") and np.asanyarray(nib.load(scan.path).dataobj).ndim == 3:
         shutil.copyfile(scan.path, target)
     else:  # normalise to a 3D .nii.gz
         nib.save(nib.Nifti1Image(np.asarray(image.dataobj), image.affine, image.header), target)
-    log.info("acquire: sub-%s <- %s", scan.subject, scan.path)
-    return {"participant_id": f"sub-{scan.subject}", "source": str(scan.path)}
+    log.info("acquire: sub-%s <- %s", scan.case, scan.path)
+    return target
 
 
-def copy_usable(scans: list[SourceScan], out: Path, keep_going: bool) -> list[tuple[SourceScan, dict]]:
+def copy_usable(scans: list[SourceScan], out: Path, keep_going: bool) -> list[SourceScan]:
     """Copy every scan into the BIDS tree. An unusable one stops the stage, or with ``keep_going``
     is left out and listed, with the reason, in ``failures.tsv``."""
     copied, failures = [], []
     for scan in scans:
         try:
-            copied.append((scan, write_scan(scan, out)))
+            write_scan(scan, out)
+            copied.append(scan)
         except InputError as error:
-            failures.append(failure_row("acquire", scan.subject, scan.path, error, keep_going))
+            failures.append(failure_row("acquire", scan.case, scan.path, error, keep_going))
     write_failures(failures, out)
     if not copied:
         raise InputError("acquire: no usable subject (see the errors above)")
@@ -207,45 +239,21 @@ class Acquire(Stage):
     def build(self, out: Path, config: Config) -> None:
         scans = gather(config.acquire, out.parent / ".openneuro-download")
         scans = copy_usable(scans, out, config.keep_going)
-        split, shared = split_subjects([scan.subject for scan, _ in scans], config.acquire.test_fraction, config.seed)
-        write_tsv([row | {"split": split[scan.subject]} for scan, row in scans], out / "participants.tsv")
+        subjects = sorted({scan.subject for scan in scans})
+        split, shared = split_subjects(subjects, config.acquire.test_fraction, config.seed)
+        write_raw_tables(out, split, {scan.case: scan.path for scan in scans})
         write_json(
             {
                 "Name": f"synthseg-pipeline input ({config.acquire.source})",
-                "BIDSVersion": "1.9.0",
+                "BIDSVersion": BIDS_VERSION,
                 "DatasetType": "raw",
                 "GeneratedBy": [{"Name": "synthseg-pipeline acquire"}],
-                "Sources": sorted({scan.origin for scan, _ in scans}),
+                "Sources": sorted({scan.origin for scan in scans}),
                 "TrainTestShareSubject": shared,
             },
             out / "dataset_description.json",
         )
-        write_json(PARTICIPANT_COLUMNS, out / "participants.json")
+        log.info("acquire: %d case(s) of %d subject(s)", len(scans), len(subjects))
         if shared:
-            log.warning("acquire: %d subject(s) cannot be split cleanly: train and test share subjects", len(scans))
-
-
-@dataclass(frozen=True)
-class Participant:
-    subject: str
-    split: str  # train | test | both
-
-    @property
-    def in_train(self) -> bool:
-        return self.split in ("train", "both")
-
-    @property
-    def in_test(self) -> bool:
-        return self.split in ("test", "both")
-
-
-def read_participants(raw: Path) -> list[Participant]:
-    from pipeline.io import read_tsv
-
-    rows = read_tsv(raw / "participants.tsv")
-    return [Participant(row["participant_id"].removeprefix("sub-"), row["split"]) for row in rows]
-
-
-def subject_file(root: Path, subject: str, suffix: str) -> Path:
-    """BIDS(-derivatives) path: ROOT/sub-X/anat/sub-X_SUFFIX.nii.gz."""
-    return root / f"sub-{subject}" / "anat" / f"sub-{subject}_{suffix}.nii.gz"
+            log.warning("acquire: %d subject(s) cannot be split cleanly: train and test share subjects",
+                        len(subjects))

@@ -23,20 +23,22 @@ from pathlib import Path
 import numpy as np
 
 from pipeline import nnunet
+from pipeline.bids import read_cases, reference_level, subject_file, subject_of
 from pipeline.compare import mean_ci95, scores_by_subject
 from pipeline.config import Config, EvaluateConfig
 from pipeline.devices import torch_device
 from pipeline.io import InputError, load_nifti, load_png, save_png, write_csv, write_json
 from pipeline.metrics import dice_per_tissue, summarize
+from pipeline.nnunet import nnunet_dataset, trained_seeds
 from pipeline.references import on_grid, reference_file, reference_tissues
-from pipeline.slices import center_pad, level_index, to_uint8
-from pipeline.stages.acquire import Acquire, read_participants, subject_file
+from pipeline.slices import SLICE_SUFFIX, center_pad, level_index, slice_name, to_uint8
+from pipeline.stages.acquire import Acquire
 from pipeline.stages.base import ComboStage, Stage
-from pipeline.stages.export import Export, nnunet_dataset
-from pipeline.stages.harmonize import Harmonize, reference_level
+from pipeline.stages.export import Export
+from pipeline.stages.harmonize import Harmonize
 from pipeline.stages.segment import Segment
 from pipeline.stages.strip import Strip
-from pipeline.stages.train import Train, trained_seeds
+from pipeline.stages.train import Train
 from pipeline.subjects import failed_ids
 
 log = logging.getLogger("pipeline")
@@ -70,14 +72,6 @@ def score_subjects(references: Path, predictions: Path, kind: str) -> list[dict]
         predicted = np.stack([load_png(prediction_of(path, predictions)) for path in slices])
         rows.append({"kind": kind, "case": subject, "slices": len(slices), **dice_per_tissue(truth, predicted)})
     return rows
-
-
-SLICE_SUFFIX = "_dz"  # sub-X_dz+04: the slice 4 mm above the subject's reference level
-REFERENCE_SLICE = f"{SLICE_SUFFIX}+00"
-
-
-def slice_name(subject: str, offset_mm: float) -> str:
-    return f"sub-{subject}{SLICE_SUFFIX}{round(offset_mm):+03d}"
 
 
 def band_offsets(config: EvaluateConfig) -> list[float]:
@@ -169,7 +163,8 @@ class Evaluate(ComboStage):
                            config.train.predict_tta, nnunet.trainer_name(config.train))
 
         lost = failed_ids(segmented)  # keep_going: subjects without labels cannot be scored
-        test_subjects = [p.subject for p in read_participants(acquired) if p.in_test and f"sub-{p.subject}" not in lost]
+        test_subjects = [case.label for case in read_cases(acquired)
+                         if case.in_test and f"sub-{case.label}" not in lost]
         log.info("evaluate %s-%s: real slices of %d test subject(s)", self.segmenter, self.stripper,
                  len(test_subjects))
         levels = {subject: reference_level(harmonized, subject) for subject in test_subjects}
@@ -212,7 +207,7 @@ class Evaluate(ComboStage):
         metrics = {
             "dice": {"synthetic": summarize(synthetic), "real": with_ci(real)}
             | ({"external": with_ci(external), "teacher": with_ci(teacher)} if external else {}),
-            "n_subjects": len({row["case"] for row in real}),
+            "n_subjects": len({subject_of(row["case"]) for row in real}),
             "n_seeds": len(training.get("seeds", [training["seed"]])),
             "n_train": json.loads((dataset / "dataset.json").read_text())["numTraining"],
             "n_test": len({row["case"] for row in synthetic}),

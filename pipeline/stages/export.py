@@ -9,30 +9,16 @@ from __future__ import annotations
 
 import logging
 import shutil
-from dataclasses import dataclass
 from pathlib import Path
-from typing import get_args
 
-from pipeline.config import Config, SegmentMethod, StripMethod
+from pipeline.config import Config
 from pipeline.io import write_json
 from pipeline.labels import LABEL_NAMES
+from pipeline.nnunet import nnunet_dataset
 from pipeline.stages.base import ComboStage, Stage
 from pipeline.stages.synthesize import Synthesize
 
 log = logging.getLogger("pipeline")
-
-@dataclass(frozen=True)
-class NnunetDataset:
-    """A combo's nnU-Net dataset: its own ID and name, stable across studies (``Dataset1SK_<seg>_<strip>``: S
-    and K the methods' places in ``config.SegmentMethod`` and ``config.StripMethod``)."""
-
-    id: int
-    name: str
-
-
-def nnunet_dataset(segmenter: str, stripper: str) -> NnunetDataset:
-    dataset_id = 100 + 10 * get_args(SegmentMethod).index(segmenter) + get_args(StripMethod).index(stripper)
-    return NnunetDataset(dataset_id, f"Dataset{dataset_id:03d}_{segmenter}_{stripper}")
 
 
 def export_split(source: Path, images_dir: Path, labels_dir: Path) -> int:

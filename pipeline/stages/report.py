@@ -21,8 +21,9 @@ from pipeline.compare import Difference, Scores, paired_difference, scores_by_su
 from pipeline.config import Config, load_config
 from pipeline.io import load_png, read_tsv, write_csv, write_text
 from pipeline.labels import TISSUES, coloured
+from pipeline.slices import REFERENCE_SLICE
 from pipeline.stages.base import Gathered, Stage
-from pipeline.stages.evaluate import REFERENCE_SLICE, Evaluate
+from pipeline.stages.evaluate import Evaluate
 
 log = logging.getLogger("pipeline")
 

@@ -14,11 +14,11 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.bids import write_derivative_description
+from pipeline.bids import read_cases, subject_file, write_derivative_description
 from pipeline.config import Config, SegmentConfig
 from pipeline.io import atomic_path, load_nifti, save_nifti, write_tsv
-from pipeline.labels import CSF, GM, LABEL_NAMES, TISSUES, WM
-from pipeline.stages.acquire import Acquire, read_participants, subject_file
+from pipeline.labels import CSF, GM, LABEL_NAMES, WM, tissue_volumes
+from pipeline.stages.acquire import Acquire
 from pipeline.stages.base import ComboStage, Stage
 from pipeline.stages.strip import Strip
 from pipeline.subjects import for_each_subject, not_failed, read_failures, write_failures
@@ -36,14 +36,6 @@ def tissue_labels(method: str, job: SegmentJob, config: SegmentConfig) -> np.nda
     labels = segmenter.run(job, config)
     # The stripper decides what is brain: labels a tool puts outside its mask are dropped.
     return np.where(job.mask, labels, 0).astype(np.uint8)
-
-
-def tissue_volumes(labels: np.ndarray, voxel_ml: float) -> dict[str, float]:
-    volumes = {f"{name}_ml": float((labels == tissue).sum() * voxel_ml) for tissue, name in TISSUES.items()}
-    brain = sum(volumes.values())
-    fractions = {f"{name}_fraction": volumes[f"{name}_ml"] / brain if brain else 0.0
-                 for name in TISSUES.values()}
-    return volumes | fractions
 
 
 def save_overlay(image: np.ndarray, labels: np.ndarray, path: Path, title: str) -> None:
@@ -95,7 +87,7 @@ class Segment(ComboStage):
     def build(self, out: Path, config: Config) -> None:
         stripped = self.input_dir(0)
         SEGMENTERS[self.segmenter].tool.require()  # a missing tool stops before any work
-        subjects = not_failed([p.subject for p in read_participants(self.input_dir(1))], stripped)
+        subjects = not_failed([case.label for case in read_cases(self.input_dir(1))], stripped)
         work = functools.partial(segment_subject, method=self.segmenter, stripped=stripped, out=out,
                                  config=config.segment)
         files = {subject: subject_file(stripped, subject, "desc-brain_T1w") for subject in subjects}

@@ -19,13 +19,14 @@ import luigi
 import nibabel as nib
 import numpy as np
 
+from pipeline.bids import read_cases, subject_file, subject_of
 from pipeline.config import Config, SegmentQCConfig, load_config
-from pipeline.io import InputError, load_nifti, read_tsv, write_json, write_tsv
-from pipeline.labels import CSF, GM, TISSUES, WM
+from pipeline.io import InputError, load_nifti, write_json, write_tsv
+from pipeline.labels import CSF, GM, TISSUES, WM, tissue_volumes
 from pipeline.metrics import dice_per_tissue
-from pipeline.stages.acquire import Acquire, read_participants, subject_file
+from pipeline.stages.acquire import Acquire
 from pipeline.stages.base import ComboStage, Gathered, Stage
-from pipeline.stages.segment import Segment, tissue_volumes
+from pipeline.stages.segment import Segment
 from pipeline.stages.strip import Strip
 from pipeline.subjects import read_failures
 
@@ -80,7 +81,8 @@ def failures(row: dict, others: list[str], qc: SegmentQCConfig) -> list[str]:
 
 
 def decide(participant_id: str, reasons: list[str], qc: SegmentQCConfig) -> dict[str, object]:
-    if participant_id in qc.force_include:
+    """Included when no check failed, or when forced: by its case id or its subject's (all its sessions)."""
+    if participant_id in qc.force_include or subject_of(participant_id) in qc.force_include:
         failed = "; ".join(reasons) if reasons else "nothing"
         return {"included": True, "reason": f"forced by segment.qc.force_include (failed: {failed})"}
     return {"included": not reasons, "reason": "; ".join(reasons) or PASSED}
@@ -111,11 +113,6 @@ def lost_subject(failure: dict, segmenter: str) -> dict:
     """The qc.tsv row of a subject lost in an earlier stage (``keep_going``): excluded, with where and why."""
     reason = f"failed in {failure['stage']}: {failure['reason']}"
     return {"participant_id": failure["participant_id"], "segmenter": segmenter, "included": False, "reason": reason}
-
-
-def read_decisions(path: Path) -> dict[str, tuple[bool, str]]:
-    """participant_id -> (included, reason) from a qc.tsv."""
-    return {row["participant_id"]: (row["included"] == "True", row["reason"]) for row in read_tsv(path)}
 
 
 def summary(rows: list[dict]) -> dict:
@@ -151,13 +148,13 @@ class SegmentQC(ComboStage):
         methods = config.segment.methods
         if self.segmenter not in methods:
             raise InputError(f"segment_qc: segmenter {self.segmenter!r} is not in segment.methods {methods}")
-        stripped, participants = self.input_dir(0), read_participants(self.input_dir(1))
+        stripped, cases = self.input_dir(0), read_cases(self.input_dir(1))
         segmented = {method: Path(Segment(segmenter=method, stripper=self.stripper).out_dir())
                      for method in methods}
         lost = {row["participant_id"]: row for row in read_failures(segmented[self.segmenter])}
-        rows = [lost_subject(lost[f"sub-{p.subject}"], self.segmenter) if f"sub-{p.subject}" in lost
-                else check_subject(p.subject, self.segmenter, stripped, segmented, config.segment.qc)
-                for p in participants]
+        rows = [lost_subject(lost[f"sub-{case.label}"], self.segmenter) if f"sub-{case.label}" in lost
+                else check_subject(case.label, self.segmenter, stripped, segmented, config.segment.qc)
+                for case in cases]
         rows += [lost_subject(row, self.segmenter) for row in lost.values() if row["stage"] == "acquire"]
         write_tsv(rows, out / "qc.tsv")
         write_json(summary(rows), self.metrics_path())

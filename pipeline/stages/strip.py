@@ -19,49 +19,19 @@ import luigi
 import nibabel as nib
 import numpy as np
 
-from pipeline.bids import write_derivative_description
+from pipeline.bids import read_cases, subject_file, write_derivative_description
 from pipeline.config import Config, StripConfig, StripQcConfig
-from pipeline.devices import torch_device
-from pipeline.io import InputError, atomic_path, load_nifti, read_tsv, save_nifti, write_tsv
-from pipeline.stages.acquire import Acquire, read_participants, subject_file
+from pipeline.io import InputError, atomic_path, load_nifti, save_nifti, write_tsv
+from pipeline.preprocess import crop_to_brain
+from pipeline.stages.acquire import Acquire
 from pipeline.stages.base import Stage
-from pipeline.stages.harmonize import Harmonize, normalize_percentiles
+from pipeline.stages.harmonize import Harmonize
 from pipeline.subjects import for_each_subject, not_failed, read_failures, write_failures
-from pipeline.tools.registry import STRIPPERS
+from pipeline.tools.registry import STRIPPERS, brain_mask
 
 log = logging.getLogger("pipeline")
 
 PLANES = ("sagittal", "coronal", "axial")
-
-
-def brain_mask(method: str, image: nib.Nifti1Image, config: StripConfig) -> np.ndarray:
-    """Bool brain mask on ``image``'s grid; stops with ToolMissing when the method's tool is absent."""
-    return STRIPPERS[method].mask(image, config, torch_device())
-
-
-def bounding_box(mask: np.ndarray, margin: int) -> tuple[slice, ...]:
-    """The mask's bounding box grown by ``margin`` voxels, clipped to the image."""
-    coords = np.argwhere(mask)
-    low = np.maximum(coords.min(axis=0) - margin, 0)
-    high = np.minimum(coords.max(axis=0) + 1 + margin, mask.shape)
-    return tuple(slice(int(lo), int(hi)) for lo, hi in zip(low, high, strict=True))
-
-
-def crop(data: np.ndarray, affine: np.ndarray, box: tuple[slice, ...]) -> tuple[np.ndarray, np.ndarray]:
-    """Crop ``data`` to ``box`` and move the affine's origin so world coordinates are unchanged."""
-    offset = np.array([s.start for s in box] + [1])
-    cropped_affine = affine.copy()
-    cropped_affine[:3, 3] = (affine @ offset)[:3]
-    return data[box], cropped_affine
-
-
-def crop_to_brain(image: nib.Nifti1Image, mask: np.ndarray, margin: int) -> tuple[nib.Nifti1Image, ...]:
-    """The masked brain, its intensities normalized inside the mask, and the mask: both cropped alike."""
-    data = image.get_fdata(dtype=np.float32)
-    brain = np.where(mask, normalize_percentiles(data, (0.5, 99.5), mask), 0).astype(np.float32)
-    box = bounding_box(mask, margin)
-    brain, affine = crop(brain, image.affine, box)
-    return nib.Nifti1Image(brain, affine), nib.Nifti1Image(mask[box].astype(np.uint8), affine)
 
 
 def mask_figures(mask: np.ndarray, voxel_ml: float) -> dict:
@@ -90,11 +60,6 @@ def qc_verdict(figures: dict, qc: StripQcConfig) -> dict:
         reasons.append(f"{figures['border_fraction']:.1%} of the mask on the image border "
                        f"(at most {qc.max_border_fraction:.1%})")
     return {"qc_pass": not reasons, "qc_reason": "; ".join(reasons) or None}
-
-
-def read_mask_qc(stripped: Path) -> dict[str, dict[str, str]]:
-    """A stripper's ``masks.tsv``, by participant id."""
-    return {row["participant_id"]: row for row in read_tsv(stripped / "masks.tsv")}
 
 
 def save_mask_png(image: nib.Nifti1Image, mask: np.ndarray, path: Path, title: str) -> None:
@@ -158,7 +123,7 @@ class Strip(Stage):
     def build(self, out: Path, config: Config) -> None:
         harmonized = self.input_dir(0)
         STRIPPERS[self.stripper].tool_for(config.strip).require()  # a missing tool stops before any work
-        subjects = not_failed([p.subject for p in read_participants(self.input_dir(1))], harmonized)
+        subjects = not_failed([case.label for case in read_cases(self.input_dir(1))], harmonized)
         work = functools.partial(strip_subject, method=self.stripper, harmonized=harmonized, out=out,
                                  config=config.strip)
         files = {subject: subject_file(harmonized, subject, "desc-harmonized_T1w") for subject in subjects}

@@ -20,11 +20,12 @@ import numpy as np
 from nibabel.affines import apply_affine
 from nibabel.processing import resample_from_to
 
+from pipeline.bids import read_sources, subject_file
 from pipeline.config import Config, load_config
 from pipeline.io import read_tsv, write_json, write_text
-from pipeline.stages.acquire import Acquire, subject_file
+from pipeline.stages.acquire import Acquire
 from pipeline.stages.base import Gathered, Stage
-from pipeline.stages.strip import Strip, read_mask_qc
+from pipeline.stages.strip import Strip
 from pipeline.subjects import failed_ids
 
 log = logging.getLogger("pipeline")
@@ -100,8 +101,7 @@ class StripQc(Stage):
 
     def build(self, out: Path, config: Config) -> None:
         methods = config.strip.methods
-        participants = read_tsv(self.input_dir(0) / "participants.tsv")
-        sources = {row["participant_id"]: Path(row["source"]) for row in participants}
+        sources = read_sources(self.input_dir(0))
         tables = {method: read_mask_qc(self.input_dir(1) / method) for method in methods}
         masks = {method: self.masks(method, list(tables[method])) for method in methods}  # the stripped only
         metrics = {
@@ -180,3 +180,8 @@ def dice_table(dice: dict[str, dict[str, float]]) -> str:
              for name, scores in dice.items()}
     body = "".join(f"<tr><td>{html.escape(name)}</td>{row}</tr>" for name, row in cells.items())
     return f"<table><tr><th></th>{head}</tr>{body}</table>"
+
+
+def read_mask_qc(stripped: Path) -> dict[str, dict[str, str]]:
+    """A stripper's ``masks.tsv``, by participant id."""
+    return {row["participant_id"]: row for row in read_tsv(stripped / "masks.tsv")}

@@ -17,15 +17,16 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline.bids import Case, read_cases, reference_level, subject_file
 from pipeline.config import Config, SynthConfig
 from pipeline.devices import torch_device
-from pipeline.io import load_nifti, save_png
+from pipeline.io import load_nifti, read_tsv, save_png
 from pipeline.slices import level_index
-from pipeline.stages.acquire import Acquire, Participant, read_participants, subject_file
+from pipeline.stages.acquire import Acquire
 from pipeline.stages.base import ComboStage, Stage
-from pipeline.stages.harmonize import Harmonize, reference_level
+from pipeline.stages.harmonize import Harmonize
 from pipeline.stages.segment import Segment
-from pipeline.stages.segment_qc import SegmentQC, read_decisions
+from pipeline.stages.segment_qc import SegmentQC
 from pipeline.stages.strip import Strip
 from pipeline.subjects import for_each_subject, write_failures
 from pipeline.synth.classes import GenerationClasses, one_class_per_label, split_tissues
@@ -86,9 +87,9 @@ def write_subject(subject: str, threads: int, splits: dict[str, str], folders: F
     """The subject's training and/or test samples, as its split asks. One torch thread whatever the budget:
     the ops are small, and subjects run in parallel processes instead (``pipeline.subjects``)."""
     model = subject_model(subject, folders, config.synth)
-    participant = Participant(subject, splits[subject])
-    for name, count, offset, wanted in (("train", config.synth.n_train, 0, participant.in_train),
-                                        ("test", config.synth.n_test, TEST_INDEX_OFFSET, participant.in_test)):
+    case = Case(subject, splits[subject])
+    for name, count, offset, wanted in (("train", config.synth.n_train, 0, case.in_train),
+                                        ("test", config.synth.n_test, TEST_INDEX_OFFSET, case.in_test)):
         if wanted:
             log.info("synthesize sub-%s: %d %s samples", subject, count, name)
             seeds = [sample_seed(config.seed, subject, offset + index) for index in range(count)]
@@ -109,12 +110,12 @@ class Synthesize(ComboStage):
         decisions = read_decisions(self.input_dir(2) / "qc.tsv")
         check_engine(config.synth)  # a missing optional engine stops before any work
         splits = {}
-        for participant in read_participants(self.input_dir(1)):
-            included, reason = decisions[f"sub-{participant.subject}"]
+        for case in read_cases(self.input_dir(1)):
+            included, reason = decisions[f"sub-{case.label}"]
             if included:
-                splits[participant.subject] = participant.split
+                splits[case.label] = case.split
             else:
-                log.warning("synthesize: sub-%s skipped, excluded by segmentation QC: %s", participant.subject, reason)
+                log.warning("synthesize: sub-%s skipped, excluded by segmentation QC: %s", case.label, reason)
         work = functools.partial(write_subject, splits=splits, folders=folders, out=out, config=config)
         files = {subject: subject_file(folders.segmented, subject, "dseg") for subject in splits}
         _, failures = for_each_subject(f"synthesize {self.segmenter}-{self.stripper}", list(splits), work, out,
@@ -123,3 +124,8 @@ class Synthesize(ComboStage):
         chosen = write_montage(out / "train", out / "montage.png", config.seed,
                                f"synthetic {self.segmenter}-{self.stripper}")
         log.info("synthesize: montage.png shows %d training samples", len(chosen))
+
+
+def read_decisions(path: Path) -> dict[str, tuple[bool, str]]:
+    """participant_id -> (included, reason) from a qc.tsv."""
+    return {row["participant_id"]: (row["included"] == "True", row["reason"]) for row in read_tsv(path)}

@@ -9,7 +9,6 @@ per seed on the same synthetic set: the first seed's model in ``models/<combo>/`
 
 from __future__ import annotations
 
-import json
 import logging
 import shutil
 import time
@@ -19,22 +18,11 @@ from pipeline import nnunet
 from pipeline.config import Config
 from pipeline.devices import torch_device
 from pipeline.io import write_csv, write_json
+from pipeline.nnunet import NnunetDataset, nnunet_dataset, seed_folders
 from pipeline.stages.base import ComboStage, Stage, package_versions
-from pipeline.stages.export import Export, NnunetDataset, nnunet_dataset
+from pipeline.stages.export import Export
 
 log = logging.getLogger("pipeline")
-
-
-def seed_folders(models: Path, seeds: list[int]) -> list[tuple[int, Path]]:
-    """Where each seed's model lives: the first seed's in the model folder itself (what ``predict`` uses),
-    every other one in ``seed-<seed>/`` inside it."""
-    return [(seed, models if index == 0 else models / f"seed-{seed}") for index, seed in enumerate(seeds)]
-
-
-def trained_seeds(models: Path) -> list[tuple[int, Path]]:
-    """The (seed, folder) of every model a train stage wrote, from its training.json."""
-    record = json.loads((models / "training.json").read_text())
-    return seed_folders(models, record.get("seeds", [record["seed"]]))
 
 
 def training_curve(results: Path, dataset: str) -> list[dict]:

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import nibabel as nib
+import numpy as np
+
 from pipeline.config import Config, StripConfig
+from pipeline.devices import torch_device
 from pipeline.tools import (
     deepbet,
     fast,
@@ -62,3 +66,8 @@ def missing_tools(config: Config) -> list[str]:
             if availability is not None and not availability.available:
                 missing.append(f"{stage} {method}: {availability.detail}")
     return missing
+
+
+def brain_mask(method: str, image: nib.Nifti1Image, config: StripConfig) -> np.ndarray:
+    """Bool brain mask on ``image``'s grid; stops with ToolMissing when the method's tool is absent."""
+    return STRIPPERS[method].mask(image, config, torch_device())
