@@ -26,9 +26,8 @@ import yaml
 from pipeline import nnunet
 from pipeline.config import Config, apply_overrides, parse_config
 from pipeline.devices import torch_device
-from pipeline.metrics import summarize
+from pipeline.metrics import score_subjects, summarize
 from pipeline.nnunet import nnunet_dataset
-from pipeline.stages.evaluate import score_subjects
 
 
 def study_config(study: Path, overrides: list[str]) -> Config:

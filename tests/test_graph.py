@@ -78,3 +78,25 @@ def test_the_stages_that_hang_on_package_versions_depend_on_the_lock_file():
               if line and not line.startswith("#")]
     assert "torch==2.14.1" in pinned and "torchvision==0.29.1" in pinned
     assert all("==" in line for line in pinned)  # exact versions, nothing floating
+
+
+def test_stages_share_code_through_libraries_and_import_each_other_only_to_name_their_inputs():
+    """A stage module takes from another stage module nothing but its Task classes (what ``requires()``
+    names): every function two stages or ``predict`` share lives in a library module (bids, preprocess, ...)."""
+    import ast
+    import importlib
+    import inspect
+
+    from pipeline.stages.base import Stage
+
+    for path in sorted((PROJECT_ROOT / "pipeline").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(node, ast.ImportFrom) or not (node.module or "").startswith("pipeline.stages."):
+                continue
+            if node.module == "pipeline.stages.base" or path.name == "graph.py":
+                continue
+            assert path.parent.name == "stages", f"{path.name} imports {node.module}: a library must not"
+            module = importlib.import_module(node.module)
+            for alias in node.names:
+                imported = getattr(module, alias.name)
+                assert inspect.isclass(imported) and issubclass(imported, Stage), (path.name, alias.name)

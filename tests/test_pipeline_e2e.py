@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from pipeline.io import read_tsv
+
 from .conftest import copy_project, tiny_study, venv_env
 
 pytestmark = pytest.mark.slow
@@ -86,7 +88,11 @@ def test_every_derivative_folder_is_a_bids_derivative_dataset(project: Path):
     assert (project / "data/segmented/hmrf-deepbet/dseg.tsv").read_text().splitlines()[1:] == [
         "0\tbackground", "1\tGM", "2\tWM", "3\tCSF"]
     columns = json.loads((project / "data/raw/participants.json").read_text())
-    assert set(columns) == {"source", "split"} and set(columns["split"]["Levels"]) == {"train", "test", "both"}
+    assert set(columns) == {"split"} and set(columns["split"]["Levels"]) == {"train", "test", "both"}
+    for row in read_tsv(project / "data/raw/participants.tsv"):  # each head's source, in its subject's scans table
+        scans = read_tsv(project / "data/raw" / row["participant_id"] / f"{row['participant_id']}_scans.tsv")
+        assert [scan["filename"] for scan in scans] == [f"anat/{row['participant_id']}_T1w.nii.gz"]
+        assert Path(scans[0]["source"]).is_file()
 
 
 def test_every_stage_records_the_package_versions_that_made_it(project: Path):
@@ -110,7 +116,7 @@ def test_predict_on_a_real_head_returns_labels_on_the_input_grid(project: Path, 
     import nibabel as nib
     import numpy as np
 
-    split = dict(row.split("\t")[0::2] for row in (project / "data/raw/participants.tsv").read_text().splitlines()[1:])
+    split = {row["participant_id"]: row["split"] for row in read_tsv(project / "data/raw/participants.tsv")}
     test_subject = next(subject for subject, kind in split.items() if kind == "test")
     real = nib.load(ds000011 / test_subject / "anat" / f"{test_subject}_T1w.nii.gz")
     head = tmp_path / "in" / f"{test_subject}_T1w.mgz"  # a FreeSurfer volume, as researchers have them
@@ -158,7 +164,7 @@ def test_reference_labels_add_dice_external_and_rerun_only_evaluation(project: P
 
     from pipeline.io import save_nifti, write_tsv
 
-    split = dict(row.split("\t")[0::2] for row in (project / "data/raw/participants.tsv").read_text().splitlines()[1:])
+    split = {row["participant_id"]: row["split"] for row in read_tsv(project / "data/raw/participants.tsv")}
     subject = next(pid for pid, kind in split.items() if kind == "test")
     head = nib.load(project / "data" / "raw" / subject / "anat" / f"{subject}_T1w.nii.gz")
     labels = nib.load(project / "data" / "segmented" / "hmrf-deepbet" / subject / "anat" / f"{subject}_dseg.nii.gz")

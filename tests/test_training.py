@@ -17,10 +17,9 @@ from pipeline import nnunet
 from pipeline.config import load_config
 from pipeline.io import save_png
 from pipeline.labels import GM, WM, remap
-from pipeline.metrics import summarize
+from pipeline.metrics import score_folder, summarize
 from pipeline.nnunet import nnunet_dataset
 from pipeline.slices import center_pad
-from pipeline.stages.evaluate import score_folder
 from pipeline.stages.train import Train
 
 pytestmark = pytest.mark.slow

@@ -32,7 +32,7 @@ from pipeline.bids import (
     write_raw_tables,
 )
 from pipeline.config import AcquireConfig, Config
-from pipeline.io import HEAD_SUFFIXES, InputError, image_stem, load_nifti, write_json
+from pipeline.io import HEAD_SUFFIXES, InputError, image_stem, load_nifti, write_json, write_text
 from pipeline.stages.base import Stage
 from pipeline.subjects import failure_row, write_failures
 
@@ -231,6 +231,17 @@ def copy_usable(scans: list[SourceScan], out: Path, keep_going: bool) -> list[So
     return copied
 
 
+def raw_readme(config: AcquireConfig, scans: list[SourceScan], split: dict[str, str]) -> str:
+    """The raw dataset's README: where its heads came from and how they were chosen and split."""
+    sources = "\n".join(f"- {origin}" for origin in sorted({scan.origin for scan in scans}))
+    counts = {role: sum(value == role for value in split.values()) for role in ("train", "test", "both")}
+    return (f"T1-weighted heads gathered by synthseg-pipeline's acquire stage (source: {config.source}).\n\n"
+            f"{len(scans)} head(s) of {len(split)} subject(s); one head per subject or session "
+            f"(acquire.runs: {config.runs}). Subjects by role in participants.tsv: {counts['train']} train, "
+            f"{counts['test']} test, {counts['both']} both. Each head's source file is in its scans table.\n\n"
+            f"Copied from:\n{sources}\n")
+
+
 class Acquire(Stage):
     name = "acquire"
     param_keys = ("seed", "keep_going", "acquire")
@@ -253,6 +264,9 @@ class Acquire(Stage):
             },
             out / "dataset_description.json",
         )
+        write_text(raw_readme(config.acquire, scans, split), out / "README")
+        # what every stage writes beside its data (pipeline.stages.base), which BIDS has no name for
+        write_text("versions.json\nfailures.tsv\n", out / ".bidsignore")
         log.info("acquire: %d case(s) of %d subject(s)", len(scans), len(subjects))
         if shared:
             log.warning("acquire: %d subject(s) cannot be split cleanly: train and test share subjects",

@@ -27,11 +27,11 @@ from pipeline.bids import read_cases, reference_level, subject_file, subject_of
 from pipeline.compare import mean_ci95, scores_by_subject
 from pipeline.config import Config, EvaluateConfig
 from pipeline.devices import torch_device
-from pipeline.io import InputError, load_nifti, load_png, save_png, write_csv, write_json
-from pipeline.metrics import dice_per_tissue, summarize
+from pipeline.io import InputError, load_nifti, save_png, write_csv, write_json
+from pipeline.metrics import score_folder, score_subjects, summarize
 from pipeline.nnunet import nnunet_dataset, trained_seeds
 from pipeline.references import on_grid, reference_file, reference_tissues
-from pipeline.slices import SLICE_SUFFIX, center_pad, level_index, slice_name, to_uint8
+from pipeline.slices import center_pad, level_index, slice_name, to_uint8
 from pipeline.stages.acquire import Acquire
 from pipeline.stages.base import ComboStage, Stage
 from pipeline.stages.export import Export
@@ -42,36 +42,6 @@ from pipeline.stages.train import Train
 from pipeline.subjects import failed_ids
 
 log = logging.getLogger("pipeline")
-
-
-def score_folder(references: Path, predictions: Path, kind: str) -> list[dict]:
-    """Dice of every case (PNG) in ``references`` against its prediction."""
-    rows = []
-    for reference in sorted(references.glob("*.png")):
-        rows.append({"kind": kind, "case": reference.stem,
-                     **dice_per_tissue(load_png(reference), load_png(prediction_of(reference, predictions)))})
-    return rows
-
-
-def prediction_of(reference: Path, predictions: Path) -> Path:
-    predicted = predictions / reference.name
-    if not predicted.is_file():
-        raise FileNotFoundError(f"nnU-Net wrote no prediction for {reference.name} in {predictions}")
-    return predicted
-
-
-def score_subjects(references: Path, predictions: Path, kind: str) -> list[dict]:
-    """Dice of every subject over all its slices at once (``slice_name``): one row per subject, each voxel
-    of the band counting once, so a subject weighs the same whatever its number of slices."""
-    by_subject: dict[str, list[Path]] = {}
-    for reference in sorted(references.glob("*.png")):
-        by_subject.setdefault(reference.stem.split(SLICE_SUFFIX)[0], []).append(reference)
-    rows = []
-    for subject, slices in by_subject.items():
-        truth = np.stack([load_png(path) for path in slices])
-        predicted = np.stack([load_png(prediction_of(path, predictions)) for path in slices])
-        rows.append({"kind": kind, "case": subject, "slices": len(slices), **dice_per_tissue(truth, predicted)})
-    return rows
 
 
 def band_offsets(config: EvaluateConfig) -> list[float]:
