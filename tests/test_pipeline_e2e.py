@@ -155,6 +155,27 @@ def test_predict_on_png_slices_writes_label_pngs(project: Path, tmp_path: Path):
     assert Image.open(outputs[0]).size == (256, 256)
 
 
+def test_nnunets_own_command_line_predicts_with_a_model_folder_as_evaluate_did(project: Path, tmp_path: Path):
+    """A user's nnUNetv2_predict_from_modelfolder, with nothing but nnUNet_extTrainer pointing at the pipeline's
+    trainers (the README's instruction), gives the very labels the evaluate stage scored."""
+    import numpy as np
+    from PIL import Image
+
+    model = next((project / "models/hmrf-deepbet").glob("Dataset*/nnUNetTrainerPipeline__nnUNetPlans__2d"))
+    fold = next(model.glob("fold_*")).name.removeprefix("fold_")  # the one the study trained (train.fold)
+    evaluation = project / "data/evaluation/hmrf-deepbet/real"
+    env = {key: value for key, value in venv_env().items() if not key.startswith("nnUNet_")}
+    env |= {"nnUNet_extTrainer": str(project / "pipeline/nnunet_trainers"), "OMP_NUM_THREADS": "2"}
+    command = ["nnUNetv2_predict_from_modelfolder", "-i", str(evaluation / "images"), "-o", str(tmp_path),
+               "-m", str(model), "-f", fold, "--disable_tta", "-device", "cpu", "-npp", "1", "-nps", "1"]
+    result = subprocess.run(command, env=env, capture_output=True, text=True, cwd=tmp_path.parent)
+    assert result.returncode == 0, result.stderr[-3000:]
+    ours = sorted((evaluation / "predictions").glob("*.png"))
+    assert ours and [path.name for path in ours] == sorted(path.name for path in tmp_path.glob("*.png"))
+    for path in ours:
+        assert np.array_equal(np.asarray(Image.open(path)), np.asarray(Image.open(tmp_path / path.name))), path.name
+
+
 def test_reference_labels_add_dice_external_and_rerun_only_evaluation(project: Path, tmp_path: Path):
     """A derivative holding, on the raw head's grid, the very labels dice.real is scored against: the
     two Dice then differ only by the two nearest-neighbour resamplings between the grids."""
