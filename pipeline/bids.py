@@ -95,7 +95,11 @@ def read_sources(raw: Path) -> dict[str, Path]:
 def t1w_images(anat: Path) -> list[Path]:
     """The T1w images of a BIDS ``anat`` folder (NIfTI or FreeSurfer volumes), lowest run number first."""
     found = [path for path in anat.glob("*_T1w.*") if path.name.endswith(HEAD_SUFFIXES)]
-    return sorted(found, key=lambda path: (int(entities(path.name).get("run", "0")), path.name))
+    def run_number(path: Path) -> int:
+        run = entities(path.name).get("run", "0")
+        return int(run) if run.isdigit() else 0  # BIDS runs are indices; anything else sorts by name
+
+    return sorted(found, key=lambda path: (run_number(path), path.name))
 
 
 def session_dirs(subject_dir: Path) -> list[Path]:

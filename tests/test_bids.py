@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import nibabel as nib
@@ -152,3 +153,30 @@ def test_the_raw_dataset_with_sessions_passes_the_official_bids_validator(sessio
     # and its authors, which are people acquire cannot name
     assert warnings <= {"MISSING_SESSION", "INCONSISTENT_SUBJECTS", "NO_AUTHORS"}, warnings
     assert report["summary"]["sessions"] == ["post", "pre"] and report["summary"]["subjects"] == ["01", "02", "03"]
+
+
+@pytest.mark.slow
+def test_a_study_with_sessions_trains_on_each_session_and_scores_subjects(sessions_root: Path, tmp_path: Path):
+    """Acquire to evaluate on real heads, one subject scanned twice: every stage works per session, the
+    sessions of a subject stay on one side of the split, and the interval counts the subject once."""
+    from .conftest import copy_project, tiny_study, venv_env
+
+    project = copy_project(tmp_path / "study")
+    tiny_study(project, sessions_root, ["01", "02"], test_fraction=0.5)
+    result = subprocess.run([sys.executable, "-m", "pipeline", "run", "evaluate", "--segmenter", "hmrf",
+                             "--stripper", "deepbet"],
+                            cwd=project, env=venv_env(), capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-4000:]
+    split = {row["participant_id"]: row["split"] for row in read_tsv(project / "data/raw/participants.tsv")}
+    assert sorted(split.values()) == ["test", "train"]
+    for case in ("01_ses-pre", "01_ses-post"):
+        assert subject_file(project / "data/segmented/hmrf-deepbet", case, "dseg").is_file()
+        synthetic = sorted((project / "data/synthetic/hmrf-deepbet" / split["sub-01"] / "images").glob(
+            f"sub-{case}_*.png"))
+        assert synthetic, case  # its own samples, on its subject's side of the split
+    qc = {row["participant_id"] for row in read_tsv(project / "data/qc/hmrf-deepbet/qc.tsv")}
+    assert qc == {"sub-01_ses-pre", "sub-01_ses-post", "sub-02"}
+    metrics = json.loads((project / "metrics/hmrf-deepbet.json").read_text())
+    sub01_tests = split["sub-01"] == "test"
+    assert metrics["n_real"] == (2 if sub01_tests else 1) and metrics["n_subjects"] == 1
+    assert metrics["n_train"] == 8 * (1 if sub01_tests else 2)  # synth.n_train per training case
