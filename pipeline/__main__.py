@@ -96,7 +96,7 @@ def cmd_bench_train(args: argparse.Namespace) -> int:
 
     from pipeline.bench_train import benchmark
 
-    print(json.dumps(benchmark(Path(args.study), args.combo, args.set, args.eval_every), indent=2))
+    print(json.dumps(benchmark(Path(args.study), args.combo, args.set, args.eval_every, args.compile), indent=2))
     return 0
 
 
@@ -161,6 +161,8 @@ def parser() -> argparse.ArgumentParser:
     train.add_argument("--eval-every", type=int, default=2, help="score the real slices every N epochs")
     train.add_argument("-S", "--set", action="append", default=[], metavar="KEY=VALUE",
                        help="a params.yaml override, as dvc exp run -S (repeatable)")
+    train.add_argument("--compile", action="store_true",
+                       help="torch.compile the network (nnU-Net compiles on CUDA only); its compile time is reported")
     train.set_defaults(func=cmd_bench_train)
     real = bench.add_parser("real", help="a study on real scans scored against reference labels")
     real.add_argument("--bids-root", required=True, help="a BIDS folder of real T1w scans")

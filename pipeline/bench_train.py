@@ -52,8 +52,9 @@ def real_dice(trainer, real: Path, out: Path) -> dict:
     trainer.set_deep_supervision_enabled(False)  # as nnU-Net's own final validation predicts
     trainer.network.eval()
     predictor = nnUNetPredictor(use_mirroring=False, device=trainer.device, verbose=False, allow_tqdm=False)
-    predictor.manual_initialization(trainer.network, trainer.plans_manager, trainer.configuration_manager,
-                                    [trainer.network.state_dict()], trainer.dataset_json, type(trainer).__name__,
+    network = getattr(trainer.network, "_orig_mod", trainer.network)  # torch.compile's wrapper, if any
+    predictor.manual_initialization(network, trainer.plans_manager, trainer.configuration_manager,
+                                    [network.state_dict()], trainer.dataset_json, type(trainer).__name__,
                                     trainer.inference_allowed_mirroring_axes)
     out.mkdir(parents=True, exist_ok=True)
     predictor.predict_from_files_sequential(str(real / "images"), str(out))
@@ -62,13 +63,16 @@ def real_dice(trainer, real: Path, out: Path) -> dict:
     return summarize(score_subjects(real / "labels", out, "real"))
 
 
-def train_timed(trainer, real: Path, work: Path, eval_every: int) -> tuple[dict, list[dict]]:
+def train_timed(trainer, real: Path, work: Path, eval_every: int, compile_network: bool) -> tuple[dict, list[dict]]:
     """nnU-Net's run_training loop, each iteration's data and step timed, real Dice every ``eval_every``
-    epochs (its time not counted as training)."""
+    epochs (its time not counted as training). With ``compile_network`` the network is torch.compile'd once
+    nnU-Net has built it; the first iteration, which compiles, is reported on its own."""
     import torch
 
     data_s, step_s, curve, training = [], [], [], 0.0
     trainer.on_train_start()
+    if compile_network:
+        trainer.network = torch.compile(trainer.network)
     for epoch in range(trainer.num_epochs):
         epoch_start = time.perf_counter()
         trainer.on_epoch_start()
@@ -98,11 +102,11 @@ def train_timed(trainer, real: Path, work: Path, eval_every: int) -> tuple[dict,
     median = statistics.median
     timings = {"data_and_augmentation_s": round(median(data_s), 3), "forward_backward_s": round(median(step_s), 3),
                "iteration_s": round(median(a + b for a, b in zip(data_s, step_s, strict=True)), 3),
-               "iterations": len(step_s)}
+               "first_iteration_s": round(data_s[0] + step_s[0], 1), "iterations": len(step_s)}
     return timings, curve
 
 
-def benchmark(study: Path, combo: str, overrides: list[str], eval_every: int) -> dict:
+def benchmark(study: Path, combo: str, overrides: list[str], eval_every: int, compile_network: bool = False) -> dict:
     import torch
 
     config = study_config(study, overrides)
@@ -124,12 +128,12 @@ def benchmark(study: Path, combo: str, overrides: list[str], eval_every: int) ->
         torch.set_num_threads(config.workers)
         with open(work / "nnunet.log", "w") as log, contextlib.redirect_stdout(log):
             trainer = make_trainer(config, dataset.id, device)
-            timings, curve = train_timed(trainer, real, work, eval_every)
+            timings, curve = train_timed(trainer, real, work, eval_every, compile_network)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return {
         "study": str(study), "combo": combo, "overrides": overrides, "device": device,
         "threads": config.workers, "profile": config.train.profile, **config.train.active_profile().model_dump(),
-        "augmentation": config.train.augmentation, "patch_size": plan["patch_size"],
+        "augmentation": config.train.augmentation, "compiled": compile_network, "patch_size": plan["patch_size"],
         "features_per_stage": plan["architecture"]["arch_kwargs"]["features_per_stage"],
         "batch_size": plan["batch_size"], **timings, "peak_rss_mb": round(peak),
         "peak_gpu_mb": round(torch.cuda.max_memory_allocated() / 2**20) if device == "cuda" else None,
