@@ -122,8 +122,12 @@ def benchmark(study: Path, combo: str, overrides: list[str], eval_every: int, co
         dataset = nnunet_dataset(*combo.split("-"))
         nnunet.plan_and_preprocess(dataset.id, env, config.workers)
         seed = config.train.training_seed(config.seed) if config.train.deterministic else None
+        segmenter, stripper = combo.split("-")
+        online = nnunet.online_plan(study / "data/segmented" / combo, study / "data/stripped" / stripper,
+                                    study / "data/harmonized", config.synth, config.seed) \
+            if config.train.online_synthesis else None
         plan = nnunet.adapt_plans(work / "preprocessed" / dataset.name / "nnUNetPlans.json",
-                                  config.train.active_profile(), seed)
+                                  config.train.active_profile(), seed, online)
         os.environ.update(env | ({"nnUNet_n_proc_DA": "0"} if config.train.deterministic else {}))
         torch.set_num_threads(config.workers)
         with open(work / "nnunet.log", "w") as log, contextlib.redirect_stdout(log):

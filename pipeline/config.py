@@ -227,6 +227,9 @@ class TrainConfig(Strict):
     # nnunet: nnU-Net's own data augmentation; synthesis: only the synthesis's (which already deforms, flips and
     # re-textures every sample), with left-right mirroring only (pipeline/nnunet_trainers)
     augmentation: Literal["nnunet", "synthesis"] = "nnunet"
+    # Online synthesis: every training sample nnU-Net loads is drawn afresh from the case's label map
+    # (pipeline.synth.online), as SynthSeg trains, instead of read from the synthesize stage's fixed PNG set.
+    online_synthesis: bool = False
     device: Literal["auto", "cpu", "cuda"] = "auto"
     deterministic: bool = True
     # The training's own seed (null: the study's ``seed``): retrain on the same data with other seeds to see

@@ -33,8 +33,10 @@ STAGES: list[type[Stage]] = [Acquire, Harmonize, Strip, StripQc, Segment, Segmen
                              Train, Evaluate, Report]
 BY_NAME: dict[str, type[Stage]] = {stage.name: stage for stage in STAGES}
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
-# What nnU-Net loads by path, not by import (nnUNet_extTrainer): the stages that run nnU-Net depend on it too.
-LOADED_BY_NNUNET = {"train": ["pipeline/nnunet_trainers"], "evaluate": ["pipeline/nnunet_trainers"]}
+# What nnU-Net loads by path, not by import (nnUNet_extTrainer): the stages that run nnU-Net depend on it too,
+# and on the project modules its trainers import.
+TRAINER_FOLDER = "pipeline/nnunet_trainers"
+RUNS_NNUNET = ("train", "evaluate")
 # The exact package versions (setup.sh installs them): the stages whose results hang on them re-run on an upgrade.
 LOCK_FILE = "requirements.lock"
 VERSION_SENSITIVE = ("harmonize", "strip", "segment", "synthesize", "train", "evaluate")
@@ -105,9 +107,20 @@ def import_closure(module: str) -> list[str]:
     return sorted(str(module_file(name).relative_to(PROJECT_ROOT)) for name in seen)
 
 
+def loaded_by_nnunet(stage: type[Stage]) -> list[str]:
+    """The trainer folder nnU-Net loads for a stage that runs it, and every project file its trainers import."""
+    if stage.name not in RUNS_NNUNET:
+        return []
+    files: set[str] = set()
+    for path in sorted((PROJECT_ROOT / TRAINER_FOLDER).glob("*.py")):
+        for module in imported_modules(path, f"{TRAINER_FOLDER.replace('/', '.')}.{path.stem}"):
+            files |= set(import_closure(module))
+    return [TRAINER_FOLDER, *sorted(files)]
+
+
 def dvc_stage(stage: type[Stage]) -> dict:
     task = _template(stage)
-    code = [*import_closure(stage.__module__), *LOADED_BY_NNUNET.get(stage.name, [])]
+    code = list(dict.fromkeys([*import_closure(stage.__module__), *loaded_by_nnunet(stage)]))
     code += [LOCK_FILE] if stage.name in VERSION_SENSITIVE else []
     upstream = luigi.task.flatten(task.requires())
     entry: dict = {}

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import get_args
 
-from pipeline.config import SegmentMethod, StripMethod, TrainConfig, TrainProfile
+from pipeline.config import SegmentMethod, StripMethod, SynthConfig, TrainConfig, TrainProfile
 from pipeline.subjects import THREAD_VARIABLES
 from pipeline.tools.base import run_command
 
@@ -20,7 +20,7 @@ TRAINER_DIR = Path(__file__).parent / "nnunet_trainers"
 
 
 def trainer_name(config: TrainConfig) -> str:
-    return TRAINERS[config.augmentation]
+    return TRAINERS[config.augmentation] + ("Online" if config.online_synthesis else "")
 
 
 def environment(raw: Path, preprocessed: Path, results: Path, threads: int, deterministic: bool = True
@@ -51,9 +51,10 @@ def plan_and_preprocess(dataset_id: int, env: dict[str, str], processes: int) ->
                 progress=re.compile(r"^\d+:|Fingerprint|Preprocessing|plans"))
 
 
-def adapt_plans(plans_file: Path, profile: TrainProfile, seed: int | None) -> dict:
+def adapt_plans(plans_file: Path, profile: TrainProfile, seed: int | None, online: dict | None = None) -> dict:
     """Apply a profile to nnU-Net's 2D plan: its batch size and network width, and its schedule and training
-    seed (``pipeline``, read by ``pipeline/nnunet_trainers``; None: an unseeded run).
+    seed (``pipeline``, read by ``pipeline/nnunet_trainers``; None: an unseeded run); with online synthesis,
+    the label maps and synthesis parameters its samples are drawn from (``online_plan``).
 
     Done between planning and training, so the plans copied beside the model (and used
     at prediction) describe the network that was really trained, and how.
@@ -61,7 +62,8 @@ def adapt_plans(plans_file: Path, profile: TrainProfile, seed: int | None) -> di
     plans = json.loads(plans_file.read_text())
     configuration = plans["configurations"]["2d"]
     configuration["pipeline"] = {"epochs": profile.epochs, "iterations_per_epoch": profile.iterations_per_epoch,
-                                 "val_iterations_per_epoch": profile.val_iterations_per_epoch, "seed": seed}
+                                 "val_iterations_per_epoch": profile.val_iterations_per_epoch, "seed": seed,
+                                 "online": online}
     if profile.batch_size:
         configuration["batch_size"] = profile.batch_size
     if profile.base_features:
@@ -71,6 +73,13 @@ def adapt_plans(plans_file: Path, profile: TrainProfile, seed: int | None) -> di
         arch["features_per_stage"] = [max(1, round(features * scale)) for features in planned]
     plans_file.write_text(json.dumps(plans, indent=2))
     return configuration
+
+
+def online_plan(segmented: Path, stripped: Path, harmonized: Path, synth: SynthConfig, seed: int) -> dict:
+    """What an online trainer draws from: a combo's label maps, brains and reference levels (paths as given:
+    relative to the study folder nnU-Net runs in), the synthesis parameters and the study's seed."""
+    return {"folders": {"segmented": str(segmented), "stripped": str(stripped), "harmonized": str(harmonized)},
+            "synth": synth.model_dump(mode="json"), "seed": seed}
 
 
 def train(dataset_id: int, fold: str, device: str, env: dict[str, str], deterministic: bool, trainer: str) -> None:

@@ -772,3 +772,26 @@ def test_simulated_low_resolution_blurs_as_that_acquisition(small):
         return float(np.abs(laplacian[inside]).mean())
 
     assert detail(blurred[0]) < 0.7 * detail(sharp[0])
+
+
+# --- online synthesis: the samples nnU-Net's loader draws ------------------------------------------------------
+def test_online_samples_are_fresh_each_draw_reproducible_from_the_seed_and_the_stages_model(stage, tmp_path):
+    from pipeline.synth.online import ONLINE_INDEX_OFFSET, OnlineSampler, case_of
+    from pipeline.synth.subject import Folders, subject_model
+
+    folders = Folders(tmp_path / "segmented", tmp_path / "stripped", tmp_path / "harmonized")
+    cfg = SynthConfig(size=64)
+    sampler = OnlineSampler(folders, cfg, seed=42)
+    assert case_of("sub-01_0007") == "01" and case_of("sub-01_ses-A_0007") == "01_ses-A"
+    rng = np.random.RandomState(3)
+    first, second = sampler.draw("01", rng), sampler.draw("01", rng)
+    assert first[0].shape == (64, 64) and first[0].dtype == np.uint8 and set(np.unique(first[1])) <= {0, 1, 2, 3}
+    assert not np.array_equal(first[0], second[0])  # every draw a new sample
+    again = OnlineSampler(folders, cfg, seed=42).draw("01", np.random.RandomState(3))
+    assert np.array_equal(again[0], first[0]) and np.array_equal(again[1], first[1])  # the same seed, the same
+    # what the synthesize stage would draw with that sample's seed, from the same subject model
+    k = np.random.RandomState(3).randint(2**31 - 1 - ONLINE_INDEX_OFFSET)
+    model = subject_model("01", folders, cfg)
+    images, labels = synthesize(model.classes.labels, cfg, [sample_seed(42, "01", ONLINE_INDEX_OFFSET + k)],
+                                priors=model.priors, targets=model.classes.targets, centre=model.centre)
+    assert np.array_equal(images[0], first[0]) and np.array_equal(labels[0], first[1])

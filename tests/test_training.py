@@ -66,6 +66,8 @@ def test_a_trivially_learnable_task_scores_high_and_a_wrong_reference_low(tmp_pa
                "base_features": 8}
     params = {"workers": 2, "train": {"profile": "ci", "profiles": {"ci": profile}}}
     Path("params.yaml").write_text(yaml.safe_dump(params))
+    for upstream in ("data/segmented/hmrf-deepbet", "data/stripped/deepbet", "data/harmonized"):
+        Path(upstream).mkdir(parents=True)  # what online synthesis would draw from: done, as far as Luigi sees
     assert luigi.build([Train(segmenter="hmrf", stripper="deepbet")], local_scheduler=True, log_level="WARNING")
 
     config = load_config()
@@ -75,7 +77,7 @@ def test_a_trivially_learnable_task_scores_high_and_a_wrong_reference_low(tmp_pa
     # nnU-Net copies the plans into the model folder: the schedule and the seed travel with the model
     plans = json.loads(next(models.glob(f"{dataset.name}/*/plans.json")).read_text())
     assert plans["configurations"]["2d"]["pipeline"] == {**{k: profile[k] for k in (
-        "epochs", "iterations_per_epoch", "val_iterations_per_epoch")}, "seed": 42}
+        "epochs", "iterations_per_epoch", "val_iterations_per_epoch")}, "seed": 42, "online": None}
     env = nnunet.environment(raw, tmp_path / "preprocessed", models, 2)
     nnunet.predict(raw / dataset.name / "imagesTs", tmp_path / "predictions", dataset.id, "all", "cpu", env,
                    tta=False, trainer=nnunet.trainer_name(config.train))
@@ -88,3 +90,51 @@ def test_a_trivially_learnable_task_scores_high_and_a_wrong_reference_low(tmp_pa
     assert wrong["GM"] < 0.3 and wrong["WM"] < 0.3, wrong  # the metric fails a wrong reference
     assert wrong["mean"] < right["mean"] - 0.4
 
+
+
+def test_an_online_case_is_what_nnunet_would_have_read_from_its_png(tmp_path: Path, label_maps: Path,
+                                                                     monkeypatch):
+    """Online synthesis hands nnU-Net's data loader a sample through nnU-Net's own preprocessing of a PNG case:
+    the same arrays as nnU-Net's preprocessor makes from the PNG files, and as it stored for training."""
+    from types import SimpleNamespace
+
+    from batchgenerators.utilities.file_and_folder_operations import load_json
+    from nnunetv2.preprocessing.preprocessors.default_preprocessor import DefaultPreprocessor
+    from nnunetv2.training.dataloading.nnunet_dataset import infer_dataset_class
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+    from pipeline.io import load_png
+    from pipeline.nnunet_trainers.nnUNetTrainerPipeline import OnlineCases
+    from pipeline.stages.export import Export
+
+    monkeypatch.chdir(tmp_path)
+    maps = sorted(label_maps.glob("*.nii.gz"))
+    synthetic = tmp_path / "data" / "synthetic" / "hmrf-deepbet"
+    write_cases(maps[:2], 2, synthetic / "train", np.random.default_rng(1))
+    write_cases(maps[2:3], 1, synthetic / "test", np.random.default_rng(2))
+    Path("params.yaml").write_text(yaml.safe_dump({"workers": 1}))
+    assert luigi.build([Export(segmenter="hmrf", stripper="deepbet")], local_scheduler=True, log_level="WARNING")
+    dataset = nnunet_dataset("hmrf", "deepbet")
+    raw = Path("data/nnunet_raw/hmrf-deepbet") / dataset.name
+    preprocessed = tmp_path / "preprocessed"
+    nnunet.plan_and_preprocess(dataset.id, nnunet.environment(raw.parent, preprocessed, tmp_path / "results", 1), 1)
+    plans = PlansManager(str(preprocessed / dataset.name / "nnUNetPlans.json"))
+    configuration, dataset_json = plans.get_configuration("2d"), load_json(str(raw / "dataset.json"))
+
+    identifier = sorted(path.name.removesuffix("_0000.png") for path in (raw / "imagesTr").glob("*.png"))[0]
+    image = load_png(raw / "imagesTr" / f"{identifier}_0000.png")
+    labels = load_png(raw / "labelsTr" / f"{identifier}.png")
+    sampler = SimpleNamespace(draw=lambda case, rng: (image, labels))  # the sample: this PNG's arrays
+    trainer = SimpleNamespace(plans_manager=plans, configuration_manager=configuration, dataset_json=dataset_json)
+    data, seg, previous, properties = OnlineCases(SimpleNamespace(identifiers=[identifier]), sampler,
+                                                  trainer).load_case(identifier)
+    assert configuration.preprocessor_class is DefaultPreprocessor  # what OnlineCases takes from the plans
+    from_files = DefaultPreprocessor(verbose=False).run_case(
+        [str(raw / "imagesTr" / f"{identifier}_0000.png")], str(raw / "labelsTr" / f"{identifier}.png"), plans,
+        configuration, dataset_json)
+    assert previous is None and np.array_equal(data, from_files[0]) and np.array_equal(seg, from_files[1])
+    folder = preprocessed / dataset.name / configuration.data_identifier
+    stored = infer_dataset_class(str(folder))(str(folder), [identifier]).load_case(identifier)
+    assert np.allclose(data, np.asarray(stored[0])) and np.array_equal(seg, np.asarray(stored[1]))
+    assert {tuple(map(int, v)) for v in properties["class_locations"][2][:5]} <= {tuple(map(int, v)) for v in
+                                                                                  stored[3]["class_locations"][2]}

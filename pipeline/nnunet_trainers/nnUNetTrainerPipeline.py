@@ -11,7 +11,12 @@ into the model folder: the folder records how it was trained, and nnU-Net's own 
   bias field, gamma and blur (``pipeline.synth``), fresh for every sample; repeating that on the CPU per
   batch costs more than the network's forward and backward pass at these sizes. Mirroring is left-right
   only (as the synthesis flips), also at test time: a brain seen upside down is not a brain.
+- ``...Online`` of each (``train.online_synthesis: true``): every training case nnU-Net loads is a fresh
+  synthetic sample of that case (``pipeline.synth.online``), drawn from the label maps the plans name
+  (``pipeline.online``, written by ``pipeline.nnunet.adapt_plans``). Validation keeps the exported set's cases.
 """
+
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -23,6 +28,10 @@ from batchgeneratorsv2.transforms.utils.nnunet_masking import MaskImageTransform
 from batchgeneratorsv2.transforms.utils.remove_label import RemoveLabelTansform
 from batchgeneratorsv2.transforms.utils.seg_to_regions import ConvertSegmentationToRegionsTransform
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+
+from pipeline.config import SynthConfig
+from pipeline.synth.online import OnlineSampler, case_of
+from pipeline.synth.subject import Folders
 
 LEFT_RIGHT = (0,)  # axis 0 of a slice: rows, left -> right (pipeline.slices)
 
@@ -73,3 +82,41 @@ class nnUNetTrainerPipelineSynthAug(nnUNetTrainerPipeline):  # noqa: N801
         if deep_supervision_scales is not None:
             transforms.append(DownsampleSegForDSTransform(ds_scales=deep_supervision_scales))
         return ComposeTransforms(transforms)
+
+
+class OnlineCases:
+    """nnU-Net's training dataset, each ``load_case`` a fresh sample of the case through nnU-Net's own
+    preprocessing of a PNG (``NaturalImage2DIO``'s layout and spacing)."""
+
+    def __init__(self, cases, sampler: OnlineSampler, trainer: nnUNetTrainer) -> None:
+        self.identifiers = cases.identifiers
+        self.sampler, self.trainer = sampler, trainer
+        self.preprocessor = trainer.configuration_manager.preprocessor_class(verbose=False)  # the plans' own
+
+    def load_case(self, identifier: str):
+        image, labels = self.sampler.draw(case_of(identifier), np.random)  # nnU-Net seeds np.random
+        data, seg, properties = self.preprocessor.run_case_npy(
+            # as NaturalImage2DIO reads a PNG: float32 (c, 1, x, y), the labels too (they take -1 outside the brain)
+            image[None, None].astype(np.float32), labels[None, None].astype(np.float32), {"spacing": [999, 1, 1]},
+            self.trainer.plans_manager, self.trainer.configuration_manager, self.trainer.dataset_json)
+        return data, seg, None, properties
+
+
+class OnlineSynthesis:
+    """Mixin: the training dataset drawn online from the label maps the plans name."""
+
+    def get_tr_and_val_datasets(self):
+        training, validation = super().get_tr_and_val_datasets()
+        online = self.configuration_manager.configuration["pipeline"]["online"]
+        folders = Folders(**{name: Path(path) for name, path in online["folders"].items()})
+        sampler = OnlineSampler(folders, SynthConfig.model_validate(online["synth"]), int(online["seed"]))
+        self.print_to_log_file(f"online synthesis: {len(training.identifiers)} training cases from {folders}")
+        return OnlineCases(training, sampler, self), validation
+
+
+class nnUNetTrainerPipelineOnline(OnlineSynthesis, nnUNetTrainerPipeline):  # noqa: N801
+    pass
+
+
+class nnUNetTrainerPipelineSynthAugOnline(OnlineSynthesis, nnUNetTrainerPipelineSynthAug):  # noqa: N801
+    pass

@@ -12,16 +12,12 @@ from __future__ import annotations
 
 import functools
 import logging
-from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
-from pipeline.bids import Case, read_cases, reference_level, subject_file
-from pipeline.config import Config, SynthConfig
+from pipeline.bids import Case, read_cases, subject_file
+from pipeline.config import Config
 from pipeline.devices import torch_device
-from pipeline.io import load_nifti, read_tsv, save_png
-from pipeline.slices import level_index
+from pipeline.io import read_tsv, save_png
 from pipeline.stages.acquire import Acquire
 from pipeline.stages.base import ComboStage, Stage
 from pipeline.stages.harmonize import Harmonize
@@ -29,48 +25,15 @@ from pipeline.stages.segment import Segment
 from pipeline.stages.segment_qc import SegmentQC
 from pipeline.stages.strip import Strip
 from pipeline.subjects import for_each_subject, write_failures
-from pipeline.synth.classes import GenerationClasses, one_class_per_label, split_tissues
 from pipeline.synth.engine import check_engine, synthesize
 from pipeline.synth.montage import write_montage
 from pipeline.synth.params import sample_seed
-from pipeline.synth.priors import IntensityPriors, priors_for
+from pipeline.synth.subject import Folders, SubjectModel, subject_model
 
 log = logging.getLogger("pipeline")
 
 # Test samples use indices far from training ones so the two never share a seed.
 TEST_INDEX_OFFSET = 1_000_000
-
-
-@dataclass(frozen=True)
-class Folders:
-    """Where a subject's inputs are: its labels, its stripped brain, its reference level."""
-
-    segmented: Path
-    stripped: Path
-    harmonized: Path
-
-
-@dataclass(frozen=True, eq=False)
-class SubjectModel:
-    """What one subject's samples are drawn from."""
-
-    classes: GenerationClasses  # generation classes and their training labels (synth.subclasses)
-    priors: IntensityPriors | None  # their GMM priors (synth.priors; None: lab2im's uniform ones)
-    centre: int  # the output slice: the subject's reference level on the label map's grid
-
-
-def subject_model(subject: str, folders: Folders, cfg: SynthConfig) -> SubjectModel:
-    """The subject's labels split into classes, their priors and its output slice, as ``cfg`` asks."""
-    dseg = load_nifti(subject_file(folders.segmented, subject, "dseg"), subject)
-    labels = np.asarray(dseg.dataobj)
-    image = None
-    if cfg.priors == "subject" or cfg.subclasses > 1:
-        brain = load_nifti(subject_file(folders.stripped, subject, "desc-brain_T1w"), subject)
-        image = brain.get_fdata(dtype=np.float32)
-    classes = split_tissues(labels, image, cfg.subclasses) if image is not None else one_class_per_label(labels)
-    priors = priors_for(cfg, image, classes.labels, classes.targets)
-    centre = level_index(dseg, reference_level(folders.harmonized, subject))
-    return SubjectModel(classes, priors, centre)
 
 
 def write_samples(out: Path, subject: str, model: SubjectModel, seeds: list[int], config: Config) -> None:

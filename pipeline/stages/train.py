@@ -21,6 +21,9 @@ from pipeline.io import write_csv, write_json
 from pipeline.nnunet import NnunetDataset, nnunet_dataset, seed_folders
 from pipeline.stages.base import ComboStage, Stage, package_versions
 from pipeline.stages.export import Export
+from pipeline.stages.harmonize import Harmonize
+from pipeline.stages.segment import Segment
+from pipeline.stages.strip import Strip
 
 log = logging.getLogger("pipeline")
 
@@ -42,14 +45,15 @@ def training_curve(results: Path, dataset: str) -> list[dict]:
 
 class Train(ComboStage):
     name = "train"
-    param_keys = ("seed", "train")
+    param_keys = ("seed", "train", "synth")  # synth: what online synthesis draws with
     out_template = "models/{segmenter}-{stripper}"
     resumable = True  # an interrupted training continues from nnU-Net's latest checkpoint
     plots_template = "metrics/{segmenter}-{stripper}-training.csv"
     plot_axes = {"x": "epoch", "y": "train_loss", "template": "linear"}
 
     def requires(self) -> list[Stage]:
-        return [Export(**self.combo())]
+        # the label maps, brains and levels: what online synthesis (train.online_synthesis) draws from
+        return [Export(**self.combo()), Segment(**self.combo()), Strip(stripper=self.stripper), Harmonize()]
 
     def build(self, out: Path, config: Config) -> None:
         device = torch_device(config.train.device)
@@ -73,8 +77,10 @@ class Train(ComboStage):
         profile = config.train.active_profile()
         env = nnunet.environment(self.input_dir(), preprocessed, results, config.workers, config.train.deterministic)
         # the plans carry the seed: each seed's model folder gets its own copy when its training starts
+        online = nnunet.online_plan(self.input_dir(1), self.input_dir(2), self.input_dir(3), config.synth,
+                                    config.seed) if config.train.online_synthesis else None
         plan = nnunet.adapt_plans(preprocessed / dataset.name / "nnUNetPlans.json", profile,
-                                  seed if config.train.deterministic else None)
+                                  seed if config.train.deterministic else None, online)
         log.info("train %s-%s: batch %d, patch %s, features %s", self.segmenter, self.stripper, plan["batch_size"],
                  plan["patch_size"], plan["architecture"]["arch_kwargs"]["features_per_stage"])
         log.info("train %s-%s: profile %s (%d epochs x %d iterations), seed %d, on %s", self.segmenter,

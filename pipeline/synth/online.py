@@ -1,0 +1,49 @@
+"""Online synthesis: a fresh synthetic sample each time nnU-Net's data loader asks for a training case, as
+SynthSeg trains, instead of one of the synthesize stage's fixed PNGs.
+
+The training cases stay the exported set's (``sub-<case>_<n>``: which cases train, and how often each is
+drawn, is nnU-Net's sampling as offline). Each load draws the case's model (``pipeline.synth.subject``) with a
+seed of its own: ``sample_seed(seed, case, ONLINE_INDEX_OFFSET + k)`` with ``k`` from the data loader's
+generator, which nnU-Net's trainer seeds, so a deterministic run draws the same samples again. The sample goes
+through the same slice layout as offline (``pipeline.synth.engine``: uint8 image, labels) and then through
+nnU-Net's own preprocessing of a PNG case (crop to the non-zero brain, normalization), so the network sees
+exactly what it would have read from disk.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from pipeline.config import SynthConfig
+from pipeline.synth.engine import synthesize
+from pipeline.synth.params import sample_seed
+from pipeline.synth.subject import Folders, SubjectModel, subject_model
+
+ONLINE_INDEX_OFFSET = 2_000_000  # beyond the offline train and test indices: no seed is shared
+DRAWS = 2**31 - 1 - ONLINE_INDEX_OFFSET
+
+
+def case_of(identifier: str) -> str:
+    """The case label of an exported sample's identifier (``sub-01_ses-A_0007`` -> ``01_ses-A``)."""
+    return identifier.rsplit("_", 1)[0].removeprefix("sub-")
+
+
+class OnlineSampler:
+    """Fresh (image, labels) slices of the training cases, each case's model built on first use."""
+
+    def __init__(self, folders: Folders, config: SynthConfig, seed: int, device: str = "cpu") -> None:
+        self.folders, self.config, self.seed, self.device = folders, config, seed, device
+        self.models: dict[str, SubjectModel] = {}
+
+    def model(self, case: str) -> SubjectModel:
+        if case not in self.models:
+            self.models[case] = subject_model(case, self.folders, self.config)
+        return self.models[case]
+
+    def draw(self, case: str, rng: np.random.RandomState) -> tuple[np.ndarray, np.ndarray]:
+        """One new sample of ``case``: uint8 (size, size) image and labels, laid out as the offline PNGs."""
+        model = self.model(case)
+        seed = sample_seed(self.seed, case, ONLINE_INDEX_OFFSET + int(rng.randint(DRAWS)))
+        images, labels = synthesize(model.classes.labels, self.config, [seed], self.device, priors=model.priors,
+                                    targets=model.classes.targets, centre=model.centre)
+        return images[0], labels[0]

@@ -1,0 +1,49 @@
+"""What one case's synthetic samples are drawn from: its label map split into generation classes, their
+intensity priors and the output slice. Built alike by the synthesize stage (offline PNG sets) and by the online
+trainers (``pipeline/nnunet_trainers``), so both draw from the same model."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.bids import reference_level, subject_file
+from pipeline.config import SynthConfig
+from pipeline.io import load_nifti
+from pipeline.slices import level_index
+from pipeline.synth.classes import GenerationClasses, one_class_per_label, split_tissues
+from pipeline.synth.priors import IntensityPriors, priors_for
+
+
+@dataclass(frozen=True)
+class Folders:
+    """Where a subject's inputs are: its labels, its stripped brain, its reference level."""
+
+    segmented: Path
+    stripped: Path
+    harmonized: Path
+
+
+@dataclass(frozen=True, eq=False)
+class SubjectModel:
+    """What one subject's samples are drawn from."""
+
+    classes: GenerationClasses  # generation classes and their training labels (synth.subclasses)
+    priors: IntensityPriors | None  # their GMM priors (synth.priors; None: lab2im's uniform ones)
+    centre: int  # the output slice: the subject's reference level on the label map's grid
+
+
+def subject_model(subject: str, folders: Folders, cfg: SynthConfig) -> SubjectModel:
+    """The subject's labels split into classes, their priors and its output slice, as ``cfg`` asks."""
+    dseg = load_nifti(subject_file(folders.segmented, subject, "dseg"), subject)
+    labels = np.asarray(dseg.dataobj)
+    image = None
+    if cfg.priors == "subject" or cfg.subclasses > 1:
+        brain = load_nifti(subject_file(folders.stripped, subject, "desc-brain_T1w"), subject)
+        image = brain.get_fdata(dtype=np.float32)
+    classes = split_tissues(labels, image, cfg.subclasses) if image is not None else one_class_per_label(labels)
+    priors = priors_for(cfg, image, classes.labels, classes.targets)
+    centre = level_index(dseg, reference_level(folders.harmonized, subject))
+    return SubjectModel(classes, priors, centre)
