@@ -68,6 +68,7 @@ def test_a_stage_depends_only_on_the_tools_it_can_run():
     assert "pipeline/references.py" not in stages["train"]["deps"] + stages["synthesize"]["deps"]
     assert "pipeline/references.py" in stages["evaluate"]["deps"]
     assert "pipeline/nnunet_trainers" in stages["train"]["deps"]  # loaded by nnU-Net, not imported
+    assert "pipeline/synth/online.py" in stages["train"]["deps"]  # and what its trainers import
 
 
 def test_the_stages_that_hang_on_package_versions_depend_on_the_lock_file():
