@@ -122,7 +122,7 @@ def benchmark(study: Path, combo: str, overrides: list[str], eval_every: int, co
         dataset = nnunet_dataset(*combo.split("-"))
         nnunet.plan_and_preprocess(dataset.id, env, config.workers)
         seed = config.train.training_seed(config.seed) if config.train.deterministic else None
-        segmenter, stripper = combo.split("-")
+        stripper = combo.split("-")[1]
         online = nnunet.online_plan(study / "data/segmented" / combo, study / "data/stripped" / stripper,
                                     study / "data/harmonized", config.synth, config.seed) \
             if config.train.online_synthesis else None

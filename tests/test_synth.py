@@ -776,13 +776,13 @@ def test_simulated_low_resolution_blurs_as_that_acquisition(small):
 
 # --- online synthesis: the samples nnU-Net's loader draws ------------------------------------------------------
 def test_online_samples_are_fresh_each_draw_reproducible_from_the_seed_and_the_stages_model(stage, tmp_path):
-    from pipeline.synth.online import ONLINE_INDEX_OFFSET, OnlineSampler, case_of
-    from pipeline.synth.subject import Folders, subject_model
+    from pipeline.synth.online import ONLINE_INDEX_OFFSET, OnlineSampler
+    from pipeline.synth.subject import Folders, case_of, sample_name, subject_model
 
     folders = Folders(tmp_path / "segmented", tmp_path / "stripped", tmp_path / "harmonized")
     cfg = SynthConfig(size=64)
     sampler = OnlineSampler(folders, cfg, seed=42)
-    assert case_of("sub-01_0007") == "01" and case_of("sub-01_ses-A_0007") == "01_ses-A"
+    assert case_of("sub-01_0007") == "01" and case_of(sample_name("01_ses-A", 7)) == "01_ses-A"
     rng = np.random.RandomState(3)
     first, second = sampler.draw("01", rng), sampler.draw("01", rng)
     assert first[0].shape == (64, 64) and first[0].dtype == np.uint8 and set(np.unique(first[1])) <= {0, 1, 2, 3}

@@ -30,8 +30,8 @@ from batchgeneratorsv2.transforms.utils.seg_to_regions import ConvertSegmentatio
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
 from pipeline.config import SynthConfig
-from pipeline.synth.online import OnlineSampler, case_of
-from pipeline.synth.subject import Folders
+from pipeline.synth.online import OnlineSampler
+from pipeline.synth.subject import Folders, case_of
 
 LEFT_RIGHT = (0,)  # axis 0 of a slice: rows, left -> right (pipeline.slices)
 

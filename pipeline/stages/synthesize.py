@@ -28,7 +28,7 @@ from pipeline.subjects import for_each_subject, write_failures
 from pipeline.synth.engine import check_engine, synthesize
 from pipeline.synth.montage import write_montage
 from pipeline.synth.params import sample_seed
-from pipeline.synth.subject import Folders, SubjectModel, subject_model
+from pipeline.synth.subject import Folders, SubjectModel, sample_name, subject_model
 
 log = logging.getLogger("pipeline")
 
@@ -40,7 +40,7 @@ def write_samples(out: Path, subject: str, model: SubjectModel, seeds: list[int]
     images, label_slices = synthesize(model.classes.labels, config.synth, seeds, torch_device(), priors=model.priors,
                                       targets=model.classes.targets, centre=model.centre)
     for number, (image, label_slice) in enumerate(zip(images, label_slices, strict=True)):
-        case = f"sub-{subject}_{number:04d}"
+        case = sample_name(subject, number)
         save_png(image, out / "images" / f"{case}.png")
         save_png(label_slice, out / "labels" / f"{case}.png")
 

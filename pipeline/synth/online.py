@@ -23,11 +23,6 @@ ONLINE_INDEX_OFFSET = 2_000_000  # beyond the offline train and test indices: no
 DRAWS = 2**31 - 1 - ONLINE_INDEX_OFFSET
 
 
-def case_of(identifier: str) -> str:
-    """The case label of an exported sample's identifier (``sub-01_ses-A_0007`` -> ``01_ses-A``)."""
-    return identifier.rsplit("_", 1)[0].removeprefix("sub-")
-
-
 class OnlineSampler:
     """Fresh (image, labels) slices of the training cases, each case's model built on first use."""
 

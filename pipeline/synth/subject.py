@@ -47,3 +47,13 @@ def subject_model(subject: str, folders: Folders, cfg: SynthConfig) -> SubjectMo
     priors = priors_for(cfg, image, classes.labels, classes.targets)
     centre = level_index(dseg, reference_level(folders.harmonized, subject))
     return SubjectModel(classes, priors, centre)
+
+
+def sample_name(case: str, number: int) -> str:
+    """A synthetic sample's file stem, and nnU-Net's case identifier once exported (``sub-01_ses-A_0007``)."""
+    return f"sub-{case}_{number:04d}"
+
+
+def case_of(identifier: str) -> str:
+    """The case label of a sample's identifier (``sample_name``'s inverse for the case)."""
+    return identifier.rsplit("_", 1)[0].removeprefix("sub-")
