@@ -45,8 +45,10 @@ def make_trainer(config: Config, dataset_id: int, device: str):
                                  device=torch.device(device))
 
 
-def real_dice(trainer, real: Path, out: Path) -> dict:
-    """The network as it is now, on the study's real test slices, against their labels."""
+def real_dice(trainer, real: Path, out: Path) -> dict[str, dict]:
+    """The network as it is now, on the study's real test slices, against their labels (``real``) and, where
+    the study has reference labels (``evaluate.reference_labels``, written by its evaluate stage beside
+    ``real``), against those (``external``)."""
     from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 
     trainer.set_deep_supervision_enabled(False)  # as nnU-Net's own final validation predicts
@@ -60,7 +62,10 @@ def real_dice(trainer, real: Path, out: Path) -> dict:
     predictor.predict_from_files_sequential(str(real / "images"), str(out))
     trainer.set_deep_supervision_enabled(True)
     trainer.network.train()
-    return summarize(score_subjects(real / "labels", out, "real"))
+    scores = {"real": summarize(score_subjects(real / "labels", out, "real"))}
+    if (external := real.parent / "external").is_dir():
+        scores["external"] = summarize(score_subjects(external, out, "external"))
+    return scores
 
 
 def train_timed(trainer, real: Path, work: Path, eval_every: int, compile_network: bool) -> tuple[dict, list[dict]]:
@@ -95,9 +100,9 @@ def train_timed(trainer, real: Path, work: Path, eval_every: int, compile_networ
         if (epoch + 1) % eval_every == 0 or epoch + 1 == trainer.num_epochs:
             dice = real_dice(trainer, real, work / f"epoch-{epoch + 1}")
             curve.append({"epoch": epoch + 1, "iterations": len(step_s), "training_minutes": round(training / 60, 2),
-                          "dice_real": {k: None if v is None else round(v, 4) for k, v in dice.items()}})
-            print(f"bench train: epoch {epoch + 1}, {training / 60:.1f} min: {curve[-1]['dice_real']}",
-                  file=sys.stderr)
+                          **{f"dice_{kind}": {k: None if v is None else round(v, 4) for k, v in scores.items()}
+                             for kind, scores in dice.items()}})
+            print(f"bench train: epoch {epoch + 1}, {training / 60:.1f} min: {dice}", file=sys.stderr)
     trainer.on_train_end()
     median = statistics.median
     timings = {"data_and_augmentation_s": round(median(data_s), 3), "forward_backward_s": round(median(step_s), 3),

@@ -17,6 +17,7 @@ from pipeline.tools.base import run_command
 # train.augmentation -> the trainer class (pipeline/nnunet_trainers)
 TRAINERS = {"nnunet": "nnUNetTrainerPipeline", "synthesis": "nnUNetTrainerPipelineSynthAug"}
 TRAINER_DIR = Path(__file__).parent / "nnunet_trainers"
+CODE_ROOT = Path(__file__).parent.parent  # the folder holding this copy of ``pipeline``
 
 
 def trainer_name(config: TrainConfig) -> str:
@@ -34,6 +35,9 @@ def environment(raw: Path, preprocessed: Path, results: Path, threads: int, dete
         "nnUNet_preprocessed": str(preprocessed.resolve()),
         "nnUNet_results": str(results.resolve()),
         "nnUNet_extTrainer": str(TRAINER_DIR),
+        # nnU-Net's console scripts put .venv/bin first on sys.path, so the trainers would import whichever
+        # ``pipeline`` is installed; a study folder's own copy (bench real) must run against itself
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(CODE_ROOT.resolve()), env.get("PYTHONPATH")])),
     }
     if not deterministic:
         env["nnUNet_n_proc_DA"] = str(threads)  # augmentation workers beside the training process

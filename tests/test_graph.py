@@ -1,3 +1,4 @@
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -101,3 +102,22 @@ def test_stages_share_code_through_libraries_and_import_each_other_only_to_name_
             for alias in node.names:
                 imported = getattr(module, alias.name)
                 assert inspect.isclass(imported) and issubclass(imported, Stage), (path.name, alias.name)
+
+
+def test_nnunet_processes_import_the_pipeline_copy_that_launched_them(tmp_path):
+    """A study folder's own copy of the code (bench real) trains with its own trainers' imports, not with
+    whichever ``pipeline`` is installed: nnU-Net's console scripts put their own folder first on sys.path."""
+    import shutil
+
+    study = tmp_path / "study"
+    shutil.copytree(PROJECT_ROOT / "pipeline", study / "pipeline", ignore=shutil.ignore_patterns("__pycache__"))
+    build_env = ("import json; from pathlib import Path; from pipeline import nnunet; "
+                 "print(json.dumps(nnunet.environment(Path('r'), Path('p'), Path('m'), 1)))")
+    env = json.loads(subprocess.run([sys.executable, "-c", build_env], cwd=study, capture_output=True, text=True,
+                                    check=True).stdout)
+    console_script = tmp_path / "bin" / "nnUNetv2_train"  # as pip writes one: run from its own folder
+    console_script.parent.mkdir()
+    console_script.write_text("import pipeline\nprint(pipeline.__file__)\n")
+    imported = subprocess.run([sys.executable, str(console_script)], cwd=tmp_path, env=env, capture_output=True,
+                              text=True, check=True).stdout.strip()
+    assert Path(imported).resolve() == (study / "pipeline" / "__init__.py").resolve()
