@@ -89,6 +89,13 @@ def summary(metrics: dict) -> dict:
     return row | {key: metrics[key] for key in counts if key in metrics}
 
 
+def read_strategies(workdir: Path, params: dict) -> dict[str, dict]:
+    """The summary of each strategy ``params`` configures; the work folder also keeps the metrics of strategies
+    only an earlier run configured, which are not this run's answer."""
+    combos = [f"{segmenter}-{stripper}" for segmenter, stripper in parse_config(params, "bench real").combos()]
+    return {combo: summary(json.loads((workdir / "metrics" / f"{combo}.json").read_text())) for combo in combos}
+
+
 def benchmark(bids_root: Path, reference: Path | None, subjects: list[str], test_fraction: float, workdir: Path,
               overrides: list[str]) -> dict:
     params = study_params(bids_root, reference, subjects, test_fraction, overrides)
@@ -98,8 +105,6 @@ def benchmark(bids_root: Path, reference: Path | None, subjects: list[str], test
     start = time.monotonic()
     run(["dvc", "repro"], workdir, log)
     wall = time.monotonic() - start
-    strategies = {path.stem: summary(json.loads(path.read_text()))
-                  for path in sorted((workdir / "metrics").glob("*.json"))
-                  if "n_real" in json.loads(path.read_text())}
+    strategies = read_strategies(workdir, params)
     return {"bids_root": str(bids_root), "reference": reference and str(reference), "test_fraction": test_fraction,
             "overrides": overrides, "workdir": str(workdir), "wall_s": round(wall, 1), "strategies": strategies}
