@@ -20,7 +20,8 @@ from .conftest import copy_project, set_params, venv_env
 pytestmark = pytest.mark.slow
 
 COMBO = "hmrf-deepbet"
-# A CI-sized version of the default CPU profile: the same network and batch, under a third of the iterations.
+# A CI-sized version of the default CPU profile: the same network, under a third of its iterations, at batch 8
+# (the batch this test was sized at: 99.5 % of the tissue inside the mask after 150 iterations).
 PROFILE = {"epochs": 15, "iterations_per_epoch": 10, "val_iterations_per_epoch": 2, "batch_size": 8,
            "base_features": 16}
 
