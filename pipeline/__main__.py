@@ -77,8 +77,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from pipeline.predict import predict
 
     fold = args.fold if args.fold in (None, "all") else int(args.fold)
-    predict(Path(args.model), Path(args.input), Path(args.output), all_slices=args.all_slices, device=args.device,
-            tta=args.tta, fold=fold)
+    predict(Path(args.model), Path(args.input), Path(args.output), slices=args.slices, device=args.device,
+            tta=args.tta, fold=fold, allow_non_t1=args.allow_non_t1)
     return 0
 
 
@@ -140,8 +140,12 @@ def parser() -> argparse.ArgumentParser:
     predict.add_argument("--input", required=True,
                          help="a T1 head (.nii, .nii.gz, .mgz, .mgh), a .png slice, or a folder")
     predict.add_argument("--output", required=True, help="folder for the label maps")
-    predict.add_argument("--all-slices", action="store_true",
-                         help="every axial slice, not only the one at the reference level")
+    predict.add_argument("--slices", choices=["brain", "reference"], default="brain",
+                         help="brain: every axial plane of the brain (default); reference: only the plane at the "
+                              "head's reference level (the seed project's single slice)")
+    predict.add_argument("--allow-non-t1", action="store_true",
+                         help="segment a head whose contrast is not T1-like (flagged in tissue_volumes.tsv) "
+                              "instead of refusing it")
     predict.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
                          help="auto: the GPU when torch sees one")
     predict.add_argument("--tta", action="store_true", help="nnU-Net's test-time mirroring (left-right)")

@@ -4,8 +4,8 @@ the model learns to segment real slices, as JSON.
 It trains nnU-Net in this process, as the train stage would (same planning, profile and trainer), on a
 study's exported synthetic set (``data/nnunet_raw/<combo>``), timing each iteration's data loading and
 augmentation apart from its forward and backward pass. After every ``--eval-every`` epochs it predicts the
-study's real test slices (``data/evaluation/<combo>/real``, written by its evaluate stage) with the network
-as it is, and scores them against their labels: a time-to-Dice curve.
+study's real test heads with the network as it is, whole brains as the evaluate stage does
+(``pipeline.evaluation``), and scores them against their labels: a time-to-Dice curve.
 
     python -m pipeline bench train --study . --combo hmrf-deepbet [-S train.augmentation=synthesis]
 """
@@ -24,10 +24,13 @@ from pathlib import Path
 import yaml
 
 from pipeline import nnunet
+from pipeline.bids import read_cases
 from pipeline.config import Config, apply_overrides, parse_config
 from pipeline.devices import torch_device
-from pipeline.metrics import score_subjects, summarize
-from pipeline.nnunet import nnunet_dataset
+from pipeline.evaluation import HeldOutHead, load_held_out_head, predict_head, score_head
+from pipeline.metrics import summarize
+from pipeline.nnunet import SlicePredictor, nnunet_dataset
+from pipeline.synth.subject import Folders
 
 
 def study_config(study: Path, overrides: list[str]) -> Config:
@@ -45,30 +48,31 @@ def make_trainer(config: Config, dataset_id: int, device: str):
                                  device=torch.device(device))
 
 
-def real_dice(trainer, real: Path, out: Path) -> dict[str, dict]:
-    """The network as it is now, on the study's real test slices, against their labels (``real``) and, where
-    the study has reference labels (``evaluate.reference_labels``, written by its evaluate stage beside
-    ``real``), against those (``external``)."""
-    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+def held_out_heads(study: Path, combo: str, config: Config) -> list[HeldOutHead]:
+    """The study's real test heads, as its evaluate stage scores them."""
+    stripper = combo.split("-")[1]
+    folders = Folders(study / "data/segmented" / combo, study / "data/stripped" / stripper, study / "data/harmonized")
+    cases = [case.label for case in read_cases(study / "data/raw") if case.in_test]
+    return [load_held_out_head(case, folders, config.evaluate) for case in cases]
 
+
+def real_dice(trainer, heads: list[HeldOutHead], config: Config) -> dict[str, dict]:
+    """The network as it is now on the study's real test heads, whole brains in 3D (and within the reference
+    band): against the segmenter's labels (``real``) and, where the study has reference labels, against
+    those (``external``)."""
     trainer.set_deep_supervision_enabled(False)  # as nnU-Net's own final validation predicts
     trainer.network.eval()
-    predictor = nnUNetPredictor(use_mirroring=False, device=trainer.device, verbose=False, allow_tqdm=False)
-    network = getattr(trainer.network, "_orig_mod", trainer.network)  # torch.compile's wrapper, if any
-    predictor.manual_initialization(network, trainer.plans_manager, trainer.configuration_manager,
-                                    [network.state_dict()], trainer.dataset_json, type(trainer).__name__,
-                                    trainer.inference_allowed_mirroring_axes)
-    out.mkdir(parents=True, exist_ok=True)
-    predictor.predict_from_files_sequential(str(real / "images"), str(out))
+    segment = SlicePredictor.from_trainer(trainer)
+    rows = [row for head in heads for row in score_head(head, predict_head(segment, head, config.synth.size),
+                                                         config.evaluate)]
     trainer.set_deep_supervision_enabled(True)
     trainer.network.train()
-    scores = {"real": summarize(score_subjects(real / "labels", out, "real"))}
-    if (external := real.parent / "external").is_dir():
-        scores["external"] = summarize(score_subjects(external, out, "external"))
-    return scores
+    kinds = ("real", "real_band", "external", "external_band")
+    return {kind: summarize(selected) for kind in kinds if (selected := [r for r in rows if r["kind"] == kind])}
 
 
-def train_timed(trainer, real: Path, work: Path, eval_every: int, compile_network: bool) -> tuple[dict, list[dict]]:
+def train_timed(trainer, heads: list[HeldOutHead], config: Config, eval_every: int, compile_network: bool
+                ) -> tuple[dict, list[dict]]:
     """nnU-Net's run_training loop, each iteration's data and step timed, real Dice every ``eval_every``
     epochs (its time not counted as training). With ``compile_network`` the network is torch.compile'd once
     nnU-Net has built it; the first iteration, which compiles, is reported on its own."""
@@ -98,7 +102,7 @@ def train_timed(trainer, real: Path, work: Path, eval_every: int, compile_networ
         trainer.on_epoch_end()
         training += time.perf_counter() - epoch_start
         if (epoch + 1) % eval_every == 0 or epoch + 1 == trainer.num_epochs:
-            dice = real_dice(trainer, real, work / f"epoch-{epoch + 1}")
+            dice = real_dice(trainer, heads, config)
             curve.append({"epoch": epoch + 1, "iterations": len(step_s), "training_minutes": round(training / 60, 2),
                           **{f"dice_{kind}": {k: None if v is None else round(v, 4) for k, v in scores.items()}
                              for kind, scores in dice.items()}})
@@ -115,10 +119,10 @@ def benchmark(study: Path, combo: str, overrides: list[str], eval_every: int, co
     import torch
 
     config = study_config(study, overrides)
-    raw, real = study / "data" / "nnunet_raw" / combo, study / "data" / "evaluation" / combo / "real"
-    for needed in (raw, real / "images", real / "labels"):
-        if not needed.is_dir():
-            raise SystemExit(f"bench train: {needed} is missing: run the study (dvc repro) first")
+    raw = study / "data" / "nnunet_raw" / combo
+    if not raw.is_dir():
+        raise SystemExit(f"bench train: {raw} is missing: run the study (dvc repro) first")
+    heads = held_out_heads(study, combo, config)
     device = torch_device(config.train.device)
     with tempfile.TemporaryDirectory(prefix="bench-train-") as tmp:
         work = Path(tmp)
@@ -137,7 +141,7 @@ def benchmark(study: Path, combo: str, overrides: list[str], eval_every: int, co
         torch.set_num_threads(config.workers)
         with open(work / "nnunet.log", "w") as log, contextlib.redirect_stdout(log):
             trainer = make_trainer(config, dataset.id, device)
-            timings, curve = train_timed(trainer, real, work, eval_every, compile_network)
+            timings, curve = train_timed(trainer, heads, config, eval_every, compile_network)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return {
         "study": str(study), "combo": combo, "overrides": overrides, "device": device,

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 PARAMS_FILE = Path("params.yaml")
 
@@ -198,8 +198,11 @@ class SynthConfig(Strict):
     priors: Literal["uniform", "t1", "subject"] = "subject"
     subject_prior_spread: Annotated[float, Field(ge=0.0, le=1.0)] = 0.05  # sd of a class mean / intensity range
     subclasses: Annotated[int, Field(ge=1, le=8)] = 3  # Gaussian classes per tissue, by k-means of the image
-    # Output slice of each sample: uniform within the subject's reference level ± band_mm (1 mm voxels);
-    # 0: the reference level only.
+    # Which axial plane each sample is cut from (pipeline/synth/levels.py): brain, any plane of the brain, spread
+    # by level_spread (uniform over the brain's height, or area: in proportion to the tissue in the plane);
+    # reference, the seed project's one slice per subject: its reference level, or within ± band_mm of it.
+    levels: Literal["brain", "reference"] = "brain"
+    level_spread: Literal["uniform", "area"] = "uniform"
     band_mm: Annotated[float, Field(ge=0.0, le=60.0)] = 0.0
     # Resolution randomisation (SynthSeg): in this share of the samples a lower-resolution acquisition is
     # simulated, slice thickness ~ U(1, max_thickness_mm) and in-plane voxels ~ U(1, max_in_plane_mm): blurred as
@@ -207,6 +210,12 @@ class SynthConfig(Strict):
     resolution_probability: Probability = 0.0
     max_thickness_mm: Annotated[float, Field(ge=1.0, le=10.0)] = 5.0
     max_in_plane_mm: Annotated[float, Field(ge=1.0, le=4.0)] = 1.5
+
+    @model_validator(mode="after")
+    def _band_needs_reference_levels(self) -> SynthConfig:
+        if self.band_mm and self.levels != "reference":
+            raise ValueError("band_mm is the band around the reference level: set levels: reference with it")
+        return self
 
 
 # --- train / evaluate --------------------------------------------------------

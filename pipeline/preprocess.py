@@ -7,6 +7,7 @@ sees a new head exactly as its training data was made.
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 import nibabel as nib
@@ -15,6 +16,7 @@ from nibabel.processing import resample_to_output
 
 from pipeline.config import HarmonizeConfig
 from pipeline.io import InputError, load_nifti
+from pipeline.slices import reference_level_mm
 from pipeline.tools import freesurfer
 
 log = logging.getLogger("pipeline")
@@ -97,6 +99,32 @@ def acquisition_qc(image: nib.Nifti1Image, subject: str, source: Path) -> dict:
     return {"SourceVoxelMM": np.round(zooms, 3).tolist(), "QCFlags": flags}
 
 
+@dataclass(frozen=True, eq=False)
+class HarmonizedHead:
+    """A head on the pipeline's grid and intensity scale (``harmonize``), with what was done and found."""
+
+    image: nib.Nifti1Image
+    record: dict  # the sidecar: steps, source voxel size, QC flags, source file, reference level
+    level_mm: float  # the reference axial level (``pipeline.slices``)
+
+
+def harmonize(source: Path, case: str, config: HarmonizeConfig, target: Path, threads: int) -> HarmonizedHead:
+    """A raw head through the acquisition QC, the configured harmonization and the search for its reference
+    level; ``target``: where SynthSR writes its image (``harmonize.method: synthsr``)."""
+    head = load_nifti(source, case)
+    qc = acquisition_qc(head, case, source)
+    if config.method == "synthsr":
+        image, record = harmonize_synthsr(source, target, config, threads)
+    else:
+        image, record = harmonize_builtin(head, config)
+    try:
+        level = reference_level_mm(image)
+    except ValueError as error:
+        raise InputError(f"subject {case}, file {source}: no reference level ({error})") from None
+    record |= qc | {"Source": str(source), "ReferenceLevelMM": round(level, 2)}
+    return HarmonizedHead(image, record, level)
+
+
 def bounding_box(mask: np.ndarray, margin: int) -> tuple[slice, ...]:
     """The mask's bounding box grown by ``margin`` voxels, clipped to the image."""
     coords = np.argwhere(mask)
@@ -111,6 +139,22 @@ def crop(data: np.ndarray, affine: np.ndarray, box: tuple[slice, ...]) -> tuple[
     cropped_affine = affine.copy()
     cropped_affine[:3, 3] = (affine @ offset)[:3]
     return data[box], cropped_affine
+
+
+def box_of(affine: np.ndarray, shape: tuple[int, ...], grid: nib.Nifti1Image) -> tuple[slice, ...]:
+    """Where a volume of ``shape`` and ``affine``, cut out of ``grid`` by ``crop``, lies on that grid."""
+    offset = np.linalg.solve(grid.affine, affine[:, 3])[:3]
+    start = np.round(offset).astype(int)
+    if not np.allclose(offset, start, atol=1e-3) or not np.allclose(affine[:3, :3], grid.affine[:3, :3]):
+        raise ValueError("the volume is not a box of the grid")
+    return tuple(slice(int(s), int(s) + n) for s, n in zip(start, shape[:3], strict=True))
+
+
+def uncrop(data: np.ndarray, affine: np.ndarray, grid: nib.Nifti1Image) -> np.ndarray:
+    """``crop``'s inverse: ``data`` put back on the whole grid it was cut from, 0 around it."""
+    out = np.zeros(grid.shape[:3], data.dtype)
+    out[box_of(affine, data.shape, grid)] = data
+    return out
 
 
 def crop_to_brain(image: nib.Nifti1Image, mask: np.ndarray, margin: int) -> tuple[nib.Nifti1Image, ...]:

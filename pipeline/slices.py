@@ -71,6 +71,12 @@ def to_uint8(image: np.ndarray, brain: np.ndarray | None = None) -> np.ndarray:
     return out
 
 
+def slice_canvas(image: np.ndarray, brain: np.ndarray, size: int) -> np.ndarray:
+    """A real axial slice as every model sees it: its grey levels (``to_uint8``, 0 outside ``brain``), centred
+    on the ``size`` x ``size`` canvas."""
+    return center_pad(to_uint8(image, brain), size)
+
+
 def _otsu(values: np.ndarray, bins: int = 256) -> float:
     """Otsu's threshold of ``values``: the cut that maximises the between-class variance."""
     counts, edges = np.histogram(values, bins=bins)
@@ -127,13 +133,3 @@ def level_index(image: nib.Nifti1Image, level_mm: float) -> int:
     world_centre = image.affine @ np.append(centre, 1.0)
     k = (np.linalg.inv(image.affine) @ np.array([world_centre[0], world_centre[1], level_mm, 1.0]))[2]
     return int(np.clip(round(float(k)), 0, image.shape[2] - 1))
-
-
-SLICE_SUFFIX = "_dz"  # sub-X_dz+04: the slice 4 mm above the subject's reference level
-
-
-REFERENCE_SLICE = f"{SLICE_SUFFIX}+00"
-
-
-def slice_name(subject: str, offset_mm: float) -> str:
-    return f"sub-{subject}{SLICE_SUFFIX}{round(offset_mm):+03d}"

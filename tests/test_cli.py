@@ -43,4 +43,4 @@ def test_help_lists_every_command_and_the_console_script_runs_the_same_main():
         assert name in listed.stdout
     modular = subprocess.run([sys.executable, "-m", "pipeline", "predict", "--help"], env=venv_env(),
                              capture_output=True, text=True, check=True)
-    assert "--all-slices" in modular.stdout and "--tta" in modular.stdout
+    assert "--slices" in modular.stdout and "--allow-non-t1" in modular.stdout and "--tta" in modular.stdout

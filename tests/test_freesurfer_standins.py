@@ -156,9 +156,15 @@ def test_standin_mri_synthsr_command_and_harmonized_output(bin_dir: Path, tmp_pa
 
 def test_predict_preprocesses_a_head_with_standin_mri_synthsr_when_the_model_was_trained_so(bin_dir: Path,
                                                                                            tmp_path: Path):
-    from pipeline.predict import preprocess_head
+    from pipeline.config import TrainProfile
+    from pipeline.nnunet import TrainingRecord
+    from pipeline.predict import prepare_head
 
-    image, kept = head()
+    small, small_kept = head()
+    pad = 30  # a field of view a head fits in: predict runs the study's acquisition QC
+    affine = small.affine.copy()
+    affine[:3, 3] = nib.affines.apply_affine(small.affine, [-pad] * 3)
+    image, kept = nib.Nifti1Image(np.pad(small.get_fdata(dtype=np.float32), pad), affine), np.pad(small_kept, pad)
     source = tmp_path / "new-head.nii.gz"
     save_nifti(image.get_fdata(dtype=np.float32) * 1000, image.affine, source)
     synthsr_out = tmp_path / "work" / "synthsr" / "new-head.nii.gz"
@@ -166,9 +172,13 @@ def test_predict_preprocesses_a_head_with_standin_mri_synthsr_when_the_model_was
     write_standin(bin_dir, "mri_synthsr", ["--i", str(source), "--o", str(synthsr_out), "--threads", threads, "--cpu"],
                   SYNTHSR_BODY)
     write_standin(bin_dir, "mri_synthstrip", [*SYNTHSTRIP_ARGS, "-b", "1"], SYNTHSTRIP_BODY)
-    model = {"harmonize": HarmonizeConfig(method="synthsr").model_dump(mode="json"), "stripper": "synthstrip",
-             "strip": strip_config().model_dump(mode="json")}
-    prepared = preprocess_head(source, model, tmp_path / "work")
+    record = TrainingRecord(profile="ci", schedule=TrainProfile(epochs=1, iterations_per_epoch=1,
+                                                                val_iterations_per_epoch=1),
+                            fold="all", device="cpu", deterministic=True, seed=42, seeds=[42], wall_s=1.0,
+                            trainer="nnUNetTrainerPipeline", dataset_id=103, segmenter="hmrf", stripper="synthstrip",
+                            harmonize=HarmonizeConfig(method="synthsr"), strip=strip_config(), size=64,
+                            levels="brain", versions={})
+    prepared = prepare_head(source, record, tmp_path / "work")
     original, brain = prepared.original, prepared.brain
     assert synthsr_out.is_file()  # the model's own harmonization ran, not the built-in one
     assert original.shape == image.shape and np.allclose(original.affine, image.affine)

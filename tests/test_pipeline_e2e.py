@@ -52,6 +52,27 @@ def test_repro_writes_metrics_with_dice_in_range(project: Path):
     assert metrics["n_train"] == 8 and metrics["n_test"] == 4  # 1 train subject, 1 test subject
     assert metrics["n_real"] == 1
     assert metrics["train_test_share_subject"] is False
+    assert metrics["scored"] == "whole brain, 3D" and set(metrics["dice_band"]) == {"real"}
+    assert [len(values) for values in metrics["dice_by_height"]["real"].values()] == [5, 5, 5]
+
+
+def test_evaluate_predicts_the_whole_test_head_and_draws_it(project: Path):
+    import nibabel as nib
+    import numpy as np
+
+    split = {row["participant_id"]: row["split"] for row in read_tsv(project / "data/raw/participants.tsv")}
+    subject = next(pid for pid, kind in split.items() if kind == "test")
+    evaluation = project / "data/evaluation/hmrf-deepbet"
+    labels = nib.load(evaluation / "volumes" / subject / "anat" / f"{subject}_dseg.nii.gz")
+    mask = nib.load(project / "data/stripped/deepbet" / subject / "anat" / f"{subject}_desc-brain_mask.nii.gz")
+    assert labels.shape == mask.shape and np.allclose(labels.affine, mask.affine)  # on the stripped brain's grid
+    predicted = np.any(np.asarray(labels.dataobj) > 0, axis=(0, 1))
+    brain = np.any(np.asarray(mask.dataobj) > 0, axis=(0, 1))
+    assert predicted.sum() > 0.5 * brain.sum()  # planes all over the brain, not one slab (a 10-iteration model)
+    volumes = read_tsv(evaluation / "tissue_volumes.tsv")
+    assert [row["participant_id"] for row in volumes] == [subject]
+    assert 500 < sum(float(volumes[0][f"teacher_{t}_ml"]) for t in ("GM", "WM", "CSF")) < 2500  # a whole brain
+    assert (evaluation / "panels" / f"{subject}.png").is_file()
 
 
 def test_dvc_status_is_clean_and_second_repro_runs_nothing(project: Path):
@@ -112,7 +133,8 @@ def test_metrics_and_plots_are_readable_by_dvc(project: Path):
     assert (project / "plots" / "index.html").is_file()
 
 
-def test_predict_on_a_real_head_returns_labels_on_the_input_grid(project: Path, ds000011: Path, tmp_path: Path):
+def test_predict_on_a_real_head_returns_whole_brain_labels_on_the_input_grid(project: Path, ds000011: Path,
+                                                                             tmp_path: Path):
     import nibabel as nib
     import numpy as np
 
@@ -123,31 +145,39 @@ def test_predict_on_a_real_head_returns_labels_on_the_input_grid(project: Path, 
     head.parent.mkdir()
     nib.save(nib.MGHImage(np.asarray(real.dataobj).astype(np.float32), real.affine), head)
     out = tmp_path / "out"
-    _run(["python", "-m", "pipeline", "predict", "--model", "models/hmrf-deepbet", "--input", str(head.parent),
-          "--output", str(out)], project)
+    log = _run(["python", "-m", "pipeline", "predict", "--model", "models/hmrf-deepbet", "--input", str(head.parent),
+                "--output", str(out)], project)
+    assert f"predict [1/1] {head.name}:" in log  # a progress line per head
     labels, original = nib.load(out / f"{test_subject}_dseg.nii.gz"), nib.load(head)  # BIDS: entities + _dseg
     assert labels.shape == original.shape and np.allclose(labels.affine, original.affine)
     data = np.asarray(labels.dataobj)
     assert set(np.unique(data)) <= {0, 1, 2, 3}
     labelled_planes = np.nonzero(data.reshape(-1, data.shape[2]).any(axis=0))[0]
-    assert len(labelled_planes) == 1  # the reference level only
-    assert (data > 0).sum() > 1000  # a brain-sized slice, not a few voxels
+    assert len(labelled_planes) > 50  # the whole brain, not one slice
     description = json.loads((out / "dataset_description.json").read_text())
     assert description["DatasetType"] == "derivative"
     assert description["GeneratedBy"][0]["TrainingRecord"]["segmenter"] == "hmrf"
     assert (out / "dseg.tsv").read_text().splitlines()[1:] == ["0\tbackground", "1\tGM", "2\tWM", "3\tCSF"]
-    volumes = (out / "tissue_volumes.tsv").read_text().splitlines()
-    assert volumes[0].split("\t")[:6] == ["case", "source", "slices", "GM_ml", "WM_ml", "CSF_ml"]
-    row = dict(zip(volumes[0].split("\t"), volumes[1].split("\t"), strict=True))
-    assert row["case"] == test_subject and row["slices"] == "1"
-    assert 1.0 < float(row["GM_ml"]) + float(row["WM_ml"]) + float(row["CSF_ml"]) < 25.0  # one 1 mm axial slice
+    row = read_tsv(out / "tissue_volumes.tsv")[0]
+    assert list(row)[:7] == ["case", "source", "slices", "planes", "GM_ml", "WM_ml", "CSF_ml"]
+    assert row["case"] == test_subject and row["slices"] == "brain" and row["qc_flags"] == "none"
+    assert 500.0 < float(row["GM_ml"]) + float(row["WM_ml"]) + float(row["CSF_ml"]) < 2500.0  # a whole brain
     assert (out / f"{test_subject}_dseg.png").is_file()
+
+    one = tmp_path / "one"  # the seed's protocol: the plane at the reference level only
+    _run(["python", "-m", "pipeline", "predict", "--model", "models/hmrf-deepbet", "--input", str(head),
+          "--output", str(one), "--slices", "reference"], project)
+    data = np.asarray(nib.load(one / f"{test_subject}_dseg.nii.gz").dataobj)
+    assert len(np.nonzero(data.reshape(-1, data.shape[2]).any(axis=0))[0]) == 1
+    row = read_tsv(one / "tissue_volumes.tsv")[0]
+    assert row["slices"] == "reference" and row["planes"] == "1"
+    assert 1.0 < float(row["GM_ml"]) + float(row["WM_ml"]) + float(row["CSF_ml"]) < 25.0  # one 1 mm axial slice
 
 
 def test_predict_on_png_slices_writes_label_pngs(project: Path, tmp_path: Path):
     from PIL import Image
 
-    images = project / "data" / "evaluation" / "hmrf-deepbet" / "real" / "images"
+    images = next((project / "data/nnunet_raw/hmrf-deepbet").glob("Dataset*/imagesTs"))
     _run(["python", "-m", "pipeline", "predict", "--model", "models/hmrf-deepbet", "--input", str(images),
           "--output", str(tmp_path)], project)
     outputs = sorted(tmp_path.glob("*.png"))
@@ -157,23 +187,37 @@ def test_predict_on_png_slices_writes_label_pngs(project: Path, tmp_path: Path):
 
 def test_nnunets_own_command_line_predicts_with_a_model_folder_as_evaluate_did(project: Path, tmp_path: Path):
     """A user's nnUNetv2_predict_from_modelfolder, with nothing but nnUNet_extTrainer pointing at the pipeline's
-    trainers (the README's instruction), gives the very labels the evaluate stage scored."""
+    trainers, on the test head's slices as every model sees them, gives the very labels the evaluate stage
+    predicted in its own process."""
+    import nibabel as nib
     import numpy as np
     from PIL import Image
 
+    from pipeline.io import save_png
+    from pipeline.slices import slice_canvas, uncenter
+
     model = next((project / "models/hmrf-deepbet").glob("Dataset*/nnUNetTrainerPipeline__nnUNetPlans__2d"))
     fold = next(model.glob("fold_*")).name.removeprefix("fold_")  # the one the study trained (train.fold)
-    evaluation = project / "data/evaluation/hmrf-deepbet/real"
+    split = {row["participant_id"]: row["split"] for row in read_tsv(project / "data/raw/participants.tsv")}
+    subject = next(pid for pid, kind in split.items() if kind == "test")
+    stripped = project / "data/stripped/deepbet" / subject / "anat"
+    brain = nib.load(stripped / f"{subject}_desc-brain_T1w.nii.gz").get_fdata(dtype=np.float32)
+    mask = np.asarray(nib.load(stripped / f"{subject}_desc-brain_mask.nii.gz").dataobj) > 0
+    planes = np.flatnonzero(mask.any(axis=(0, 1)))[::15]  # every 15th plane of the brain: bottom to top
+    for k in planes:
+        save_png(slice_canvas(brain[:, :, k], mask[:, :, k], 256), tmp_path / "in" / f"plane-{k:03d}_0000.png")
     env = {key: value for key, value in venv_env().items() if not key.startswith("nnUNet_")}
     env |= {"nnUNet_extTrainer": str(project / "pipeline/nnunet_trainers"), "OMP_NUM_THREADS": "2"}
-    command = ["nnUNetv2_predict_from_modelfolder", "-i", str(evaluation / "images"), "-o", str(tmp_path),
+    command = ["nnUNetv2_predict_from_modelfolder", "-i", str(tmp_path / "in"), "-o", str(tmp_path / "out"),
                "-m", str(model), "-f", fold, "--disable_tta", "-device", "cpu", "-npp", "1", "-nps", "1"]
-    result = subprocess.run(command, env=env, capture_output=True, text=True, cwd=tmp_path.parent)
+    result = subprocess.run(command, env=env, capture_output=True, text=True, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
-    ours = sorted((evaluation / "predictions").glob("*.png"))
-    assert ours and [path.name for path in ours] == sorted(path.name for path in tmp_path.glob("*.png"))
-    for path in ours:
-        assert np.array_equal(np.asarray(Image.open(path)), np.asarray(Image.open(tmp_path / path.name))), path.name
+    ours = np.asarray(nib.load(project / "data/evaluation/hmrf-deepbet/volumes" / subject / "anat" /
+                               f"{subject}_dseg.nii.gz").dataobj)
+    assert len(planes) > 5
+    for k in planes:
+        theirs = uncenter(np.asarray(Image.open(tmp_path / "out" / f"plane-{k:03d}.png")), mask.shape[:2])
+        assert np.array_equal(ours[:, :, k], theirs), k
 
 
 def test_reference_labels_add_dice_external_and_rerun_only_evaluation(project: Path, tmp_path: Path):
@@ -207,7 +251,7 @@ def test_reference_labels_add_dice_external_and_rerun_only_evaluation(project: P
     assert "against your reference labels" in (project / "data" / "report" / "index.html").read_text()
 
 
-def test_bench_train_times_every_iteration_and_scores_real_slices_each_epoch(project: Path):
+def test_bench_train_times_every_iteration_and_scores_the_real_test_heads_each_epoch(project: Path):
     result = subprocess.run(["python", "-m", "pipeline", "bench", "train", "--eval-every", "1"], cwd=project,
                             env=venv_env(), capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-5000:]
@@ -217,6 +261,7 @@ def test_bench_train_times_every_iteration_and_scores_real_slices_each_epoch(pro
     assert report["iteration_s"] >= max(report["data_and_augmentation_s"], report["forward_backward_s"])
     assert [point["epoch"] for point in report["time_to_dice"]] == [1, 2]
     assert report["time_to_dice"][0]["training_minutes"] < report["time_to_dice"][1]["training_minutes"]
+    assert set(report["time_to_dice"][0]["dice_real"]) == {"GM", "WM", "CSF", "mean"}  # whole heads, as evaluate
     assert report["peak_rss_mb"] > 100 and report["patch_size"] and report["augmentation"] == "nnunet"
 
 
@@ -228,9 +273,8 @@ def _real_rows(project: Path) -> list[dict]:
 
 
 def test_train_seeds_trains_and_scores_each_strategy_once_per_seed_on_the_same_data(project: Path):
+    import nibabel as nib
     import numpy as np
-
-    from pipeline.io import load_png
 
     baseline = _real_rows(project)
     ran = _run(["dvc", "exp", "run", "-S", "train.seeds=[42,7]"], project)
@@ -244,8 +288,8 @@ def test_train_seeds_trains_and_scores_each_strategy_once_per_seed_on_the_same_d
     record = json.loads((project / "models" / "hmrf-deepbet" / "seed-7" / "training.json").read_text())
     assert (record["seed"], record["seeds"]) == (7, [42, 7])
     evaluation = project / "data" / "evaluation" / "hmrf-deepbet"
-    first, other = (np.stack([load_png(p) for p in sorted(folder.glob("*.png"))])
-                    for folder in (evaluation / "real" / "predictions", evaluation / "seed-7" / "real" / "predictions"))
+    first, other = (np.stack([np.asarray(nib.load(path).dataobj) for path in sorted(folder.rglob("*_dseg.nii.gz"))])
+                    for folder in (evaluation / "volumes", evaluation / "seed-7" / "volumes"))
     assert first.shape == other.shape and (first != other).any()  # another seed, another model
     assert metrics["dice"]["real"]["sd_over_seeds"] is not None
 

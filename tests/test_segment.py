@@ -25,9 +25,10 @@ from pipeline.config import (
 from pipeline.io import load_nifti, load_png, read_tsv, save_nifti, write_json
 from pipeline.labels import CSF, GM, NON_BRAIN, WM, present_labels, unmapped_labels
 from pipeline.metrics import dice_per_tissue
+from pipeline.overlays import three_planes
 from pipeline.preprocess import crop_to_brain, harmonize_builtin
 from pipeline.stages import synthesize
-from pipeline.stages.segment import save_overlay, tissue_labels
+from pipeline.stages.segment import tissue_labels
 from pipeline.stages.segment_qc import agreement, decide, failures, measures
 from pipeline.stages.synthesize import Synthesize, read_decisions
 from pipeline.tools.registry import SEGMENTERS, brain_mask
@@ -169,7 +170,7 @@ def test_force_include_takes_participant_ids():
 
 def test_overlay_png_shows_three_planes(tmp_path: Path):
     image, _, truth = phantom()
-    save_overlay(image.get_fdata(), truth, tmp_path / "qc" / "sub-01_dseg.png", "sub-01 hmrf-deepbet")
+    three_planes(image.get_fdata(), [("hmrf", truth)], tmp_path / "qc" / "sub-01_dseg.png", "sub-01 hmrf-deepbet")
     png = load_png(tmp_path / "qc" / "sub-01_dseg.png")
     assert png.ndim == 3 and png.shape[1] > 2 * png.shape[0]  # three panels side by side
 

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from pydantic import ValidationError
 from scipy import ndimage
 
 from pipeline.__main__ import main
@@ -31,6 +32,7 @@ from pipeline.synth.classes import split_tissues
 from pipeline.synth.engine import check_engine, synthesize
 from pipeline.synth.fields import sample_grid, scaling_and_squaring, velocity_at
 from pipeline.synth.lab2im_engine import LAB2IM_FIXED
+from pipeline.synth.levels import case_levels
 from pipeline.synth.model import (
     make_batch,
     prepare_volume,
@@ -41,7 +43,7 @@ from pipeline.synth.model import (
     synthesize_slices,
 )
 from pipeline.synth.montage import CONTOURS, pick_cases, write_montage
-from pipeline.synth.params import draw_flip, draw_parameters, draw_slice_offset, sample_seed
+from pipeline.synth.params import draw_flip, draw_level, draw_parameters, sample_seed
 from pipeline.synth.priors import T1_PRIORS, subject_priors, t1_priors
 from pipeline.tools.base import ToolMissing
 
@@ -732,23 +734,55 @@ def test_subclasses_split_each_tissue_by_intensity_and_train_on_tissues(small):
     assert len(np.unique(images[0][inside])) == 3  # one Gaussian per class, σ = 0: three greys in WM
 
 
-def test_the_output_slice_is_the_reference_level_plus_the_samples_offset(small):
-    cfg = lab2im_config(size=128, prior_stds=(0.0, 0.0), **STILL)
+def test_reference_levels_cut_the_reference_plane_or_within_the_band_around_it(small):
+    cfg = lab2im_config(size=128, prior_stds=(0.0, 0.0), levels="reference", **STILL)
     rows, columns = box(small.shape, 128)
-    at_level = synthesize_slices(small, cfg, seeds("level", 2), centre=30)[1]
+    at_level = synthesize_slices(small, cfg, seeds("level", 2), levels=case_levels(small, 30, cfg))[1]
     assert np.array_equal(at_level[0][rows, columns], small[:, :, 30])
     band = cfg.model_copy(update={"band_mm": 8.0})
-    offsets = np.array([draw_slice_offset(s, band) for s in seeds("band", 3000)])
+    levels = case_levels(small, 30, band)
+    offsets = np.array([levels.plane(draw_level(s)) for s in seeds("band", 3000)]) - 30
     counts = np.bincount(offsets + 8, minlength=17)  # U(-8, 8) rounded: 1/16 each, half at the two ends
     expected = np.array([0.5, *[1.0] * 15, 0.5]) / 16 * offsets.size
     assert offsets.min() == -8 and offsets.max() == 8 and len(counts) == 17
     assert np.all(np.abs(counts - expected) < 4 * np.sqrt(expected))
     batch = seeds("band", 12)
-    labels = synthesize_slices(small, band, batch, centre=30)[1]
+    labels = synthesize_slices(small, band, batch, levels=levels)[1]
     for label, seed in zip(labels, batch, strict=True):
-        assert np.array_equal(label[rows, columns], small[:, :, 30 + draw_slice_offset(seed, band)])
-    one_by_one = [synthesize_slices(small, band, [seed], centre=30)[1][0] for seed in batch]
+        assert np.array_equal(label[rows, columns], small[:, :, levels.plane(draw_level(seed))])
+    one_by_one = [synthesize_slices(small, band, [seed], levels=levels)[1][0] for seed in batch]
     assert np.array_equal(np.stack(one_by_one), labels)  # grouping samples by slice never shows
+
+
+def test_brain_levels_cover_every_plane_of_the_brain_uniformly_or_by_its_area(small):
+    tissue = np.count_nonzero(small, axis=(0, 1))
+    lowest, highest = np.flatnonzero(tissue)[[0, -1]]
+    draws = np.array([draw_level(s) for s in seeds("brain", 6000)])
+    uniform = case_levels(small, 30, SynthConfig(levels="brain", level_spread="uniform"))
+    planes = np.array([uniform.plane(d) for d in draws])
+    assert planes.min() == lowest and planes.max() == highest  # from the lowest plane with tissue to the top
+    counts = np.bincount(planes - lowest)
+    expected = draws.size / (highest - lowest + 1)
+    assert np.all(np.abs(counts - expected) < 5 * np.sqrt(expected))
+    by_area = case_levels(small, 30, SynthConfig(levels="brain", level_spread="area"))
+    planes = np.array([by_area.plane(d) for d in draws])
+    counts = np.bincount(planes, minlength=small.shape[2])
+    expected = draws.size * tissue / tissue.sum()  # a plane as often as a random tissue voxel lies in it
+    assert np.all(np.abs(counts - expected) < 5 * np.sqrt(expected) + 1)
+    assert counts[tissue == 0].sum() == 0
+    cfg = lab2im_config(size=128, prior_stds=(0.0, 0.0), levels="brain", **STILL)
+    rows, columns = box(small.shape, 128)
+    batch = seeds("brain", 6)
+    labels = synthesize_slices(small, cfg, batch, levels=uniform)[1]
+    for label, seed in zip(labels, batch, strict=True):  # an undeformed sample shows its drawn plane
+        plane = int(np.clip(uniform.plane(draw_level(seed)), 1, small.shape[2] - 2))  # inside the blur slab
+        assert np.array_equal(label[rows, columns], small[:, :, plane])
+
+
+def test_a_band_without_reference_levels_is_a_config_error():
+    with pytest.raises(ValidationError, match="levels: reference"):
+        SynthConfig(band_mm=10.0)
+    assert SynthConfig(levels="reference", band_mm=10.0).band_mm == 10.0
 
 
 def test_simulated_low_resolution_blurs_as_that_acquisition(small):
@@ -793,5 +827,5 @@ def test_online_samples_are_fresh_each_draw_reproducible_from_the_seed_and_the_s
     k = np.random.RandomState(3).randint(2**31 - 1 - ONLINE_INDEX_OFFSET)
     model = subject_model("01", folders, cfg)
     images, labels = synthesize(model.classes.labels, cfg, [sample_seed(42, "01", ONLINE_INDEX_OFFSET + k)],
-                                priors=model.priors, targets=model.classes.targets, centre=model.centre)
+                                priors=model.priors, targets=model.classes.targets, levels=model.levels)
     assert np.array_equal(images[0], first[0]) and np.array_equal(labels[0], first[1])

@@ -15,10 +15,10 @@ import yaml
 
 from pipeline import nnunet
 from pipeline.config import load_config
-from pipeline.io import save_png
+from pipeline.io import load_png, save_png
 from pipeline.labels import GM, WM, remap
-from pipeline.metrics import score_folder, summarize
-from pipeline.nnunet import nnunet_dataset
+from pipeline.metrics import dice_per_tissue, summarize
+from pipeline.nnunet import SlicePredictor, nnunet_dataset
 from pipeline.slices import center_pad
 from pipeline.stages.train import Train
 
@@ -45,8 +45,6 @@ def write_cases(maps: list[Path], count: int, folder: Path, rng: np.random.Gener
 
 
 def swap_grey_and_white(labels: Path, out: Path) -> None:
-    from pipeline.io import load_png
-
     for path in sorted(labels.glob("*.png")):
         reference = load_png(path)
         swapped = reference.copy()
@@ -78,12 +76,17 @@ def test_a_trivially_learnable_task_scores_high_and_a_wrong_reference_low(tmp_pa
     plans = json.loads(next(models.glob(f"{dataset.name}/*/plans.json")).read_text())
     assert plans["configurations"]["2d"]["pipeline"] == {**{k: profile[k] for k in (
         "epochs", "iterations_per_epoch", "val_iterations_per_epoch")}, "seed": 42, "online": None}
-    env = nnunet.environment(raw, tmp_path / "preprocessed", models, 2)
-    nnunet.predict(raw / dataset.name / "imagesTs", tmp_path / "predictions", dataset.id, "all", "cpu", env,
-                   tta=False, trainer=nnunet.trainer_name(config.train))
-    right = summarize(score_folder(raw / dataset.name / "labelsTs", tmp_path / "predictions", "test"))
+    segment = SlicePredictor.from_folder(models, dataset.id, nnunet.trainer_name(config.train), "all", "cpu", False)
+    predictions = {path.stem: segment(load_png(raw / dataset.name / "imagesTs" / f"{path.stem}_0000.png"))
+                   for path in sorted((raw / dataset.name / "labelsTs").glob("*.png"))}
+
+    def scored(references: Path) -> dict:
+        return summarize([dice_per_tissue(load_png(references / f"{case}.png"), labels)
+                          for case, labels in predictions.items()])
+
+    right = scored(raw / dataset.name / "labelsTs")
     swap_grey_and_white(raw / dataset.name / "labelsTs", tmp_path / "wrong")
-    wrong = summarize(score_folder(tmp_path / "wrong", tmp_path / "predictions", "test"))
+    wrong = scored(tmp_path / "wrong")
 
     assert right["mean"] > 0.8, right
     assert right["GM"] > 0.7 and right["WM"] > 0.7 and right["CSF"] > 0.5, right
@@ -103,7 +106,6 @@ def test_an_online_case_is_what_nnunet_would_have_read_from_its_png(tmp_path: Pa
     from nnunetv2.training.dataloading.nnunet_dataset import infer_dataset_class
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
-    from pipeline.io import load_png
     from pipeline.nnunet_trainers.nnUNetTrainerPipeline import OnlineCases
     from pipeline.stages.export import Export
 

@@ -77,8 +77,9 @@ class Stage(luigi.Task):
         files = [self.out_dir(), self.metrics_path(), self.plots_path()]
         return [luigi.LocalTarget(str(path)) for path in files if path is not None]
 
-    def input_dir(self, index: int = 0) -> Path:
-        return Path(self.input()[index][0].path)
+    def input_dir(self, name: str) -> Path:
+        """The folder of the input ``requires()`` names ``name``."""
+        return Path(self.input()[name][0].path)
 
     def run(self) -> None:
         config = load_config()

@@ -1,17 +1,15 @@
-"""Stage 8 — evaluate: Dice for GM, WM and CSF of each model, on synthetic and on real slices.
+"""Stage 8 — evaluate: Dice for GM, WM and CSF of each model, on synthetic slices and on whole real heads.
 
 - ``synthetic``: the held-out synthetic test samples (the seed project's protocol);
-- ``real``: the real axial slice of each test subject at its reference level (``pipeline.slices``: the
-  same anatomy for every strategy), after the same preprocessing, against that segmenter's labels on that
-  subject;
-- ``external``: the same predictions against reference labels the user supplies
-  (``evaluate.reference_labels``, a BIDS derivative: ``pipeline.references``). Unlike ``real``, one
-  reference for every combo: the number that compares segmenters as well as strippers;
-- ``teacher``: the segmenter's own labels of those slices against that reference: what the model, which
-  learned from them, can reach at best.
+- ``real``, ``external``, ``teacher``: each real test head predicted over the whole brain and scored in 3D
+  (``pipeline.evaluation``): against the segmenter's labels, against reference labels the user supplies
+  (``evaluate.reference_labels``), and the segmenter's own labels against that reference. Also within the band
+  around each head's reference level (``dice_band``) and per fifth of the brain's height (``dice_by_height``).
 
-Writes ``metrics/<combo>.json`` (DVC metrics), ``metrics/<combo>-cases.csv`` (every
-case's Dice, DVC plots) and the predictions under ``data/evaluation/<combo>/``.
+Writes ``metrics/<combo>.json`` (DVC metrics), ``metrics/<combo>-cases.csv`` (every case's Dice, DVC plots),
+and under ``data/evaluation/<combo>/``: the predicted label volumes (``volumes/``), the synthetic predictions,
+``by_height.csv``, ``tissue_volumes.tsv`` (mL per head: model, teacher, reference) and a three-plane picture of
+each test head (``panels/``).
 """
 
 from __future__ import annotations
@@ -22,16 +20,25 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline import nnunet
-from pipeline.bids import read_cases, reference_level, subject_file, subject_of
+from pipeline.bids import read_cases, subject_file, subject_of
 from pipeline.compare import mean_ci95, scores_by_subject
-from pipeline.config import Config, EvaluateConfig
+from pipeline.config import Config
 from pipeline.devices import torch_device
-from pipeline.io import InputError, load_nifti, save_png, write_csv, write_json
-from pipeline.metrics import score_folder, score_subjects, summarize
-from pipeline.nnunet import nnunet_dataset, trained_seeds
-from pipeline.references import on_grid, reference_file, reference_tissues
-from pipeline.slices import center_pad, level_index, slice_name, to_uint8
+from pipeline.evaluation import (
+    HEIGHT_PARTS,
+    HeldOutHead,
+    load_held_out_head,
+    predict_head,
+    score_head,
+    score_teacher,
+    volumes_row,
+)
+from pipeline.io import load_png, save_nifti, save_png, write_csv, write_json, write_tsv
+from pipeline.labels import TISSUES
+from pipeline.metrics import dice_per_tissue, summarize
+from pipeline.nnunet import SlicePredictor, TrainingRecord, nnunet_dataset, trained_seeds
+from pipeline.overlays import three_planes
+from pipeline.slices import level_index
 from pipeline.stages.acquire import Acquire
 from pipeline.stages.base import ComboStage, Stage
 from pipeline.stages.export import Export
@@ -40,53 +47,11 @@ from pipeline.stages.segment import Segment
 from pipeline.stages.strip import Strip
 from pipeline.stages.train import Train
 from pipeline.subjects import failed_ids
+from pipeline.synth.subject import Folders
 
 log = logging.getLogger("pipeline")
 
-
-def band_offsets(config: EvaluateConfig) -> list[float]:
-    """Offsets (mm) of the scored slices from the reference level: every ``step_mm`` within ``band_mm``."""
-    steps = int(config.band_mm // config.step_mm)
-    return [step * config.step_mm for step in range(-steps, steps + 1)]
-
-
-def write_external_slices(levels: dict[str, float], stripped: Path, config: EvaluateConfig, out: Path,
-                          size: int) -> list[str]:
-    """Each test subject's reference tissues on its real slices, named like the real labels; returns the
-    subjects that have a reference. Carried in world space onto the stripped grid, so a brain the stripper
-    cut off counts against the strategy."""
-    root = Path(config.reference_labels).expanduser()
-    if not root.is_dir():
-        raise InputError(f"evaluate.reference_labels: {root} is not a folder")
-    scored = []
-    for subject, level in levels.items():
-        path = reference_file(root, subject)
-        if path is None:
-            log.warning("evaluate: sub-%s has no reference labels under %s", subject, root)
-            continue
-        brain = load_nifti(subject_file(stripped, subject, "desc-brain_T1w"), subject)
-        tissues = on_grid(reference_tissues(path, root, config.reference_scheme, subject), brain)
-        for offset in band_offsets(config):
-            k = level_index(brain, level + offset)
-            save_png(center_pad(tissues[:, :, k], size), out / f"{slice_name(subject, offset)}.png")
-        scored.append(subject)
-    return scored
-
-
-def write_real_slices(levels: dict[str, float], stripped: Path, segmented: Path, out: Path,
-                      config: EvaluateConfig, size: int) -> None:
-    """Each subject's real axial slices around its reference level (``band_offsets``: the same planes in
-    world space for every strategy), and its segmenter's labels there, laid out and grey-levelled like the
-    synthetic ones (``pipeline.slices``): 0 outside the brain mask."""
-    for subject, level in levels.items():
-        brain = load_nifti(subject_file(stripped, subject, "desc-brain_T1w"), subject)
-        mask = np.asarray(load_nifti(subject_file(stripped, subject, "desc-brain_mask"), subject).dataobj) > 0
-        labels = np.asarray(load_nifti(subject_file(segmented, subject, "dseg"), subject).dataobj, dtype=np.uint8)
-        data = brain.get_fdata(dtype=np.float32)
-        for offset in band_offsets(config):
-            k, name = level_index(brain, level + offset), slice_name(subject, offset)
-            save_png(center_pad(to_uint8(data[:, :, k], mask[:, :, k]), size), out / "images" / f"{name}_0000.png")
-            save_png(center_pad(labels[:, :, k], size), out / "labels" / f"{name}.png")
+WHOLE = ("real", "external", "teacher")  # the kinds scored on whole heads
 
 
 def with_seed(rows: list[dict], seed: int) -> list[dict]:
@@ -108,86 +73,106 @@ def with_ci(rows: list[dict]) -> dict:
                               if len(seed_means) > 1 else None}
 
 
+def by_height(rows: list[dict], kind: str) -> dict[str, list[float | None]]:
+    """Mean Dice per tissue in each height part (bottom first) over the ``<kind>_height`` rows."""
+    parts = [summarize([row for row in rows if row["kind"] == f"{kind}_height" and row["part"] == part])
+             for part in range(1, HEIGHT_PARTS + 1)]
+    return {tissue: [None if part[tissue] is None else round(part[tissue], 4) for part in parts]
+            for tissue in TISSUES.values()}
+
+
+def score_synthetic(segment: SlicePredictor, dataset: Path, predictions: Path) -> list[dict]:
+    """The held-out synthetic samples (nnU-Net's imagesTs/labelsTs) against the labels they were drawn from."""
+    rows = []
+    for truth in sorted((dataset / "labelsTs").glob("*.png")):
+        labels = segment(load_png(dataset / "imagesTs" / f"{truth.stem}_0000.png"))
+        save_png(labels, predictions / truth.name)
+        rows.append({"kind": "synthetic", "case": truth.stem, **dice_per_tissue(load_png(truth), labels)})
+    return rows
+
+
+def head_panel(head: HeldOutHead, labels: np.ndarray, path: Path, title: str) -> None:
+    """The head in three planes through its reference level: the segmenter's labels, the model's, the reference."""
+    layers = [("teacher", head.teacher), ("model", labels)]
+    if head.reference is not None:
+        layers.append(("reference", head.on_brain(head.reference)))
+    centre = np.argwhere(head.mask).mean(axis=0).astype(int)
+    centre[2] = level_index(head.brain, head.level_mm)
+    three_planes(head.brain.get_fdata(dtype=np.float32), layers, path, title, tuple(centre))
+
+
 class Evaluate(ComboStage):
     name = "evaluate"
     out_template = "data/evaluation/{segmenter}-{stripper}"
-    param_keys = ("seed", "train", "evaluate")
+    param_keys = ("seed", "train", "evaluate", "synth.size")
     metrics_template = "metrics/{segmenter}-{stripper}.json"
     plots_template = "metrics/{segmenter}-{stripper}-cases.csv"
     plot_axes = {"x": "mean", "y": "case", "template": "bar_horizontal_sorted"}
 
-    def requires(self) -> list[Stage]:
+    def requires(self) -> dict[str, Stage]:
         combo = self.combo()
-        return [Train(**combo), Export(**combo), Acquire(), Strip(stripper=self.stripper), Segment(**combo),
-                Harmonize()]
+        return {"models": Train(**combo), "nnunet_raw": Export(**combo), "raw": Acquire(),
+                "stripped": Strip(stripper=self.stripper), "segmented": Segment(**combo), "harmonized": Harmonize()}
 
     def build(self, out: Path, config: Config) -> None:
-        models, raw, acquired, stripped, segmented, harmonized = (self.input_dir(i) for i in range(6))
-        nnunet_set = nnunet_dataset(self.segmenter, self.stripper)
-        dataset = raw / nnunet_set.name
-        device = torch_device(config.train.device)
-
-        def predict(results: Path, images: Path, predictions: Path) -> None:
-            env = nnunet.environment(raw, out / "preprocessed", results, config.workers)
-            nnunet.predict(images, predictions, nnunet_set.id, str(config.train.fold), device, env,
-                           config.train.predict_tta, nnunet.trainer_name(config.train))
-
+        models, segmented = self.input_dir("models"), self.input_dir("segmented")
+        folders = Folders(segmented, self.input_dir("stripped"), self.input_dir("harmonized"))
+        dataset = self.input_dir("nnunet_raw") / nnunet_dataset(self.segmenter, self.stripper).name
         lost = failed_ids(segmented)  # keep_going: subjects without labels cannot be scored
-        test_subjects = [case.label for case in read_cases(acquired)
-                         if case.in_test and f"sub-{case.label}" not in lost]
-        log.info("evaluate %s-%s: real slices of %d test subject(s)", self.segmenter, self.stripper,
-                 len(test_subjects))
-        levels = {subject: reference_level(harmonized, subject) for subject in test_subjects}
-        if test_subjects:
-            write_real_slices(levels, stripped, segmented, out / "real", config.evaluate, config.synth.size)
-        else:
-            log.warning("evaluate %s-%s: no test subject left (keep_going): no real-slice Dice", self.segmenter,
+        cases = [case.label for case in read_cases(self.input_dir("raw"))
+                 if case.in_test and f"sub-{case.label}" not in lost]
+        if not cases:
+            log.warning("evaluate %s-%s: no test subject left (keep_going): no real-head Dice", self.segmenter,
                         self.stripper)
-        referenced = bool(config.evaluate.reference_labels and test_subjects
-                          and write_external_slices(levels, stripped, config.evaluate, out / "external",
-                                                    config.synth.size))
-        if config.evaluate.reference_labels and test_subjects and not referenced:
-            log.warning("evaluate: no test subject has reference labels: no dice.external")
-        # the labels the model learned from, against the same reference: what it could reach at best
-        teacher = score_subjects(out / "external", out / "real" / "labels", "teacher") if referenced else []
-
-        synthetic, real, external = [], [], []
-        for seed, results in trained_seeds(models):
-            base = out if results == models else out / f"seed-{seed}"
-            log.info("evaluate %s-%s: the model of seed %d", self.segmenter, self.stripper, seed)
-            predict(results, dataset / "imagesTs", base / "synthetic")
-            synthetic += with_seed(score_folder(dataset / "labelsTs", base / "synthetic", "synthetic"), seed)
-            if test_subjects:
-                predict(results, out / "real" / "images", base / "real" / "predictions")
-                real += with_seed(score_subjects(out / "real" / "labels", base / "real" / "predictions", "real"), seed)
-            if referenced:
-                external += with_seed(score_subjects(out / "external", base / "real" / "predictions", "external"),
-                                      seed)
-
-        for row in synthetic + real + external + teacher:
+        record = TrainingRecord.read(models)
+        device = torch_device(config.train.device)
+        rows, volumes = [], []
+        for number, (seed, results) in enumerate(trained_seeds(models)):
+            base = out if number == 0 else out / f"seed-{seed}"
+            log.info("evaluate %s-%s: the model of seed %d on %d synthetic test samples and %d real test heads",
+                     self.segmenter, self.stripper, seed, len(list((dataset / "labelsTs").glob("*.png"))), len(cases))
+            segment = SlicePredictor.from_folder(results, record.dataset_id, record.trainer, str(config.train.fold),
+                                                 device, config.train.predict_tta)
+            rows += with_seed(score_synthetic(segment, dataset, base / "synthetic"), seed)
+            for case in cases:
+                head = load_held_out_head(case, folders, config.evaluate)
+                labels = predict_head(segment, head, config.synth.size)
+                save_nifti(labels, head.brain.affine, subject_file(base / "volumes", case, "dseg"))
+                rows += with_seed(score_head(head, labels, config.evaluate), seed)
+                if number == 0:
+                    rows += score_teacher(head, config.evaluate)
+                    volumes.append(volumes_row(head, labels))
+                    head_panel(head, labels, out / "panels" / f"sub-{case}.png",
+                               f"sub-{case}  {self.segmenter}-{self.stripper}")
+        for row in rows:
             row["mean"] = summarize([row])["mean"]
-        write_csv(synthetic + real + external + teacher, self.plots_path())
-        write_json(self.metrics(config, models, dataset, acquired, synthetic, real, external, teacher),
-                   self.metrics_path())
+        write_csv([row for row in rows if "part" not in row], self.plots_path())
+        write_csv([row for row in rows if "part" in row], out / "by_height.csv")
+        write_tsv(volumes, out / "tissue_volumes.tsv")
+        write_json(self.metrics(config, record, dataset, rows), self.metrics_path())
 
-    def metrics(self, config: Config, models: Path, dataset: Path, acquired: Path, synthetic: list[dict],
-                real: list[dict], external: list[dict], teacher: list[dict]) -> dict:
-        training = json.loads((models / "training.json").read_text())
-        description = json.loads((acquired / "dataset_description.json").read_text())
+    def metrics(self, config: Config, record: TrainingRecord, dataset: Path, rows: list[dict]) -> dict:
+        def of(kind: str) -> list[dict]:
+            return [row for row in rows if row["kind"] == kind]
+
+        scored = [kind for kind in WHOLE if of(kind)]
         metrics = {
-            "dice": {"synthetic": summarize(synthetic), "real": with_ci(real)}
-            | ({"external": with_ci(external), "teacher": with_ci(teacher)} if external else {}),
-            "n_subjects": len({subject_of(row["case"]) for row in real}),
-            "n_seeds": len(training.get("seeds", [training["seed"]])),
+            "dice": {"synthetic": summarize(of("synthetic"))} | {kind: with_ci(of(kind)) for kind in scored},
+            "dice_band": {kind: with_ci(of(f"{kind}_band")) for kind in scored},
+            "dice_by_height": {kind: by_height(rows, kind) for kind in scored},
+            "scored": "whole brain, 3D",
+            "n_subjects": len({subject_of(row["case"]) for row in of("real")}),
+            "n_seeds": len(record.seeds),
             "n_train": json.loads((dataset / "dataset.json").read_text())["numTraining"],
-            "n_test": len({row["case"] for row in synthetic}),
-            "n_real": len({row["case"] for row in real}),
-            "real_slices_per_subject": len(band_offsets(config.evaluate)),
-            "n_external": len({row["case"] for row in external}),
-            "train_test_share_subject": description["TrainTestShareSubject"],
-            "profile": training["profile"],
-            "device": training["device"],
-            "train_wall_s": training["wall_s"],
+            "n_test": len({row["case"] for row in of("synthetic")}),
+            "n_real": len({row["case"] for row in of("real")}),
+            "n_external": len({row["case"] for row in of("external")}),
+            "band_mm": config.evaluate.band_mm,
+            "train_test_share_subject": json.loads((self.input_dir("raw") / "dataset_description.json")
+                                                   .read_text())["TrainTestShareSubject"],
+            "profile": record.profile,
+            "device": record.device,
+            "train_wall_s": record.wall_s,
         }
-        log.info("evaluate %s-%s: Dice %s", self.segmenter, self.stripper, json.dumps(metrics["dice"]))
+        log.info("evaluate %s-%s: whole-brain Dice %s", self.segmenter, self.stripper, metrics["dice"])
         return metrics

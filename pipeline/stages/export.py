@@ -35,11 +35,11 @@ class Export(ComboStage):
     name = "export"
     out_template = "data/nnunet_raw/{segmenter}-{stripper}"
 
-    def requires(self) -> list[Stage]:
-        return [Synthesize(**self.combo())]
+    def requires(self) -> dict[str, Stage]:
+        return {"synthetic": Synthesize(**self.combo())}
 
     def build(self, out: Path, config: Config) -> None:
-        synthetic = self.input_dir()
+        synthetic = self.input_dir("synthetic")
         dataset = out / nnunet_dataset(self.segmenter, self.stripper).name
         n_train = export_split(synthetic / "train", dataset / "imagesTr", dataset / "labelsTr")
         n_test = export_split(synthetic / "test", dataset / "imagesTs", dataset / "labelsTs")

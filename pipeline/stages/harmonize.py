@@ -17,9 +17,8 @@ import numpy as np
 
 from pipeline.bids import read_cases, sidecar, subject_file, write_derivative_description
 from pipeline.config import Config, HarmonizeConfig
-from pipeline.io import InputError, load_nifti, save_nifti, write_json
-from pipeline.preprocess import acquisition_qc, harmonize_builtin, harmonize_synthsr
-from pipeline.slices import reference_level_mm
+from pipeline.io import save_nifti, write_json
+from pipeline.preprocess import harmonize
 from pipeline.stages.acquire import Acquire
 from pipeline.stages.base import Stage
 from pipeline.subjects import for_each_subject, read_failures, write_failures
@@ -28,21 +27,10 @@ log = logging.getLogger("pipeline")
 
 
 def harmonize_subject(subject: str, threads: int, raw: Path, out: Path, config: HarmonizeConfig) -> None:
-    source = subject_file(raw, subject, "T1w")
     target = subject_file(out, subject, "desc-harmonized_T1w")
-    head = load_nifti(source, subject)
-    qc = acquisition_qc(head, subject, source)
-    if config.method == "synthsr":
-        image, record = harmonize_synthsr(source, target, config, threads)
-    else:
-        image, record = harmonize_builtin(head, config)
-    record |= qc
-    try:
-        level = reference_level_mm(image)
-    except ValueError as error:
-        raise InputError(f"subject {subject}, file {source}: no reference level ({error})") from None
-    save_nifti(image.get_fdata(dtype=np.float32), image.affine, target)
-    write_json(record | {"Source": str(source), "ReferenceLevelMM": round(level, 2)}, sidecar(target))
+    head = harmonize(subject_file(raw, subject, "T1w"), subject, config, target, threads)
+    save_nifti(head.image.get_fdata(dtype=np.float32), head.image.affine, target)
+    write_json(head.record, sidecar(target))
 
 
 class Harmonize(Stage):
@@ -50,11 +38,11 @@ class Harmonize(Stage):
     param_keys = ("keep_going", "harmonize")
     out_template = "data/harmonized"
 
-    def requires(self) -> list[Stage]:
-        return [Acquire()]
+    def requires(self) -> dict[str, Stage]:
+        return {"raw": Acquire()}
 
     def build(self, out: Path, config: Config) -> None:
-        raw = self.input_dir()
+        raw = self.input_dir("raw")
         subjects = [case.label for case in read_cases(raw)]
         log.info("harmonize: %s", config.harmonize.method)
         work = functools.partial(harmonize_subject, raw=raw, out=out, config=config.harmonize)

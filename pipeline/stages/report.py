@@ -1,7 +1,7 @@
 """Stage 9 — report: one self-contained HTML page comparing every (segmenter x stripper) strategy.
 
 Dice table and bar chart (real and synthetic), training curves, example predictions on
-real slices next to their references, and the subjects the QC gate excluded.
+real test heads in three planes, tissue volumes, Dice by height, and the subjects the QC gate excluded.
 Writes ``data/report/index.html`` with its PNG figures and ``dice.csv`` (every combo's Dice).
 """
 
@@ -19,9 +19,8 @@ import numpy as np
 
 from pipeline.compare import Difference, Scores, paired_difference, scores_by_subject
 from pipeline.config import Config, load_config
-from pipeline.io import load_png, read_tsv, write_csv, write_text
-from pipeline.labels import TISSUES, coloured
-from pipeline.slices import REFERENCE_SLICE
+from pipeline.io import read_tsv, write_csv, write_text
+from pipeline.labels import TISSUES
 from pipeline.stages.base import Gathered, Stage
 from pipeline.stages.evaluate import Evaluate
 
@@ -30,10 +29,11 @@ log = logging.getLogger("pipeline")
 KINDS = ("external", "teacher", "real", "synthetic")  # the ones a study has are shown
 # What each kind of Dice compares the predictions with.
 KIND_NOTES = {
-    "external": "the reference labels you supplied (evaluate.reference_labels): one reference for every strategy",
-    "teacher": "not a model: the segmenter's own labels of the same real slices against your reference labels, "
-               "what a model trained on them can reach at best",
-    "real": "each segmenter's own labels of the real test slice: compares strippers for one segmenter",
+    "external": "whole real test heads (3D) against the reference labels you supplied (evaluate.reference_labels): "
+                "one reference for every strategy",
+    "teacher": "not a model: the segmenter's own labels of the same heads against your reference labels, what a "
+               "model trained on them can reach at best",
+    "real": "whole real test heads (3D) against each segmenter's own labels: compares strippers for one segmenter",
     "synthetic": "the labels the synthetic test images were generated from",
 }
 
@@ -56,14 +56,15 @@ def _figure():
     return plt
 
 
-def dice_rows(combos: list[str], metrics_dir: Path) -> list[dict]:
+def dice_rows(combos: list[str], metrics_dir: Path, section: str = "dice") -> list[dict]:
+    """Per combo and kind, the mean Dice per tissue of ``section``: dice (whole heads) or dice_band."""
     rows = []
     for combo in combos:
         metrics = json.loads((metrics_dir / f"{combo}.json").read_text())
         cases = {"external": metrics.get("n_external"), "teacher": metrics.get("n_external"), "real": metrics["n_real"],
                  "synthetic": metrics["n_test"]}
-        for kind in [kind for kind in KINDS if kind in metrics["dice"]]:
-            scores = metrics["dice"][kind]
+        for kind in [kind for kind in KINDS if kind in metrics[section]]:
+            scores = metrics[section][kind]
             rows.append({"combo": combo, "kind": kind, **{k: scores.get(k) for k in [*TISSUES.values(), "mean"]},
                          "sd over seeds": scores.get("sd_over_seeds"), "cases": cases[kind],
                          "seeds": 1 if kind == "teacher" else metrics.get("n_seeds", 1)})
@@ -82,7 +83,7 @@ def bar_chart(rows: list[dict], path: Path) -> None:
             values = [row[t] if row[t] is not None else np.nan for t in TISSUES.values()]
             ax.bar(np.arange(3) + i * width, values, width, label=row["combo"])
         ax.set_xticks(np.arange(3) + 0.4 - width / 2, list(TISSUES.values()))
-        ax.set_title(f"Dice on {kind} test slices")
+        ax.set_title(f"Dice: {kind}")
         ax.set_ylim(0, 1)
     axes[0].legend(fontsize=8)
     fig.tight_layout()
@@ -110,30 +111,43 @@ def curves(combos: list[str], metrics_dir: Path, path: Path, fold: int | str) ->
     plt.close(fig)
 
 
-def examples(combo: str, evaluation: Path, path: Path) -> bool:
-    """Real slices: image | segmenter's labels | your reference (when given) | prediction, a row per subject."""
-    real, external = evaluation / combo / "real", evaluation / combo / "external"
-    references = sorted((real / "labels").glob(f"*{REFERENCE_SLICE}.png"))  # each subject's reference level
-    if not references:
-        return False
-    columns = 4 if external.is_dir() else 3
+def panels(combo: str, evaluation: Path) -> list[Path]:
+    """The evaluate stage's three-plane picture of each real test head (teacher, model, reference)."""
+    return sorted((evaluation / combo / "panels").glob("*.png"))
+
+
+def height_chart(combos: list[str], metrics_dir: Path, path: Path) -> bool:
+    """GM and WM Dice per fifth of the brain's height, model against teacher (or the segmenter's labels)."""
     plt = _figure()
-    fig, axes = plt.subplots(len(references), columns, figsize=(2.7 * columns, 2.8 * len(references)), squeeze=False)
-    for row, reference in zip(axes, references, strict=True):
-        panels = [(load_png(real / "images" / f"{reference.stem}_0000.png"), "T1 (real)"),
-                  (coloured(load_png(reference)), "segmenter's labels")]
-        if columns == 4:
-            yours = external / reference.name
-            panels.append((coloured(load_png(yours)) if yours.is_file() else np.zeros((8, 8)), "your reference"))
-        panels.append((coloured(load_png(real / "predictions" / reference.name)), "prediction"))
-        for ax, (panel, title) in zip(row, panels, strict=True):
-            ax.imshow(np.rot90(panel), cmap="gray")
-            ax.set_title(f"{reference.stem}: {title}", fontsize=8)
-            ax.axis("off")
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.5), sharey=True)
+    drawn = False
+    for combo in combos:
+        heights = json.loads((metrics_dir / f"{combo}.json").read_text()).get("dice_by_height", {})
+        kind = "external" if "external" in heights else "real"
+        for ax, tissue in zip(axes, ("GM", "WM"), strict=True):
+            if kind in heights:
+                ax.plot(range(1, 6), [np.nan if v is None else v for v in heights[kind][tissue]], "o-",
+                        label=f"{combo} model ({kind})")
+                drawn = True
+            if "teacher" in heights:
+                ax.plot(range(1, 6), [np.nan if v is None else v for v in heights["teacher"][tissue]], "s--",
+                        label=f"{combo} teacher")
+    for ax, tissue in zip(axes, ("GM", "WM"), strict=True):
+        ax.set(title=f"{tissue} Dice by height", xlabel="fifth of the brain's height (1: bottom)", ylim=(0, 1))
+    axes[0].legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=80)
+    fig.savefig(path, dpi=90)
     plt.close(fig)
-    return True
+    return drawn
+
+
+def volume_rows(combos: list[str], evaluation: Path) -> list[dict]:
+    rows = []
+    for combo in combos:
+        table = evaluation / combo / "tissue_volumes.tsv"
+        if table.is_file():
+            rows += [{"combo": combo, **row} for row in read_tsv(table)]
+    return rows
 
 
 def exclusions(combos: list[str], qc_dir: Path) -> list[dict]:
@@ -194,20 +208,21 @@ def pairwise(combos: list[str], metrics_dir: Path, kind: str) -> list[Difference
 
 
 def verdict(rows: list[dict], differences: list[Difference], kind: str) -> str:
-    """The strategy with the best mean real-slice Dice, named the best only when every paired 95 % CI against
+    """The strategy with the best mean real-head Dice, named the best only when every paired 95 % CI against
     it excludes 0."""
     what = {"external": "against your reference labels", "real": "against each segmenter's labels"}[kind]
     scored = [row for row in rows if row["kind"] == kind and row["mean"] is not None]
     if not scored:
-        return "no real-slice Dice yet"
+        return "no real-head Dice yet"
     best = max(scored, key=lambda row: row["mean"])
     against = [d for d in differences if best["combo"] in (d.a, d.b)]
     if not against:
-        return f"{best['combo']} (mean Dice {best['mean']:.3f} on real test slices, {what}; nothing to compare with)"
+        return (f"{best['combo']} (mean Dice {best['mean']:.3f} on whole real test heads, {what}; nothing to compare "
+                "with)")
     undecided = [d for d in against if d.winner != best["combo"]]
     if undecided:
-        return "; ".join(d.verdict() for d in undecided) + f" (mean Dice on real test slices, {what})"
-    return f"{best['combo']} (mean Dice {best['mean']:.3f} on real test slices, {what}): " + "; ".join(
+        return "; ".join(d.verdict() for d in undecided) + f" (mean Dice on whole real test heads, {what})"
+    return f"{best['combo']} (mean Dice {best['mean']:.3f} on whole real test heads, {what}): " + "; ".join(
         d.verdict() for d in against)
 
 
@@ -228,12 +243,12 @@ def shared_subjects_warning(combos: list[str], metrics_dir: Path) -> str:
     if not shared:
         return ""
     return ("<p><b>Warning:</b> train and test share subjects in this study (too few subjects to split), so the "
-            "real-slice Dice is not that of unseen brains.</p>")
+            "real-head Dice is not that of unseen brains.</p>")
 
 
 class Report(Stage):
     name = "report"
-    param_keys = ("strip.methods", "segment.methods", "train.fold")
+    param_keys = ("strip.methods", "segment.methods", "train.fold", "evaluate.band_mm")
     out_template = "data/report"
 
     def requires(self) -> list[luigi.Task]:
@@ -248,22 +263,30 @@ class Report(Stage):
         answer = verdict(rows, differences, kind)
         bar_chart(rows, out / "dice.png")
         curves(combos, metrics, out / "training.png", config.train.fold)
-        shown = [combo for combo in combos if examples(combo, Path("data/evaluation"), out / f"examples-{combo}.png")]
+        evaluation = Path("data/evaluation")
+        heights = height_chart(combos, metrics, out / "height.png")
         excluded = exclusions(combos, Path("data/qc"))
         sections = [
             "<h1>synthseg-pipeline: strategy comparison</h1>",
-            f"<p><b>Best strategy on real slices:</b> {html.escape(answer)}</p>",
+            f"<p><b>Best strategy on real heads:</b> {html.escape(answer)}</p>",
             shared_subjects_warning(combos, metrics),
             f"<h2>Paired comparisons ({kind} Dice, mean over tissues; bootstrap over test subjects and seeds)</h2>",
             table(difference_rows(differences)),
             f"<h2>Per test subject ({kind} Dice, mean over tissues)</h2>",
             table(per_subject_rows(combos, metrics, kind)),
-            "<h2>Dice per tissue</h2>", table(rows), embed(out / "dice.png"),
+            "<h2>Dice per tissue (whole real heads, 3D; synthetic test slices)</h2>", table(rows),
+            embed(out / "dice.png"),
             "<ul>" + "".join(f"<li><b>{kind}</b>: {html.escape(note)}</li>" for kind, note in KIND_NOTES.items()
                              if any(row["kind"] == kind for row in rows)) + "</ul>",
             "<h2>Training</h2>", embed(out / "training.png"),
-            "<h2>Real test slices: reference and prediction</h2>",
-            *[f"<h3>{html.escape(c)}</h3>{embed(out / f'examples-{c}.png')}" for c in shown],
+            f"<h2>Within {config.evaluate.band_mm:g} mm of the reference level (the slab earlier studies scored)</h2>",
+            table(dice_rows(combos, metrics, "dice_band")),
+            "<h2>By height: where a model falls short of its teacher</h2>",
+            embed(out / "height.png") if heights else "<p>no real test heads</p>",
+            "<h2>Tissue volumes of each real test head (mL): model, teacher, reference</h2>",
+            table(volume_rows(combos, evaluation)),
+            "<h2>Real test heads: teacher, model and reference in three planes</h2>",
+            *[f"<h3>{html.escape(c)}</h3>" + "".join(embed(panel) for panel in panels(c, evaluation)) for c in combos],
             "<h2>Subjects excluded by QC</h2>", table(excluded),
             *[embed(overlay) for overlay in exclusion_overlays(excluded, Path("data/segmented"))],
         ]

@@ -16,8 +16,9 @@ import numpy as np
 
 from pipeline.bids import read_cases, subject_file, write_derivative_description
 from pipeline.config import Config, SegmentConfig
-from pipeline.io import atomic_path, load_nifti, save_nifti, write_tsv
-from pipeline.labels import CSF, GM, LABEL_NAMES, WM, tissue_volumes
+from pipeline.io import load_nifti, save_nifti, write_tsv
+from pipeline.labels import LABEL_NAMES, tissue_volumes
+from pipeline.overlays import three_planes
 from pipeline.stages.acquire import Acquire
 from pipeline.stages.base import ComboStage, Stage
 from pipeline.stages.strip import Strip
@@ -27,39 +28,12 @@ from pipeline.tools.segmentation import SegmentJob, tool_image
 
 log = logging.getLogger("pipeline")
 
-TISSUE_COLOURS = {GM: "tab:orange", WM: "tab:cyan", CSF: "tab:purple"}  # overlays
-
-
 def tissue_labels(method: str, job: SegmentJob, config: SegmentConfig) -> np.ndarray:
     segmenter = SEGMENTERS[method]
     segmenter.tool.require()
     labels = segmenter.run(job, config)
     # The stripper decides what is brain: labels a tool puts outside its mask are dropped.
     return np.where(job.mask, labels, 0).astype(np.uint8)
-
-
-def save_overlay(image: np.ndarray, labels: np.ndarray, path: Path, title: str) -> None:
-    """Labels over the image through the brain's centre: sagittal, coronal and axial (RAS arrays)."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.colors import ListedColormap
-    from matplotlib.figure import Figure
-
-    labelled = np.argwhere(labels > 0)
-    centre = labelled.mean(axis=0).astype(int) if len(labelled) else np.array(labels.shape) // 2
-    colours = ListedColormap(["none", *(TISSUE_COLOURS[tissue] for tissue in sorted(TISSUE_COLOURS))])
-    figure = Figure(figsize=(12, 4.4))
-    FigureCanvasAgg(figure)  # no pyplot: no global state, no display needed
-    planes = zip(("sagittal", "coronal", "axial"), figure.subplots(1, 3), strict=True)
-    for axis, (plane, ax) in enumerate(planes):
-        section = (slice(None),) * axis + (centre[axis],)
-        ax.imshow(image[section].T, cmap="gray", origin="lower", vmin=0, vmax=1)
-        ax.imshow(labels[section].T, cmap=colours, origin="lower", vmin=0, vmax=3, alpha=0.45,
-                  interpolation="nearest")
-        ax.set_title(plane)
-        ax.axis("off")
-    figure.suptitle(f"{title}   GM orange, WM cyan, CSF purple")
-    with atomic_path(path, suffix=".png") as tmp:
-        figure.savefig(tmp, format="png", dpi=80)
 
 
 def segment_subject(subject: str, threads: int, method: str, stripped: Path, out: Path,
@@ -70,7 +44,7 @@ def segment_subject(subject: str, threads: int, method: str, stripped: Path, out
     with tempfile.TemporaryDirectory(prefix=f"segment-{method}-") as scratch:
         labels = tissue_labels(method, SegmentJob(tool_image(image, mask), mask, Path(scratch), threads), config)
     save_nifti(labels, image.affine, subject_file(out, subject, "dseg"))
-    save_overlay(image.get_fdata(dtype=np.float32), labels, out / "qc" / f"sub-{subject}_dseg.png",
+    three_planes(image.get_fdata(dtype=np.float32), [(method, labels)], out / "qc" / f"sub-{subject}_dseg.png",
                  f"sub-{subject}  {method}-{stripped.name}")
     voxel_ml = float(np.prod(image.header.get_zooms()[:3])) / 1000.0
     return {"participant_id": f"sub-{subject}", **tissue_volumes(labels, voxel_ml)}
@@ -81,13 +55,13 @@ class Segment(ComboStage):
     param_keys = ("keep_going", "segment.{segmenter}")
     out_template = "data/segmented/{segmenter}-{stripper}"
 
-    def requires(self) -> list[Stage]:
-        return [Strip(stripper=self.stripper), Acquire()]
+    def requires(self) -> dict[str, Stage]:
+        return {"stripped": Strip(stripper=self.stripper), "raw": Acquire()}
 
     def build(self, out: Path, config: Config) -> None:
-        stripped = self.input_dir(0)
+        stripped = self.input_dir("stripped")
         SEGMENTERS[self.segmenter].tool.require()  # a missing tool stops before any work
-        subjects = not_failed([case.label for case in read_cases(self.input_dir(1))], stripped)
+        subjects = not_failed([case.label for case in read_cases(self.input_dir("raw"))], stripped)
         work = functools.partial(segment_subject, method=self.segmenter, stripped=stripped, out=out,
                                  config=config.segment)
         files = {subject: subject_file(stripped, subject, "desc-brain_T1w") for subject in subjects}

@@ -141,14 +141,15 @@ class SegmentQC(ComboStage):
     out_template = "data/qc/{segmenter}-{stripper}"
     metrics_template = "metrics/qc-{segmenter}-{stripper}.json"
 
-    def requires(self) -> list[luigi.Task]:
-        return [Strip(stripper=self.stripper), Acquire(), SegmentedSets(stripper=self.stripper)]
+    def requires(self) -> dict[str, luigi.Task]:
+        return {"stripped": Strip(stripper=self.stripper), "raw": Acquire(),
+                "segmented": SegmentedSets(stripper=self.stripper)}
 
     def build(self, out: Path, config: Config) -> None:
         methods = config.segment.methods
         if self.segmenter not in methods:
             raise InputError(f"segment_qc: segmenter {self.segmenter!r} is not in segment.methods {methods}")
-        stripped, cases = self.input_dir(0), read_cases(self.input_dir(1))
+        stripped, cases = self.input_dir("stripped"), read_cases(self.input_dir("raw"))
         segmented = {method: Path(Segment(segmenter=method, stripper=self.stripper).out_dir())
                      for method in methods}
         lost = {row["participant_id"]: row for row in read_failures(segmented[self.segmenter])}

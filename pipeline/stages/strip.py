@@ -117,13 +117,13 @@ class Strip(Stage):
     param_keys = ("keep_going", "strip.{stripper}", "strip.crop_margin_vox", "strip.qc")
     out_template = "data/stripped/{stripper}"
 
-    def requires(self) -> list[Stage]:
-        return [Harmonize(), Acquire()]
+    def requires(self) -> dict[str, Stage]:
+        return {"harmonized": Harmonize(), "raw": Acquire()}
 
     def build(self, out: Path, config: Config) -> None:
-        harmonized = self.input_dir(0)
+        harmonized = self.input_dir("harmonized")
         STRIPPERS[self.stripper].tool_for(config.strip).require()  # a missing tool stops before any work
-        subjects = not_failed([case.label for case in read_cases(self.input_dir(1))], harmonized)
+        subjects = not_failed([case.label for case in read_cases(self.input_dir("raw"))], harmonized)
         work = functools.partial(strip_subject, method=self.stripper, harmonized=harmonized, out=out,
                                  config=config.strip)
         files = {subject: subject_file(harmonized, subject, "desc-harmonized_T1w") for subject in subjects}

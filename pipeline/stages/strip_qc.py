@@ -96,27 +96,27 @@ class StripQc(Stage):
     out_template = "data/strip_qc"
     metrics_template = "metrics/strip.json"
 
-    def requires(self) -> list[luigi.Task]:
-        return [Acquire(), StrippedSets()]
+    def requires(self) -> dict[str, luigi.Task]:
+        return {"raw": Acquire(), "stripped": StrippedSets()}
 
     def build(self, out: Path, config: Config) -> None:
         methods = config.strip.methods
-        sources = read_sources(self.input_dir(0))
-        tables = {method: read_mask_qc(self.input_dir(1) / method) for method in methods}
+        sources = read_sources(self.input_dir("raw"))
+        tables = {method: read_mask_qc(self.input_dir("stripped") / method) for method in methods}
         masks = {method: self.masks(method, list(tables[method])) for method in methods}  # the stripped only
         metrics = {
             "reference_dice": {method: reference_dice(masks[method], sources) for method in methods},
             "agreement_dice": agreement_dice(masks),
             "qc_pass_fraction": {method: float(np.mean([row["qc_pass"] == "True" for row in table.values()]))
                                  for method, table in tables.items()},
-            "failed": {method: sorted(failed_ids(self.input_dir(1) / method)) for method in methods},
+            "failed": {method: sorted(failed_ids(self.input_dir("stripped") / method)) for method in methods},
         }
         write_json(metrics, self.metrics_path())
-        write_text(index_html(tables, metrics, self.input_dir(1), self.out_dir()), out / "index.html")
+        write_text(index_html(tables, metrics, self.input_dir("stripped"), self.out_dir()), out / "index.html")
         log.info("strip_qc: reference %s; agreement %s", metrics["reference_dice"], metrics["agreement_dice"])
 
     def masks(self, method: str, participant_ids: list[str]) -> dict[str, nib.Nifti1Image]:
-        folder = self.input_dir(1) / method
+        folder = self.input_dir("stripped") / method
         return {pid: nib.load(subject_file(folder, pid.removeprefix("sub-"), "desc-brain_mask"))
                 for pid in participant_ids}
 

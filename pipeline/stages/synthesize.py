@@ -38,7 +38,7 @@ TEST_INDEX_OFFSET = 1_000_000
 
 def write_samples(out: Path, subject: str, model: SubjectModel, seeds: list[int], config: Config) -> None:
     images, label_slices = synthesize(model.classes.labels, config.synth, seeds, torch_device(), priors=model.priors,
-                                      targets=model.classes.targets, centre=model.centre)
+                                      targets=model.classes.targets, levels=model.levels)
     for number, (image, label_slice) in enumerate(zip(images, label_slices, strict=True)):
         case = sample_name(subject, number)
         save_png(image, out / "images" / f"{case}.png")
@@ -64,16 +64,17 @@ class Synthesize(ComboStage):
     param_keys = ("seed", "keep_going", "synth")
     out_template = "data/synthetic/{segmenter}-{stripper}"
 
-    def requires(self) -> list[Stage]:
-        return [Segment(**self.combo()), Acquire(), SegmentQC(**self.combo()), Strip(stripper=self.stripper),
-                Harmonize()]
+    def requires(self) -> dict[str, Stage]:
+        return {"segmented": Segment(**self.combo()), "raw": Acquire(), "qc": SegmentQC(**self.combo()),
+                "stripped": Strip(stripper=self.stripper), "harmonized": Harmonize()}
 
     def build(self, out: Path, config: Config) -> None:
-        folders = Folders(segmented=self.input_dir(0), stripped=self.input_dir(3), harmonized=self.input_dir(4))
-        decisions = read_decisions(self.input_dir(2) / "qc.tsv")
+        folders = Folders(segmented=self.input_dir("segmented"), stripped=self.input_dir("stripped"),
+                          harmonized=self.input_dir("harmonized"))
+        decisions = read_decisions(self.input_dir("qc") / "qc.tsv")
         check_engine(config.synth)  # a missing optional engine stops before any work
         splits = {}
-        for case in read_cases(self.input_dir(1)):
+        for case in read_cases(self.input_dir("raw")):
             included, reason = decisions[f"sub-{case.label}"]
             if included:
                 splits[case.label] = case.split

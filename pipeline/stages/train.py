@@ -17,8 +17,8 @@ from pathlib import Path
 from pipeline import nnunet
 from pipeline.config import Config
 from pipeline.devices import torch_device
-from pipeline.io import write_csv, write_json
-from pipeline.nnunet import NnunetDataset, nnunet_dataset, seed_folders
+from pipeline.io import write_csv
+from pipeline.nnunet import NnunetDataset, TrainingRecord, nnunet_dataset, seed_folders
 from pipeline.stages.base import ComboStage, Stage, package_versions
 from pipeline.stages.export import Export
 from pipeline.stages.harmonize import Harmonize
@@ -51,9 +51,10 @@ class Train(ComboStage):
     plots_template = "metrics/{segmenter}-{stripper}-training.csv"
     plot_axes = {"x": "epoch", "y": "train_loss", "template": "linear"}
 
-    def requires(self) -> list[Stage]:
+    def requires(self) -> dict[str, Stage]:
         # the label maps, brains and levels: what online synthesis (train.online_synthesis) draws from
-        return [Export(**self.combo()), Segment(**self.combo()), Strip(stripper=self.stripper), Harmonize()]
+        return {"nnunet_raw": Export(**self.combo()), "segmented": Segment(**self.combo()),
+                "stripped": Strip(stripper=self.stripper), "harmonized": Harmonize()}
 
     def build(self, out: Path, config: Config) -> None:
         device = torch_device(config.train.device)
@@ -61,13 +62,12 @@ class Train(ComboStage):
         start = time.monotonic()
         log.info("train %s-%s: planning and preprocessing", self.segmenter, self.stripper)
         dataset = nnunet_dataset(self.segmenter, self.stripper)
-        nnunet.plan_and_preprocess(dataset.id, nnunet.environment(self.input_dir(), preprocessed, out, config.workers),
-                                   config.workers)
+        env = nnunet.environment(self.input_dir("nnunet_raw"), preprocessed, out, config.workers)
+        nnunet.plan_and_preprocess(dataset.id, env, config.workers)
         seeds = config.train.training_seeds(config.seed)
         for seed, results in seed_folders(out, seeds):  # the first seed's wall time includes the planning
             self.train_once(results, preprocessed, dataset, seed, device, config)
-            write_json(self.record(config, device, dataset.id, seed, seeds, time.monotonic() - start),
-                       results / "training.json")
+            self.record(config, device, dataset.id, seed, seeds, time.monotonic() - start).write(results)
             start = time.monotonic()
         shutil.rmtree(preprocessed)  # an intermediate: the plans travel with each model
         write_csv(training_curve(out, dataset.name), self.plots_path())
@@ -75,9 +75,11 @@ class Train(ComboStage):
     def train_once(self, results: Path, preprocessed: Path, dataset: NnunetDataset, seed: int, device: str,
                    config: Config) -> None:
         profile = config.train.active_profile()
-        env = nnunet.environment(self.input_dir(), preprocessed, results, config.workers, config.train.deterministic)
+        env = nnunet.environment(self.input_dir("nnunet_raw"), preprocessed, results, config.workers,
+                                 config.train.deterministic)
         # the plans carry the seed: each seed's model folder gets its own copy when its training starts
-        online = nnunet.online_plan(self.input_dir(1), self.input_dir(2), self.input_dir(3), config.synth,
+        online = nnunet.online_plan(self.input_dir("segmented"), self.input_dir("stripped"),
+                                    self.input_dir("harmonized"), config.synth,
                                     config.seed) if config.train.online_synthesis else None
         plan = nnunet.adapt_plans(preprocessed / dataset.name / "nnUNetPlans.json", profile,
                                   seed if config.train.deterministic else None, online)
@@ -89,23 +91,10 @@ class Train(ComboStage):
                      nnunet.trainer_name(config.train))
 
     def record(self, config: Config, device: str, dataset_id: int, seed: int, seeds: list[int], wall_s: float
-               ) -> dict:
-        """training.json: how the model was trained, and what ``predict`` must do to a new head first."""
-        return {
-            "profile": config.train.profile,
-            **config.train.active_profile().model_dump(),
-            "fold": config.train.fold,
-            "device": device,
-            "deterministic": config.train.deterministic,
-            "seed": seed,
-            "seeds": seeds,
-            "wall_s": round(wall_s, 1),
-            "trainer": nnunet.trainer_name(config.train),
-            "dataset_id": dataset_id,
-            "segmenter": self.segmenter,
-            "stripper": self.stripper,
-            "harmonize": config.harmonize.model_dump(mode="json"),
-            "strip": config.strip.model_dump(mode="json"),
-            "size": config.synth.size,
-            "versions": package_versions(),
-        }
+               ) -> TrainingRecord:
+        return TrainingRecord(
+            profile=config.train.profile, schedule=config.train.active_profile(), fold=config.train.fold,
+            device=device, deterministic=config.train.deterministic, seed=seed, seeds=seeds, wall_s=round(wall_s, 1),
+            trainer=nnunet.trainer_name(config.train), dataset_id=dataset_id, segmenter=self.segmenter,
+            stripper=self.stripper, harmonize=config.harmonize, strip=config.strip, size=config.synth.size,
+            levels=config.synth.levels, versions=package_versions())

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from pipeline.config import SynthConfig
+from pipeline.synth.levels import Levels
 from pipeline.synth.priors import IntensityPriors
 
 
@@ -21,14 +22,15 @@ def check_engine(cfg: SynthConfig) -> None:
 
 def synthesize(
     labels: np.ndarray, cfg: SynthConfig, seeds: Sequence[int], device: str = "cpu",
-    priors: IntensityPriors | None = None, targets: np.ndarray | None = None, centre: int | None = None,
+    priors: IntensityPriors | None = None, targets: np.ndarray | None = None, levels: Levels | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """(images, labels) uint8 (N, size, size) of ``seeds`` by ``cfg.engine``, the axial slice ``centre``
-    (None: the middle); ``device``, ``priors`` and ``targets``: builtin engine only (``model.synthesize_slices``)."""
+    """(images, labels) uint8 (N, size, size) of ``seeds`` by ``cfg.engine``, each an axial slice at the plane
+    ``levels`` maps its draw to (None: the middle); ``device``, ``priors`` and ``targets``: builtin engine only
+    (``model.synthesize_slices``)."""
     if cfg.engine == "lab2im":
         from pipeline.synth.lab2im_engine import synthesize_slices as lab2im_slices
 
-        return lab2im_slices(labels, cfg, seeds, centre)
+        return lab2im_slices(labels, cfg, seeds, levels)
     from pipeline.synth.model import synthesize_slices  # torch: imported only when generating
 
-    return synthesize_slices(labels, cfg, seeds, device=device, priors=priors, targets=targets, centre=centre)
+    return synthesize_slices(labels, cfg, seeds, device=device, priors=priors, targets=targets, levels=levels)

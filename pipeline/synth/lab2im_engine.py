@@ -4,8 +4,8 @@ lab2im's ``ImageGenerator`` builds lab2im_model (TensorFlow/keras) on one label 
 deformed volumes. We write the (padded, ``canvas``) label volume to a NIfTI with an identity affine (1 mm,
 the array's own axes), build one generator per sample after seeding numpy and TensorFlow from the sample's
 seed (a keras model's random ops keep their state between calls: only a fresh model makes a sample depend
-on its seed alone), then take the central axial slice, flip it with the builtin engine's draw, and centre
-it on ``size`` × ``size`` exactly as the builtin engine does.
+on its seed alone), then take the axial slice its level draw picks (``levels``), flip it with the builtin
+engine's draw, and centre it on ``size`` × ``size`` exactly as the builtin engine does.
 
 ``ImageGenerator`` takes the GMM priors and ``blur_range``; lab2im_model fixes the spatial, bias-field,
 gamma and blur parameters itself (``LAB2IM_FIXED``, our defaults) and never flips or adds noise. A
@@ -30,7 +30,8 @@ from pipeline.config import ConfigError, SynthConfig
 from pipeline.io import save_nifti
 from pipeline.slices import center_pad, central_index, to_uint8
 from pipeline.synth.canvas import synthesis_labels
-from pipeline.synth.params import draw_flip, draw_slice_offset
+from pipeline.synth.levels import Levels
+from pipeline.synth.params import draw_flip, draw_level
 from pipeline.tools.base import Tool
 
 INSTALL_HINT = (
@@ -136,12 +137,11 @@ def seeded(seed: int) -> Iterator[None]:
         np.random.set_state(state)
 
 
-def output_slice(image: np.ndarray, labels: np.ndarray, flip: bool, size: int, centre: int | None = None,
-                 offset: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """A generated volume's axial slice ``offset`` from ``centre`` (None: the middle), flipped left–right if
-    drawn, on the size × size canvas."""
-    z = central_index(image.shape[2]) if centre is None else centre
-    z = int(np.clip(z + offset, 0, image.shape[2] - 1))
+def output_slice(image: np.ndarray, labels: np.ndarray, flip: bool, size: int, plane: int | None = None
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """A generated volume's axial slice ``plane`` (None: the middle), flipped left–right if drawn, on the
+    size × size canvas."""
+    z = central_index(image.shape[2]) if plane is None else int(np.clip(plane, 0, image.shape[2] - 1))
     image_slice, label_slice = image[:, :, z], labels[:, :, z]
     if flip:
         image_slice, label_slice = image_slice[::-1], label_slice[::-1]
@@ -161,7 +161,7 @@ def generate(arguments: dict, shape: tuple[int, ...], seed: int) -> tuple[np.nda
 
 
 def synthesize_slices(labels: np.ndarray, cfg: SynthConfig, seeds: Sequence[int],
-                      centre: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+                      levels: Levels | None = None) -> tuple[np.ndarray, np.ndarray]:
     """``model.synthesize_slices``' contract (uint8 images and labels, (N, size, size)), drawn by lab2im."""
     check_config(cfg)
     check_installed()
@@ -174,6 +174,7 @@ def synthesize_slices(labels: np.ndarray, cfg: SynthConfig, seeds: Sequence[int]
         arguments = generator_arguments(path, volume, cfg)
         for index, seed in enumerate(seeds):
             image, deformed = generate(arguments, volume.shape, int(seed))
-            images[index], segmentations[index] = output_slice(
-                image, deformed, draw_flip(int(seed), cfg), cfg.size, centre, draw_slice_offset(int(seed), cfg))
+            plane = None if levels is None else levels.plane(draw_level(int(seed)))
+            images[index], segmentations[index] = output_slice(image, deformed, draw_flip(int(seed), cfg), cfg.size,
+                                                               plane)
     return images, segmentations

@@ -15,7 +15,7 @@ the samples (``synth.zero_background``; SynthSeg resets it in some of its sample
 look like the skull-stripped real slices the model will segment. The grey levels of the output follow
 ``pipeline.slices.to_uint8``, the one path real slices take too.
 
-Only what is kept is generated: the output slice z (the subject's reference level, else Z//2) depends on
+Only what is kept is generated: the output slice z (a plane of the case's brain, ``levels``, else Z//2) depends on
 the deformed volume only on the slab z ± r (r: blur radius), so labels, intensities and fields are
 computed on that slab (whole plane in x and y: the output keeps it all unless the volume is larger than
 ``size``). The deformation is a 3D field of the whole volume grid, evaluated at the slab's voxels;
@@ -44,6 +44,7 @@ from pipeline.config import SynthConfig
 from pipeline.slices import to_uint8
 from pipeline.synth.canvas import synthesis_labels
 from pipeline.synth.fields import Shape3, flow_displacement, sample_grid
+from pipeline.synth.levels import Levels
 from pipeline.synth.params import SampleParams, blur_radius, draw_parameters, sample_seed, slice_noise
 from pipeline.synth.priors import IntensityPriors
 
@@ -78,9 +79,8 @@ class Plan:
         return np.arange(self.centre - self.radius, self.centre + self.radius + 1)
 
 
-def make_plan(shape: Sequence[int], cfg: SynthConfig, centre: int | None = None) -> Plan:
-    """``centre``: the output slice's z (the subject's reference level, ``pipeline.slices``; None: the
-    middle), moved inwards as far as the slab needs."""
+def make_plan(shape: Sequence[int], cfg: SynthConfig) -> Plan:
+    """The plan of the middle slice (``sample_plan``: each sample's own)."""
     shape = tuple(int(n) for n in shape)
     radius = blur_radius(cfg)
     if len(shape) != 3 or shape[2] < 2 * radius + 2 or min(shape) < 2:
@@ -90,8 +90,7 @@ def make_plan(shape: Sequence[int], cfg: SynthConfig, centre: int | None = None)
         start = max(0, (n - cfg.size) // 2)  # centre crop if larger than the output
         kept.append((start, min(n, start + cfg.size)))
         pad.append(max(0, (cfg.size - n) // 2))  # centre pad if smaller
-    centre = shape[2] // 2 if centre is None else int(np.clip(centre, radius, shape[2] - 1 - radius))
-    return Plan(shape, cfg.size, radius, tuple(kept), tuple(pad), centre)
+    return Plan(shape, cfg.size, radius, tuple(kept), tuple(pad), shape[2] // 2)
 
 
 @dataclass
@@ -274,11 +273,12 @@ def _finish(
     return out_image, out_labels
 
 
-def sample_plan(plan: Plan, params: SampleParams) -> Plan:
-    """The plan of one sample: its output slice ``params.slice_offset`` from the reference level."""
-    if params.slice_offset == 0:
+def sample_plan(plan: Plan, params: SampleParams, levels: Levels | None = None) -> Plan:
+    """The plan of one sample: its output slice where ``levels`` puts its draw (None: the plan's, the middle),
+    moved inwards as far as the slab needs."""
+    if levels is None:
         return plan
-    centre = int(np.clip(plan.centre + params.slice_offset, plan.radius, plan.shape[2] - 1 - plan.radius))
+    centre = int(np.clip(levels.plane(params.level), plan.radius, plan.shape[2] - 1 - plan.radius))
     return dataclasses.replace(plan, centre=centre)
 
 
@@ -302,16 +302,16 @@ class FullVolume:
 
 def synthesize_full_volume(
     labels: np.ndarray, cfg: SynthConfig, seed: int, device: str = "cpu", priors: IntensityPriors | None = None,
-    targets: np.ndarray | None = None, centre: int | None = None,
+    targets: np.ndarray | None = None, levels: Levels | None = None,
 ) -> FullVolume:
     """Reference path: deform and generate the entire volume, blur it in 3D, then take the output slice.
 
     Slow and memory-hungry (whole volume); for tests and inspection. With ``cfg.pad_labels_to_size`` the
     volume is the padded one (``canvas.synthesis_labels``). Arguments as ``synthesize_slices``'.
     """
-    volume, plan, n_labels, dev = prepare_volume(synthesis_labels(labels, cfg), cfg, device, centre)
+    volume, plan, n_labels, dev = prepare_volume(synthesis_labels(labels, cfg), cfg, device)
     params = draw_parameters(seed, cfg, plan.shape, n_labels, priors)
-    plan = sample_plan(plan, params)
+    plan = sample_plan(plan, params, levels)
     batch = make_batch([params], plan, dev)
     deformed, image = render(volume, batch, plan.shape, np.arange(plan.shape[2]))
     slab = image[:, plan.slab[0] : plan.slab[-1] + 1]
@@ -328,7 +328,7 @@ def synthesize_full_volume(
 
 
 def prepare_volume(
-    labels: np.ndarray, cfg: SynthConfig, device: str, centre: int | None = None
+    labels: np.ndarray, cfg: SynthConfig, device: str
 ) -> tuple[torch.Tensor, Plan, int, torch.device]:
     """Validated, flattened label volume on ``device``, its plan, and max label + 1."""
     labels = np.asarray(labels)
@@ -346,7 +346,7 @@ def prepare_volume(
         "cuda" if device == "auto" and torch.cuda.is_available() else device.replace("auto", "cpu")
     )
     volume = torch.from_numpy(np.ascontiguousarray(labels, dtype=dtype)).to(dev).view(-1)
-    return volume, make_plan(labels.shape, cfg, centre), n_labels, dev
+    return volume, make_plan(labels.shape, cfg), n_labels, dev
 
 
 @contextlib.contextmanager
@@ -370,11 +370,11 @@ def synthesize_slices(
     threads: int | None = 1,
     priors: IntensityPriors | None = None,
     targets: np.ndarray | None = None,
-    centre: int | None = None,
+    levels: Levels | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """labels: 3D integer volume (RAS, ~1 mm isotropic, any label values 0..255, each its own Gaussian
     class; already cropped to the brain). Returns (images uint8 (N, size, size), labels uint8 (N, size,
-    size)): the axial slice ``volume[:, :, centre]`` (None: ``Z // 2``) of each deformed volume (rows: x,
+    size)): an axial slice of each deformed volume, the plane ``levels`` maps its draw to (None: ``Z // 2``) (rows: x,
     left→right; columns: y, posterior→anterior), centre-padded (or centre-cropped) to size × size. The
     padding is background: with ``cfg.pad_labels_to_size`` the label volume is padded before synthesis, so
     the image has generated background there too (``canvas``); otherwise image and labels are padded with 0
@@ -386,7 +386,7 @@ def synthesize_slices(
     generating (None: torch's setting). One is the most efficient: the ops are small, and a second
     OpenMP thread mostly waits (5× slower on a busy host); run subjects in parallel processes instead.
     """
-    volume, plan, n_labels, dev = prepare_volume(synthesis_labels(labels, cfg), cfg, device, centre)
+    volume, plan, n_labels, dev = prepare_volume(synthesis_labels(labels, cfg), cfg, device)
     if n_labels > 256:
         raise ValueError(f"labels up to {n_labels - 1} do not fit the uint8 output; remap them first")
     images = np.zeros((len(seeds), cfg.size, cfg.size), np.uint8)
@@ -394,7 +394,7 @@ def synthesize_slices(
     params = [draw_parameters(int(seed), cfg, plan.shape, n_labels, priors) for seed in seeds]
     by_slice: dict[int, list[int]] = {}  # samples of one output slice share a slab: batched together
     for index, sample in enumerate(params):
-        by_slice.setdefault(sample_plan(plan, sample).centre, []).append(index)
+        by_slice.setdefault(sample_plan(plan, sample, levels).centre, []).append(index)
     with torch_threads(threads):
         for centre, indices in by_slice.items():
             slice_plan = dataclasses.replace(plan, centre=centre)

@@ -40,5 +40,5 @@ class OnlineSampler:
         model = self.model(case)
         seed = sample_seed(self.seed, case, ONLINE_INDEX_OFFSET + int(rng.randint(DRAWS)))
         images, labels = synthesize(model.classes.labels, self.config, [seed], self.device, priors=model.priors,
-                                    targets=model.classes.targets, centre=model.centre)
+                                    targets=model.classes.targets, levels=model.levels)
         return images[0], labels[0]

@@ -70,7 +70,7 @@ class SampleParams:
     resolution: np.ndarray  # (3,) mm: the simulated acquisition's voxel (1: the label map's own, 1 mm)
     flip: bool
     zero_background: bool  # label 0 rendered as exactly 0: a skull-stripped scan
-    slice_offset: int  # voxels above (+) or below the reference level: the output slice, ~ U(±synth.band_mm)
+    level: float  # ~ U(0, 1): the output slice's plane, as the case's levels map it (``pipeline.synth.levels``)
 
     @property
     def affine(self) -> np.ndarray:
@@ -152,7 +152,7 @@ def draw_parameters(
         resolution=resolution,
         flip=draw_flip(seed, cfg),
         zero_background=zero_background,
-        slice_offset=draw_slice_offset(seed, cfg),
+        level=draw_level(seed),
     )
 
 
@@ -172,9 +172,9 @@ def draw_resolution(seed: int, cfg: SynthConfig) -> np.ndarray:
     return np.array([in_plane, in_plane, stream.uniform(1.0, cfg.max_thickness_mm)])
 
 
-def draw_slice_offset(seed: int, cfg: SynthConfig) -> int:
-    """The sample's output slice, in 1 mm voxels from the reference level (its own stream, as the flip)."""
-    return int(np.round(_rng(seed, _SLICE).uniform(-cfg.band_mm, cfg.band_mm)))
+def draw_level(seed: int) -> float:
+    """The draw ~ U(0, 1) that picks the sample's output plane (its own stream, as the flip)."""
+    return float(_rng(seed, _SLICE).uniform())
 
 
 def slice_noise(seed: int, z: int, plane: tuple[int, int], white: bool = False) -> np.ndarray:

@@ -1,6 +1,6 @@
 """What one case's synthetic samples are drawn from: its label map split into generation classes, their
-intensity priors and the output slice. Built alike by the synthesize stage (offline PNG sets) and by the online
-trainers (``pipeline/nnunet_trainers``), so both draw from the same model."""
+intensity priors and the planes its slices are cut from. Built alike by the synthesize stage (offline PNG sets)
+and by the online trainers (``pipeline/nnunet_trainers``), so both draw from the same model."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from pipeline.config import SynthConfig
 from pipeline.io import load_nifti
 from pipeline.slices import level_index
 from pipeline.synth.classes import GenerationClasses, one_class_per_label, split_tissues
+from pipeline.synth.levels import Levels, case_levels
 from pipeline.synth.priors import IntensityPriors, priors_for
 
 
@@ -32,11 +33,11 @@ class SubjectModel:
 
     classes: GenerationClasses  # generation classes and their training labels (synth.subclasses)
     priors: IntensityPriors | None  # their GMM priors (synth.priors; None: lab2im's uniform ones)
-    centre: int  # the output slice: the subject's reference level on the label map's grid
+    levels: Levels  # the planes its output slices are cut from (synth.levels)
 
 
 def subject_model(subject: str, folders: Folders, cfg: SynthConfig) -> SubjectModel:
-    """The subject's labels split into classes, their priors and its output slice, as ``cfg`` asks."""
+    """The subject's labels split into classes, their priors and its output planes, as ``cfg`` asks."""
     dseg = load_nifti(subject_file(folders.segmented, subject, "dseg"), subject)
     labels = np.asarray(dseg.dataobj)
     image = None
@@ -45,8 +46,8 @@ def subject_model(subject: str, folders: Folders, cfg: SynthConfig) -> SubjectMo
         image = brain.get_fdata(dtype=np.float32)
     classes = split_tissues(labels, image, cfg.subclasses) if image is not None else one_class_per_label(labels)
     priors = priors_for(cfg, image, classes.labels, classes.targets)
-    centre = level_index(dseg, reference_level(folders.harmonized, subject))
-    return SubjectModel(classes, priors, centre)
+    reference = level_index(dseg, reference_level(folders.harmonized, subject))
+    return SubjectModel(classes, priors, case_levels(labels, reference, cfg))
 
 
 def sample_name(case: str, number: int) -> str:

@@ -1,0 +1,97 @@
+"""Scoring whole heads in 3D (pipeline.evaluation), checked against Dice computed by hand on small made-up volumes."""
+
+from __future__ import annotations
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from pipeline.config import EvaluateConfig
+from pipeline.evaluation import HeldOutHead, height_parts, score_head, score_teacher, volumes_row
+from pipeline.inference import brain_planes, predict_planes
+from pipeline.labels import CSF, GM, WM
+from pipeline.preprocess import crop, uncrop
+
+HEAD = np.diag([1.0, 1.0, 1.0, 1.0]) + np.array([[0, 0, 0, -5.0], [0, 0, 0, -6.0], [0, 0, 0, -7.0], [0, 0, 0, 0]])
+
+
+def made_up_head(reference: np.ndarray | None) -> HeldOutHead:
+    """A 10 x 12 x 14 head grid; the brain box is voxels [2:8, 3:9, 4:12] of it. On the box: GM in the lower half,
+    WM in the upper half, a CSF column in its middle; the reference level at world z = 0 (plane 7 of the head)."""
+    box = (slice(2, 8), slice(3, 9), slice(4, 12))
+    teacher = np.zeros((6, 6, 8), np.uint8)
+    teacher[:, :, :4], teacher[:, :, 4:] = GM, WM
+    teacher[2:4, 2:4, :] = CSF
+    brain_data, brain_affine = crop(np.ones((10, 12, 14), np.float32), HEAD, box)
+    grid = nib.Nifti1Image(np.zeros((10, 12, 14), np.float32), HEAD)
+    return HeldOutHead("01", nib.Nifti1Image(brain_data, brain_affine), np.ones(teacher.shape, bool), teacher, grid,
+                    reference, 0.0)
+
+
+def test_crop_and_uncrop_put_a_box_back_where_it_was():
+    head = np.arange(10 * 12 * 14).reshape(10, 12, 14)
+    box = (slice(2, 8), slice(3, 9), slice(4, 12))
+    data, affine = crop(head, HEAD, box)
+    back = uncrop(data, affine, nib.Nifti1Image(np.zeros(head.shape, np.float32), HEAD))
+    assert np.array_equal(back[box], head[box]) and back.sum() == head[box].sum()
+
+
+def test_the_3d_score_of_a_prediction_equals_dice_computed_by_hand():
+    reference = np.zeros((10, 12, 14), np.uint8)
+    reference[2:8, 3:9, 4:8], reference[2:8, 3:9, 8:12] = GM, WM  # the teacher's tissues, but no CSF ...
+    reference[2:8, 3:9, 12] = GM  # ... and a plane of GM the stripper cut off, outside the brain box
+    head = made_up_head(reference)
+    prediction = head.teacher.copy()
+    prediction[:, :, 3][prediction[:, :, 3] == GM] = WM  # one plane of the teacher's GM called WM
+    rows = {row["kind"]: row for row in score_head(head, prediction, EvaluateConfig(band_mm=1.0, step_mm=1.0))
+            if "part" not in row}
+    # against the teacher: GM 3 of its 4 planes (36 voxels a plane, less 4 CSF), WM 4 planes plus the wrong one
+    gm_teacher, gm_predicted = 4 * 32, 3 * 32
+    assert rows["real"]["GM"] == pytest.approx(2 * gm_predicted / (gm_teacher + gm_predicted))
+    assert rows["real"]["WM"] == pytest.approx(2 * 4 * 32 / (4 * 32 + 5 * 32))
+    assert rows["real"]["CSF"] == 1.0
+    # against the reference: its GM has 4 planes of 36 in the box and one of 36 outside it, counted as missed
+    assert rows["external"]["GM"] == pytest.approx(2 * (3 * 32) / (5 * 36 + 3 * 32))
+    assert rows["external"]["WM"] == pytest.approx(2 * (4 * 32) / (4 * 36 + 5 * 32))
+    assert rows["external"]["CSF"] == 0.0  # the model's CSF, absent from the reference
+    # the band: world z in [-1, 1], head planes 6 to 8 (box planes 2 to 4): GM at 6 and 7, WM at 8
+    assert rows["real_band"]["GM"] == pytest.approx(2 * 32 / (2 * 32 + 32))
+    assert rows["real_band"]["WM"] == pytest.approx(2 * 32 / (32 + 2 * 32))
+    teacher = {row["kind"]: row for row in score_teacher(head, EvaluateConfig()) if "part" not in row}
+    assert teacher["teacher"]["GM"] == pytest.approx(2 * 4 * 32 / (5 * 36 + 4 * 32))
+
+
+def test_height_parts_cut_the_brains_extent_into_fifths_bottom_first():
+    tissue = np.zeros((4, 4, 30), np.uint8)
+    tissue[:, :, 5:25] = 1
+    parts = height_parts(tissue)
+    assert [(part.start, part.stop) for part in parts] == [(5, 9), (9, 13), (13, 17), (17, 21), (21, 25)]
+    head = made_up_head(None)
+    rows = [row for row in score_head(head, head.teacher, EvaluateConfig()) if row["kind"] == "real_height"]
+    assert [row["part"] for row in rows] == [1, 2, 3, 4, 5]
+    assert all(row["GM"] in (1.0,) or np.isnan(row["GM"]) for row in rows)  # a perfect prediction, part by part
+    assert score_teacher(head, EvaluateConfig()) == []  # no reference, no teacher score
+
+
+def test_tissue_volumes_of_model_and_teacher_in_ml():
+    head = made_up_head(None)
+    row = volumes_row(head, np.full(head.teacher.shape, WM, np.uint8))
+    assert row["model_WM_ml"] == pytest.approx(6 * 6 * 8 / 1000, abs=0.05) and row["model_GM_ml"] == 0.0
+    assert row["teacher_GM_ml"] == pytest.approx(4 * 32 / 1000, abs=0.05)
+
+
+def test_every_plane_of_the_brain_is_predicted_and_stacked_in_place():
+    brain = np.zeros((20, 30, 12), np.float32)
+    mask = np.zeros(brain.shape, bool)
+    mask[5:15, 8:20, 2:10] = True
+    brain[mask] = np.linspace(0.1, 1.0, mask.sum())
+    assert brain_planes(mask) == list(range(2, 10))
+    seen = []
+
+    def segment(canvas: np.ndarray) -> np.ndarray:
+        seen.append(canvas.shape)
+        return (canvas > 0).astype(np.uint8) * 2  # WM wherever the slice shows brain
+
+    labels = predict_planes(segment, brain, mask, 64)
+    assert seen == [(64, 64)] * 8  # one canvas per plane with brain
+    assert np.array_equal(labels > 0, mask) and set(np.unique(labels)) == {0, 2}
