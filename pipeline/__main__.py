@@ -50,7 +50,7 @@ def cmd_dvc_yaml(args: argparse.Namespace) -> int:
 
 def cmd_doctor(args: argparse.Namespace) -> int:
     from pipeline.config import PARAMS_FILE, Config, ConfigError, load_config
-    from pipeline.tools.registry import all_tools, missing_tools
+    from pipeline.tools.doctor import all_tools, missing_tools
 
     try:  # params.yaml decides some tools (e.g. SynthStrip with a model file)
         config = load_config() if PARAMS_FILE.is_file() else Config()

@@ -3,9 +3,10 @@
 The benchmark the models are judged by: a BIDS folder of real heads (or brains) and a BIDS derivative of
 reference labels made by people. It runs the study (``dvc repro``) in a work folder holding a copy of this
 project's code and ``params.yaml`` with the data settings (and any ``-S key=value``) applied, and prints,
-per strategy, Dice against the reference (``dice.external``), the teacher's own Dice there (the segmenter's
-labels of the same slices against the same reference: what the model can reach at best), the gap between
-the two, and the wall time. Without ``--reference`` it reports ``dice.real`` (against the segmenter's labels)
+per strategy, Dice over the whole test heads against the reference (``dice.external``), the teacher's own Dice
+there (the segmenter's labels of the same heads against the same reference: what the model can reach at best),
+the gap between the two, the same within the band around the reference level, Dice by fifth of the brain's
+height, and the wall time. Without ``--reference`` it reports ``dice.real`` (against the segmenter's labels)
 and ``dice.synthetic`` only. A second run in the same ``--workdir`` re-runs only what changed (DVC), so an
 ablation of a ``synth.*`` option costs synthesis, training and evaluation only.
 
@@ -76,15 +77,23 @@ def run(args: list[str], cwd: Path, log: Path | None = None) -> None:
         raise SystemExit(f"bench real: {' '.join(args)} failed in {cwd}{where}")
 
 
+def gap(teacher: dict, model: dict) -> dict[str, float | None]:
+    """Per tissue, how far the model falls short of its teacher."""
+    return {tissue: None if teacher[tissue] is None or model[tissue] is None
+            else round(teacher[tissue] - model[tissue], 4) for tissue in TISSUES.values()}
+
+
 def summary(metrics: dict) -> dict:
-    dice = metrics["dice"]
-    row = {kind: dice[kind] for kind in KINDS if kind in dice}
-    if "external" in dice:
-        row["gap_to_teacher"] = {
-            tissue: None if dice["teacher"][tissue] is None or dice["external"][tissue] is None
-            else round(dice["teacher"][tissue] - dice["external"][tissue], 4)
-            for tissue in TISSUES.values()
-        }
+    """One strategy's figures: Dice over whole heads (and within the reference band), the gap to the teacher."""
+    row = {kind: metrics["dice"][kind] for kind in KINDS if kind in metrics["dice"]}
+    if "external" in row:
+        row["gap_to_teacher"] = gap(row["teacher"], row["external"])
+    band = metrics.get("dice_band", {})
+    row["band"] = {kind: {key: band[kind][key] for key in (*TISSUES.values(), "mean")} for kind in band}
+    if "external" in band:
+        row["band"]["gap_to_teacher"] = gap(band["teacher"], band["external"])
+    if "dice_by_height" in metrics:
+        row["by_height"] = metrics["dice_by_height"]
     counts = ("n_external", "n_real", "n_seeds", "n_train", "train_wall_s")
     return row | {key: metrics[key] for key in counts if key in metrics}
 

@@ -173,7 +173,8 @@ class SynthConfig(Strict):
     n_train: Annotated[int, Field(ge=1)] = 60
     n_test: Annotated[int, Field(ge=1)] = 12
     size: Annotated[int, Field(ge=32)] = 256
-    # pad the label volume in plane with background to size x size before synthesis: no black frame
+    # pad the label volume in plane with background to size x size before synthesis: no black frame (only when a
+    # generated background shows, zero_background < 1: pipeline/synth/canvas.py)
     pad_labels_to_size: bool = True
     prior_means: Range = (25.0, 225.0)
     prior_stds: Range = (5.0, 25.0)

@@ -28,6 +28,7 @@ from pipeline.stages.strip import Strip
 from pipeline.stages.strip_qc import StripQc
 from pipeline.stages.synthesize import Synthesize
 from pipeline.stages.train import Train
+from pipeline.tools import registry
 
 STAGES: list[type[Stage]] = [Acquire, Harmonize, Strip, StripQc, Segment, SegmentQC, Synthesize, Export,
                              Train, Evaluate, Report]
@@ -118,9 +119,20 @@ def loaded_by_nnunet(stage: type[Stage]) -> list[str]:
     return [TRAINER_FOLDER, *sorted(files)]
 
 
+def tool_wrapper(stage: type[Stage]) -> list[str]:
+    """The wrapper a matrix item runs (``pipeline/tools/${item.stripper}.py``), imported only when it runs, and the
+    project files the wrappers of that kind import."""
+    if stage.runs_tool is None:
+        return []
+    modules = [f"{registry.PACKAGE}.{method}" for method in registry.REGISTRIES[stage.runs_tool].methods]
+    wrappers = {str(module_file(module).relative_to(PROJECT_ROOT)) for module in modules}
+    shared = sorted({path for module in modules for path in import_closure(module)} - wrappers)
+    return [*shared, f"{registry.PACKAGE.replace('.', '/')}/${{item.{stage.runs_tool}}}.py"]
+
+
 def dvc_stage(stage: type[Stage]) -> dict:
     task = _template(stage)
-    code = list(dict.fromkeys([*import_closure(stage.__module__), *loaded_by_nnunet(stage)]))
+    code = list(dict.fromkeys([*import_closure(stage.__module__), *tool_wrapper(stage), *loaded_by_nnunet(stage)]))
     code += [LOCK_FILE] if stage.name in VERSION_SENSITIVE else []
     upstream = luigi.task.flatten(task.requires())
     entry: dict = {}

@@ -62,6 +62,25 @@ def test_every_module_a_stage_imports_is_in_its_deps():
         assert not missing, (stage.name, sorted(missing))
 
 
+def test_a_stage_imports_no_tool_wrapper_and_each_matrix_item_depends_on_the_one_it_runs():
+    """A wrapper (pipeline/tools/<method>.py) is imported when its method runs (pipeline.tools.registry), never by
+    a stage module: dvc.yaml names it per matrix item, so changing the FAST wrapper re-runs no HMRF stage."""
+    from pipeline.graph import import_closure
+    from pipeline.tools.registry import REGISTRIES
+
+    wrappers = {f"pipeline/tools/{method}.py" for registry in REGISTRIES.values() for method in registry.methods}
+    stages = yaml.safe_load(dvc_yaml())["stages"]
+    for stage in STAGES:
+        imported = set(import_closure(stage.__module__)) & wrappers
+        assert not imported, (stage.name, sorted(imported))
+        assert not set(stages[stage.name]["deps"]) & wrappers, stage.name
+    assert "pipeline/tools/${item.stripper}.py" in stages["strip"]["deps"]
+    assert "pipeline/tools/${item.segmenter}.py" in stages["segment"]["deps"]
+    assert not any(dep.startswith("pipeline/tools/${item") for name in ("strip_qc", "segment_qc", "synthesize")
+                   for dep in stages[name]["deps"])
+    assert "pipeline/synth/lab2im_engine.py" not in stages["strip"]["deps"]  # no stage reaches the doctor's imports
+
+
 def test_a_stage_depends_only_on_the_tools_it_can_run():
     stages = yaml.safe_load(dvc_yaml())["stages"]
     assert "pipeline/tools/hdbet.py" not in stages["harmonize"]["deps"]  # tools/__init__.py loads no tool

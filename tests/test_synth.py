@@ -485,6 +485,8 @@ def test_synthesis_labels_pad_in_plane_like_center_pad(small):
     z = small.shape[2] // 2
     assert np.array_equal(padded[:, :, z], center_pad(small[:, :, z], 128))
     assert synthesis_labels(small, cfg.model_copy(update={"pad_labels_to_size": False})) is small
+    # every sample's background exactly 0 (the default): nothing of a padded background would show
+    assert synthesis_labels(small, cfg.model_copy(update={"zero_background": 1.0})) is small
     assert synthesis_labels(small, lab2im_config(size=64)).shape == small.shape  # larger axes: cropped after
     assert synthesis_labels(small[:, :, 0], cfg).shape == small.shape[:2]  # left for validation to reject
 

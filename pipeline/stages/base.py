@@ -60,6 +60,9 @@ class Stage(luigi.Task):
     plots_template: ClassVar[str | None] = None  # a CSV file: DVC plots
     plot_axes: ClassVar[dict[str, str]] = {}  # DVC plot options: x, y, template
     resumable: ClassVar[bool] = False  # keep the work folder across a crash (e.g. training checkpoints)
+    # The matrix parameter naming the tool wrapper the stage runs (pipeline.tools.registry), imported when it runs:
+    # in dvc.yaml each item depends on its own wrapper only.
+    runs_tool: ClassVar[str | None] = None
 
     def item(self) -> dict[str, str]:
         return {key: getattr(self, key) for key in self.matrix}

@@ -54,6 +54,7 @@ class Segment(ComboStage):
     name = "segment"
     param_keys = ("keep_going", "segment.{segmenter}")
     out_template = "data/segmented/{segmenter}-{stripper}"
+    runs_tool = "segmenter"
 
     def requires(self) -> dict[str, Stage]:
         return {"stripped": Strip(stripper=self.stripper), "raw": Acquire()}

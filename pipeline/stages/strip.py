@@ -116,6 +116,7 @@ class Strip(Stage):
     matrix = {"stripper": "strip.methods"}
     param_keys = ("keep_going", "strip.{stripper}", "strip.crop_margin_vox", "strip.qc")
     out_template = "data/stripped/{stripper}"
+    runs_tool = "stripper"
 
     def requires(self) -> dict[str, Stage]:
         return {"harmonized": Harmonize(), "raw": Acquire()}

@@ -1,71 +1,54 @@
-"""Registries of the methods each stage can use, each backed by one Tool."""
+"""The methods each stage can use, by name: a method ``m`` is the wrapper module ``pipeline.tools.m``, imported the
+first time it is used. A stage so loads (and depends on, in ``dvc.yaml``) only the wrapper it runs."""
 
 from __future__ import annotations
+
+import importlib
+from collections.abc import Iterator, MutableMapping
+from typing import Generic, TypeVar, get_args
 
 import nibabel as nib
 import numpy as np
 
-from pipeline.config import Config, StripConfig
+from pipeline.config import SegmentMethod, StripConfig, StripMethod
 from pipeline.devices import torch_device
-from pipeline.tools import (
-    deepbet,
-    fast,
-    fastsurfer,
-    freesurfer,
-    hdbet,
-    hmrf,
-    robex,
-    samseg,
-    synthseg,
-    synthstrip,
-)
-from pipeline.tools.base import Tool
 from pipeline.tools.segmentation import Segmenter
 from pipeline.tools.stripping import Stripper
 
-HARMONIZERS: dict[str, Tool | None] = {"builtin": None, "synthsr": freesurfer.SYNTHSR}
-STRIPPERS: dict[str, Stripper] = {
-    "deepbet": deepbet.STRIPPER,
-    "hdbet": hdbet.STRIPPER,
-    "robex": robex.STRIPPER,
-    "synthstrip": synthstrip.STRIPPER,
-}
-SEGMENTERS: dict[str, Segmenter] = {
-    "hmrf": hmrf.SEGMENTER,
-    "samseg": samseg.SEGMENTER,
-    "fast": fast.SEGMENTER,
-    "synthseg": synthseg.SEGMENTER,
-    "fastsurfer": fastsurfer.SEGMENTER,
-}
+T = TypeVar("T")
+PACKAGE = "pipeline.tools"
 
 
-def all_tools(strip: StripConfig | None = None) -> dict[str, dict[str, Tool | None]]:
-    """Every method's tool; ``strip`` picks the tools that depend on the configuration (SynthStrip's)."""
-    segment = {method: segmenter.tool for method, segmenter in SEGMENTERS.items()}
-    strippers = {method: stripper.tool_for(strip or StripConfig()) for method, stripper in STRIPPERS.items()}
-    from pipeline.synth.lab2im_engine import TOOL as LAB2IM  # here: pipeline.synth imports pipeline.tools.base
+class Registry(MutableMapping[str, T], Generic[T]):
+    """Method name -> the object its wrapper module exports as ``attribute``, imported on first use."""
 
-    synthesize: dict[str, Tool | None] = {"builtin": None, "lab2im": LAB2IM}
-    return {"harmonize": HARMONIZERS, "strip": strippers, "segment": segment, "synthesize": synthesize}
+    def __init__(self, attribute: str, methods: tuple[str, ...]) -> None:
+        self.attribute, self.methods = attribute, methods
+        self.loaded: dict[str, T] = {}
+
+    def __getitem__(self, method: str) -> T:
+        if method not in self.loaded:
+            if method not in self.methods:
+                raise KeyError(method)
+            self.loaded[method] = getattr(importlib.import_module(f"{PACKAGE}.{method}"), self.attribute)
+        return self.loaded[method]
+
+    def __setitem__(self, method: str, value: T) -> None:  # tests put stand-ins in
+        self.loaded[method] = value
+
+    def __delitem__(self, method: str) -> None:
+        del self.loaded[method]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.methods)
+
+    def __len__(self) -> int:
+        return len(self.methods)
 
 
-def configured_methods(config: Config) -> dict[str, list[str]]:
-    """The methods a study's configuration runs, by stage."""
-    return {"harmonize": [config.harmonize.method], "strip": list(config.strip.methods),
-            "segment": list(config.segment.methods), "synthesize": [config.synth.engine]}
-
-
-def missing_tools(config: Config) -> list[str]:
-    """'stage method: what to install' for every configured method whose tool this machine lacks."""
-    tools = all_tools(config.strip)
-    missing = []
-    for stage, methods in configured_methods(config).items():
-        for method in methods:
-            tool = tools[stage][method]
-            availability = tool.check() if tool is not None else None
-            if availability is not None and not availability.available:
-                missing.append(f"{stage} {method}: {availability.detail}")
-    return missing
+STRIPPERS: Registry[Stripper] = Registry("STRIPPER", get_args(StripMethod))
+SEGMENTERS: Registry[Segmenter] = Registry("SEGMENTER", get_args(SegmentMethod))
+REGISTRIES = {"stripper": STRIPPERS, "segmenter": SEGMENTERS}  # by the matrix key that names the method
 
 
 def brain_mask(method: str, image: nib.Nifti1Image, config: StripConfig) -> np.ndarray:
