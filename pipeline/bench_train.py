@@ -13,6 +13,8 @@ study's real test heads with the network as it is, whole brains as the evaluate 
 from __future__ import annotations
 
 import contextlib
+import importlib
+import json
 import os
 import resource
 import statistics
@@ -32,20 +34,12 @@ from pipeline.metrics import summarize
 from pipeline.nnunet import SlicePredictor, nnunet_dataset
 from pipeline.synth.subject import Folders
 
+TRAINERS = "pipeline.nnunet_trainers.nnUNetTrainerPipeline"  # the module of the trainers nnU-Net finds by name
+
 
 def study_config(study: Path, overrides: list[str]) -> Config:
     params = apply_overrides(yaml.safe_load((study / "params.yaml").read_text()), overrides)
     return parse_config(params, f"{study / 'params.yaml'} with {overrides}")
-
-
-def make_trainer(config: Config, dataset_id: int, device: str):
-    """The configured trainer (``pipeline/nnunet_trainers``, found as nnUNetv2_train finds it) on the planned
-    dataset; nnU-Net's folders come from the environment."""
-    import torch
-    from nnunetv2.run.run_training import get_trainer_from_args
-
-    return get_trainer_from_args(str(dataset_id), "2d", config.train.fold, nnunet.trainer_name(config.train),
-                                 device=torch.device(device))
 
 
 def held_out_heads(study: Path, combo: str, config: Config) -> list[HeldOutHead]:
@@ -71,48 +65,70 @@ def real_dice(trainer, heads: list[HeldOutHead], config: Config) -> dict[str, di
     return {kind: summarize(selected) for kind in kinds if (selected := [r for r in rows if r["kind"] == kind])}
 
 
-def train_timed(trainer, heads: list[HeldOutHead], config: Config, eval_every: int, compile_network: bool
-                ) -> tuple[dict, list[dict]]:
-    """nnU-Net's run_training loop, each iteration's data and step timed, real Dice every ``eval_every``
-    epochs (its time not counted as training). With ``compile_network`` the network is torch.compile'd once
-    nnU-Net has built it; the first iteration, which compiles, is reported on its own."""
-    import torch
+class TimedLoader:
+    """nnU-Net's training data loader, the time of each ``next`` recorded."""
 
-    data_s, step_s, curve, training = [], [], [], 0.0
-    trainer.on_train_start()
-    if compile_network:
-        trainer.network = torch.compile(trainer.network)
-    for epoch in range(trainer.num_epochs):
-        epoch_start = time.perf_counter()
-        trainer.on_epoch_start()
-        trainer.on_train_epoch_start()
-        outputs = []
-        for _ in range(trainer.num_iterations_per_epoch):
+    def __init__(self, loader, seconds: list[float]) -> None:
+        self.loader, self.seconds = loader, seconds
+
+    def __next__(self):
+        start = time.perf_counter()
+        batch = next(self.loader)
+        self.seconds.append(time.perf_counter() - start)
+        return batch
+
+
+def timed(trainer_class: type, heads: list[HeldOutHead], config: Config, eval_every: int, compile_network: bool
+          ) -> type:
+    """The configured trainer, timing each iteration's data loading apart from its forward and backward pass and
+    scoring the real test heads every ``eval_every`` epochs (that time not counted as training); nnU-Net's own
+    ``run_training`` drives it. With ``compile_network`` the network is torch.compile'd once nnU-Net has built it
+    (nnU-Net compiles only on a GPU); the first iteration, which compiles, is reported on its own."""
+
+    class Timed(trainer_class):
+        def on_train_start(self) -> None:
+            super().on_train_start()
+            self.data_s, self.step_s, self.curve, self.scoring_s = [], [], [], 0.0
+            self.dataloader_train = TimedLoader(self.dataloader_train, self.data_s)
+            if compile_network:
+                import torch
+
+                self.network = torch.compile(self.network)
+            self.started = time.perf_counter()
+
+        def train_step(self, batch: dict) -> dict:
             start = time.perf_counter()
-            batch = next(trainer.dataloader_train)
-            loaded = time.perf_counter()
-            outputs.append(trainer.train_step(batch))
-            data_s.append(loaded - start)
-            step_s.append(time.perf_counter() - loaded)
-        trainer.on_train_epoch_end(outputs)
-        with torch.no_grad():
-            trainer.on_validation_epoch_start()
-            trainer.on_validation_epoch_end([trainer.validation_step(next(trainer.dataloader_val))
-                                             for _ in range(trainer.num_val_iterations_per_epoch)])
-        trainer.on_epoch_end()
-        training += time.perf_counter() - epoch_start
-        if (epoch + 1) % eval_every == 0 or epoch + 1 == trainer.num_epochs:
-            dice = real_dice(trainer, heads, config)
-            curve.append({"epoch": epoch + 1, "iterations": len(step_s), "training_minutes": round(training / 60, 2),
-                          **{f"dice_{kind}": {k: None if v is None else round(v, 4) for k, v in scores.items()}
-                             for kind, scores in dice.items()}})
-            print(f"bench train: epoch {epoch + 1}, {training / 60:.1f} min: {dice}", file=sys.stderr)
-    trainer.on_train_end()
+            outputs = super().train_step(batch)
+            self.step_s.append(time.perf_counter() - start)
+            return outputs
+
+        def on_epoch_end(self) -> None:
+            super().on_epoch_end()  # counts the epoch
+            if self.current_epoch % eval_every and self.current_epoch != self.num_epochs:
+                return
+            start = time.perf_counter()
+            dice = real_dice(self, heads, config)
+            self.scoring_s += time.perf_counter() - start
+            minutes = (time.perf_counter() - self.started - self.scoring_s) / 60
+            self.curve.append({"epoch": self.current_epoch, "iterations": len(self.step_s),
+                               "training_minutes": round(minutes, 2),
+                               **{f"dice_{kind}": {k: None if v is None else round(v, 4) for k, v in scores.items()}
+                                  for kind, scores in dice.items()}})
+            print(f"bench train: epoch {self.current_epoch}, {minutes:.1f} min: {dice}", file=sys.stderr)
+
+        def on_train_end(self) -> None:
+            self.dataloader_train = self.dataloader_train.loader  # nnU-Net shuts its own loader down
+            super().on_train_end()
+
+    return Timed
+
+
+def timings(trainer) -> dict:
     median = statistics.median
-    timings = {"data_and_augmentation_s": round(median(data_s), 3), "forward_backward_s": round(median(step_s), 3),
-               "iteration_s": round(median(a + b for a, b in zip(data_s, step_s, strict=True)), 3),
-               "first_iteration_s": round(data_s[0] + step_s[0], 1), "iterations": len(step_s)}
-    return timings, curve
+    data_s, step_s = trainer.data_s, trainer.step_s
+    return {"data_and_augmentation_s": round(median(data_s), 3), "forward_backward_s": round(median(step_s), 3),
+            "iteration_s": round(median(a + b for a, b in zip(data_s, step_s, strict=True)), 3),
+            "first_iteration_s": round(data_s[0] + step_s[0], 1), "iterations": len(step_s)}
 
 
 def benchmark(study: Path, combo: str, overrides: list[str], eval_every: int, compile_network: bool = False) -> dict:
@@ -139,16 +155,21 @@ def benchmark(study: Path, combo: str, overrides: list[str], eval_every: int, co
                                   config.train.active_profile(), seed, online)
         os.environ.update(env | ({"nnUNet_n_proc_DA": "0"} if config.train.deterministic else {}))
         torch.set_num_threads(config.workers)
+        preprocessed = work / "preprocessed" / dataset.name
+        trainer_class = timed(getattr(importlib.import_module(TRAINERS), nnunet.trainer_name(config.train)), heads,
+                              config, eval_every, compile_network)
         with open(work / "nnunet.log", "w") as log, contextlib.redirect_stdout(log):
-            trainer = make_trainer(config, dataset.id, device)
-            timings, curve = train_timed(trainer, heads, config, eval_every, compile_network)
+            trainer = trainer_class(json.loads((preprocessed / "nnUNetPlans.json").read_text()), "2d",
+                                    config.train.fold, json.loads((preprocessed / "dataset.json").read_text()),
+                                    device=torch.device(device))
+            trainer.run_training()
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return {
         "study": str(study), "combo": combo, "overrides": overrides, "device": device,
         "threads": config.workers, "profile": config.train.profile, **config.train.active_profile().model_dump(),
         "augmentation": config.train.augmentation, "compiled": compile_network, "patch_size": plan["patch_size"],
         "features_per_stage": plan["architecture"]["arch_kwargs"]["features_per_stage"],
-        "batch_size": plan["batch_size"], **timings, "peak_rss_mb": round(peak),
+        "batch_size": plan["batch_size"], **timings(trainer), "peak_rss_mb": round(peak),
         "peak_gpu_mb": round(torch.cuda.max_memory_allocated() / 2**20) if device == "cuda" else None,
-        "time_to_dice": curve,
+        "time_to_dice": trainer.curve,
     }

@@ -297,6 +297,45 @@ class Config(Strict):
         return [(seg, strip) for seg in self.segment.methods for strip in self.strip.methods]
 
 
+SCHEDULE_KEYS = ("workers",)  # how a stage runs, never what it makes: readable by every stage, no DVC param
+
+
+class UndeclaredParameter(AttributeError):
+    """A stage read a parameter its DVC params do not list."""
+
+
+class ParamsView:
+    """A configuration a stage may read only where its DVC params (``Stage.param_keys``) say, and the schedule
+    keys: reading anything else raises ``UndeclaredParameter``, so a stage's params cannot drift from what its
+    code reads. A section declared whole is handed out as it is; one declared in part, as a view of its own.
+    Methods of the configuration run against the view, so what they read is checked too."""
+
+    __slots__ = ("_model", "_allowed", "_prefix", "_stage")
+
+    def __init__(self, model: BaseModel, allowed: frozenset[str], stage: str, prefix: str = "") -> None:
+        self._model, self._allowed, self._stage, self._prefix = model, allowed, stage, prefix
+
+    def _declared(self, key: str) -> bool:
+        return key in SCHEDULE_KEYS or any(key == entry or key.startswith(entry + ".") for entry in self._allowed)
+
+    def __getattr__(self, name: str) -> object:
+        if name.startswith("_"):
+            raise AttributeError(name)
+        method = type(self._model).__dict__.get(name)
+        if callable(method):  # a method of the configuration, reading through the view
+            return method.__get__(self)
+        key, value = self._prefix + name, getattr(self._model, name)
+        if self._declared(key):
+            return value
+        if isinstance(value, BaseModel) and any(entry.startswith(key + ".") for entry in self._allowed):
+            return ParamsView(value, self._allowed, self._stage, key + ".")
+        raise UndeclaredParameter(f"stage {self._stage} reads '{key}', which its DVC params do not list: add it to "
+                                  f"the stage's param_keys (and run python -m pipeline dvc-yaml)")
+
+    def __reduce__(self) -> tuple:  # stages hand their configuration to worker processes
+        return ParamsView, (self._model, self._allowed, self._stage, self._prefix)
+
+
 def _describe(error: ValidationError) -> str:
     lines = []
     for item in error.errors():

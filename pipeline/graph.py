@@ -142,7 +142,7 @@ def dvc_stage(stage: type[Stage]) -> dict:
     entry["cmd"] = f"python -m pipeline run {stage.name}{args}"
     entry["deps"] = code + [out for dependency in upstream for out in _outputs(dependency)]
     if stage.param_keys:
-        entry["params"] = [key.format(**task.item()) for key in stage.param_keys]
+        entry["params"] = task.params()
     entry["outs"] = _outputs(task)
     if task.metrics_path():
         entry["metrics"] = [{str(task.metrics_path()): {"cache": False}}]

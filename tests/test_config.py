@@ -111,3 +111,51 @@ def test_the_original_study_preset_is_valid_and_doctor_names_every_missing_tool_
     for needed in ("harmonize synthsr", "strip synthstrip", "segment fastsurfer", "segment fast:", "segment synthseg"):
         assert f"params.yaml needs {needed}" in errors, needed
     assert "strip hdbet" not in errors and "segment samseg" not in errors  # these are installed
+
+
+def test_a_stage_reads_only_the_params_it_declares():
+    """Stages read their configuration through a ParamsView of their DVC params: a read of anything else fails,
+    so dvc.yaml's params cannot drift from what the code reads (every stage test and study run checks it)."""
+    import pickle
+
+    from pipeline.config import Config, ParamsView, UndeclaredParameter
+
+    config = Config()
+    view = ParamsView(config, frozenset({"seed", "synth", "strip.deepbet", "segment.methods", "strip.methods"}),
+                      "example")
+    assert view.seed == 42 and view.synth is config.synth and view.workers == config.workers  # workers: schedule
+    assert view.strip.deepbet.threshold == 0.5  # a section declared in part: its declared parts
+    with pytest.raises(UndeclaredParameter, match=r"stage example reads 'strip\.hdbet'"):
+        view.strip.hdbet  # noqa: B018
+    with pytest.raises(UndeclaredParameter, match="'evaluate'"):
+        view.evaluate  # noqa: B018
+    assert view.combos() == config.combos()  # a method reads through the view: segment.methods, strip.methods
+    narrow = ParamsView(config, frozenset({"segment.methods"}), "example")
+    with pytest.raises(UndeclaredParameter, match="'strip'"):
+        narrow.combos()
+    assert pickle.loads(pickle.dumps(view)).strip.deepbet == config.strip.deepbet  # to worker processes
+
+
+def test_running_a_stage_that_reads_an_undeclared_param_fails(tmp_path: Path, monkeypatch):
+    from typing import ClassVar
+
+    from pipeline.config import UndeclaredParameter
+    from pipeline.stages.base import Stage
+
+    class Reads(Stage):
+        name = "reads"
+        param_keys: ClassVar[tuple[str, ...]] = ("seed",)
+        out_template = "out"
+
+        def build(self, out: Path, config) -> None:
+            (out / "seed").write_text(str(config.seed))
+            (out / "size").write_text(str(config.synth.size))
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "params.yaml").write_text("seed: 7\n")
+    with pytest.raises(UndeclaredParameter, match=r"stage reads reads 'synth'"):
+        Reads().run()
+    assert not (tmp_path / "out").exists()  # nothing half-written
+    Reads.param_keys = ("seed", "synth.size")
+    Reads().run()
+    assert (tmp_path / "out" / "size").read_text() == "256"

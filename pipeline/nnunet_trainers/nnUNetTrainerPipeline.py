@@ -6,11 +6,11 @@ plans (``configurations.2d.pipeline``, written by ``pipeline.nnunet.adapt_plans`
 into the model folder: the folder records how it was trained, and nnU-Net's own command lines work on it.
 
 - ``nnUNetTrainerPipeline``: nnU-Net's own data augmentation.
-- ``nnUNetTrainerPipelineSynthAug`` (``train.augmentation: synthesis``): none beyond cropping the patch.
-  The synthetic samples are already drawn with random affine and elastic deformation, left-right flips,
-  bias field, gamma and blur (``pipeline.synth``), fresh for every sample; repeating that on the CPU per
-  batch costs more than the network's forward and backward pass at these sizes. Mirroring is left-right
-  only (as the synthesis flips), also at test time: a brain seen upside down is not a brain.
+- ``nnUNetTrainerPipelineSynthAug`` (``train.augmentation: synthesis``): nnU-Net's ``nnUNetTrainerNoDA``, none
+  beyond cropping the patch. The synthetic samples are already drawn with random affine and elastic deformation,
+  left-right flips, bias field, gamma and blur (``pipeline.synth``), fresh for every sample; repeating that on
+  the CPU per batch costs more than the network's forward and backward pass at these sizes. At test time
+  (``train.predict_tta``) it mirrors left-right only: a brain seen upside down is not a brain.
 - ``...Online`` of each (``train.online_synthesis: true``): every training case nnU-Net loads is a fresh
   synthetic sample of that case (``pipeline.synth.online``), drawn from the label maps the plans name
   (``pipeline.online``, written by ``pipeline.nnunet.adapt_plans``). Validation keeps the exported set's cases.
@@ -20,14 +20,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from batchgeneratorsv2.transforms.base.basic_transform import BasicTransform
-from batchgeneratorsv2.transforms.spatial.spatial import SpatialTransform
-from batchgeneratorsv2.transforms.utils.compose import ComposeTransforms
-from batchgeneratorsv2.transforms.utils.deep_supervision_downsampling import DownsampleSegForDSTransform
-from batchgeneratorsv2.transforms.utils.nnunet_masking import MaskImageTransform
-from batchgeneratorsv2.transforms.utils.remove_label import RemoveLabelTansform
-from batchgeneratorsv2.transforms.utils.seg_to_regions import ConvertSegmentationToRegionsTransform
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+from nnunetv2.training.nnUNetTrainer.variants.data_augmentation.nnUNetTrainerNoDA import nnUNetTrainerNoDA
 
 from pipeline.config import SynthConfig
 from pipeline.synth.online import OnlineSampler
@@ -36,52 +30,47 @@ from pipeline.synth.subject import Folders, case_of
 LEFT_RIGHT = (0,)  # axis 0 of a slice: rows, left -> right (pipeline.slices)
 
 
+SCHEDULE_KEYS = ("epochs", "iterations_per_epoch", "val_iterations_per_epoch", "seed", "online")
+
+
+def pipeline_schedule(plans: dict, configuration: str) -> dict:
+    """The schedule ``pipeline.nnunet.adapt_plans`` wrote into the plans: all of it, or a clear error (a plan
+    without it would train nnU-Net's own 1000 epochs)."""
+    schedule = plans["configurations"][configuration].get("pipeline")
+    missing = [key for key in SCHEDULE_KEYS if key not in (schedule or {})]
+    if missing:
+        raise RuntimeError(f"the plans' {configuration} configuration lacks the pipeline's schedule ({missing}): "
+                           "train through the pipeline (python -m pipeline run train), which writes it")
+    return schedule
+
+
 class nnUNetTrainerPipeline(nnUNetTrainer):  # noqa: N801 - nnU-Net looks trainers up by this name
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):  # noqa: B008 - nnU-Net's signature
-        schedule = plans["configurations"][configuration].get("pipeline", {})
-        if schedule.get("seed") is not None:  # deterministic runs: same weights, same sampling
+        schedule = pipeline_schedule(plans, configuration)
+        if schedule["seed"] is not None:  # deterministic runs: same weights, same sampling
             torch.manual_seed(int(schedule["seed"]))
             np.random.seed(int(schedule["seed"]))
         super().__init__(plans, configuration, fold, dataset_json, device)
-        self.num_epochs = schedule.get("epochs", self.num_epochs)
-        self.num_iterations_per_epoch = schedule.get("iterations_per_epoch", self.num_iterations_per_epoch)
-        self.num_val_iterations_per_epoch = schedule.get("val_iterations_per_epoch",
-                                                         self.num_val_iterations_per_epoch)
+        self.num_epochs = schedule["epochs"]
+        self.num_iterations_per_epoch = schedule["iterations_per_epoch"]
+        self.num_val_iterations_per_epoch = schedule["val_iterations_per_epoch"]
         self.save_every = max(1, min(self.save_every, self.num_epochs // 2 or 1))
 
     def perform_actual_validation(self, save_probabilities: bool = False) -> None:
-        # The pipeline's evaluate stage measures Dice on held-out synthetic and real slices;
+        # The pipeline's evaluate stage measures Dice on held-out synthetic slices and real heads;
         # nnU-Net's own sliding-window validation over the training fold would only cost time.
         self.print_to_log_file("validation skipped: the pipeline's evaluate stage measures Dice")
 
 
-class nnUNetTrainerPipelineSynthAug(nnUNetTrainerPipeline):  # noqa: N801
-    def configure_rotation_dummyDA_mirroring_and_inital_patch_size(self):  # noqa: N802 - nnU-Net's name
-        patch_size = tuple(self.configuration_manager.patch_size)
-        self.inference_allowed_mirroring_axes = LEFT_RIGHT
-        return (0.0, 0.0), False, patch_size, LEFT_RIGHT
+class nnUNetTrainerPipelineSynthAug(nnUNetTrainerPipeline, nnUNetTrainerNoDA):  # noqa: N801
+    """nnU-Net's own no-augmentation trainer (``nnUNetTrainerNoDA``: patches cropped, nothing else), since every
+    synthetic sample is already deformed, flipped and re-textured; mirrored left-right at test time only."""
 
-    @staticmethod
-    def get_training_transforms(patch_size, rotation_for_DA, deep_supervision_scales, mirror_axes,  # noqa: N803
-                                do_dummy_2d_data_aug, use_mask_for_norm=None, is_cascaded=False,
-                                foreground_labels=None, regions=None, ignore_label=None) -> BasicTransform:
-        if is_cascaded or do_dummy_2d_data_aug:
-            raise ValueError("nnUNetTrainerPipelineSynthAug trains 2D, non-cascaded models only")
-        transforms: list[BasicTransform] = [
-            SpatialTransform(patch_size, patch_center_dist_from_border=0, random_crop=False,
-                             border_mode_seg="constant", padding_value_seg=-1),
-        ]
-        if use_mask_for_norm is not None and any(use_mask_for_norm):
-            channels = [i for i, masked in enumerate(use_mask_for_norm) if masked]
-            transforms.append(MaskImageTransform(apply_to_channels=channels, channel_idx_in_seg=0, set_outside_to=0))
-        transforms.append(RemoveLabelTansform(-1, 0))
-        if regions is not None:
-            labels = list(regions) + [ignore_label] if ignore_label is not None else regions
-            transforms.append(ConvertSegmentationToRegionsTransform(regions=labels, channel_in_seg=0))
-        if deep_supervision_scales is not None:
-            transforms.append(DownsampleSegForDSTransform(ds_scales=deep_supervision_scales))
-        return ComposeTransforms(transforms)
+    def configure_rotation_dummyDA_mirroring_and_inital_patch_size(self):  # noqa: N802 - nnU-Net's name
+        rotation, dummy_2d, patch_size, _ = super().configure_rotation_dummyDA_mirroring_and_inital_patch_size()
+        self.inference_allowed_mirroring_axes = LEFT_RIGHT
+        return rotation, dummy_2d, patch_size, None
 
 
 class OnlineCases:

@@ -17,7 +17,7 @@ from typing import ClassVar
 
 import luigi
 
-from pipeline.config import Config, load_config
+from pipeline.config import Config, ParamsView, load_config
 from pipeline.io import atomic_dir, resumable_dir, write_json
 
 log = logging.getLogger("pipeline")
@@ -76,6 +76,10 @@ class Stage(luigi.Task):
     def plots_path(self) -> Path | None:
         return Path(self.plots_template.format(**self.item())) if self.plots_template else None
 
+    def params(self) -> list[str]:
+        """The params.yaml keys this stage (this matrix item) reads: its DVC params."""
+        return [key.format(**self.item()) for key in self.param_keys]
+
     def output(self) -> list[luigi.LocalTarget]:
         files = [self.out_dir(), self.metrics_path(), self.plots_path()]
         return [luigi.LocalTarget(str(path)) for path in files if path is not None]
@@ -95,7 +99,7 @@ class Stage(luigi.Task):
         else:
             work = atomic_dir(self.out_dir())
         with work as tmp:
-            self.build(tmp, config)
+            self.build(tmp, ParamsView(config, frozenset(self.params()), self.name))
             write_json(package_versions(), tmp / "versions.json")
         log.info("[%s] done in %.1f s wall, %.1f s CPU -> %s", label, time.monotonic() - start,
                  cpu_seconds() - cpu_start, self.out_dir())

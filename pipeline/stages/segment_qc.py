@@ -137,7 +137,7 @@ class SegmentedSets(Gathered):
 
 class SegmentQC(ComboStage):
     name = "segment_qc"
-    param_keys = ("segment.qc",)
+    param_keys = ("segment.methods", "segment.qc")
     out_template = "data/qc/{segmenter}-{stripper}"
     metrics_template = "metrics/qc-{segmenter}-{stripper}.json"
 

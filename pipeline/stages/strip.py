@@ -27,7 +27,7 @@ from pipeline.stages.acquire import Acquire
 from pipeline.stages.base import Stage
 from pipeline.stages.harmonize import Harmonize
 from pipeline.subjects import for_each_subject, not_failed, read_failures, write_failures
-from pipeline.tools.registry import STRIPPERS, brain_mask
+from pipeline.tools.registry import STRIPPERS, brain_mask, stripper_config
 
 log = logging.getLogger("pipeline")
 
@@ -134,4 +134,4 @@ class Strip(Stage):
         write_failures(read_failures(harmonized) + failures, out)
         write_derivative_description(out, f"synthseg-pipeline brains ({self.stripper})",
                                      f"strip: {self.stripper} brain mask, normalized and cropped brain",
-                                     Parameters=config.strip.model_dump(mode="json"))
+                                     Parameters=stripper_config(config.strip, self.stripper).model_dump(mode="json"))

@@ -24,6 +24,7 @@ from pipeline.stages.export import Export
 from pipeline.stages.harmonize import Harmonize
 from pipeline.stages.segment import Segment
 from pipeline.stages.strip import Strip
+from pipeline.tools.registry import stripper_config
 
 log = logging.getLogger("pipeline")
 
@@ -45,7 +46,8 @@ def training_curve(results: Path, dataset: str) -> list[dict]:
 
 class Train(ComboStage):
     name = "train"
-    param_keys = ("seed", "train", "synth")  # synth: what online synthesis draws with
+    # synth: what online synthesis draws with; harmonize and the stripper's: what the record tells predict to do
+    param_keys = ("seed", "train", "synth", "harmonize", "strip.{stripper}", "strip.crop_margin_vox", "strip.qc")
     out_template = "models/{segmenter}-{stripper}"
     resumable = True  # an interrupted training continues from nnU-Net's latest checkpoint
     plots_template = "metrics/{segmenter}-{stripper}-training.csv"
@@ -96,5 +98,6 @@ class Train(ComboStage):
             profile=config.train.profile, schedule=config.train.active_profile(), fold=config.train.fold,
             device=device, deterministic=config.train.deterministic, seed=seed, seeds=seeds, wall_s=round(wall_s, 1),
             trainer=nnunet.trainer_name(config.train), dataset_id=dataset_id, segmenter=self.segmenter,
-            stripper=self.stripper, harmonize=config.harmonize, strip=config.strip, size=config.synth.size,
+            stripper=self.stripper, harmonize=config.harmonize, strip=stripper_config(config.strip, self.stripper),
+            size=config.synth.size,
             levels=config.synth.levels, versions=package_versions())

@@ -51,6 +51,13 @@ SEGMENTERS: Registry[Segmenter] = Registry("SEGMENTER", get_args(SegmentMethod))
 REGISTRIES = {"stripper": STRIPPERS, "segmenter": SEGMENTERS}  # by the matrix key that names the method
 
 
+def stripper_config(strip: StripConfig, method: str) -> StripConfig:
+    """What of ``strip`` applies to one stripper (its own section, the crop margin and the mask QC), the rest at
+    its defaults: what that stripper's outputs and models record, and depend on."""
+    return StripConfig(methods=[method], crop_margin_vox=strip.crop_margin_vox, qc=strip.qc,
+                       **{method: getattr(strip, method)})
+
+
 def brain_mask(method: str, image: nib.Nifti1Image, config: StripConfig) -> np.ndarray:
     """Bool brain mask on ``image``'s grid; stops with ToolMissing when the method's tool is absent."""
     return STRIPPERS[method].mask(image, config, torch_device())
