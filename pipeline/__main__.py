@@ -74,7 +74,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from pipeline.predict import predict
+    from pipeline.apps.predict import predict
 
     fold = args.fold if args.fold in (None, "all") else int(args.fold)
     predict(Path(args.model), Path(args.input), Path(args.output), slices=args.slices, device=args.device,
@@ -85,7 +85,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 def cmd_bench_synth(args: argparse.Namespace) -> int:
     import json
 
-    from pipeline.synth.bench import run_benchmark
+    from pipeline.apps.bench_synth import run_benchmark
 
     print(json.dumps(run_benchmark(args.labels, args.n, args.device), indent=2))
     return 0
@@ -94,7 +94,7 @@ def cmd_bench_synth(args: argparse.Namespace) -> int:
 def cmd_bench_train(args: argparse.Namespace) -> int:
     import json
 
-    from pipeline.bench_train import benchmark
+    from pipeline.apps.bench_train import benchmark
 
     print(json.dumps(benchmark(Path(args.study), args.combo, args.set, args.eval_every, args.compile), indent=2))
     return 0
@@ -104,7 +104,7 @@ def cmd_bench_real(args: argparse.Namespace) -> int:
     import json
     import tempfile
 
-    from pipeline.bench_real import benchmark
+    from pipeline.apps.bench_real import benchmark
 
     workdir = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="bench-real-"))
     reference = Path(args.reference) if args.reference else None

@@ -9,6 +9,7 @@ train and test is by subject (``participants.tsv``), so a subject's sessions are
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from dataclasses import dataclass
@@ -153,3 +154,17 @@ def reference_level(harmonized: Path, subject: str) -> float:
         return float(json.loads(record.read_text())["ReferenceLevelMM"])
     except (OSError, KeyError, ValueError) as error:
         raise InputError(f"subject {subject}, file {record}: no reference level ({error}); re-run harmonize") from None
+
+
+def split_subjects(subjects: list[str], test_fraction: float, seed: int) -> tuple[dict[str, str], bool]:
+    """Deterministic split by subject. Returns (subject -> 'train'|'test'|'both', shared).
+
+    Too few subjects for a clean split (no test subject, or no training subject):
+    every subject serves both, and ``shared`` says so.
+    """
+    n_test = round(len(subjects) * test_fraction)
+    if n_test == 0 or n_test >= len(subjects):
+        return {subject: "both" for subject in subjects}, True
+    ranked = sorted(subjects, key=lambda s: hashlib.sha256(f"{seed}:{s}".encode()).hexdigest())
+    test = set(ranked[:n_test])
+    return {subject: ("test" if subject in test else "train") for subject in subjects}, False

@@ -235,7 +235,7 @@ class TrainConfig(Strict):
     }
     fold: Literal[0, 1, 2, 3, 4, "all"] = "all"
     # nnunet: nnU-Net's own data augmentation; synthesis: only the synthesis's (which already deforms, flips and
-    # re-textures every sample), with left-right mirroring only (pipeline/nnunet_trainers)
+    # re-textures every sample), with left-right mirroring only (pipeline/nnunet/trainers)
     augmentation: Literal["nnunet", "synthesis"] = "nnunet"
     # Online synthesis: every training sample nnU-Net loads is drawn afresh from the case's label map
     # (pipeline.synth.online), as SynthSeg trains, instead of read from the synthesize stage's fixed PNG set.
@@ -273,7 +273,7 @@ class EvaluateConfig(Strict):
     # A BIDS derivative with each subject's reference labels (sub-X/anat/sub-X*_dseg.nii.gz on the raw head,
     # and a dseg.tsv label table): test subjects that have one are also scored against it (dice.external).
     reference_labels: str | None = None
-    reference_scheme: Literal["table", "freesurfer"] = "table"  # how labels become tissues (pipeline/references.py)
+    reference_scheme: Literal["table", "freesurfer"] = "table"  # how labels become tissues (pipeline/evaluation/references.py)
     # Real slices scored per test subject: every step_mm within its reference level ± band_mm, pooled into one
     # Dice per subject (0: the reference level only).
     band_mm: Annotated[float, Field(ge=0.0, le=60.0)] = 10.0

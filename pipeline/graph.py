@@ -36,7 +36,7 @@ BY_NAME: dict[str, type[Stage]] = {stage.name: stage for stage in STAGES}
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 # What nnU-Net loads by path, not by import (nnUNet_extTrainer): the stages that run nnU-Net depend on it too,
 # and on the project modules its trainers import.
-TRAINER_FOLDER = "pipeline/nnunet_trainers"
+TRAINER_FOLDER = "pipeline/nnunet/trainers"
 RUNS_NNUNET = ("train", "evaluate")
 # The exact package versions (setup.sh installs them): the stages whose results hang on them re-run on an upgrade.
 LOCK_FILE = "requirements.lock"

@@ -5,9 +5,13 @@ import nibabel as nib
 import numpy as np
 import pytest
 
+from pipeline.bids import split_subjects
 from pipeline.config import AcquireConfig
 from pipeline.io import InputError, read_tsv
-from pipeline.stages.acquire import bids_scans, gather, sample_scans, split_subjects, write_scan
+from pipeline.sources import gather
+from pipeline.sources.local_bids import bids_scans
+from pipeline.sources.sample import sample_scans
+from pipeline.stages.acquire import write_scan
 
 
 def test_bids_reader_finds_every_real_subject(ds000011: Path):

@@ -16,7 +16,8 @@ import pytest
 from pipeline.config import ConfigError, parse_config
 from pipeline.io import InputError, load_nifti, save_nifti
 from pipeline.preprocess import to_ras_isotropic
-from pipeline.stages.acquire import bids_scans, copy_usable
+from pipeline.sources.local_bids import bids_scans
+from pipeline.stages.acquire import copy_usable
 
 from .conftest import copy_project, set_params, venv_env
 

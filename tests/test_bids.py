@@ -15,11 +15,12 @@ import numpy as np
 import pytest
 
 from pipeline.bids import case_dir, read_cases, read_sources, subject_file, subject_of
-from pipeline.compare import scores_by_subject
 from pipeline.config import parse_config
+from pipeline.evaluation.compare import scores_by_subject
+from pipeline.evaluation.references import reference_file
 from pipeline.io import read_tsv
-from pipeline.references import reference_file
-from pipeline.stages.acquire import Acquire, bids_scans
+from pipeline.sources.local_bids import bids_scans
+from pipeline.stages.acquire import Acquire
 from pipeline.subjects import remove_subject_files
 
 from .test_acquire import resave_as_mgz

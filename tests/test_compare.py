@@ -1,4 +1,4 @@
-"""Comparing strategies with their uncertainty (pipeline.compare): paired bootstrap over test subjects and
+"""Comparing strategies with their uncertainty (pipeline.evaluation.compare): paired bootstrap over test subjects and
 seeds, on per-subject Dice of real manually labelled OASIS brains."""
 
 from __future__ import annotations
@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from pipeline.compare import mean_ci95, paired_difference, subjects_needed
-from pipeline.metrics import dice_per_tissue
-from pipeline.references import tissues_by_name
+from pipeline.evaluation.compare import mean_ci95, paired_difference, subjects_needed
+from pipeline.evaluation.dice import dice_per_tissue
+from pipeline.evaluation.references import tissues_by_name
 
 from .conftest import SHARED_DATA
 

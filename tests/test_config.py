@@ -81,7 +81,7 @@ def test_every_combo_has_its_own_nnunet_dataset_id_and_name():
     from typing import get_args
 
     from pipeline.config import SegmentMethod, StripMethod
-    from pipeline.nnunet import nnunet_dataset
+    from pipeline.nnunet.models import nnunet_dataset
 
     datasets = [nnunet_dataset(seg, strip) for seg in get_args(SegmentMethod) for strip in get_args(StripMethod)]
     assert len({d.id for d in datasets}) == len({d.name for d in datasets}) == len(datasets) == 20

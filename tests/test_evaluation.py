@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from pipeline.config import EvaluateConfig
-from pipeline.evaluation import HeldOutHead, height_parts, score_head, score_teacher, volumes_row
+from pipeline.evaluation.heads import HeldOutHead, height_parts, score_head, score_teacher, volumes_row
 from pipeline.inference import brain_planes, predict_planes
 from pipeline.labels import CSF, GM, WM
 from pipeline.preprocess import crop, uncrop

@@ -156,9 +156,9 @@ def test_standin_mri_synthsr_command_and_harmonized_output(bin_dir: Path, tmp_pa
 
 def test_predict_preprocesses_a_head_with_standin_mri_synthsr_when_the_model_was_trained_so(bin_dir: Path,
                                                                                            tmp_path: Path):
+    from pipeline.apps.predict import prepare_head
     from pipeline.config import TrainProfile
-    from pipeline.nnunet import TrainingRecord
-    from pipeline.predict import prepare_head
+    from pipeline.nnunet.models import TrainingRecord
 
     small, small_kept = head()
     pad = 30  # a field of view a head fits in: predict runs the study's acquisition QC

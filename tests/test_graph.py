@@ -85,9 +85,9 @@ def test_a_stage_depends_only_on_the_tools_it_can_run():
     stages = yaml.safe_load(dvc_yaml())["stages"]
     assert "pipeline/tools/hdbet.py" not in stages["harmonize"]["deps"]  # tools/__init__.py loads no tool
     assert "pipeline/tools/freesurfer.py" in stages["harmonize"]["deps"]  # SynthSR
-    assert "pipeline/references.py" not in stages["train"]["deps"] + stages["synthesize"]["deps"]
-    assert "pipeline/references.py" in stages["evaluate"]["deps"]
-    assert "pipeline/nnunet_trainers" in stages["train"]["deps"]  # loaded by nnU-Net, not imported
+    assert "pipeline/evaluation/references.py" not in stages["train"]["deps"] + stages["synthesize"]["deps"]
+    assert "pipeline/evaluation/references.py" in stages["evaluate"]["deps"]
+    assert "pipeline/nnunet/trainers" in stages["train"]["deps"]  # loaded by nnU-Net, not imported
     assert "pipeline/synth/online.py" in stages["train"]["deps"]  # and what its trainers import
 
 
@@ -130,8 +130,8 @@ def test_nnunet_processes_import_the_pipeline_copy_that_launched_them(tmp_path):
 
     study = tmp_path / "study"
     shutil.copytree(PROJECT_ROOT / "pipeline", study / "pipeline", ignore=shutil.ignore_patterns("__pycache__"))
-    build_env = ("import json; from pathlib import Path; from pipeline import nnunet; "
-                 "print(json.dumps(nnunet.environment(Path('r'), Path('p'), Path('m'), 1)))")
+    build_env = ("import json; from pathlib import Path; from pipeline.nnunet import runner; "
+                 "print(json.dumps(runner.environment(Path('r'), Path('p'), Path('m'), 1)))")
     env = json.loads(subprocess.run([sys.executable, "-c", build_env], cwd=study, capture_output=True, text=True,
                                     check=True).stdout)
     console_script = tmp_path / "bin" / "nnUNetv2_train"  # as pip writes one: run from its own folder

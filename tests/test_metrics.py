@@ -3,7 +3,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.metrics import dice, dice_per_tissue, summarize
+from pipeline.evaluation.dice import dice, dice_per_tissue, summarize
 
 
 def test_dice_of_identical_maps_is_one_and_of_disjoint_is_zero():
@@ -37,7 +37,7 @@ def test_bench_real_reports_the_strategies_this_run_configured_not_stale_ones(tm
 
     import yaml
 
-    from pipeline.bench_real import PROJECT_ROOT, read_strategies
+    from pipeline.apps.bench_real import PROJECT_ROOT, read_strategies
 
     params = yaml.safe_load((PROJECT_ROOT / "params.yaml").read_text())
     params["strip"]["methods"] = ["deepbet"]

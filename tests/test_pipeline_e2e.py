@@ -82,7 +82,7 @@ def test_dvc_status_is_clean_and_second_repro_runs_nothing(project: Path):
 
 
 def test_editing_a_module_only_evaluate_runs_makes_evaluate_stale_and_nothing_upstream(project: Path):
-    module = project / "pipeline" / "references.py"
+    module = project / "pipeline" / "evaluation" / "references.py"
     original = module.read_text()
     module.write_text(original + "\n# an edit\n")
     try:
@@ -207,7 +207,7 @@ def test_nnunets_own_command_line_predicts_with_a_model_folder_as_evaluate_did(p
     for k in planes:
         save_png(slice_canvas(brain[:, :, k], mask[:, :, k], 256), tmp_path / "in" / f"plane-{k:03d}_0000.png")
     env = {key: value for key, value in venv_env().items() if not key.startswith("nnUNet_")}
-    env |= {"nnUNet_extTrainer": str(project / "pipeline/nnunet_trainers"), "OMP_NUM_THREADS": "2"}
+    env |= {"nnUNet_extTrainer": str(project / "pipeline/nnunet/trainers"), "OMP_NUM_THREADS": "2"}
     command = ["nnUNetv2_predict_from_modelfolder", "-i", str(tmp_path / "in"), "-o", str(tmp_path / "out"),
                "-m", str(model), "-f", fold, "--disable_tta", "-device", "cpu", "-npp", "1", "-nps", "1"]
     result = subprocess.run(command, env=env, capture_output=True, text=True, cwd=tmp_path)

@@ -1,6 +1,6 @@
 import numpy as np
 
-from pipeline.predict import labels_on_grid
+from pipeline.apps.predict import labels_on_grid
 
 
 def test_a_single_1mm_plane_reaches_a_thicker_flipped_input_grid():
@@ -48,7 +48,7 @@ def test_bench_overrides_name_a_wrong_key(tmp_path, capsys):
 def test_outputs_are_named_by_the_inputs_bids_entities():
     from pathlib import Path
 
-    from pipeline.predict import case_name
+    from pipeline.apps.predict import case_name
 
     assert case_name(Path("sub-01_T1w.mgz")) == "sub-01"
     assert case_name(Path("/x/sub-01_ses-2_run-1_T1w.nii.gz")) == "sub-01_ses-2_run-1"

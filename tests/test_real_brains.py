@@ -12,9 +12,9 @@ import nibabel as nib
 import numpy as np
 import pytest
 
+from pipeline.evaluation.dice import dice_per_tissue
 from pipeline.io import read_tsv
 from pipeline.labels import WM
-from pipeline.metrics import dice_per_tissue
 
 from .conftest import copy_project, set_params, venv_env
 

@@ -22,9 +22,9 @@ from pipeline.config import (
     StripConfig,
     parse_config,
 )
+from pipeline.evaluation.dice import dice_per_tissue
 from pipeline.io import load_nifti, load_png, read_tsv, save_nifti, write_json
 from pipeline.labels import CSF, GM, NON_BRAIN, WM, present_labels, unmapped_labels
-from pipeline.metrics import dice_per_tissue
 from pipeline.overlays import three_planes
 from pipeline.preprocess import crop_to_brain, harmonize_builtin
 from pipeline.stages import synthesize

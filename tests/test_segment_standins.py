@@ -15,7 +15,7 @@ from nibabel.processing import resample_from_to
 
 from pipeline.__main__ import main
 from pipeline.config import parse_config
-from pipeline.metrics import dice_per_tissue
+from pipeline.evaluation.dice import dice_per_tissue
 from pipeline.stages.segment import tissue_labels
 from pipeline.tools import samseg
 from pipeline.tools.base import ToolFailed, ToolMissing

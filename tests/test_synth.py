@@ -20,13 +20,13 @@ from pydantic import ValidationError
 from scipy import ndimage
 
 from pipeline.__main__ import main
+from pipeline.apps.bench_synth import load_tissue_labels, run_benchmark
 from pipeline.bids import subject_file, write_raw_tables
 from pipeline.config import Config, ConfigError, SynthConfig
 from pipeline.io import save_nifti, save_png, write_json, write_tsv
 from pipeline.labels import CSF, GM, WM
 from pipeline.slices import center_pad, to_uint8
 from pipeline.stages.synthesize import Synthesize
-from pipeline.synth.bench import load_tissue_labels, run_benchmark
 from pipeline.synth.canvas import synthesis_labels
 from pipeline.synth.classes import split_tissues
 from pipeline.synth.engine import check_engine, synthesize

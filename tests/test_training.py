@@ -13,12 +13,12 @@ import numpy as np
 import pytest
 import yaml
 
-from pipeline import nnunet
 from pipeline.config import load_config
+from pipeline.evaluation.dice import dice_per_tissue, summarize
 from pipeline.io import load_png, save_png
 from pipeline.labels import GM, WM, remap
-from pipeline.metrics import dice_per_tissue, summarize
-from pipeline.nnunet import SlicePredictor, nnunet_dataset
+from pipeline.nnunet import runner
+from pipeline.nnunet.models import SlicePredictor, nnunet_dataset
 from pipeline.slices import center_pad
 from pipeline.stages.train import Train
 
@@ -76,7 +76,7 @@ def test_a_trivially_learnable_task_scores_high_and_a_wrong_reference_low(tmp_pa
     plans = json.loads(next(models.glob(f"{dataset.name}/*/plans.json")).read_text())
     assert plans["configurations"]["2d"]["pipeline"] == {**{k: profile[k] for k in (
         "epochs", "iterations_per_epoch", "val_iterations_per_epoch")}, "seed": 42, "online": None}
-    segment = SlicePredictor.from_folder(models, dataset.id, nnunet.trainer_name(config.train), "all", "cpu", False)
+    segment = SlicePredictor.from_folder(models, dataset.id, runner.trainer_name(config.train), "all", "cpu", False)
     predictions = {path.stem: segment(load_png(raw / dataset.name / "imagesTs" / f"{path.stem}_0000.png"))
                    for path in sorted((raw / dataset.name / "labelsTs").glob("*.png"))}
 
@@ -106,7 +106,7 @@ def test_an_online_case_is_what_nnunet_would_have_read_from_its_png(tmp_path: Pa
     from nnunetv2.training.dataloading.nnunet_dataset import infer_dataset_class
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
-    from pipeline.nnunet_trainers.nnUNetTrainerPipeline import OnlineCases
+    from pipeline.nnunet.trainers.nnUNetTrainerPipeline import OnlineCases
     from pipeline.stages.export import Export
 
     monkeypatch.chdir(tmp_path)
@@ -119,7 +119,7 @@ def test_an_online_case_is_what_nnunet_would_have_read_from_its_png(tmp_path: Pa
     dataset = nnunet_dataset("hmrf", "deepbet")
     raw = Path("data/nnunet_raw/hmrf-deepbet") / dataset.name
     preprocessed = tmp_path / "preprocessed"
-    nnunet.plan_and_preprocess(dataset.id, nnunet.environment(raw.parent, preprocessed, tmp_path / "results", 1), 1)
+    runner.plan_and_preprocess(dataset.id, runner.environment(raw.parent, preprocessed, tmp_path / "results", 1), 1)
     plans = PlansManager(str(preprocessed / dataset.name / "nnUNetPlans.json"))
     configuration, dataset_json = plans.get_configuration("2d"), load_json(str(raw / "dataset.json"))
 

@@ -21,10 +21,11 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.bids import read_cases, subject_file, subject_of
-from pipeline.compare import mean_ci95, scores_by_subject
 from pipeline.config import Config
 from pipeline.devices import torch_device
-from pipeline.evaluation import (
+from pipeline.evaluation.compare import mean_ci95, scores_by_subject
+from pipeline.evaluation.dice import dice_per_tissue, summarize
+from pipeline.evaluation.heads import (
     HEIGHT_PARTS,
     HeldOutHead,
     load_held_out_head,
@@ -35,8 +36,7 @@ from pipeline.evaluation import (
 )
 from pipeline.io import load_png, save_nifti, save_png, write_csv, write_json, write_tsv
 from pipeline.labels import TISSUES
-from pipeline.metrics import dice_per_tissue, summarize
-from pipeline.nnunet import SlicePredictor, TrainingRecord, nnunet_dataset, trained_seeds
+from pipeline.nnunet.models import SlicePredictor, TrainingRecord, nnunet_dataset, trained_seeds
 from pipeline.overlays import three_planes
 from pipeline.slices import level_index
 from pipeline.stages.acquire import Acquire
@@ -60,7 +60,7 @@ def with_seed(rows: list[dict], seed: int) -> list[dict]:
 
 def with_ci(rows: list[dict]) -> dict:
     """Mean Dice per tissue over the (subject, seed) rows; the 95 % bootstrap interval of their mean over
-    tissues, resampling subjects and seeds (``pipeline.compare``); and the SD over seeds of that mean (None
+    tissues, resampling subjects and seeds (``pipeline.evaluation.compare``); and the SD over seeds of that mean (None
     with one seed)."""
     by_seed: dict[int | None, list[float]] = {}
     for row in rows:

@@ -14,7 +14,7 @@ from pathlib import Path
 from pipeline.config import Config
 from pipeline.io import write_json
 from pipeline.labels import LABEL_NAMES
-from pipeline.nnunet import nnunet_dataset
+from pipeline.nnunet.models import nnunet_dataset
 from pipeline.stages.base import ComboStage, Stage
 from pipeline.stages.synthesize import Synthesize
 

@@ -17,8 +17,8 @@ from pathlib import Path
 import luigi
 import numpy as np
 
-from pipeline.compare import Difference, Scores, paired_difference, scores_by_subject
 from pipeline.config import Config, load_config
+from pipeline.evaluation.compare import Difference, Scores, paired_difference, scores_by_subject
 from pipeline.io import read_tsv, write_csv, write_text
 from pipeline.labels import TISSUES
 from pipeline.stages.base import Gathered, Stage

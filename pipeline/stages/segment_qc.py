@@ -21,9 +21,9 @@ import numpy as np
 
 from pipeline.bids import read_cases, subject_file, subject_of
 from pipeline.config import Config, SegmentQCConfig, load_config
+from pipeline.evaluation.dice import dice_per_tissue
 from pipeline.io import InputError, load_nifti, write_json, write_tsv
 from pipeline.labels import CSF, GM, TISSUES, WM, tissue_volumes
-from pipeline.metrics import dice_per_tissue
 from pipeline.stages.acquire import Acquire
 from pipeline.stages.base import ComboStage, Gathered, Stage
 from pipeline.stages.segment import Segment

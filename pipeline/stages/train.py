@@ -14,11 +14,11 @@ import shutil
 import time
 from pathlib import Path
 
-from pipeline import nnunet
 from pipeline.config import Config
 from pipeline.devices import torch_device
 from pipeline.io import write_csv
-from pipeline.nnunet import NnunetDataset, TrainingRecord, nnunet_dataset, seed_folders
+from pipeline.nnunet import runner
+from pipeline.nnunet.models import NnunetDataset, TrainingRecord, nnunet_dataset, seed_folders
 from pipeline.stages.base import ComboStage, Stage, package_versions
 from pipeline.stages.export import Export
 from pipeline.stages.harmonize import Harmonize
@@ -64,8 +64,8 @@ class Train(ComboStage):
         start = time.monotonic()
         log.info("train %s-%s: planning and preprocessing", self.segmenter, self.stripper)
         dataset = nnunet_dataset(self.segmenter, self.stripper)
-        env = nnunet.environment(self.input_dir("nnunet_raw"), preprocessed, out, config.workers)
-        nnunet.plan_and_preprocess(dataset.id, env, config.workers)
+        env = runner.environment(self.input_dir("nnunet_raw"), preprocessed, out, config.workers)
+        runner.plan_and_preprocess(dataset.id, env, config.workers)
         seeds = config.train.training_seeds(config.seed)
         for seed, results in seed_folders(out, seeds):  # the first seed's wall time includes the planning
             self.train_once(results, preprocessed, dataset, seed, device, config)
@@ -77,27 +77,27 @@ class Train(ComboStage):
     def train_once(self, results: Path, preprocessed: Path, dataset: NnunetDataset, seed: int, device: str,
                    config: Config) -> None:
         profile = config.train.active_profile()
-        env = nnunet.environment(self.input_dir("nnunet_raw"), preprocessed, results, config.workers,
+        env = runner.environment(self.input_dir("nnunet_raw"), preprocessed, results, config.workers,
                                  config.train.deterministic)
         # the plans carry the seed: each seed's model folder gets its own copy when its training starts
-        online = nnunet.online_plan(self.input_dir("segmented"), self.input_dir("stripped"),
+        online = runner.online_plan(self.input_dir("segmented"), self.input_dir("stripped"),
                                     self.input_dir("harmonized"), config.synth,
                                     config.seed) if config.train.online_synthesis else None
-        plan = nnunet.adapt_plans(preprocessed / dataset.name / "nnUNetPlans.json", profile,
+        plan = runner.adapt_plans(preprocessed / dataset.name / "nnUNetPlans.json", profile,
                                   seed if config.train.deterministic else None, online)
         log.info("train %s-%s: batch %d, patch %s, features %s", self.segmenter, self.stripper, plan["batch_size"],
                  plan["patch_size"], plan["architecture"]["arch_kwargs"]["features_per_stage"])
         log.info("train %s-%s: profile %s (%d epochs x %d iterations), seed %d, on %s", self.segmenter,
                  self.stripper, config.train.profile, profile.epochs, profile.iterations_per_epoch, seed, device)
-        nnunet.train(dataset.id, str(config.train.fold), device, env, config.train.deterministic,
-                     nnunet.trainer_name(config.train))
+        runner.train(dataset.id, str(config.train.fold), device, env, config.train.deterministic,
+                     runner.trainer_name(config.train))
 
     def record(self, config: Config, device: str, dataset_id: int, seed: int, seeds: list[int], wall_s: float
                ) -> TrainingRecord:
         return TrainingRecord(
             profile=config.train.profile, schedule=config.train.active_profile(), fold=config.train.fold,
             device=device, deterministic=config.train.deterministic, seed=seed, seeds=seeds, wall_s=round(wall_s, 1),
-            trainer=nnunet.trainer_name(config.train), dataset_id=dataset_id, segmenter=self.segmenter,
+            trainer=runner.trainer_name(config.train), dataset_id=dataset_id, segmenter=self.segmenter,
             stripper=self.stripper, harmonize=config.harmonize, strip=stripper_config(config.strip, self.stripper),
             size=config.synth.size,
             levels=config.synth.levels, versions=package_versions())

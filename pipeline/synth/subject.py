@@ -1,6 +1,6 @@
 """What one case's synthetic samples are drawn from: its label map split into generation classes, their
 intensity priors and the planes its slices are cut from. Built alike by the synthesize stage (offline PNG sets)
-and by the online trainers (``pipeline/nnunet_trainers``), so both draw from the same model."""
+and by the online trainers (``pipeline/nnunet/trainers``), so both draw from the same model."""
 
 from __future__ import annotations
 

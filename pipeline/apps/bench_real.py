@@ -30,7 +30,7 @@ import yaml
 from pipeline.config import apply_overrides, parse_config
 from pipeline.labels import TISSUES
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
 COPIED = ("pipeline", "dvc.yaml", "params.yaml", "luigi.cfg", ".dvcignore", "requirements.lock")
 KINDS = ("external", "teacher", "real", "synthetic")
 

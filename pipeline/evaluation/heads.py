@@ -23,12 +23,12 @@ import numpy as np
 
 from pipeline.bids import reference_level, subject_file
 from pipeline.config import EvaluateConfig
+from pipeline.evaluation.dice import dice_per_tissue
+from pipeline.evaluation.references import on_grid, reference_file, reference_tissues
 from pipeline.inference import Segmenter, predict_planes
 from pipeline.io import InputError, load_nifti
 from pipeline.labels import TISSUES, tissue_volumes, voxel_volume_ml
-from pipeline.metrics import dice_per_tissue
 from pipeline.preprocess import box_of, uncrop
-from pipeline.references import on_grid, reference_file, reference_tissues
 from pipeline.slices import level_index
 from pipeline.synth.subject import Folders
 

@@ -32,7 +32,7 @@ from pipeline.devices import torch_device
 from pipeline.inference import Segmenter, predict_planes
 from pipeline.io import HEAD_SUFFIXES, InputError, image_stem, save_nifti, save_png, write_tsv
 from pipeline.labels import LABEL_NAMES, TISSUES, tissue_volumes, voxel_volume_ml
-from pipeline.nnunet import SlicePredictor, TrainingRecord
+from pipeline.nnunet.models import SlicePredictor, TrainingRecord
 from pipeline.overlays import three_planes
 from pipeline.preprocess import crop_to_brain, harmonize
 from pipeline.slices import level_index

@@ -1,8 +1,8 @@
 """nnU-Net trainers with the schedule of a ``train.profiles`` entry.
 
 nnU-Net finds them through the ``nnUNet_extTrainer`` environment variable, which
-``pipeline.nnunet`` sets to this folder. The profile's schedule and the training seed are in the
-plans (``configurations.2d.pipeline``, written by ``pipeline.nnunet.adapt_plans``), which nnU-Net copies
+``pipeline.nnunet.runner`` sets to this folder. The profile's schedule and the training seed are in the
+plans (``configurations.2d.pipeline``, written by ``pipeline.nnunet.runner.adapt_plans``), which nnU-Net copies
 into the model folder: the folder records how it was trained, and nnU-Net's own command lines work on it.
 
 - ``nnUNetTrainerPipeline``: nnU-Net's own data augmentation.
@@ -13,7 +13,7 @@ into the model folder: the folder records how it was trained, and nnU-Net's own 
   (``train.predict_tta``) it mirrors left-right only: a brain seen upside down is not a brain.
 - ``...Online`` of each (``train.online_synthesis: true``): every training case nnU-Net loads is a fresh
   synthetic sample of that case (``pipeline.synth.online``), drawn from the label maps the plans name
-  (``pipeline.online``, written by ``pipeline.nnunet.adapt_plans``). Validation keeps the exported set's cases.
+  (``pipeline.online``, written by ``pipeline.nnunet.runner.adapt_plans``). Validation keeps the exported set's cases.
 """
 
 from pathlib import Path
@@ -34,7 +34,7 @@ SCHEDULE_KEYS = ("epochs", "iterations_per_epoch", "val_iterations_per_epoch", "
 
 
 def pipeline_schedule(plans: dict, configuration: str) -> dict:
-    """The schedule ``pipeline.nnunet.adapt_plans`` wrote into the plans: all of it, or a clear error (a plan
+    """The schedule ``pipeline.nnunet.runner.adapt_plans`` wrote into the plans: all of it, or a clear error (a plan
     without it would train nnU-Net's own 1000 epochs)."""
     schedule = plans["configurations"][configuration].get("pipeline")
     missing = [key for key in SCHEDULE_KEYS if key not in (schedule or {})]

@@ -25,16 +25,16 @@ from pathlib import Path
 
 import yaml
 
-from pipeline import nnunet
 from pipeline.bids import read_cases
 from pipeline.config import Config, apply_overrides, parse_config
 from pipeline.devices import torch_device
-from pipeline.evaluation import HeldOutHead, load_held_out_head, predict_head, score_head
-from pipeline.metrics import summarize
-from pipeline.nnunet import SlicePredictor, nnunet_dataset
+from pipeline.evaluation.dice import summarize
+from pipeline.evaluation.heads import HeldOutHead, load_held_out_head, predict_head, score_head
+from pipeline.nnunet import runner
+from pipeline.nnunet.models import SlicePredictor, nnunet_dataset
 from pipeline.synth.subject import Folders
 
-TRAINERS = "pipeline.nnunet_trainers.nnUNetTrainerPipeline"  # the module of the trainers nnU-Net finds by name
+TRAINERS = "pipeline.nnunet.trainers.nnUNetTrainerPipeline"  # the module of the trainers nnU-Net finds by name
 
 
 def study_config(study: Path, overrides: list[str]) -> Config:
@@ -142,21 +142,21 @@ def benchmark(study: Path, combo: str, overrides: list[str], eval_every: int, co
     device = torch_device(config.train.device)
     with tempfile.TemporaryDirectory(prefix="bench-train-") as tmp:
         work = Path(tmp)
-        env = nnunet.environment(raw, work / "preprocessed", work / "results", config.workers,
+        env = runner.environment(raw, work / "preprocessed", work / "results", config.workers,
                                  config.train.deterministic)
         dataset = nnunet_dataset(*combo.split("-"))
-        nnunet.plan_and_preprocess(dataset.id, env, config.workers)
+        runner.plan_and_preprocess(dataset.id, env, config.workers)
         seed = config.train.training_seed(config.seed) if config.train.deterministic else None
         stripper = combo.split("-")[1]
-        online = nnunet.online_plan(study / "data/segmented" / combo, study / "data/stripped" / stripper,
+        online = runner.online_plan(study / "data/segmented" / combo, study / "data/stripped" / stripper,
                                     study / "data/harmonized", config.synth, config.seed) \
             if config.train.online_synthesis else None
-        plan = nnunet.adapt_plans(work / "preprocessed" / dataset.name / "nnUNetPlans.json",
+        plan = runner.adapt_plans(work / "preprocessed" / dataset.name / "nnUNetPlans.json",
                                   config.train.active_profile(), seed, online)
         os.environ.update(env | ({"nnUNet_n_proc_DA": "0"} if config.train.deterministic else {}))
         torch.set_num_threads(config.workers)
         preprocessed = work / "preprocessed" / dataset.name
-        trainer_class = timed(getattr(importlib.import_module(TRAINERS), nnunet.trainer_name(config.train)), heads,
+        trainer_class = timed(getattr(importlib.import_module(TRAINERS), runner.trainer_name(config.train)), heads,
                               config, eval_every, compile_network)
         with open(work / "nnunet.log", "w") as log, contextlib.redirect_stdout(log):
             trainer = trainer_class(json.loads((preprocessed / "nnUNetPlans.json").read_text()), "2d",

@@ -1,6 +1,6 @@
 """Throughput of the slice synthesis on a real 1 mm label volume.
 
-    python -m pipeline.synth.bench --n 200 [--labels seg.nii.gz] [--device cpu] [--threads 1]
+    python -m pipeline.apps.bench_synth --n 200 [--labels seg.nii.gz] [--device cpu] [--threads 1]
                                    [--no-pad-labels-to-size]
 
 ``slices_per_cpu_second`` is n / (CPU time of the whole process while generating, all threads),

@@ -1,0 +1,29 @@
+r"""Where the heads come from (``acquire.source``): each source a module whose ``scans(config, download_dir)``
+lists the T1w heads it offers as ``SourceScan``\ s; the acquire stage copies them into the raw BIDS tree."""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from pathlib import Path
+
+from pipeline.bids import subject_of
+from pipeline.config import AcquireConfig
+
+MODULES = {"sample": "sample", "bids": "local_bids", "folder": "folder", "openneuro": "openneuro"}  # by source
+
+
+@dataclass(frozen=True)
+class SourceScan:
+    case: str  # the case label (pipeline.bids): subject, then session and run entities, without "sub-"
+    path: Path
+    origin: str  # where it came from, for the dataset description
+
+    @property
+    def subject(self) -> str:
+        return subject_of(self.case)
+
+
+def gather(config: AcquireConfig, download_dir: Path) -> list[SourceScan]:
+    """The heads ``config.source`` offers (a source is imported only when it is the one configured)."""
+    return importlib.import_module(f"{__name__}.{MODULES[config.source]}").scans(config, download_dir)
