@@ -13,6 +13,7 @@ DVC_YAML = Path("dvc.yaml")
 def cmd_run(args: argparse.Namespace) -> int:
     import luigi
 
+    from pipeline.config import load_config
     from pipeline.graph import BY_NAME, All
 
     if args.stage == "all":
@@ -24,11 +25,15 @@ def cmd_run(args: argparse.Namespace) -> int:
             print(f"error: stage {args.stage} needs --{' --'.join(missing)}", file=sys.stderr)
             return 2
         task = stage(**{key: getattr(args, key) for key in stage.matrix})
+    load_config()  # a wrong parameter stops here, in one line, before Luigi schedules anything
     scheduler = {"scheduler_host": args.scheduler_host, "scheduler_port": args.scheduler_port} \
         if args.scheduler_host else {"local_scheduler": True}
-    result = luigi.build([task], workers=args.workers, detailed_summary=True, log_level="WARNING", **scheduler)
+    result = luigi.build([task], workers=args.workers, detailed_summary=True,
+                         log_level="WARNING" if args.debug else "CRITICAL", **scheduler)
     if not result.scheduling_succeeded:
-        print(result.summary_text, file=sys.stderr)
+        # the failing stage has said why (pipeline.stages.base); Luigi's summary only with --debug
+        if args.debug:
+            print(result.summary_text, file=sys.stderr)
         return 1
     return 0
 
@@ -181,27 +186,19 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from pipeline.errors import user_errors
+
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
-    logging.getLogger("luigi-interface").setLevel(logging.WARNING)  # our stages report progress themselves
     args = parser().parse_args(argv)
+    # our stages report progress and errors themselves; Luigi's tracebacks only with --debug
+    logging.getLogger("luigi-interface").setLevel(logging.WARNING if args.debug else logging.CRITICAL)
     try:
         return args.func(args)
     except user_errors() as error:
         if args.debug:
             raise
-        print(f"error: {error}\n(python -m pipeline --debug ... shows the traceback)", file=sys.stderr)
+        print(f"error: {error} (python -m pipeline --debug ... shows the traceback)", file=sys.stderr)
         return 2
-
-
-def user_errors() -> tuple[type[Exception], ...]:
-    """What an input, a parameter or a missing or failing tool raises: one message, not a traceback."""
-    from pipeline.config import ConfigError
-    from pipeline.io import InputError
-    from pipeline.labels import UnknownLabel
-    from pipeline.subjects import SubjectFailed
-    from pipeline.tools.base import ToolFailed, ToolMissing
-
-    return ConfigError, InputError, UnknownLabel, SubjectFailed, ToolFailed, ToolMissing, FileNotFoundError
 
 
 if __name__ == "__main__":

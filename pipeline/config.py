@@ -273,9 +273,10 @@ class EvaluateConfig(Strict):
     # A BIDS derivative with each subject's reference labels (sub-X/anat/sub-X*_dseg.nii.gz on the raw head,
     # and a dseg.tsv label table): test subjects that have one are also scored against it (dice.external).
     reference_labels: str | None = None
-    reference_scheme: Literal["table", "freesurfer"] = "table"  # how labels become tissues (pipeline/evaluation/references.py)
-    # Real slices scored per test subject: every step_mm within its reference level ± band_mm, pooled into one
-    # Dice per subject (0: the reference level only).
+    # how labels become tissues (pipeline/evaluation/references.py)
+    reference_scheme: Literal["table", "freesurfer"] = "table"
+    # Whole heads are scored in 3D; as a secondary figure (dice_band), also the planes every step_mm within each
+    # test head's reference level ± band_mm, pooled into one Dice per subject (0: the reference level only).
     band_mm: Annotated[float, Field(ge=0.0, le=60.0)] = 10.0
     step_mm: Annotated[float, Field(gt=0.0)] = 2.0
 

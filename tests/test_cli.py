@@ -44,3 +44,26 @@ def test_help_lists_every_command_and_the_console_script_runs_the_same_main():
     modular = subprocess.run([sys.executable, "-m", "pipeline", "predict", "--help"], env=venv_env(),
                              capture_output=True, text=True, check=True)
     assert "--slices" in modular.stdout and "--allow-non-t1" in modular.stdout and "--tta" in modular.stdout
+
+
+def _run_stage(project: Path, *args: str) -> subprocess.CompletedProcess:
+    env = venv_env() | {"PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    return subprocess.run([sys.executable, "-m", "pipeline", *args], cwd=project, env=env, capture_output=True,
+                          text=True)
+
+
+def test_a_stage_that_fails_on_an_input_or_a_parameter_says_why_in_one_line(tmp_path: Path):
+    """How DVC and Luigi drive a stage (python -m pipeline run STAGE): a user's mistake is one line naming the
+    file or key, exit non-zero, no traceback; --debug shows Luigi's."""
+    (tmp_path / "params.yaml").write_text(f"acquire:\n  source: bids\n  bids_root: {tmp_path / 'nowhere'}\n")
+    result = _run_stage(tmp_path, "run", "harmonize")
+    errors = [line for line in result.stderr.splitlines() if "error" in line.lower()]
+    assert result.returncode != 0 and "Traceback" not in result.stderr, result.stderr
+    assert len(errors) == 1 and f"bids: root folder {tmp_path / 'nowhere'} does not exist" in errors[0], errors
+    assert "[acquire]" in errors[0]  # the stage that failed
+    assert "Traceback" in _run_stage(tmp_path, "--debug", "run", "harmonize").stderr
+
+    (tmp_path / "params.yaml").write_text("synth:\n  band_mm: 70\n")  # as dvc exp run -S synth.band_mm=70 writes it
+    result = _run_stage(tmp_path, "run", "synthesize", "--segmenter", "hmrf", "--stripper", "deepbet")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith("error: params.yaml: 'synth.band_mm'"), result.stderr

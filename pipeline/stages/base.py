@@ -18,6 +18,7 @@ from typing import ClassVar
 import luigi
 
 from pipeline.config import Config, ParamsView, load_config
+from pipeline.errors import user_errors
 from pipeline.io import atomic_dir, resumable_dir, write_json
 
 log = logging.getLogger("pipeline")
@@ -89,8 +90,15 @@ class Stage(luigi.Task):
         return Path(self.input()[name][0].path)
 
     def run(self) -> None:
-        config = load_config()
         label = " ".join([self.name, *self.item().values()])
+        try:
+            self.run_logged(label)
+        except user_errors() as error:  # one line naming the file or key; Luigi's traceback with --debug
+            log.error("error: [%s] %s", label, error)
+            raise
+
+    def run_logged(self, label: str) -> None:
+        config = load_config()
         log.info("[%s] started", label)
         start, cpu_start = time.monotonic(), cpu_seconds()
         if self.resumable:
