@@ -53,6 +53,22 @@ def cmd_dvc_yaml(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_params_doc(args: argparse.Namespace) -> int:
+    from pipeline.params_doc import DOC, parameters_md
+
+    text = parameters_md()
+    if args.check:
+        if not DOC.is_file() or DOC.read_text() != text:
+            print(f"{DOC} is out of date with pipeline/config.py: run `python -m pipeline params-doc`", file=sys.stderr)
+            return 1
+        print(f"{DOC} matches pipeline/config.py")
+        return 0
+    DOC.parent.mkdir(parents=True, exist_ok=True)
+    DOC.write_text(text)
+    print(f"wrote {DOC}")
+    return 0
+
+
 def cmd_doctor(args: argparse.Namespace) -> int:
     from pipeline.config import PARAMS_FILE, Config, ConfigError, load_config
     from pipeline.tools.doctor import all_tools, missing_tools
@@ -135,6 +151,9 @@ def parser() -> argparse.ArgumentParser:
     dvc = commands.add_parser("dvc-yaml", help="write dvc.yaml from the Luigi graph")
     dvc.add_argument("--check", action="store_true", help="exit 1 when dvc.yaml is out of date")
     dvc.set_defaults(func=cmd_dvc_yaml)
+    params_doc = commands.add_parser("params-doc", help="write docs/parameters.md from pipeline/config.py")
+    params_doc.add_argument("--check", action="store_true", help="exit 1 when docs/parameters.md is out of date")
+    params_doc.set_defaults(func=cmd_params_doc)
     doctor = commands.add_parser("doctor", help="list every method and whether its tool is available")
     doctor.add_argument("--configured", action="store_true",
                         help="exit 1, naming each, when a method params.yaml asks for is missing")

@@ -38,6 +38,8 @@ def _unique(methods: list[str]) -> list[str]:
 
 # --- acquire -----------------------------------------------------------------
 class AcquireConfig(Strict):
+    # where the heads come from: sample (offline, packaged heads), bids (acquire.bids_root), folder (acquire.folder) or
+    # openneuro (acquire.dataset; downloads)
     source: Literal["sample", "bids", "folder", "openneuro"] = "sample"
     bids_root: str | None = None  # for source=bids
     folder: str | None = None  # for source=folder: a plain folder of heads, one subject per file
@@ -47,6 +49,7 @@ class AcquireConfig(Strict):
     # Several T1w heads in one subject or session: "first", the lowest run number (logged), or "all", each
     # one a case of its own (its name keeps the acq/run/... entities that tell it apart).
     runs: Literal["first", "all"] = "first"
+    # share of subjects held out for testing (split by subject, seeded by ``seed``)
     test_fraction: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.2
 
 
@@ -56,45 +59,61 @@ class SynthSRConfig(Strict):
 
 
 class HarmonizeConfig(Strict):
+    # builtin: reorient to RAS, resample, N4, percentile normalization; synthsr: FreeSurfer's mri_synthsr
     method: Literal["builtin", "synthsr"] = "builtin"
+    # isotropic voxel the heads are resampled to (cubic spline)
     voxel_size_mm: Annotated[float, Field(gt=0.2, le=4.0)] = 1.0
+    # N4 bias-field correction (SimpleITK)
     n4: bool = True
+    # N4 runs on a copy shrunk by this factor (the field is smooth), evaluated at full resolution
     n4_shrink: Annotated[int, Field(ge=1, le=8)] = 4
+    # N4 iterations per fitting level (4 levels)
     n4_iterations: Annotated[int, Field(ge=1)] = 30
+    # the head's intensities between these percentiles mapped to [0, 1]
     percentiles: Range = (0.5, 99.5)
     synthsr: SynthSRConfig = SynthSRConfig()
 
 
 # --- strip -------------------------------------------------------------------
 class DeepbetConfig(Strict):
+    # probability above which a voxel is brain
     threshold: Probability = 0.5
+    # dilations of the mask (voxels; negative: erosions)
     n_dilate: int = 0
 
 
 class HdbetConfig(Strict):
+    # fast: one model; accurate: the five-fold ensemble (5x the time)
     mode: Literal["fast", "accurate"] = "fast"
+    # test-time mirroring (8x the time)
     tta: bool = False
 
 
 class RobexConfig(Strict):
+    # ROBEX's random seed
     seed: int = 0
 
 
 class SynthStripConfig(Strict):
     model: str | None = None  # a SynthStrip .pt file: use nipreps-synthstrip instead of mri_synthstrip
+    # mask border, mm (mri_synthstrip -b)
     border_mm: int = 1
 
 
 class StripQcConfig(Strict):
     """Plausible ranges of a brain mask; a subject outside them is flagged in ``masks.tsv``."""
 
+    # plausible brain volume, mL
     brain_ml: Range = (800.0, 2200.0)
     max_components: Annotated[int, Field(ge=1)] = 3  # disconnected pieces of the mask
     max_border_fraction: Probability = 0.01  # share of mask voxels on the image's faces: a cut-off brain
 
 
 class StripConfig(Strict):
+    # the skull strippers to compare: deepbet | hdbet | robex | synthstrip (FreeSurfer, or nipreps-synthstrip with a
+    # model file)
     methods: list[StripMethod] = ["deepbet"]
+    # voxels kept around the brain mask's bounding box when cropping
     crop_margin_vox: Annotated[int, Field(ge=0)] = 4
     qc: StripQcConfig = StripQcConfig()
     deepbet: DeepbetConfig = DeepbetConfig()
@@ -107,8 +126,11 @@ class StripConfig(Strict):
 
 # --- segment -----------------------------------------------------------------
 class HmrfConfig(Strict):
+    # smoothness of the Markov random field (dipy TissueClassifierHMRF)
     beta: Annotated[float, Field(ge=0.0)] = 0.1
+    # iterations of the HMRF's ICM
     max_iterations: Annotated[int, Field(ge=1)] = 10
+    # stop when the energy changes less than this
     tolerance: float = 1e-5
 
 
@@ -130,6 +152,7 @@ class SynthSegConfig(Strict):
 
 
 class FastSurferConfig(Strict):
+    # where FastSurfer runs: auto (the GPU when there is one) | cpu | cuda
     device: Literal["auto", "cpu", "cuda"] = "auto"
 
 
@@ -138,7 +161,9 @@ class SegmentQCConfig(Strict):
 
     # Shares of the labelled brain (GM + WM + CSF).
     gm_fraction: Range = (0.25, 0.65)
+    # plausible share of white matter
     wm_fraction: Range = (0.20, 0.55)
+    # plausible share of CSF
     csf_fraction: Range = (0.02, 0.45)
     max_unlabelled_fraction: Probability = 0.10  # brain-mask voxels the segmenter left as background
     # Per tissue, Dice with the best-agreeing other segmenter (only when several are configured).
@@ -155,6 +180,7 @@ class SegmentQCConfig(Strict):
 
 
 class SegmentConfig(Strict):
+    # the tissue segmenters to compare: hmrf | samseg | fast (FSL) | synthseg (FreeSurfer) | fastsurfer
     methods: list[SegmentMethod] = ["hmrf"]
     hmrf: HmrfConfig = HmrfConfig()
     samseg: SamsegConfig = SamsegConfig()
@@ -170,26 +196,44 @@ class SegmentConfig(Strict):
 class SynthConfig(Strict):
     # builtin: pipeline/synth (torch, only the kept slab); lab2im: the lab2im package (optional, TensorFlow)
     engine: Literal["builtin", "lab2im"] = "builtin"
+    # synthetic samples per training subject
     n_train: Annotated[int, Field(ge=1)] = 60
+    # synthetic samples per test subject (dice.synthetic)
     n_test: Annotated[int, Field(ge=1)] = 12
+    # side of the square slice canvas, pixels (nnU-Net crops every image to its brain)
     size: Annotated[int, Field(ge=32)] = 256
     # pad the label volume in plane with background to size x size before synthesis: no black frame (only when a
     # generated background shows, zero_background < 1: pipeline/synth/canvas.py)
     pad_labels_to_size: bool = True
+    # lab2im's uniform prior of a class's mean intensity (priors: uniform), on lab2im's 0-255 scale
     prior_means: Range = (25.0, 225.0)
+    # lab2im's uniform prior of a class's intensity spread (priors: uniform)
     prior_stds: Range = (5.0, 25.0)
+    # affine scaling ~ U(1 - b, 1 + b) per axis (lab2im)
     scaling_bounds: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.15
+    # rotation about each axis ~ U(-b, b) degrees (lab2im)
     rotation_bounds_deg: Annotated[float, Field(ge=0.0, le=180.0)] = 10.0
+    # shearing ~ U(-b, b) (lab2im)
     shearing_bounds: Annotated[float, Field(ge=0.0)] = 0.02
+    # elastic deformation: the SVF's standard deviation ~ U(0, this), voxels (lab2im)
     nonlin_std: Annotated[float, Field(ge=0.0)] = 4.0
+    # elastic deformation: the SVF's grid, as a share of the volume's size (lab2im)
     nonlin_scale: Annotated[float, Field(gt=0.0, le=1.0)] = 1 / 16
+    # share of samples with a bias field (lab2im)
     bias_field_probability: Probability = 0.95
+    # the log bias field's standard deviation ~ U(0, this) (lab2im; SynthSeg: 0.7)
     bias_field_std: Annotated[float, Field(ge=0.0)] = 0.3
+    # the bias field's grid, as a share of the volume's size (lab2im)
     bias_field_scale: Annotated[float, Field(gt=0.0, le=1.0)] = 0.025
+    # log of the gamma exponent ~ N(0, this) (lab2im; SynthSeg: 0.5)
     gamma_std: Annotated[float, Field(ge=0.0)] = 0.2
+    # Gaussian blur, voxels (lab2im's blurring at the label map's resolution)
     blur_sigma_vox: Annotated[float, Field(ge=0.0)] = 0.5
+    # the blur's sigma per axis ~ U(1 / r, r) x blur_sigma_vox (lab2im)
     blur_range: Annotated[float, Field(ge=1.0)] = 1.15
+    # share of samples flipped left-right
     flip_probability: Probability = 0.5
+    # white noise standard deviation ~ U(0, this), intensity units (lab2im: 0)
     noise_std: Annotated[float, Field(ge=0.0)] = 0.0
     # Share of samples whose background is exactly 0, as in the skull-stripped real slices the model segments
     # (1: always; 0: lab2im's, a Gaussian of its own; SynthSeg resets it in 5 % of its samples).
@@ -203,13 +247,17 @@ class SynthConfig(Strict):
     # by level_spread (uniform over the brain's height, or area: in proportion to the tissue in the plane);
     # reference, the seed project's one slice per subject: its reference level, or within ± band_mm of it.
     levels: Literal["brain", "reference"] = "brain"
+    # levels: brain: planes drawn uniform over the brain's height, or in proportion to the tissue they hold (area)
     level_spread: Literal["uniform", "area"] = "uniform"
+    # levels: reference: planes within the reference level ± band_mm (1 mm voxels; 0: the level itself)
     band_mm: Annotated[float, Field(ge=0.0, le=60.0)] = 0.0
     # Resolution randomisation (SynthSeg): in this share of the samples a lower-resolution acquisition is
     # simulated, slice thickness ~ U(1, max_thickness_mm) and in-plane voxels ~ U(1, max_in_plane_mm): blurred as
     # that acquisition (σ = 0.75 × voxel), resampled in plane to it and back; the labels stay at 1 mm.
     resolution_probability: Probability = 0.0
+    # resolution randomisation: slice thickness ~ U(1, this), mm
     max_thickness_mm: Annotated[float, Field(ge=1.0, le=10.0)] = 5.0
+    # resolution randomisation: in-plane voxel ~ U(1, this), mm
     max_in_plane_mm: Annotated[float, Field(ge=1.0, le=4.0)] = 1.5
 
     @model_validator(mode="after")
@@ -221,18 +269,24 @@ class SynthConfig(Strict):
 
 # --- train / evaluate --------------------------------------------------------
 class TrainProfile(Strict):
+    # epochs of the schedule
     epochs: Annotated[int, Field(ge=1)]
+    # training iterations (batches) per epoch
     iterations_per_epoch: Annotated[int, Field(ge=1)]
+    # nnU-Net's validation batches per epoch (a loss and pseudo Dice for the curves)
     val_iterations_per_epoch: Annotated[int, Field(ge=1)]
     batch_size: Annotated[int, Field(ge=1)] | None = None  # None: nnU-Net's plan
     base_features: Annotated[int, Field(ge=1)] | None = None  # first-stage width; None: nnU-Net's plan (32)
 
 
 class TrainConfig(Strict):
+    # the schedule to train with: a name in train.profiles (ci, quick for a CPU, standard: nnU-Net's own for a GPU)
     profile: str = "ci"
+    # named schedules (train.profiles.<name>)
     profiles: dict[str, TrainProfile] = {
         "ci": TrainProfile(epochs=2, iterations_per_epoch=5, val_iterations_per_epoch=2, batch_size=4, base_features=8),
     }
+    # nnU-Net's fold: all (train on every synthetic training case) or 0-4 (a fifth held out for nnU-Net's validation)
     fold: Literal[0, 1, 2, 3, 4, "all"] = "all"
     # nnunet: nnU-Net's own data augmentation; synthesis: only the synthesis's (which already deforms, flips and
     # re-textures every sample), with left-right mirroring only (pipeline/nnunet/trainers)
@@ -240,7 +294,9 @@ class TrainConfig(Strict):
     # Online synthesis: every training sample nnU-Net loads is drawn afresh from the case's label map
     # (pipeline.synth.online), as SynthSeg trains, instead of read from the synthesize stage's fixed PNG set.
     online_synthesis: bool = False
+    # auto: the GPU when torch sees one
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    # seeded training, augmentation in the training process: a CPU run repeats exactly
     deterministic: bool = True
     # The training's own seed (null: the study's ``seed``): retrain on the same data with other seeds to see
     # how much Dice moves from one training run to the next.
@@ -278,10 +334,12 @@ class EvaluateConfig(Strict):
     # Whole heads are scored in 3D; as a secondary figure (dice_band), also the planes every step_mm within each
     # test head's reference level ± band_mm, pooled into one Dice per subject (0: the reference level only).
     band_mm: Annotated[float, Field(ge=0.0, le=60.0)] = 10.0
+    # the band's planes are this far apart
     step_mm: Annotated[float, Field(gt=0.0)] = 2.0
 
 
 class Config(Strict):
+    # the study's seed: the train/test split, every synthetic sample's draws, the training (unless train.seed)
     seed: int = 42
     workers: Annotated[int, Field(ge=1)] = 2  # core budget inside a stage: subjects at once x threads each
     keep_going: bool = False  # a subject that fails is left out and listed (failures.tsv, QC tables)

@@ -140,3 +140,31 @@ def test_nnunet_processes_import_the_pipeline_copy_that_launched_them(tmp_path):
     imported = subprocess.run([sys.executable, str(console_script)], cwd=tmp_path, env=env, capture_output=True,
                               text=True, check=True).stdout.strip()
     assert Path(imported).resolve() == (study / "pipeline" / "__init__.py").resolve()
+
+
+def test_docs_parameters_md_is_generated_from_the_config_and_covers_every_key_of_params_yaml(tmp_path):
+    from pipeline.params_doc import documented_keys, parameters_md
+
+    check = subprocess.run([sys.executable, "-m", "pipeline", "params-doc", "--check"], cwd=PROJECT_ROOT,
+                           capture_output=True, text=True)
+    assert check.returncode == 0, check.stderr
+    stale = subprocess.run([sys.executable, "-m", "pipeline", "params-doc", "--check"], cwd=tmp_path,
+                           capture_output=True, text=True, env={"PYTHONPATH": str(PROJECT_ROOT)})
+    assert stale.returncode == 1 and "out of date" in stale.stderr  # no docs/parameters.md there
+
+    def keys(node: dict, prefix: str = "") -> set[str]:
+        found = set()
+        for key, value in node.items():
+            if prefix == "train.profiles.":  # named entries: documented once, as train.profiles.<name>
+                found |= {f"train.profiles.<name>.{field}" for field in value}
+            elif isinstance(value, dict) and value:
+                found |= keys(value, f"{prefix}{key}.")
+            else:
+                found.add(f"{prefix}{key}")
+        return found
+
+    params = keys(yaml.safe_load((PROJECT_ROOT / "params.yaml").read_text()))
+    documented = documented_keys(parameters_md())
+    assert params <= documented, sorted(params - documented)
+    assert all(line.count("|") >= 5 and not line.rstrip().endswith("|  |") for line in parameters_md().splitlines()
+               if line.startswith("| `")), "every key says what it does"
