@@ -16,6 +16,7 @@ PARAMS_FILE = Path("params.yaml")
 
 StripMethod = Literal["deepbet", "hdbet", "robex", "synthstrip"]
 SegmentMethod = Literal["hmrf", "samseg", "fast", "synthseg", "fastsurfer"]
+View = Literal["axial", "coronal", "sagittal"]
 Probability = Annotated[float, Field(ge=0.0, le=1.0)]
 Range = tuple[float, float]
 
@@ -247,6 +248,9 @@ class SynthConfig(Strict):
     # by level_spread (uniform over the brain's height, or area: in proportion to the tissue in the plane);
     # reference, the seed project's one slice per subject: its reference level, or within ± band_mm of it.
     levels: Literal["brain", "reference"] = "brain"
+    # the planes samples are cut in, one drawn per sample: axial, coronal, sagittal (one model learns them all;
+    # evaluate and predict segment a head in each and fuse the three: pipeline/inference.py)
+    views: list[View] = ["axial"]
     # levels: brain: planes drawn uniform over the brain's height, or in proportion to the tissue they hold (area)
     level_spread: Literal["uniform", "area"] = "uniform"
     # levels: reference: planes within the reference level ± band_mm (1 mm voxels; 0: the level itself)
@@ -264,7 +268,11 @@ class SynthConfig(Strict):
     def _band_needs_reference_levels(self) -> SynthConfig:
         if self.band_mm and self.levels != "reference":
             raise ValueError("band_mm is the band around the reference level: set levels: reference with it")
+        if self.levels == "reference" and self.views != ["axial"]:
+            raise ValueError("levels: reference is an axial level: it takes views: [axial]")
         return self
+
+    _unique_views = field_validator("views")(_unique)
 
 
 # --- train / evaluate --------------------------------------------------------

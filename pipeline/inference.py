@@ -1,37 +1,60 @@
-"""A model applied to a whole head: every axial plane of the brain segmented as the 2D slice every model sees
-(``pipeline.slices.slice_canvas``), the planes stacked into a label volume on the brain's grid. Used alike by the
-evaluate stage, ``predict`` and ``bench train``."""
+"""A model applied to a whole head: every plane of the brain segmented as the 2D slice every model sees
+(``pipeline.slices.slice_canvas``), the planes stacked into a label volume on the brain's grid. A model trained on
+several views (``synth.views``) segments the head in each, and the views are fused by summing their class
+probabilities (as multi-view segmenters such as FastSurfer aggregate theirs). Used alike by the evaluate stage,
+``predict`` and ``bench train``."""
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 
 import numpy as np
 
-from pipeline.slices import slice_canvas, uncenter
+from pipeline.slices import from_view, in_view, slice_canvas, uncenter
 
 log = logging.getLogger("pipeline")
 
-Segmenter = Callable[[np.ndarray], np.ndarray]  # a (size, size) uint8 slice -> its labels
+Segmenter = Callable[[np.ndarray], np.ndarray]  # a (size, size) uint8 slice -> its labels, or class probabilities
 
 
 def brain_planes(mask: np.ndarray) -> list[int]:
-    """The axial planes (last axis) that hold brain."""
+    """The planes (last axis) that hold brain."""
     return np.flatnonzero(np.any(mask, axis=(0, 1))).tolist()
 
 
 def predict_planes(segment: Segmenter, brain: np.ndarray, mask: np.ndarray, size: int,
                    planes: Iterable[int] | None = None, label: str = "") -> np.ndarray:
-    """Labels (uint8, the brain's shape) of ``planes`` (default: every plane with brain), 0 elsewhere; a progress
-    line every quarter of the planes when ``label`` names what is predicted."""
+    """``segment``'s output for ``planes`` (default: every plane with brain) stacked on the brain's grid: labels
+    (uint8, the brain's shape), or with a segmenter of probabilities (C, size, size), the brain's shape x C
+    (float32); 0 elsewhere. A progress line every quarter of the planes when ``label`` names what is predicted."""
     planes = brain_planes(mask) if planes is None else list(planes)
-    labels = np.zeros(brain.shape, np.uint8)
-    start, reported = time.monotonic(), 0
+    out, start, reported = None, time.monotonic(), 0
     for done, k in enumerate(planes, start=1):
-        labels[:, :, k] = uncenter(segment(slice_canvas(brain[:, :, k], mask[:, :, k], size)), brain.shape[:2])
+        result = segment(slice_canvas(brain[:, :, k], mask[:, :, k], size))
+        if result.ndim == 2:
+            plane = uncenter(result, brain.shape[:2])
+        else:  # a map per class
+            plane = np.stack([uncenter(channel, brain.shape[:2]) for channel in result], axis=-1)
+        if out is None:
+            out = np.zeros(brain.shape + plane.shape[2:], plane.dtype)
+        out[:, :, k] = plane
         if label and len(planes) > 8 and done * 4 // len(planes) > reported:
             reported = done * 4 // len(planes)
             log.info("%s: %d/%d planes, %.0f s", label, done, len(planes), time.monotonic() - start)
-    return labels
+    return np.zeros(brain.shape, np.uint8) if out is None else out
+
+
+def predict_views(labels: Segmenter, probabilities: Segmenter, brain: np.ndarray, mask: np.ndarray, size: int,
+                  views: Sequence[str], label: str = "") -> np.ndarray:
+    """The labels (uint8, the brain's RAS grid) of every plane of the brain in each of ``views``: one view's
+    labels as the model gives them; several views' class probabilities summed, then the likeliest class."""
+    if list(views) == ["axial"]:
+        return predict_planes(labels, brain, mask, size, label=label)
+    total = None
+    for view in views:
+        scores = from_view(predict_planes(probabilities, in_view(brain, view), in_view(mask, view), size,
+                                          label=f"{label} {view}".strip()), view)
+        total = scores if total is None else total + scores
+    return np.argmax(total, axis=-1).astype(np.uint8)

@@ -23,6 +23,21 @@ OPENING_VOXELS = 2  # cuts thin bright bridges (scalp fat, marrow, vessels) off 
 HULL_CLOSING_VOXELS = 4  # closes the white matter's hull over sulci and ventricles
 
 
+# A view's axes of a RAS volume: the canvas's rows, its columns, then the axis its planes are stacked along.
+# Rows run left -> right in the axial and coronal views; the sagittal view's run posterior -> anterior.
+VIEW_AXES = {"axial": (0, 1, 2), "coronal": (0, 2, 1), "sagittal": (1, 2, 0)}
+
+
+def in_view(volume: np.ndarray, view: str) -> np.ndarray:
+    """A RAS volume with ``view``'s planes along its last axis (a view of the array, not a copy)."""
+    return np.transpose(volume, VIEW_AXES[view] + tuple(range(3, volume.ndim)))
+
+
+def from_view(volume: np.ndarray, view: str) -> np.ndarray:
+    """``in_view``'s inverse."""
+    return np.transpose(volume, tuple(np.argsort(VIEW_AXES[view])) + tuple(range(3, volume.ndim)))
+
+
 def central_index(depth: int) -> int:
     return depth // 2
 

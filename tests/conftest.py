@@ -10,6 +10,7 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = PROJECT_ROOT.parent / "shared" / "data"
 DS000011 = SHARED_DATA / "ds000011"
 LABEL_MAPS = SHARED_DATA / "synthseg-label-maps"
+OASIS = SHARED_DATA / "oasis-manual"
 
 
 @pytest.fixture(scope="session")
@@ -17,6 +18,14 @@ def ds000011() -> Path:
     if not DS000011.is_dir():
         pytest.skip(f"real test data not found at {DS000011}")
     return DS000011
+
+
+@pytest.fixture(scope="session")
+def oasis() -> Path:
+    """Real skull-stripped brains with manual tissue labels (CC BY-NC: tests and benchmarks only)."""
+    if not OASIS.is_dir():
+        pytest.skip(f"real test data not found at {OASIS}")
+    return OASIS
 
 
 @pytest.fixture(scope="session")

@@ -95,3 +95,32 @@ def test_every_plane_of_the_brain_is_predicted_and_stacked_in_place():
     labels = predict_planes(segment, brain, mask, 64)
     assert seen == [(64, 64)] * 8  # one canvas per plane with brain
     assert np.array_equal(labels > 0, mask) and set(np.unique(labels)) == {0, 2}
+
+
+def test_views_are_predicted_in_their_own_planes_and_fused_by_summed_probabilities():
+    from pipeline.inference import predict_views
+
+    brain = np.zeros((20, 24, 16), np.float32)
+    mask = np.zeros(brain.shape, bool)
+    mask[4:16, 5:19, 3:13] = True
+    brain[mask] = 1.0
+    seen: list[tuple[int, int]] = []
+
+    def labels(canvas: np.ndarray) -> np.ndarray:
+        return (canvas > 0).astype(np.uint8) * WM
+
+    def probabilities(canvas: np.ndarray) -> np.ndarray:
+        seen.append(canvas.shape)
+        inside = canvas > 0
+        scores = np.zeros((4, *canvas.shape), np.float32)
+        scores[0][~inside] = 1.0
+        scores[GM][inside], scores[WM][inside] = 0.6 if len(seen) <= 10 else 0.3, 0.4  # axial planes say GM
+        return scores
+
+    assert np.array_equal(predict_views(labels, probabilities, brain, mask, 32, ["axial"]),
+                          predict_planes(labels, brain, mask, 32))  # one view: the model's labels as they are
+    fused = predict_views(labels, probabilities, brain, mask, 32, ["axial", "coronal"])
+    assert len(seen) == 10 + 14  # every axial plane with brain, then every coronal one
+    assert np.array_equal(fused > 0, mask)
+    # summed: GM 0.6 + 0.3 beats WM 0.4 + 0.4, though the coronal view alone says WM
+    assert set(np.unique(fused[mask])) == {GM}

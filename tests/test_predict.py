@@ -54,3 +54,54 @@ def test_outputs_are_named_by_the_inputs_bids_entities():
     assert case_name(Path("/x/sub-01_ses-2_run-1_T1w.nii.gz")) == "sub-01_ses-2_run-1"
     assert case_name(Path("head scan.nii")) == "head scan"
     assert case_name(Path("brain.mgh")) == "brain"
+
+
+def _brain(oasis, subject: str):
+    import nibabel as nib
+
+    image = nib.load(oasis / f"sub-{subject}" / "anat" / f"sub-{subject}_T1w.nii.gz")
+    mask = nib.load(oasis / "derivatives/manual" / f"sub-{subject}" / "anat" / f"sub-{subject}_desc-brain_mask.nii.gz")
+    return image.get_fdata(dtype=np.float32), np.asarray(mask.dataobj) > 0
+
+
+def test_real_t1_brains_pass_the_contrast_check_and_inverted_ones_do_not(oasis):
+    """Ten real T1 brains look T1-weighted; the same brains with their contrast inverted inside the mask (CSF
+    brightest, white matter darkest, as on a T2) do not."""
+    from pipeline.apps.predict import intensity_classes, t1_contrast
+
+    for subject in [f"{n}" for n in range(1000, 1010)]:
+        brain, mask = _brain(oasis, subject)
+        dark, _, bright = intensity_classes(brain, mask)
+        assert t1_contrast(brain, mask) is None and bright > dark, (subject, dark, bright)
+        inverted = np.where(mask, brain.max() - brain, 0)
+        assert "not T1-like" in t1_contrast(inverted, mask), subject
+
+
+def test_predict_refuses_a_non_t1_head_naming_the_file_and_flags_thick_slices(oasis, tmp_path, monkeypatch):
+    """The same acquisition QC as the study's harmonize stage, and the contrast check: a refusal names the file
+    and the override; with the override, the head goes through flagged."""
+    import nibabel as nib
+    import pytest
+
+    from pipeline.apps import predict
+    from pipeline.config import HarmonizeConfig, StripConfig, TrainProfile
+    from pipeline.io import InputError
+    from pipeline.nnunet.models import TrainingRecord
+
+    brain, mask = _brain(oasis, "1000")
+    inverted = np.where(mask, brain.max() - brain, 0).astype(np.float32)
+    affine = np.diag([1.0, 1.0, 5.0, 1.0])  # 5 mm slices: a clinical scan
+    path = tmp_path / "sub-01_T2w.nii.gz"
+    nib.save(nib.Nifti1Image(inverted[:, :, ::5], affine), path)
+    monkeypatch.setattr(predict, "brain_mask", lambda method, image, config: np.asarray(image.dataobj) > 0)
+    record = TrainingRecord(profile="ci", schedule=TrainProfile(epochs=1, iterations_per_epoch=1,
+                                                                val_iterations_per_epoch=1),
+                            fold="all", device="cpu", deterministic=True, seed=42, seeds=[42], wall_s=1.0,
+                            trainer="nnUNetTrainerPipeline", dataset_id=100, segmenter="hmrf", stripper="deepbet",
+                            harmonize=HarmonizeConfig(n4=False), strip=StripConfig(), size=256, levels="brain",
+                            views=["axial"], versions={})
+    with pytest.raises(InputError, match=rf"file {path}: the contrast is not T1-like.*--allow-non-t1"):
+        predict.prepare_head(path, record, tmp_path / "work")
+    prepared = predict.prepare_head(path, record, tmp_path / "work", allow_non_t1=True)
+    assert any("voxels of 5.0 mm" in flag for flag in prepared.flags)  # the harmonize stage's own flag
+    assert any("not T1-like" in flag for flag in prepared.flags)

@@ -25,7 +25,7 @@ from pipeline.bids import subject_file, write_raw_tables
 from pipeline.config import Config, ConfigError, SynthConfig
 from pipeline.io import save_nifti, save_png, write_json, write_tsv
 from pipeline.labels import CSF, GM, WM
-from pipeline.slices import center_pad, to_uint8
+from pipeline.slices import center_pad, in_view, to_uint8
 from pipeline.stages.synthesize import Synthesize
 from pipeline.synth.canvas import synthesis_labels
 from pipeline.synth.classes import split_tissues
@@ -43,7 +43,7 @@ from pipeline.synth.model import (
     synthesize_slices,
 )
 from pipeline.synth.montage import CONTOURS, pick_cases, write_montage
-from pipeline.synth.params import draw_flip, draw_level, draw_parameters, sample_seed
+from pipeline.synth.params import draw_flip, draw_level, draw_parameters, draw_view, sample_seed
 from pipeline.synth.priors import T1_PRIORS, subject_priors, t1_priors
 from pipeline.tools.base import ToolMissing
 
@@ -743,7 +743,7 @@ def test_reference_levels_cut_the_reference_plane_or_within_the_band_around_it(s
     assert np.array_equal(at_level[0][rows, columns], small[:, :, 30])
     band = cfg.model_copy(update={"band_mm": 8.0})
     levels = case_levels(small, 30, band)
-    offsets = np.array([levels.plane(draw_level(s)) for s in seeds("band", 3000)]) - 30
+    offsets = np.array([levels["axial"].plane(draw_level(s)) for s in seeds("band", 3000)]) - 30
     counts = np.bincount(offsets + 8, minlength=17)  # U(-8, 8) rounded: 1/16 each, half at the two ends
     expected = np.array([0.5, *[1.0] * 15, 0.5]) / 16 * offsets.size
     assert offsets.min() == -8 and offsets.max() == 8 and len(counts) == 17
@@ -751,7 +751,7 @@ def test_reference_levels_cut_the_reference_plane_or_within_the_band_around_it(s
     batch = seeds("band", 12)
     labels = synthesize_slices(small, band, batch, levels=levels)[1]
     for label, seed in zip(labels, batch, strict=True):
-        assert np.array_equal(label[rows, columns], small[:, :, levels.plane(draw_level(seed))])
+        assert np.array_equal(label[rows, columns], small[:, :, levels["axial"].plane(draw_level(seed))])
     one_by_one = [synthesize_slices(small, band, [seed], levels=levels)[1][0] for seed in batch]
     assert np.array_equal(np.stack(one_by_one), labels)  # grouping samples by slice never shows
 
@@ -760,13 +760,13 @@ def test_brain_levels_cover_every_plane_of_the_brain_uniformly_or_by_its_area(sm
     tissue = np.count_nonzero(small, axis=(0, 1))
     lowest, highest = np.flatnonzero(tissue)[[0, -1]]
     draws = np.array([draw_level(s) for s in seeds("brain", 6000)])
-    uniform = case_levels(small, 30, SynthConfig(levels="brain", level_spread="uniform"))
+    uniform = case_levels(small, 30, SynthConfig(levels="brain", level_spread="uniform"))["axial"]
     planes = np.array([uniform.plane(d) for d in draws])
     assert planes.min() == lowest and planes.max() == highest  # from the lowest plane with tissue to the top
     counts = np.bincount(planes - lowest)
     expected = draws.size / (highest - lowest + 1)
     assert np.all(np.abs(counts - expected) < 5 * np.sqrt(expected))
-    by_area = case_levels(small, 30, SynthConfig(levels="brain", level_spread="area"))
+    by_area = case_levels(small, 30, SynthConfig(levels="brain", level_spread="area"))["axial"]
     planes = np.array([by_area.plane(d) for d in draws])
     counts = np.bincount(planes, minlength=small.shape[2])
     expected = draws.size * tissue / tissue.sum()  # a plane as often as a random tissue voxel lies in it
@@ -775,10 +775,36 @@ def test_brain_levels_cover_every_plane_of_the_brain_uniformly_or_by_its_area(sm
     cfg = lab2im_config(size=128, prior_stds=(0.0, 0.0), levels="brain", **STILL)
     rows, columns = box(small.shape, 128)
     batch = seeds("brain", 6)
-    labels = synthesize_slices(small, cfg, batch, levels=uniform)[1]
+    labels = synthesize_slices(small, cfg, batch, levels={"axial": uniform})[1]
     for label, seed in zip(labels, batch, strict=True):  # an undeformed sample shows its drawn plane
         plane = int(np.clip(uniform.plane(draw_level(seed)), 1, small.shape[2] - 2))  # inside the blur slab
         assert np.array_equal(label[rows, columns], small[:, :, plane])
+
+
+def test_views_cut_coronal_and_sagittal_planes_of_the_same_labels(small):
+    """With synth.views, each sample is cut in the view it draws: an undeformed sample's labels are that view's
+    plane of the label map (slices.in_view), and a sagittal one is never flipped (its rows run front to back)."""
+    cfg = lab2im_config(size=128, prior_stds=(0.0, 0.0), levels="brain", views=["axial", "coronal", "sagittal"],
+                        **(STILL | {"flip_probability": 1.0}))
+    levels = case_levels(small, 30, cfg)
+    assert set(levels) == {"axial", "coronal", "sagittal"}
+    batch = seeds("views", 24)
+    drawn = [draw_view(seed, cfg) for seed in batch]
+    assert set(drawn) == {"axial", "coronal", "sagittal"}
+    labels = synthesize_slices(small, cfg, batch, levels=levels)[1]
+    for label, seed, view in zip(labels, batch, drawn, strict=True):
+        volume = in_view(small, view)
+        plane = int(np.clip(levels[view].plane(draw_level(seed)), 1, volume.shape[2] - 2))
+        expected = volume[:, :, plane]
+        if view != "sagittal":
+            expected = expected[::-1]  # flip_probability 1: left-right
+        rows, columns = box(volume.shape, 128)
+        assert np.array_equal(label[rows, columns], expected), view
+    axial = synthesize_slices(small, cfg.model_copy(update={"views": ["axial"]}), batch[:4], levels=levels)
+    assert np.array_equal(axial[1], synthesize_slices(small, cfg.model_copy(update={"views": ["axial"]}), batch[:4],
+                                                      levels={"axial": levels["axial"]})[1])
+    with pytest.raises(ValidationError, match="views"):
+        SynthConfig(levels="reference", views=["axial", "coronal"])
 
 
 def test_a_band_without_reference_levels_is_a_config_error():

@@ -57,8 +57,8 @@ def real_dice(trainer, heads: list[HeldOutHead], config: Config) -> dict[str, di
     trainer.set_deep_supervision_enabled(False)  # as nnU-Net's own final validation predicts
     trainer.network.eval()
     segment = SlicePredictor.from_trainer(trainer)
-    rows = [row for head in heads for row in score_head(head, predict_head(segment, head, config.synth.size),
-                                                         config.evaluate)]
+    rows = [row for head in heads for row in score_head(
+        head, predict_head(segment, head, config.synth.size, config.synth.views), config.evaluate)]
     trainer.set_deep_supervision_enabled(True)
     trainer.network.train()
     kinds = ("real", "real_band", "external", "external_band")

@@ -15,6 +15,7 @@ strategy. Used by the evaluate stage and by ``bench train``.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,9 +26,10 @@ from pipeline.bids import reference_level, subject_file
 from pipeline.config import EvaluateConfig
 from pipeline.evaluation.dice import dice_per_tissue
 from pipeline.evaluation.references import on_grid, reference_file, reference_tissues
-from pipeline.inference import Segmenter, predict_planes
+from pipeline.inference import predict_views
 from pipeline.io import InputError, load_nifti
 from pipeline.labels import TISSUES, tissue_volumes, voxel_volume_ml
+from pipeline.nnunet.models import SlicePredictor
 from pipeline.preprocess import box_of, uncrop
 from pipeline.slices import level_index
 from pipeline.synth.subject import Folders
@@ -82,10 +84,10 @@ def load_held_out_head(case: str, folders: Folders, config: EvaluateConfig) -> H
     return HeldOutHead(case, brain, mask, teacher, grid, reference, reference_level(folders.harmonized, case))
 
 
-def predict_head(segment: Segmenter, head: HeldOutHead, size: int) -> np.ndarray:
-    """The model's labels of every plane of the head's brain, on the brain's grid."""
-    return predict_planes(segment, head.brain.get_fdata(dtype=np.float32), head.mask, size,
-                          label=f"sub-{head.case}")
+def predict_head(model: SlicePredictor, head: HeldOutHead, size: int, views: Sequence[str]) -> np.ndarray:
+    """The model's labels of every plane of the head's brain in each of ``views``, fused, on the brain's grid."""
+    return predict_views(model, model.probabilities, head.brain.get_fdata(dtype=np.float32), head.mask, size, views,
+                         label=f"sub-{head.case}")
 
 
 def height_parts(tissue: np.ndarray, parts: int = HEIGHT_PARTS) -> list[slice]:

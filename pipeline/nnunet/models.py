@@ -14,7 +14,7 @@ from unittest import mock
 import numpy as np
 from pydantic import ValidationError
 
-from pipeline.config import HarmonizeConfig, SegmentMethod, Strict, StripConfig, StripMethod, TrainProfile
+from pipeline.config import HarmonizeConfig, SegmentMethod, Strict, StripConfig, StripMethod, TrainProfile, View
 from pipeline.io import InputError, write_json
 from pipeline.nnunet.runner import TRAINER_DIR
 
@@ -61,6 +61,7 @@ class TrainingRecord(Strict):
     strip: StripConfig  # ... and brain mask
     size: int  # the slice canvas
     levels: Literal["brain", "reference"]  # which planes of a head the model was trained on (synth.levels)
+    views: list[View]  # ... and in which views (synth.views): predict segments a head in each, and fuses them
     versions: dict
 
     @classmethod
@@ -133,3 +134,9 @@ class SlicePredictor:
         """The labels (uint8, the image's shape) of one 2D uint8 image."""
         labels = self.predictor.predict_single_npy_array(image[None, None].astype(np.float32), {"spacing": [999, 1, 1]})
         return np.asarray(labels[0], dtype=np.uint8)
+
+    def probabilities(self, image: np.ndarray) -> np.ndarray:
+        """The class probabilities (float32, classes x the image's shape) of one 2D uint8 image."""
+        _, probabilities = self.predictor.predict_single_npy_array(
+            image[None, None].astype(np.float32), {"spacing": [999, 1, 1]}, save_or_return_probabilities=True)
+        return np.asarray(probabilities[:, 0], dtype=np.float32)

@@ -104,7 +104,7 @@ def head_panel(head: HeldOutHead, labels: np.ndarray, path: Path, title: str) ->
 class Evaluate(ComboStage):
     name = "evaluate"
     out_template = "data/evaluation/{segmenter}-{stripper}"
-    param_keys = ("seed", "train", "evaluate", "synth.size")
+    param_keys = ("seed", "train", "evaluate")
     metrics_template = "metrics/{segmenter}-{stripper}.json"
     plots_template = "metrics/{segmenter}-{stripper}-cases.csv"
     plot_axes = {"x": "mean", "y": "case", "template": "bar_horizontal_sorted"}
@@ -136,7 +136,7 @@ class Evaluate(ComboStage):
             rows += with_seed(score_synthetic(segment, dataset, base / "synthetic"), seed)
             for case in cases:
                 head = load_held_out_head(case, folders, config.evaluate)
-                labels = predict_head(segment, head, config.synth.size)
+                labels = predict_head(segment, head, record.size, record.views)
                 save_nifti(labels, head.brain.affine, subject_file(base / "volumes", case, "dseg"))
                 rows += with_seed(score_head(head, labels, config.evaluate), seed)
                 if number == 0:

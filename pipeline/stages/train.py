@@ -100,4 +100,4 @@ class Train(ComboStage):
             trainer=runner.trainer_name(config.train), dataset_id=dataset_id, segmenter=self.segmenter,
             stripper=self.stripper, harmonize=config.harmonize, strip=stripper_config(config.strip, self.stripper),
             size=config.synth.size,
-            levels=config.synth.levels, versions=package_versions())
+            levels=config.synth.levels, views=config.synth.views, versions=package_versions())

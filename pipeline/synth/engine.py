@@ -22,7 +22,7 @@ def check_engine(cfg: SynthConfig) -> None:
 
 def synthesize(
     labels: np.ndarray, cfg: SynthConfig, seeds: Sequence[int], device: str = "cpu",
-    priors: IntensityPriors | None = None, targets: np.ndarray | None = None, levels: Levels | None = None,
+    priors: IntensityPriors | None = None, targets: np.ndarray | None = None, levels: dict[str, Levels] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """(images, labels) uint8 (N, size, size) of ``seeds`` by ``cfg.engine``, each an axial slice at the plane
     ``levels`` maps its draw to (None: the middle); ``device``, ``priors`` and ``targets``: builtin engine only

@@ -60,7 +60,7 @@ LAB2IM_FIXED: dict[str, float] = {
 
 # What lab2im's model has no option for: one uniform-prior Gaussian per label, its own background.
 LAB2IM_ONLY: dict[str, object] = {"priors": "uniform", "subclasses": 1, "zero_background": 0.0,
-                                   "resolution_probability": 0.0}
+                                   "resolution_probability": 0.0, "views": ["axial"]}
 
 
 def check_config(cfg: SynthConfig) -> None:
@@ -161,7 +161,7 @@ def generate(arguments: dict, shape: tuple[int, ...], seed: int) -> tuple[np.nda
 
 
 def synthesize_slices(labels: np.ndarray, cfg: SynthConfig, seeds: Sequence[int],
-                      levels: Levels | None = None) -> tuple[np.ndarray, np.ndarray]:
+                      levels: dict[str, Levels] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """``model.synthesize_slices``' contract (uint8 images and labels, (N, size, size)), drawn by lab2im."""
     check_config(cfg)
     check_installed()
@@ -174,7 +174,7 @@ def synthesize_slices(labels: np.ndarray, cfg: SynthConfig, seeds: Sequence[int]
         arguments = generator_arguments(path, volume, cfg)
         for index, seed in enumerate(seeds):
             image, deformed = generate(arguments, volume.shape, int(seed))
-            plane = None if levels is None else levels.plane(draw_level(int(seed)))
+            plane = None if levels is None else levels["axial"].plane(draw_level(int(seed)))
             images[index], segmentations[index] = output_slice(image, deformed, draw_flip(int(seed), cfg), cfg.size,
                                                                plane)
     return images, segmentations

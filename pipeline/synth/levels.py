@@ -1,4 +1,5 @@
-"""Which axial plane of a case's label map each synthetic sample is cut from (``synth.levels``).
+"""Which plane of a case's label map each synthetic sample is cut from (``synth.levels``), in each of its views
+(``synth.views``: axial, coronal, sagittal; the reference level is axial).
 
 - ``brain`` (default): any plane of the brain, so that a model learns every level of the head it will be asked
   to segment, from the vertex down to the cerebellum and brainstem. ``synth.level_spread`` says how the planes
@@ -19,6 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from pipeline.config import SynthConfig
+from pipeline.slices import in_view
 
 
 @dataclass(frozen=True, eq=False)
@@ -37,11 +39,17 @@ class Levels:
         return int(self.planes[np.searchsorted(self.cumulative, draw, side="right")])
 
 
-def case_levels(labels: np.ndarray, reference: int, cfg: SynthConfig) -> Levels:
-    """A case's levels as ``cfg`` asks, from its label map (axial planes: the last axis) and reference plane."""
+def case_levels(labels: np.ndarray, reference: int, cfg: SynthConfig) -> dict[str, Levels]:
+    """A case's levels in each of ``cfg.views`` as ``cfg`` asks, from its label map (RAS) and reference plane
+    (axial)."""
+    return {view: view_levels(in_view(np.asarray(labels), view), reference, cfg) for view in cfg.views}
+
+
+def view_levels(labels: np.ndarray, reference: int, cfg: SynthConfig) -> Levels:
+    """The levels of a label map whose planes are along its last axis."""
     if cfg.levels == "reference":
         return Levels(reference, cfg.band_mm)
-    tissue = np.count_nonzero(np.asarray(labels) > 0, axis=(0, 1))
+    tissue = np.count_nonzero(labels > 0, axis=(0, 1))
     planes = np.flatnonzero(tissue)
     if planes.size == 0:
         raise ValueError("the label map has no tissue")

@@ -41,11 +41,11 @@ import torch
 import torch.nn.functional as F
 
 from pipeline.config import SynthConfig
-from pipeline.slices import to_uint8
+from pipeline.slices import in_view, to_uint8
 from pipeline.synth.canvas import synthesis_labels
 from pipeline.synth.fields import Shape3, flow_displacement, sample_grid
 from pipeline.synth.levels import Levels
-from pipeline.synth.params import SampleParams, blur_radius, draw_parameters, sample_seed, slice_noise
+from pipeline.synth.params import SampleParams, blur_radius, draw_parameters, draw_view, sample_seed, slice_noise
 from pipeline.synth.priors import IntensityPriors
 
 __all__ = ["FullVolume", "draw_parameters", "sample_seed", "synthesize_full_volume", "synthesize_slices"]
@@ -302,16 +302,19 @@ class FullVolume:
 
 def synthesize_full_volume(
     labels: np.ndarray, cfg: SynthConfig, seed: int, device: str = "cpu", priors: IntensityPriors | None = None,
-    targets: np.ndarray | None = None, levels: Levels | None = None,
+    targets: np.ndarray | None = None, levels: dict[str, Levels] | None = None,
 ) -> FullVolume:
-    """Reference path: deform and generate the entire volume, blur it in 3D, then take the output slice.
+    """Reference path: deform and generate the entire volume, blur it in 3D, then take the output slice (axial
+    views only).
 
     Slow and memory-hungry (whole volume); for tests and inspection. With ``cfg.pad_labels_to_size`` the
     volume is the padded one (``canvas.synthesis_labels``). Arguments as ``synthesize_slices``'.
     """
     volume, plan, n_labels, dev = prepare_volume(synthesis_labels(labels, cfg), cfg, device)
     params = draw_parameters(seed, cfg, plan.shape, n_labels, priors)
-    plan = sample_plan(plan, params, levels)
+    if params.view != "axial":
+        raise ValueError("synthesize_full_volume draws axial samples only")
+    plan = sample_plan(plan, params, None if levels is None else levels["axial"])
     batch = make_batch([params], plan, dev)
     deformed, image = render(volume, batch, plan.shape, np.arange(plan.shape[2]))
     slab = image[:, plan.slab[0] : plan.slab[-1] + 1]
@@ -370,33 +373,41 @@ def synthesize_slices(
     threads: int | None = 1,
     priors: IntensityPriors | None = None,
     targets: np.ndarray | None = None,
-    levels: Levels | None = None,
+    levels: dict[str, Levels] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """labels: 3D integer volume (RAS, ~1 mm isotropic, any label values 0..255, each its own Gaussian
     class; already cropped to the brain). Returns (images uint8 (N, size, size), labels uint8 (N, size,
-    size)): an axial slice of each deformed volume, the plane ``levels`` maps its draw to (None: ``Z // 2``) (rows: x,
-    left→right; columns: y, posterior→anterior), centre-padded (or centre-cropped) to size × size. The
-    padding is background: with ``cfg.pad_labels_to_size`` the label volume is padded before synthesis, so
-    the image has generated background there too (``canvas``); otherwise image and labels are padded with 0
-    after. ``priors``: the GMM's per-class priors (``pipeline.synth.priors``; None: lab2im's uniform ones);
-    ``targets``: the training label of each class (``pipeline.synth.classes``; None: the classes themselves).
+    size)): a slice of each deformed volume in the sample's view (``draw_view``; the volume's axes laid out by
+    ``slices.in_view``), the plane ``levels[view]`` maps its draw to (None: the middle plane); rows and columns
+    are the view's first two axes (axial: x left→right, y posterior→anterior), centre-padded (or centre-cropped)
+    to size × size. The padding is background: with ``cfg.pad_labels_to_size`` the label volume is padded before
+    synthesis, so the image has generated background there too (``canvas``); otherwise image and labels are
+    padded with 0 after. ``priors``: the GMM's per-class priors (``pipeline.synth.priors``; None: lab2im's
+    uniform ones); ``targets``: the training label of each class (``pipeline.synth.classes``; None: the classes
+    themselves).
 
     Sample i depends only on (labels, cfg, seeds[i]), not on the batch; ``device``: "cpu", "cuda" or
     "auto" (CUDA arithmetic may differ from the CPU's in the last bits). ``threads``: torch threads while
     generating (None: torch's setting). One is the most efficient: the ops are small, and a second
     OpenMP thread mostly waits (5× slower on a busy host); run subjects in parallel processes instead.
     """
-    volume, plan, n_labels, dev = prepare_volume(synthesis_labels(labels, cfg), cfg, device)
+    views = [draw_view(int(seed), cfg) for seed in seeds]
+    prepared = {view: prepare_volume(synthesis_labels(in_view(np.asarray(labels), view), cfg), cfg, device)
+                for view in dict.fromkeys(views)}
+    n_labels = max(item[2] for item in prepared.values()) if prepared else 0
     if n_labels > 256:
         raise ValueError(f"labels up to {n_labels - 1} do not fit the uint8 output; remap them first")
     images = np.zeros((len(seeds), cfg.size, cfg.size), np.uint8)
     segmentations = np.zeros_like(images)
-    params = [draw_parameters(int(seed), cfg, plan.shape, n_labels, priors) for seed in seeds]
-    by_slice: dict[int, list[int]] = {}  # samples of one output slice share a slab: batched together
+    params = [draw_parameters(int(seed), cfg, prepared[view][1].shape, n_labels, priors)
+              for seed, view in zip(seeds, views, strict=True)]
+    by_slice: dict[tuple[str, int], list[int]] = {}  # samples of one view's plane share a slab: batched together
     for index, sample in enumerate(params):
-        by_slice.setdefault(sample_plan(plan, sample, levels).centre, []).append(index)
+        plan = sample_plan(prepared[sample.view][1], sample, None if levels is None else levels[sample.view])
+        by_slice.setdefault((sample.view, plan.centre), []).append(index)
     with torch_threads(threads):
-        for centre, indices in by_slice.items():
+        for (view, centre), indices in by_slice.items():
+            volume, plan, _, dev = prepared[view]
             slice_plan = dataclasses.replace(plan, centre=centre)
             for start in range(0, len(indices), batch_size):
                 chosen = indices[start : start + batch_size]

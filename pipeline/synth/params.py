@@ -21,7 +21,7 @@ from pipeline.synth.priors import IntensityPriors
 
 # One stream per component; never renumber (it would change every dataset).
 (_MEANS, _STDS, _AFFINE, _VELOCITY, _BIAS, _INTENSITY, _BLUR, _FLIP, _GMM_NOISE, _WHITE_NOISE, _BACKGROUND,
- _SLICE, _RESOLUTION) = range(13)
+ _SLICE, _RESOLUTION, _VIEW) = range(14)
 ACQUISITION_BLUR = 0.75  # lab2im's blurring_sigma_for_downsampling: σ = 0.75 × (low resolution / 1 mm)
 
 
@@ -71,6 +71,7 @@ class SampleParams:
     flip: bool
     zero_background: bool  # label 0 rendered as exactly 0: a skull-stripped scan
     level: float  # ~ U(0, 1): the output slice's plane, as the case's levels map it (``pipeline.synth.levels``)
+    view: str  # the plane the slice is cut in (synth.views): the volume's axes are those of ``slices.in_view``
 
     @property
     def affine(self) -> np.ndarray:
@@ -101,13 +102,15 @@ def draw_parameters(
     seed: int, cfg: SynthConfig, shape: tuple[int, int, int], n_labels: int = 4,
     priors: IntensityPriors | None = None,
 ) -> SampleParams:
-    """Draw every random parameter of one sample for a label volume of ``shape``.
+    """Draw every random parameter of one sample for a label volume of ``shape`` (in its view's axes: ``shape``
+    is the label map's as ``slices.in_view`` lays it out for ``draw_view(seed, cfg)``).
 
     ``n_labels`` is max label value + 1; label value i gets the i-th draw of the means/stds streams, so a
     label's Gaussian does not depend on which other labels exist. ``priors``: the GMM's priors per label
     (None: lab2im's, ``cfg.prior_means`` and ``cfg.prior_stds`` for every label).
     """
     shape = tuple(int(n) for n in shape)
+    view = draw_view(seed, cfg)
     affine = _rng(seed, _AFFINE)
     scaling = affine.uniform(1 - cfg.scaling_bounds, 1 + cfg.scaling_bounds, 3)
     rotation = affine.uniform(-cfg.rotation_bounds_deg, cfg.rotation_bounds_deg, 3)
@@ -150,9 +153,10 @@ def draw_parameters(
         gamma=gamma,
         blur_sigma=blur,
         resolution=resolution,
-        flip=draw_flip(seed, cfg),
+        flip=draw_flip(seed, cfg) and view != "sagittal",  # a sagittal slice's rows run front to back
         zero_background=zero_background,
         level=draw_level(seed),
+        view=view,
     )
 
 
@@ -170,6 +174,14 @@ def draw_resolution(seed: int, cfg: SynthConfig) -> np.ndarray:
         return np.ones(3)
     in_plane = stream.uniform(1.0, cfg.max_in_plane_mm)
     return np.array([in_plane, in_plane, stream.uniform(1.0, cfg.max_thickness_mm)])
+
+
+def draw_view(seed: int, cfg: SynthConfig) -> str:
+    """The plane the sample is cut in, one of ``synth.views`` (its own stream: the volume's shape, which other
+    draws depend on, follows from it)."""
+    if len(cfg.views) == 1:
+        return cfg.views[0]
+    return cfg.views[int(_rng(seed, _VIEW).integers(len(cfg.views)))]
 
 
 def draw_level(seed: int) -> float:

@@ -33,7 +33,7 @@ class SubjectModel:
 
     classes: GenerationClasses  # generation classes and their training labels (synth.subclasses)
     priors: IntensityPriors | None  # their GMM priors (synth.priors; None: lab2im's uniform ones)
-    levels: Levels  # the planes its output slices are cut from (synth.levels)
+    levels: dict[str, Levels]  # per view, the planes its output slices are cut from (synth.levels, synth.views)
 
 
 def subject_model(subject: str, folders: Folders, cfg: SynthConfig) -> SubjectModel:
