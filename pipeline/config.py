@@ -15,7 +15,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 PARAMS_FILE = Path("params.yaml")
 
 StripMethod = Literal["deepbet", "hdbet", "robex", "synthstrip"]
-SegmentMethod = Literal["hmrf", "samseg", "fast", "synthseg", "fastsurfer"]
+# New methods go at the end: a combo's nnU-Net dataset number follows the method's place (pipeline.nnunet.models).
+SegmentMethod = Literal["hmrf", "samseg", "fast", "synthseg", "fastsurfer", "atropos", "consensus"]
+CONSENSUS = "consensus"  # a segmenter of its own kind: the fusion of the others (pipeline/tools/consensus.py)
 View = Literal["axial", "coronal", "sagittal"]
 Probability = Annotated[float, Field(ge=0.0, le=1.0)]
 Range = tuple[float, float]
@@ -157,6 +159,25 @@ class FastSurferConfig(Strict):
     device: Literal["auto", "cpu", "cuda"] = "auto"
 
 
+class AtroposConfig(Strict):
+    """ANTs Atropos (antspyx), as ANTs' own brain-tissue scripts run it without priors."""
+
+    # the classes' starting point: kmeans (ANTs' choice without tissue priors) or otsu
+    initialization: Literal["kmeans", "otsu"] = "kmeans"
+    mrf_smoothing: Annotated[float, Field(ge=0.0)] = 0.1  # the Markov random field's weight (-m [0.1,1x1x1])
+    iterations: Annotated[int, Field(ge=1)] = 5  # EM iterations (-c [5,0])
+
+
+class ConsensusConfig(Strict):
+    """How the ``consensus`` segmenter fuses the others' labels, voxel by voxel."""
+
+    # majority: the label most segmenters give (a tie goes to the first of them in ``of``); staple: each
+    # segmenter weighted by how well it agrees with the others (STAPLE, Warfield et al. 2004; SimpleITK)
+    fusion: Literal["majority", "staple"] = "majority"
+    # the segmenters fused (empty: every other one in segment.methods); at least two
+    of: list[SegmentMethod] = []
+
+
 class SegmentQCConfig(Strict):
     """Per-subject ranges a segmentation must fall in to be used for synthesis."""
 
@@ -181,16 +202,34 @@ class SegmentQCConfig(Strict):
 
 
 class SegmentConfig(Strict):
-    # the tissue segmenters to compare: hmrf | samseg | fast (FSL) | synthseg (FreeSurfer) | fastsurfer
+    # the tissue segmenters to compare: hmrf | samseg | fast (FSL) | synthseg (FreeSurfer) | fastsurfer | atropos
+    # (ANTs) | consensus (the others' labels fused, voxel by voxel: segment.consensus)
     methods: list[SegmentMethod] = ["hmrf"]
     hmrf: HmrfConfig = HmrfConfig()
     samseg: SamsegConfig = SamsegConfig()
     fast: FastConfig = FastConfig()
     synthseg: SynthSegConfig = SynthSegConfig()
     fastsurfer: FastSurferConfig = FastSurferConfig()
+    atropos: AtroposConfig = AtroposConfig()
+    consensus: ConsensusConfig = ConsensusConfig()
     qc: SegmentQCConfig = SegmentQCConfig()
 
     _unique = field_validator("methods")(_unique)
+
+    def fused(self) -> list[str]:
+        """The segmenters the consensus fuses."""
+        return list(self.consensus.of) or [method for method in self.methods if method != CONSENSUS]
+
+    @model_validator(mode="after")
+    def _consensus_of_configured_segmenters(self) -> SegmentConfig:
+        if CONSENSUS not in self.methods:
+            return self
+        fused = self.fused()
+        wrong = [method for method in fused if method not in self.methods or method == CONSENSUS]
+        if wrong or len(fused) < 2:
+            raise ValueError(f"consensus fuses at least two of the other segment.methods; consensus.of lists "
+                             f"{fused} (not configured or not a segmenter: {wrong})")
+        return self
 
 
 # --- synthesize (lab2im's defaults) --------------------------------------------

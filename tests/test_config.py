@@ -84,7 +84,7 @@ def test_every_combo_has_its_own_nnunet_dataset_id_and_name():
     from pipeline.nnunet.models import nnunet_dataset
 
     datasets = [nnunet_dataset(seg, strip) for seg in get_args(SegmentMethod) for strip in get_args(StripMethod)]
-    assert len({d.id for d in datasets}) == len({d.name for d in datasets}) == len(datasets) == 20
+    assert len({d.id for d in datasets}) == len({d.name for d in datasets}) == len(datasets) == 28
     assert all(100 <= d.id <= 999 and d.name.startswith(f"Dataset{d.id}_") for d in datasets)  # nnU-Net: 3 digits
     assert nnunet_dataset("samseg", "hdbet").name == "Dataset111_samseg_hdbet"
 

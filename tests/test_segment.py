@@ -15,6 +15,7 @@ import yaml
 
 from pipeline.bids import subject_file, write_raw_tables
 from pipeline.config import (
+    CONSENSUS,
     ConfigError,
     HarmonizeConfig,
     SegmentMethod,
@@ -29,7 +30,7 @@ from pipeline.overlays import three_planes
 from pipeline.preprocess import crop_to_brain, harmonize_builtin
 from pipeline.stages import synthesize
 from pipeline.stages.segment import tissue_labels
-from pipeline.stages.segment_qc import agreement, decide, failures, measures
+from pipeline.stages.segment_qc import SegmentQC, agreement, decide, failures, measures
 from pipeline.stages.synthesize import Synthesize, read_decisions
 from pipeline.tools.registry import SEGMENTERS, brain_mask
 from pipeline.tools.segmentation import SegmentJob, tool_image
@@ -59,17 +60,18 @@ def run_real(method: str, head, workdir: Path, **section) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def real_runs(head, tmp_path_factory) -> dict:
-    """Both segmenters' tissues and SAMSEG's own seg.mgz. They run side by side: SAMSEG is a subprocess
-    whose single-threaded phases (registration) leave a core free for hmrf."""
+    """The segmenters' tissues and SAMSEG's own seg.mgz. hmrf and Atropos run beside SAMSEG: it is a
+    subprocess whose single-threaded phases (registration) leave a core free."""
     workdir = tmp_path_factory.mktemp("samseg")
     with ThreadPoolExecutor(1) as pool:
         samseg = pool.submit(run_real, "samseg", head, workdir, fast=True)
         hmrf = run_real("hmrf", head, tmp_path_factory.mktemp("hmrf"))
-        return {"samseg": samseg.result(), "hmrf": hmrf, "seg.mgz": workdir / "samseg" / "seg.mgz"}
+        atropos = run_real("atropos", head, tmp_path_factory.mktemp("atropos"))
+        return {"samseg": samseg.result(), "hmrf": hmrf, "atropos": atropos, "seg.mgz": workdir / "samseg" / "seg.mgz"}
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("method", ["samseg", "hmrf"])
+@pytest.mark.parametrize("method", ["samseg", "hmrf", "atropos"])
 def test_real_segmentation_is_plausible_and_passes_qc(head, real_runs, method: str):
     image, mask = head
     labels = real_runs[method]
@@ -83,9 +85,16 @@ def test_real_segmentation_is_plausible_and_passes_qc(head, real_runs, method: s
 
 
 @pytest.mark.slow
-def test_real_samseg_and_hmrf_agree(real_runs):
-    dice = dice_per_tissue(real_runs["samseg"], real_runs["hmrf"])
+@pytest.mark.parametrize("method", ["samseg", "atropos"])
+def test_real_segmenters_agree_with_hmrf(real_runs, method: str):
+    dice = dice_per_tissue(real_runs[method], real_runs["hmrf"])
     assert min(dice.values()) >= 0.7, dice
+
+
+@pytest.mark.slow
+def test_atropos_labels_the_same_head_the_same_way_twice(head, real_runs, tmp_path):
+    """Atropos draws its initialization at random unless seeded: the wrapper seeds it."""
+    assert np.array_equal(run_real("atropos", head, tmp_path), real_runs["atropos"])
 
 
 @pytest.mark.slow
@@ -103,7 +112,7 @@ def test_real_samseg_output_labels_are_all_decided(head, real_runs):
 
 def test_segmenter_registry_covers_every_configured_method_and_params_yaml():
     methods = set(get_args(SegmentMethod))
-    assert set(SEGMENTERS) == methods
+    assert set(SEGMENTERS) | {CONSENSUS} == methods  # the consensus is made from the others, in segment_qc
     params = yaml.safe_load((PROJECT_ROOT / "params.yaml").read_text())
     assert methods | {"methods", "qc"} <= set(params["segment"])  # DVC reads segment.<method>
 
@@ -214,6 +223,7 @@ def test_qc_stage_excludes_and_synthesize_skips_with_a_log(study: Path, monkeypa
     out = Path("data/segmented/hmrf-deepbet")
     for subject, labels in (("01", truth), ("02", swapped(truth)), ("03", truth)):
         save_nifti(labels, image.affine, subject_file(out, subject, "dseg"))
+    write_json({"mean_seconds_per_head": 1.0}, Path("metrics/segment-hmrf-deepbet.json"))  # segment: done
     written = []
     monkeypatch.setattr(synthesize, "write_samples", lambda out, subject, *args: written.append(subject))
     with caplog.at_level(logging.WARNING, logger="pipeline"):
@@ -226,3 +236,69 @@ def test_qc_stage_excludes_and_synthesize_skips_with_a_log(study: Path, monkeypa
     assert "sub-02 skipped, excluded by segmentation QC: mean T1 not CSF < GM < WM" in caplog.text
     metrics = yaml.safe_load(Path("metrics/qc-hmrf-deepbet.json").read_text())
     assert metrics["included"] == 2 and list(metrics["excluded"]) == ["sub-02"]
+
+
+# --- the consensus: the segmenters' labels fused voxel by voxel ------------------------------------------------------
+def test_the_majority_vote_of_three_maps_is_the_hand_counted_one():
+    from pipeline.tools.consensus import majority_vote
+
+    a = np.array([[GM, GM, WM, CSF], [0, GM, WM, CSF]], np.uint8)
+    b = np.array([[GM, WM, WM, GM], [0, CSF, CSF, CSF]], np.uint8)
+    c = np.array([[WM, WM, GM, WM], [GM, WM, CSF, GM]], np.uint8)
+    # by hand: two of three where two agree; all three differ: the first map's label (a's)
+    expected = np.array([[GM, WM, WM, CSF], [0, GM, CSF, CSF]], np.uint8)
+    assert np.array_equal(majority_vote([a, b, c]), expected)
+    assert np.array_equal(majority_vote([c, b, a])[0], [GM, WM, WM, WM])  # ties follow the order given
+    with pytest.raises(ValueError, match="not tissues"):
+        majority_vote([a, b, np.full(a.shape, 7, np.uint8)])
+
+
+def test_staple_trusts_a_reliable_segmenter_over_two_unreliable_ones_that_happen_to_agree():
+    """STAPLE weighs each segmenter by its estimated reliability: where two noisy maps agree on a wrong label
+    against a reliable one, the vote follows them and STAPLE does not."""
+    from pipeline.tools.consensus import fuse
+
+    _, mask, truth = phantom()
+    rng = np.random.default_rng(0)
+
+    def noisy() -> np.ndarray:
+        wrong = mask & (rng.random(truth.shape) < 0.4)
+        return np.where(wrong, rng.integers(1, 4, truth.shape), truth).astype(np.uint8)
+
+    maps = [truth.copy(), noisy(), noisy()]
+    majority, staple = fuse(maps, "majority"), fuse(maps, "staple")
+    assert min(dice_per_tissue(truth, staple).values()) > 0.99
+    assert min(dice_per_tissue(truth, majority).values()) < min(dice_per_tissue(truth, staple).values())
+
+
+def test_segment_qc_fuses_the_consensus_of_the_other_segmenters_and_checks_it(study: Path):
+    from pipeline.graph import dvc_yaml
+    from pipeline.stages.segment import Segment
+
+    (study / "params.yaml").write_text(yaml.safe_dump({"workers": 1, "segment": {
+        "methods": ["hmrf", "atropos", "samseg", "consensus"]}}))
+    image, mask, truth = phantom()
+    rng = np.random.default_rng(1)
+    maps = {method: np.where(mask & (rng.random(truth.shape) < 0.2), CSF, truth).astype(np.uint8)
+            for method in ("hmrf", "atropos", "samseg")}
+    for method, labels in maps.items():
+        out = Path(f"data/segmented/{method}-deepbet")
+        for subject in ("01", "02", "03"):
+            save_nifti(labels, image.affine, subject_file(out, subject, "dseg"))
+        write_json({"mean_seconds_per_head": 10.0}, Path(f"metrics/segment-{method}-deepbet.json"))
+    task = SegmentQC(segmenter="consensus", stripper="deepbet")
+    assert {t.segmenter for t in task.requires()["segmented"].requires() if isinstance(t, Segment)} == {
+        "hmrf", "atropos", "samseg", "consensus"}  # in Luigi: every segmenter, the ones it fuses among them
+    assert luigi.build([task], local_scheduler=True, log_level="WARNING")
+    fused = np.asarray(nib.load(subject_file(Path("data/qc/consensus-deepbet"), "02", "dseg")).dataobj)
+    votes = sum((labels == CSF).astype(int) for labels in maps.values())
+    assert np.array_equal(fused == CSF, (votes >= 2) | (truth == CSF))  # CSF where two of three said so
+    decisions = read_decisions(Path("data/qc/consensus-deepbet/qc.tsv"))
+    assert all(included for included, _ in decisions.values())
+    metrics = yaml.safe_load(Path("metrics/qc-consensus-deepbet.json").read_text())
+    assert set(metrics["cost"]["seconds_per_head"]) == {"sub-01", "sub-02", "sub-03"}
+    assert metrics["cost"]["fused"] == {"hmrf": 10.0, "atropos": 10.0, "samseg": 10.0}
+    assert SegmentQC.labels("consensus", "deepbet").out_dir() == Path("data/qc/consensus-deepbet")
+    stages = yaml.safe_load(dvc_yaml())["stages"]  # in DVC: segment_qc depends on every segmenter's labels
+    assert "data/segmented" in stages["segment_qc"]["deps"]
+    assert "data/qc/${item.segmenter}-${item.stripper}" in stages["synthesize"]["deps"]

@@ -32,6 +32,10 @@ from pipeline.evaluation.dice import summarize
 from pipeline.evaluation.heads import HeldOutHead, load_held_out_head, predict_head, score_head
 from pipeline.nnunet import runner
 from pipeline.nnunet.models import SlicePredictor, nnunet_dataset
+from pipeline.stages.acquire import Acquire
+from pipeline.stages.harmonize import Harmonize
+from pipeline.stages.segment_qc import SegmentQC
+from pipeline.stages.strip import Strip
 from pipeline.synth.subject import Folders
 
 TRAINERS = "pipeline.nnunet.trainers.nnUNetTrainerPipeline"  # the module of the trainers nnU-Net finds by name
@@ -42,11 +46,16 @@ def study_config(study: Path, overrides: list[str]) -> Config:
     return parse_config(params, f"{study / 'params.yaml'} with {overrides}")
 
 
-def held_out_heads(study: Path, combo: str, config: Config) -> list[HeldOutHead]:
+def study_folders(study: Path, combo: str) -> Folders:
+    """Where a study keeps a combo's labels, brains and reference levels (the stages' outputs)."""
+    segmenter, stripper = combo.split("-")
+    return Folders(study / SegmentQC.labels(segmenter, stripper).out_dir(), study / Strip(stripper=stripper).out_dir(),
+                   study / Harmonize().out_dir())
+
+
+def held_out_heads(study: Path, folders: Folders, config: Config) -> list[HeldOutHead]:
     """The study's real test heads, as its evaluate stage scores them."""
-    stripper = combo.split("-")[1]
-    folders = Folders(study / "data/segmented" / combo, study / "data/stripped" / stripper, study / "data/harmonized")
-    cases = [case.label for case in read_cases(study / "data/raw") if case.in_test]
+    cases = [case.label for case in read_cases(study / Acquire().out_dir()) if case.in_test]
     return [load_held_out_head(case, folders, config.evaluate) for case in cases]
 
 
@@ -138,7 +147,8 @@ def benchmark(study: Path, combo: str, overrides: list[str], eval_every: int, co
     raw = study / "data" / "nnunet_raw" / combo
     if not raw.is_dir():
         raise SystemExit(f"bench train: {raw} is missing: run the study (dvc repro) first")
-    heads = held_out_heads(study, combo, config)
+    folders = study_folders(study, combo)
+    heads = held_out_heads(study, folders, config)
     device = torch_device(config.train.device)
     with tempfile.TemporaryDirectory(prefix="bench-train-") as tmp:
         work = Path(tmp)
@@ -147,9 +157,8 @@ def benchmark(study: Path, combo: str, overrides: list[str], eval_every: int, co
         dataset = nnunet_dataset(*combo.split("-"))
         runner.plan_and_preprocess(dataset.id, env, config.workers)
         seed = config.train.training_seed(config.seed) if config.train.deterministic else None
-        stripper = combo.split("-")[1]
-        online = runner.online_plan(study / "data/segmented" / combo, study / "data/stripped" / stripper,
-                                    study / "data/harmonized", config.synth, config.seed) \
+        online = runner.online_plan(folders.segmented, folders.stripped, folders.harmonized, config.synth,
+                                    config.seed) \
             if config.train.online_synthesis else None
         plan = runner.adapt_plans(work / "preprocessed" / dataset.name / "nnUNetPlans.json",
                                   config.train.active_profile(), seed, online)

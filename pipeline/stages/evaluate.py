@@ -43,7 +43,7 @@ from pipeline.stages.acquire import Acquire
 from pipeline.stages.base import ComboStage, Stage
 from pipeline.stages.export import Export
 from pipeline.stages.harmonize import Harmonize
-from pipeline.stages.segment import Segment
+from pipeline.stages.segment_qc import SegmentQC
 from pipeline.stages.strip import Strip
 from pipeline.stages.train import Train
 from pipeline.subjects import failed_ids
@@ -112,7 +112,8 @@ class Evaluate(ComboStage):
     def requires(self) -> dict[str, Stage]:
         combo = self.combo()
         return {"models": Train(**combo), "nnunet_raw": Export(**combo), "raw": Acquire(),
-                "stripped": Strip(stripper=self.stripper), "segmented": Segment(**combo), "harmonized": Harmonize()}
+                "stripped": Strip(stripper=self.stripper), "segmented": SegmentQC.labels(**combo),
+                "qc": SegmentQC(**combo), "harmonized": Harmonize()}
 
     def build(self, out: Path, config: Config) -> None:
         models, segmented = self.input_dir("models"), self.input_dir("segmented")

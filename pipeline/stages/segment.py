@@ -2,7 +2,10 @@
 
 Every tool's own labels are remapped to the one scheme in ``pipeline.labels``.
 Per subject: ``sub-X_dseg.nii.gz`` on the stripped image's grid and ``qc/sub-X_dseg.png`` (the labels
-over the image in three planes); per set: ``volumes.tsv``. The ``segment_qc`` stage decides who is used.
+over the image in three planes); per set: ``volumes.tsv``; the seconds each head took, in
+``metrics/segment-<combo>.json`` (not in the folder: its bytes must not change from run to run). The
+``segment_qc`` stage decides who is used. The ``consensus`` segmenter has nothing of its own to segment: its
+labels are fused from the others' in segment_qc (``pipeline/tools/consensus.py``), and here it only says so.
 """
 
 from __future__ import annotations
@@ -10,23 +13,25 @@ from __future__ import annotations
 import functools
 import logging
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
 
 from pipeline.bids import read_cases, subject_file, write_derivative_description
-from pipeline.config import Config, SegmentConfig
-from pipeline.io import load_nifti, save_nifti, write_tsv
-from pipeline.labels import LABEL_NAMES, tissue_volumes
+from pipeline.config import CONSENSUS, Config, SegmentConfig
+from pipeline.io import load_nifti, save_nifti, write_json, write_tsv
+from pipeline.labels import LABEL_NAMES, tissue_volumes, voxel_volume_ml
 from pipeline.overlays import three_planes
 from pipeline.stages.acquire import Acquire
 from pipeline.stages.base import ComboStage, Stage
 from pipeline.stages.strip import Strip
-from pipeline.subjects import for_each_subject, not_failed, read_failures, write_failures
+from pipeline.subjects import for_each_subject, not_failed, plan_budget, read_failures, write_failures
 from pipeline.tools.registry import SEGMENTERS
 from pipeline.tools.segmentation import SegmentJob, tool_image
 
 log = logging.getLogger("pipeline")
+
 
 def tissue_labels(method: str, job: SegmentJob, config: SegmentConfig) -> np.ndarray:
     segmenter = SEGMENTERS[method]
@@ -38,28 +43,42 @@ def tissue_labels(method: str, job: SegmentJob, config: SegmentConfig) -> np.nda
 
 def segment_subject(subject: str, threads: int, method: str, stripped: Path, out: Path,
                     config: SegmentConfig) -> dict:
-    """The subject's tissue labels and overlay; returns its ``volumes.tsv`` row."""
+    """The subject's tissue labels and overlay; returns its ``volumes.tsv`` row and the tool's ``seconds``."""
     image = load_nifti(subject_file(stripped, subject, "desc-brain_T1w"), subject)
     mask = np.asarray(load_nifti(subject_file(stripped, subject, "desc-brain_mask"), subject).dataobj) > 0
+    start = time.monotonic()
     with tempfile.TemporaryDirectory(prefix=f"segment-{method}-") as scratch:
         labels = tissue_labels(method, SegmentJob(tool_image(image, mask), mask, Path(scratch), threads), config)
+    seconds = time.monotonic() - start
     save_nifti(labels, image.affine, subject_file(out, subject, "dseg"))
     three_planes(image.get_fdata(dtype=np.float32), [(method, labels)], out / "qc" / f"sub-{subject}_dseg.png",
                  f"sub-{subject}  {method}-{stripped.name}")
-    voxel_ml = float(np.prod(image.header.get_zooms()[:3])) / 1000.0
-    return {"participant_id": f"sub-{subject}", **tissue_volumes(labels, voxel_ml)}
+    log.info("segment sub-%s with %s: %.1f s", subject, method, seconds)
+    return {"participant_id": f"sub-{subject}", **tissue_volumes(labels, voxel_volume_ml(image.affine)),
+            "seconds": round(seconds, 1)}
+
+
+def cost(rows: list[dict], threads: int) -> dict:
+    """What a segmenter costs: its seconds per head (wall, with ``threads`` threads each)."""
+    seconds = {row["participant_id"]: row["seconds"] for row in rows}
+    return {"seconds_per_head": seconds, "mean_seconds_per_head": round(float(np.mean(list(seconds.values()))), 1)
+            if seconds else None, "threads_per_head": threads}
 
 
 class Segment(ComboStage):
     name = "segment"
     param_keys = ("keep_going", "segment.{segmenter}")
     out_template = "data/segmented/{segmenter}-{stripper}"
+    metrics_template = "metrics/segment-{segmenter}-{stripper}.json"
     runs_tool = "segmenter"
 
     def requires(self) -> dict[str, Stage]:
         return {"stripped": Strip(stripper=self.stripper), "raw": Acquire()}
 
     def build(self, out: Path, config: Config) -> None:
+        if self.segmenter == CONSENSUS:
+            self.describe_consensus(out, config)
+            return
         stripped = self.input_dir("stripped")
         SEGMENTERS[self.segmenter].tool.require()  # a missing tool stops before any work
         subjects = not_failed([case.label for case in read_cases(self.input_dir("raw"))], stripped)
@@ -68,9 +87,18 @@ class Segment(ComboStage):
         files = {subject: subject_file(stripped, subject, "desc-brain_T1w") for subject in subjects}
         rows, failures = for_each_subject(f"segment {self.segmenter}-{self.stripper}", subjects, work, out,
                                           config.workers, config.keep_going, files)
-        write_tsv(list(rows.values()), out / "volumes.tsv")
+        write_tsv([{key: value for key, value in row.items() if key != "seconds"} for row in rows.values()],
+                  out / "volumes.tsv")
         write_failures(read_failures(stripped) + failures, out)
         write_tsv([{"index": index, "name": name} for index, name in LABEL_NAMES.items()], out / "dseg.tsv")
         write_derivative_description(out, f"synthseg-pipeline tissues ({self.segmenter}-{self.stripper})",
                                      f"segment: {self.segmenter} on {self.stripper} brains, as GM/WM/CSF (dseg.tsv)",
                                      Parameters=getattr(config.segment, self.segmenter).model_dump(mode="json"))
+        write_json(cost(list(rows.values()), plan_budget(config.workers, len(subjects)).threads), self.metrics_path())
+
+    def describe_consensus(self, out: Path, config: Config) -> None:
+        write_derivative_description(out, f"synthseg-pipeline tissues (consensus-{self.stripper})",
+                                     f"segment: the consensus of the other segmenters on {self.stripper} brains, "
+                                     f"fused in data/qc/consensus-{self.stripper} (segment_qc reads every segmenter)",
+                                     Parameters=config.segment.consensus.model_dump(mode="json"))
+        write_json(cost([], 1), self.metrics_path())

@@ -6,29 +6,36 @@ segmenters are configured, Dice per tissue with each of the others on the same s
 A subject outside the ``segment.qc`` ranges is excluded, with the reason, unless it is listed in
 ``segment.qc.force_include``. Writes ``data/qc/<segmenter>-<stripper>/qc.tsv`` and a metrics JSON.
 
-This is a stage of its own, not part of ``segment``: agreement needs every segmenter's output.
+This is a stage of its own, not part of ``segment``: agreement needs every segmenter's output. For the same
+reason the ``consensus`` segmenter's labels are made here: fused, per subject, from the other segmenters' labels
+(``pipeline/tools/consensus.py``), written as a tissue dataset of their own in ``data/qc/consensus-<stripper>``
+and then checked like any segmenter's. ``metrics/qc-<combo>.json`` also gives what the segmenter cost per head.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import math
+import time
 from pathlib import Path
 
 import luigi
 import nibabel as nib
 import numpy as np
 
-from pipeline.bids import read_cases, subject_file, subject_of
-from pipeline.config import Config, SegmentQCConfig, load_config
+from pipeline.bids import read_cases, subject_file, subject_of, write_derivative_description
+from pipeline.config import CONSENSUS, Config, SegmentQCConfig, load_config
 from pipeline.evaluation.dice import dice_per_tissue
-from pipeline.io import InputError, load_nifti, write_json, write_tsv
-from pipeline.labels import CSF, GM, TISSUES, WM, tissue_volumes
+from pipeline.io import InputError, load_nifti, save_nifti, write_json, write_tsv
+from pipeline.labels import CSF, GM, LABEL_NAMES, TISSUES, WM, tissue_volumes, voxel_volume_ml
+from pipeline.overlays import three_planes
 from pipeline.stages.acquire import Acquire
 from pipeline.stages.base import ComboStage, Gathered, Stage
 from pipeline.stages.segment import Segment
 from pipeline.stages.strip import Strip
-from pipeline.subjects import read_failures
+from pipeline.subjects import read_failures, write_failures
+from pipeline.tools.consensus import fuse
 
 log = logging.getLogger("pipeline")
 
@@ -99,9 +106,9 @@ def check_subject(subject: str, segmenter: str, stripped: Path, segmented: dict[
     files = {method: subject_file(folder, subject, "dseg") for method, folder in segmented.items()}
     labels = {method: read_labels(path, mask.shape) for method, path in files.items() if path.is_file()}
     own = labels.pop(segmenter)
-    voxel_ml = float(np.prod(image.header.get_zooms()[:3])) / 1000.0
     row = {"participant_id": f"sub-{subject}", "segmenter": segmenter}
-    row |= measures(own, image.get_fdata(dtype=np.float32), mask, voxel_ml) | agreement(own, labels)
+    row |= measures(own, image.get_fdata(dtype=np.float32), mask, voxel_volume_ml(image.affine))
+    row |= agreement(own, {method: other for method, other in labels.items() if method != CONSENSUS})
     row |= decide(row["participant_id"], failures(row, list(labels), qc), qc)
     if not row["included"] or row["reason"] != PASSED:
         log.warning("qc %s sub-%s: %s: %s", segmenter, subject,
@@ -135,11 +142,39 @@ class SegmentedSets(Gathered):
         return [Segment(segmenter=method, stripper=self.stripper) for method in load_config().segment.methods]
 
 
+def fuse_subject(subject: str, stripped: Path, segmented: dict[str, Path], out: Path, fusion: str) -> float:
+    """The consensus of the segmenters' labels of one subject, written like a segmenter's (labels, picture);
+    returns the seconds the fusion took."""
+    image = load_nifti(subject_file(stripped, subject, "desc-brain_T1w"), subject)
+    mask = np.asarray(load_nifti(subject_file(stripped, subject, "desc-brain_mask"), subject).dataobj) > 0
+    maps = [read_labels(subject_file(folder, subject, "dseg"), mask.shape) for folder in segmented.values()]
+    start = time.monotonic()
+    labels = np.where(mask, fuse(maps, fusion), 0).astype(np.uint8)
+    seconds = time.monotonic() - start
+    save_nifti(labels, image.affine, subject_file(out, subject, "dseg"))
+    three_planes(image.get_fdata(dtype=np.float32), [(f"consensus ({fusion})", labels)],
+                 out / "qc" / f"sub-{subject}_dseg.png", f"sub-{subject}  consensus-{stripped.name}")
+    return seconds
+
+
+def segmenter_cost(metrics: Path) -> dict:
+    """What the segment stage measured of a segmenter (``metrics/segment-<combo>.json``), written beside the
+    labels this stage depends on."""
+    return json.loads(metrics.read_text()) if metrics.is_file() else {}
+
+
 class SegmentQC(ComboStage):
     name = "segment_qc"
-    param_keys = ("segment.methods", "segment.qc")
+    param_keys = ("segment.methods", "segment.qc", "segment.consensus")
     out_template = "data/qc/{segmenter}-{stripper}"
     metrics_template = "metrics/qc-{segmenter}-{stripper}.json"
+
+    @staticmethod
+    def labels(segmenter: str, stripper: str) -> Stage:
+        """The task whose output holds a combo's tissue labels: its segmenter's, or for the consensus, this
+        stage's."""
+        stage = SegmentQC if segmenter == CONSENSUS else Segment
+        return stage(segmenter=segmenter, stripper=stripper)
 
     def requires(self) -> dict[str, luigi.Task]:
         return {"stripped": Strip(stripper=self.stripper), "raw": Acquire(),
@@ -152,12 +187,38 @@ class SegmentQC(ComboStage):
         stripped, cases = self.input_dir("stripped"), read_cases(self.input_dir("raw"))
         segmented = {method: Path(Segment(segmenter=method, stripper=self.stripper).out_dir())
                      for method in methods}
+        if self.segmenter == CONSENSUS:
+            segmented[CONSENSUS] = out
+            cost = self.fuse(cases, stripped, {method: segmented[method] for method in config.segment.fused()}, out,
+                             config)
+        else:
+            cost = segmenter_cost(Segment(**self.combo()).metrics_path())
         lost = {row["participant_id"]: row for row in read_failures(segmented[self.segmenter])}
         rows = [lost_subject(lost[f"sub-{case.label}"], self.segmenter) if f"sub-{case.label}" in lost
                 else check_subject(case.label, self.segmenter, stripped, segmented, config.segment.qc)
                 for case in cases]
         rows += [lost_subject(row, self.segmenter) for row in lost.values() if row["stage"] == "acquire"]
         write_tsv(rows, out / "qc.tsv")
-        write_json(summary(rows), self.metrics_path())
+        write_json(summary(rows) | {"cost": cost}, self.metrics_path())
         log.info("qc %s on %s: %d of %d subjects included", self.segmenter, self.stripper,
                  sum(bool(row["included"]) for row in rows), len(rows))
+
+    def fuse(self, cases: list, stripped: Path, fused: dict[str, Path], out: Path, config: Config) -> dict:
+        """The consensus labels of every subject the fused segmenters all labelled; those lost by any of them
+        are lost here too (``failures.tsv``). Returns the cost: the fusion's seconds per head, and the fused
+        segmenters' own."""
+        lost = {row["participant_id"]: row for folder in fused.values() for row in read_failures(folder)}
+        seconds = {f"sub-{case.label}": round(fuse_subject(case.label, stripped, fused, out,
+                                                           config.segment.consensus.fusion), 2)
+                   for case in cases if f"sub-{case.label}" not in lost}
+        write_failures(list(lost.values()), out)
+        write_tsv([{"index": index, "name": name} for index, name in LABEL_NAMES.items()], out / "dseg.tsv")
+        write_derivative_description(out, f"synthseg-pipeline tissues (consensus-{self.stripper})",
+                                     f"consensus ({config.segment.consensus.fusion}) of {', '.join(fused)} on "
+                                     f"{self.stripper} brains, as GM/WM/CSF (dseg.tsv)",
+                                     Parameters=config.segment.consensus.model_dump(mode="json"))
+        costs = {method: segmenter_cost(Segment(segmenter=method, stripper=self.stripper).metrics_path())
+                 for method in fused}
+        return {"seconds_per_head": seconds,
+                "mean_seconds_per_head": round(float(np.mean(list(seconds.values()))), 2) if seconds else None,
+                "fused": {method: cost.get("mean_seconds_per_head") for method, cost in costs.items()}}

@@ -21,7 +21,6 @@ from pipeline.io import read_tsv, save_png
 from pipeline.stages.acquire import Acquire
 from pipeline.stages.base import ComboStage, Stage
 from pipeline.stages.harmonize import Harmonize
-from pipeline.stages.segment import Segment
 from pipeline.stages.segment_qc import SegmentQC
 from pipeline.stages.strip import Strip
 from pipeline.subjects import for_each_subject, write_failures
@@ -65,7 +64,7 @@ class Synthesize(ComboStage):
     out_template = "data/synthetic/{segmenter}-{stripper}"
 
     def requires(self) -> dict[str, Stage]:
-        return {"segmented": Segment(**self.combo()), "raw": Acquire(), "qc": SegmentQC(**self.combo()),
+        return {"segmented": SegmentQC.labels(**self.combo()), "raw": Acquire(), "qc": SegmentQC(**self.combo()),
                 "stripped": Strip(stripper=self.stripper), "harmonized": Harmonize()}
 
     def build(self, out: Path, config: Config) -> None:

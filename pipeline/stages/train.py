@@ -22,7 +22,7 @@ from pipeline.nnunet.models import NnunetDataset, TrainingRecord, nnunet_dataset
 from pipeline.stages.base import ComboStage, Stage, package_versions
 from pipeline.stages.export import Export
 from pipeline.stages.harmonize import Harmonize
-from pipeline.stages.segment import Segment
+from pipeline.stages.segment_qc import SegmentQC
 from pipeline.stages.strip import Strip
 from pipeline.tools.registry import stripper_config
 
@@ -55,8 +55,8 @@ class Train(ComboStage):
 
     def requires(self) -> dict[str, Stage]:
         # the label maps, brains and levels: what online synthesis (train.online_synthesis) draws from
-        return {"nnunet_raw": Export(**self.combo()), "segmented": Segment(**self.combo()),
-                "stripped": Strip(stripper=self.stripper), "harmonized": Harmonize()}
+        return {"nnunet_raw": Export(**self.combo()), "segmented": SegmentQC.labels(**self.combo()),
+                "qc": SegmentQC(**self.combo()), "stripped": Strip(stripper=self.stripper), "harmonized": Harmonize()}
 
     def build(self, out: Path, config: Config) -> None:
         device = torch_device(config.train.device)

@@ -3,7 +3,7 @@ wrapper, so no stage imports it."""
 
 from __future__ import annotations
 
-from pipeline.config import Config, StripConfig
+from pipeline.config import CONSENSUS, Config, StripConfig
 from pipeline.tools import freesurfer
 from pipeline.tools.base import Tool
 from pipeline.tools.registry import SEGMENTERS, STRIPPERS
@@ -15,7 +15,7 @@ def all_tools(strip: StripConfig | None = None) -> dict[str, dict[str, Tool | No
 
     return {"harmonize": {"builtin": None, "synthsr": freesurfer.SYNTHSR},
             "strip": {method: STRIPPERS[method].tool_for(strip or StripConfig()) for method in STRIPPERS},
-            "segment": {method: SEGMENTERS[method].tool for method in SEGMENTERS},
+            "segment": {method: SEGMENTERS[method].tool for method in SEGMENTERS} | {CONSENSUS: None},
             "synthesize": {"builtin": None, "lab2im": LAB2IM}}
 
 

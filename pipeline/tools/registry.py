@@ -10,7 +10,7 @@ from typing import Generic, TypeVar, get_args
 import nibabel as nib
 import numpy as np
 
-from pipeline.config import SegmentMethod, StripConfig, StripMethod
+from pipeline.config import CONSENSUS, SegmentMethod, StripConfig, StripMethod
 from pipeline.devices import torch_device
 from pipeline.tools.segmentation import Segmenter
 from pipeline.tools.stripping import Stripper
@@ -47,7 +47,8 @@ class Registry(MutableMapping[str, T], Generic[T]):
 
 
 STRIPPERS: Registry[Stripper] = Registry("STRIPPER", get_args(StripMethod))
-SEGMENTERS: Registry[Segmenter] = Registry("SEGMENTER", get_args(SegmentMethod))
+# the consensus is no tool of its own: segment_qc fuses the others' labels (pipeline/tools/consensus.py)
+SEGMENTERS: Registry[Segmenter] = Registry("SEGMENTER", tuple(m for m in get_args(SegmentMethod) if m != CONSENSUS))
 REGISTRIES = {"stripper": STRIPPERS, "segmenter": SEGMENTERS}  # by the matrix key that names the method
 
 
