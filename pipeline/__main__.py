@@ -53,6 +53,24 @@ def cmd_dvc_yaml(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_plan(args: argparse.Namespace) -> int:
+    import json
+
+    from pipeline.apps.plan import cluster_plan
+    from pipeline.bids import read_cases
+    from pipeline.config import load_config
+
+    heads = args.heads
+    if heads is None:
+        raw = Path("data/raw")
+        if not (raw / "participants.tsv").is_file():
+            print("error: no acquired study here (data/raw): give --heads N", file=sys.stderr)
+            return 2
+        heads = len(read_cases(raw))
+    print(json.dumps(cluster_plan(load_config(), heads), indent=2))
+    return 0
+
+
 def cmd_params_doc(args: argparse.Namespace) -> int:
     from pipeline.params_doc import DOC, parameters_md
 
@@ -151,6 +169,10 @@ def parser() -> argparse.ArgumentParser:
     dvc = commands.add_parser("dvc-yaml", help="write dvc.yaml from the Luigi graph")
     dvc.add_argument("--check", action="store_true", help="exit 1 when dvc.yaml is out of date")
     dvc.set_defaults(func=cmd_dvc_yaml)
+    plan = commands.add_parser("plan", help="what the study would submit to SLURM (executor.slurm), as JSON; "
+                                            "runs nothing")
+    plan.add_argument("--heads", type=int, help="heads in the study (default: those acquired in data/raw)")
+    plan.set_defaults(func=cmd_plan)
     params_doc = commands.add_parser("params-doc", help="write docs/parameters.md from pipeline/config.py")
     params_doc.add_argument("--check", action="store_true", help="exit 1 when docs/parameters.md is out of date")
     params_doc.set_defaults(func=cmd_params_doc)

@@ -385,6 +385,36 @@ class EvaluateConfig(Strict):
     step_mm: Annotated[float, Field(gt=0.0)] = 2.0
 
 
+# --- where the work runs ----------------------------------------------------------------------------------------
+class SlurmConfig(Strict):
+    """SLURM jobs (``executor.kind: slurm``), submitted through submitit: one array task per head for the per-head
+    stages, one GPU job per training (and seed) and per evaluation. Keep the study folder, ``folder`` and the DVC
+    cache on a filesystem every node shares."""
+
+    partition: str | None = None  # the per-head jobs' partition (null: the cluster's default)
+    # a per-head job's time limit, minutes (more than 10: submitit's pre-emption signal comes before the end)
+    time_min: Annotated[int, Field(gt=10)] = 120
+    mem_gb: Annotated[float, Field(gt=0)] = 8.0  # a per-head job's memory (SAMSEG and HD-BET need the most)
+    cpus_per_task: Annotated[int, Field(ge=1)] = 2  # a per-head job's CPUs, and the threads the tools use
+    max_parallel: Annotated[int, Field(ge=1)] = 64  # array throttle: at most this many heads at once
+    # other sbatch options, as sbatch spells them without the dashes (e.g. account: lab, qos: normal)
+    options: dict[str, str | int] = {}
+    # shell lines each job runs first (e.g. module load freesurfer); the pipeline's own Python is used as it is
+    setup: list[str] = []
+    gpu_partition: str | None = None  # the training and evaluation jobs' partition (null: ``partition``)
+    gpus: Annotated[int, Field(ge=0)] = 1  # GPUs per training or evaluation job (0: a CPU job)
+    gpu_time_min: Annotated[int, Field(gt=10)] = 1440  # a training job's time limit, minutes
+    gpu_mem_gb: Annotated[float, Field(gt=0)] = 32.0  # a training job's memory
+    gpu_cpus_per_task: Annotated[int, Field(ge=1)] = 8  # a training job's CPUs (nnU-Net's data loaders)
+    folder: str = ".slurm"  # job scripts, logs and the record of every job (jobs.tsv), beside the study
+
+
+class ExecutorConfig(Strict):
+    # local: this machine, within the ``workers`` budget; slurm: jobs on a SLURM cluster (executor.slurm)
+    kind: Literal["local", "slurm"] = "local"
+    slurm: SlurmConfig = SlurmConfig()
+
+
 class Config(Strict):
     # the study's seed: the train/test split, every synthetic sample's draws, the training (unless train.seed)
     seed: int = 42
@@ -397,13 +427,15 @@ class Config(Strict):
     synth: SynthConfig = SynthConfig()
     train: TrainConfig = TrainConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
+    # where per-head work and training run; how, never what: no stage's DVC param
+    executor: ExecutorConfig = ExecutorConfig()
 
     def combos(self) -> list[tuple[str, str]]:
         """Every (segmenter, stripper) pair: one synthetic dataset and model each."""
         return [(seg, strip) for seg in self.segment.methods for strip in self.strip.methods]
 
 
-SCHEDULE_KEYS = ("workers",)  # how a stage runs, never what it makes: readable by every stage, no DVC param
+SCHEDULE_KEYS = ("workers", "executor")  # how a stage runs, never what it makes: readable by all, no DVC param
 
 
 class UndeclaredParameter(AttributeError):

@@ -24,7 +24,8 @@ from pathlib import Path
 from typing import TypeVar
 
 from pipeline.bids import case_dir
-from pipeline.config import ConfigError
+from pipeline.config import ConfigError, ExecutorConfig
+from pipeline.executors import THREAD_VARIABLES, JobFailed, Slurm
 from pipeline.io import InputError, read_tsv, write_tsv
 from pipeline.tools.base import ToolMissing
 
@@ -33,8 +34,6 @@ log = logging.getLogger("pipeline")
 T = TypeVar("T")
 FAILURES = "failures.tsv"
 FAILURE_COLUMNS = ("participant_id", "stage", "file", "reason")
-THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS",
-                    "ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS")
 
 
 class SubjectFailed(RuntimeError):
@@ -86,8 +85,10 @@ def _start_worker_process(threads: int, log_level: int) -> None:
 
 
 def for_each_subject(stage: str, subjects: Sequence[str], work: Callable[[str, int], T], out: Path, workers: int,
-                     keep_going: bool, files: Mapping[str, Path] | None = None) -> tuple[dict[str, T], list[dict]]:
-    """``work(subject, threads)`` for every subject, within the budget of ``workers`` cores.
+                     keep_going: bool, files: Mapping[str, Path] | None = None,
+                     executor: ExecutorConfig | None = None) -> tuple[dict[str, T], list[dict]]:
+    """``work(subject, threads)`` for every subject: within the budget of ``workers`` cores, or with
+    ``executor.kind: slurm`` as one SLURM array task per subject (``pipeline.executors``).
 
     Returns the results by subject, in ``subjects``' order, and a failure row per subject that failed
     (only with ``keep_going``; without it the first failure stops the stage). A failed subject's files
@@ -95,14 +96,11 @@ def for_each_subject(stage: str, subjects: Sequence[str], work: Callable[[str, i
     ``work`` must be picklable (a module-level function or a ``functools.partial`` of one);
     ``files``: each subject's input, named in messages.
     """
-    budget = plan_budget(workers, len(subjects))
     files = files or {}
-    log.info("%s: %d subject(s), %d at a time with %d thread(s) each", stage, len(subjects), budget.processes,
-             budget.threads)
     outcomes: dict[str, T] = {}
     failures: dict[str, dict] = {}
 
-    def settle(subject: str, number: int, result: Callable[[], T]) -> None:
+    def settle(subject: str, number: int, result: Callable[[], T], job: str = "") -> None:
         try:
             outcomes[subject] = result()
             log.info("%s [%d/%d] sub-%s done", stage, number, len(subjects), subject)
@@ -110,8 +108,15 @@ def for_each_subject(stage: str, subjects: Sequence[str], work: Callable[[str, i
             raise  # not this subject's fault alone: see below
         except Exception as error:  # noqa: BLE001 - every cause is reported, then raised or listed
             remove_subject_files(out, subject)
-            failures[subject] = failure_row(stage, subject, files.get(subject), error, keep_going)
+            failures[subject] = failure_row(stage, subject, files.get(subject), error, keep_going, job)
 
+    if executor is not None and executor.kind == "slurm" and subjects:
+        for number, (subject, job) in enumerate(Slurm(executor.slurm).map(stage, work, subjects), 1):
+            settle(subject, number, lambda job=job: unwrap(job.outcome()), job.where())
+        return finish(stage, subjects, outcomes, failures)
+    budget = plan_budget(workers, len(subjects))
+    log.info("%s: %d subject(s), %d at a time with %d thread(s) each", stage, len(subjects), budget.processes,
+             budget.threads)
     if budget.processes == 1:
         with thread_limit(budget.threads):
             for number, subject in enumerate(subjects, 1):
@@ -131,6 +136,19 @@ def for_each_subject(stage: str, subjects: Sequence[str], work: Callable[[str, i
                                 f"{', '.join('sub-' + s for s in unsettled)}; lower `workers` in params.yaml") from None
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
+    return finish(stage, subjects, outcomes, failures)
+
+
+def unwrap(outcome):
+    """A job's value, or the exception its work raised, raised here as it would have been locally."""
+    if outcome.error is not None:
+        raise outcome.error
+    return outcome.value
+
+
+def finish(stage: str, subjects: Sequence[str], outcomes: dict[str, T], failures: dict[str, dict]
+           ) -> tuple[dict[str, T], list[dict]]:
+    """The results in ``subjects``' order and the failure rows; no subject left is an error."""
     if not outcomes:
         listed = "".join(f"\n  {row['participant_id']}: {row['reason']}" for row in failures.values())
         raise SubjectFailed(f"{stage}: no subject left to work on{listed or ' (all were lost upstream)'}")
@@ -154,15 +172,19 @@ def remove_subject_files(out: Path, case: str) -> None:
         folder = folder.parent
 
 
-def failure_row(stage: str, subject: str, file: Path | None, error: Exception, keep_going: bool) -> dict:
-    """A failure's row for ``failures.tsv`` with ``keep_going``; without it, the error, naming subject and file."""
+def failure_row(stage: str, subject: str, file: Path | None, error: Exception, keep_going: bool, job: str = ""
+                ) -> dict:
+    """A failure's row for ``failures.tsv`` with ``keep_going``; without it, the error, naming subject and file
+    (and the SLURM job and its log, ``job``, when it ran on a cluster)."""
     if isinstance(error, ToolMissing | ConfigError):
         raise error  # the study's set-up, not the subject, is wrong: no subject would succeed
     where = f"sub-{subject}" + (f" ({file})" if file else "")
-    reason = str(error) if isinstance(error, InputError) else f"{type(error).__name__}: {error}"
+    reason = str(error) if isinstance(error, InputError | JobFailed) else f"{type(error).__name__}: {error}"
+    if job and job not in reason:
+        reason = f"{reason} [{job}]"
     if not keep_going:
         if isinstance(error, InputError):
-            raise error
+            raise InputError(reason) from None
         raise SubjectFailed(f"{stage}: {where} failed: {reason}\n(set keep_going: true in params.yaml to go on "
                             "without it)") from error
     log.error("%s: %s failed and is left out (keep_going): %s", stage, where, reason)

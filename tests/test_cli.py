@@ -67,3 +67,23 @@ def test_a_stage_that_fails_on_an_input_or_a_parameter_says_why_in_one_line(tmp_
     result = _run_stage(tmp_path, "run", "synthesize", "--segmenter", "hmrf", "--stripper", "deepbet")
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines()[-1].startswith("error: params.yaml: 'synth.band_mm'"), result.stderr
+
+
+def test_plan_prints_what_the_original_study_would_submit_to_slurm_for_66_heads(tmp_path: Path):
+    """A dry run: arrays of one task per head for the per-head stages, a GPU job per training and evaluation, the
+    rest in the driving process, each with what it waits for."""
+    import json
+    import shutil
+
+    shutil.copy(Path(__file__).resolve().parents[1] / "presets" / "original-study.yaml", tmp_path / "params.yaml")
+    result = _run_stage(tmp_path, "plan", "--heads", "66")
+    assert result.returncode == 0, result.stderr
+    plan = json.loads(result.stdout)
+    stages = {stage["stage"]: stage for stage in plan["stages"]}
+    combos = 4 * 2  # FastSurfer, FAST, SAMSEG, SynthSeg x SynthStrip, HD-BET
+    assert plan["array_tasks"] == 66 * (1 + 2 + combos + combos) and plan["gpu_jobs"] == 2 * combos
+    assert stages["segment samseg hdbet"]["tasks"] == 66 and stages["segment samseg hdbet"]["kind"] == "array"
+    assert stages["train samseg hdbet"]["kind"] == "gpu jobs" and stages["train samseg hdbet"]["gpus"] == 1
+    assert stages["train samseg hdbet"]["after"] == ["export samseg hdbet", "harmonize", "segment samseg hdbet",
+                                                     "segment_qc samseg hdbet", "strip hdbet"]
+    assert stages["report"]["kind"] == "in the driving process"

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from pipeline.config import SynthConfig, TrainConfig, TrainProfile
-from pipeline.subjects import THREAD_VARIABLES
+from pipeline.executors import THREAD_VARIABLES
 from pipeline.tools.base import run_command
 
 # train.augmentation -> the trainer class (pipeline/nnunet/trainers)

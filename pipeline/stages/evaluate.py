@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.bids import read_cases, subject_file, subject_of
-from pipeline.config import Config
+from pipeline.config import Config, EvaluateConfig, TrainConfig
 from pipeline.devices import torch_device
 from pipeline.evaluation.compare import mean_ci95, scores_by_subject
 from pipeline.evaluation.dice import dice_per_tissue, summarize
@@ -34,6 +34,7 @@ from pipeline.evaluation.heads import (
     score_teacher,
     volumes_row,
 )
+from pipeline.executors import run_job
 from pipeline.io import load_png, save_nifti, save_png, write_csv, write_json, write_tsv
 from pipeline.labels import TISSUES
 from pipeline.nnunet.models import SlicePredictor, TrainingRecord, nnunet_dataset, trained_seeds
@@ -101,6 +102,26 @@ def head_panel(head: HeldOutHead, labels: np.ndarray, path: Path, title: str) ->
     three_planes(head.brain.get_fdata(dtype=np.float32), layers, path, title, tuple(centre))
 
 
+def evaluate_model(results: Path, record: TrainingRecord, dataset: Path, cases: list[str], folders: Folders,
+                   out: Path, panels: Path | None, train: TrainConfig, evaluate: EvaluateConfig
+                   ) -> tuple[list[dict], list[dict]]:
+    """One trained model on the synthetic test samples and the real test heads: their Dice rows, and (with
+    ``panels``, the first seed's model) each head's tissue volumes and three-plane picture. The predictions go under
+    ``out``. Run where the model runs: here, or as a GPU job (``executor``)."""
+    model = SlicePredictor.from_folder(results, record.dataset_id, record.trainer, str(train.fold),
+                                       torch_device(train.device), train.predict_tta)
+    rows, volumes = score_synthetic(model, dataset, out / "synthetic"), []
+    for case in cases:
+        head = load_held_out_head(case, folders, evaluate)
+        labels = predict_head(model, head, record.size, record.views)
+        save_nifti(labels, head.brain.affine, subject_file(out / "volumes", case, "dseg"))
+        rows += score_head(head, labels, evaluate)
+        if panels is not None:
+            volumes.append(volumes_row(head, labels))
+            head_panel(head, labels, panels / f"sub-{case}.png", f"sub-{case}  {record.segmenter}-{record.stripper}")
+    return rows, volumes
+
+
 class Evaluate(ComboStage):
     name = "evaluate"
     out_template = "data/evaluation/{segmenter}-{stripper}"
@@ -126,25 +147,20 @@ class Evaluate(ComboStage):
             log.warning("evaluate %s-%s: no test subject left (keep_going): no real-head Dice", self.segmenter,
                         self.stripper)
         record = TrainingRecord.read(models)
-        device = torch_device(config.train.device)
         rows, volumes = [], []
         for number, (seed, results) in enumerate(trained_seeds(models)):
-            base = out if number == 0 else out / f"seed-{seed}"
-            log.info("evaluate %s-%s: the model of seed %d on %d synthetic test samples and %d real test heads",
-                     self.segmenter, self.stripper, seed, len(list((dataset / "labelsTs").glob("*.png"))), len(cases))
-            segment = SlicePredictor.from_folder(results, record.dataset_id, record.trainer, str(config.train.fold),
-                                                 device, config.train.predict_tta)
-            rows += with_seed(score_synthetic(segment, dataset, base / "synthetic"), seed)
-            for case in cases:
-                head = load_held_out_head(case, folders, config.evaluate)
-                labels = predict_head(segment, head, record.size, record.views)
-                save_nifti(labels, head.brain.affine, subject_file(base / "volumes", case, "dseg"))
-                rows += with_seed(score_head(head, labels, config.evaluate), seed)
-                if number == 0:
-                    rows += score_teacher(head, config.evaluate)
-                    volumes.append(volumes_row(head, labels))
-                    head_panel(head, labels, out / "panels" / f"sub-{case}.png",
-                               f"sub-{case}  {self.segmenter}-{self.stripper}")
+            label = f"evaluate {self.segmenter}-{self.stripper} seed {seed}"
+            log.info("%s: %d synthetic test samples and %d real test heads", label,
+                     len(list((dataset / "labelsTs").glob("*.png"))), len(cases))
+            arguments = (results, record, dataset, cases, folders, out if number == 0 else out / f"seed-{seed}",
+                         out / "panels" if number == 0 else None, config.train, config.evaluate)
+            seed_rows, seed_volumes = run_job(config.executor, label, evaluate_model, *arguments)
+            rows += with_seed(seed_rows, seed)
+            volumes += seed_volumes
+        if cases:
+            rows += [row for case in cases for row in score_teacher(load_held_out_head(case, folders,
+                                                                                       config.evaluate),
+                                                                   config.evaluate)]
         for row in rows:
             row["mean"] = summarize([row])["mean"]
         write_csv([row for row in rows if "part" not in row], self.plots_path())

@@ -47,7 +47,8 @@ class Harmonize(Stage):
         log.info("harmonize: %s", config.harmonize.method)
         work = functools.partial(harmonize_subject, raw=raw, out=out, config=config.harmonize)
         _, failures = for_each_subject("harmonize", subjects, work, out, config.workers, config.keep_going,
-                                       {subject: subject_file(raw, subject, "T1w") for subject in subjects})
+                                       {subject: subject_file(raw, subject, "T1w") for subject in subjects},
+                                       config.executor)
         write_failures(read_failures(raw) + failures, out)
         write_derivative_description(out, "synthseg-pipeline harmonized T1w", f"harmonize: {config.harmonize.method}",
                                      Parameters=config.harmonize.model_dump(mode="json"))

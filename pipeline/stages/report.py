@@ -141,6 +141,21 @@ def height_chart(combos: list[str], metrics_dir: Path, path: Path) -> bool:
     return drawn
 
 
+def cost_rows(combos: list[str], metrics_dir: Path) -> list[dict]:
+    """What each strategy cost: its segmenter's seconds per head (for the consensus, the fusion's plus those of the
+    segmenters it fuses) and the training's wall time."""
+    rows = []
+    for combo in combos:
+        qc = json.loads((metrics_dir / f"qc-{combo}.json").read_text()).get("cost", {})
+        evaluated = json.loads((metrics_dir / f"{combo}.json").read_text())
+        fused = qc.get("fused") or {}
+        rows.append({"combo": combo, "segmenter s/head": qc.get("mean_seconds_per_head"),
+                     "threads per head": qc.get("threads_per_head"),
+                     "fused segmenters s/head": ", ".join(f"{m} {s}" for m, s in fused.items()) or "",
+                     "training s": evaluated.get("train_wall_s")})
+    return rows
+
+
 def volume_rows(combos: list[str], evaluation: Path) -> list[dict]:
     rows = []
     for combo in combos:
@@ -278,6 +293,7 @@ class Report(Stage):
             embed(out / "dice.png"),
             "<ul>" + "".join(f"<li><b>{kind}</b>: {html.escape(note)}</li>" for kind, note in KIND_NOTES.items()
                              if any(row["kind"] == kind for row in rows)) + "</ul>",
+            "<h2>What each strategy costs</h2>", table(cost_rows(combos, metrics)),
             "<h2>Training</h2>", embed(out / "training.png"),
             f"<h2>Within {config.evaluate.band_mm:g} mm of the reference level (the slab earlier studies scored)</h2>",
             table(dice_rows(combos, metrics, "dice_band")),

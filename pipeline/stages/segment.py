@@ -20,6 +20,7 @@ import numpy as np
 
 from pipeline.bids import read_cases, subject_file, write_derivative_description
 from pipeline.config import CONSENSUS, Config, SegmentConfig
+from pipeline.executors import job_threads
 from pipeline.io import load_nifti, save_nifti, write_json, write_tsv
 from pipeline.labels import LABEL_NAMES, tissue_volumes, voxel_volume_ml
 from pipeline.overlays import three_planes
@@ -86,7 +87,7 @@ class Segment(ComboStage):
                                  config=config.segment)
         files = {subject: subject_file(stripped, subject, "desc-brain_T1w") for subject in subjects}
         rows, failures = for_each_subject(f"segment {self.segmenter}-{self.stripper}", subjects, work, out,
-                                          config.workers, config.keep_going, files)
+                                          config.workers, config.keep_going, files, config.executor)
         write_tsv([{key: value for key, value in row.items() if key != "seconds"} for row in rows.values()],
                   out / "volumes.tsv")
         write_failures(read_failures(stripped) + failures, out)
@@ -94,7 +95,8 @@ class Segment(ComboStage):
         write_derivative_description(out, f"synthseg-pipeline tissues ({self.segmenter}-{self.stripper})",
                                      f"segment: {self.segmenter} on {self.stripper} brains, as GM/WM/CSF (dseg.tsv)",
                                      Parameters=getattr(config.segment, self.segmenter).model_dump(mode="json"))
-        write_json(cost(list(rows.values()), plan_budget(config.workers, len(subjects)).threads), self.metrics_path())
+        threads = job_threads(config.executor, plan_budget(config.workers, len(subjects)).threads)
+        write_json(cost(list(rows.values()), threads), self.metrics_path())
 
     def describe_consensus(self, out: Path, config: Config) -> None:
         write_derivative_description(out, f"synthseg-pipeline tissues (consensus-{self.stripper})",

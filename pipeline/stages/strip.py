@@ -129,7 +129,7 @@ class Strip(Stage):
                                  config=config.strip)
         files = {subject: subject_file(harmonized, subject, "desc-harmonized_T1w") for subject in subjects}
         rows, failures = for_each_subject(f"strip {self.stripper}", subjects, work, out, config.workers,
-                                          config.keep_going, files)
+                                          config.keep_going, files, config.executor)
         write_tsv(list(rows.values()), out / "masks.tsv")
         write_failures(read_failures(harmonized) + failures, out)
         write_derivative_description(out, f"synthseg-pipeline brains ({self.stripper})",

@@ -82,7 +82,7 @@ class Synthesize(ComboStage):
         work = functools.partial(write_subject, splits=splits, folders=folders, out=out, config=config)
         files = {subject: subject_file(folders.segmented, subject, "dseg") for subject in splits}
         _, failures = for_each_subject(f"synthesize {self.segmenter}-{self.stripper}", list(splits), work, out,
-                                       config.workers, config.keep_going, files)
+                                       config.workers, config.keep_going, files, config.executor)
         write_failures(failures, out)
         chosen = write_montage(out / "train", out / "montage.png", config.seed,
                                f"synthetic {self.segmenter}-{self.stripper}")

@@ -15,7 +15,8 @@ import time
 from pathlib import Path
 
 from pipeline.config import Config
-from pipeline.devices import torch_device
+from pipeline.devices import job_device
+from pipeline.executors import job_threads, run_job
 from pipeline.io import write_csv
 from pipeline.nnunet import runner
 from pipeline.nnunet.models import NnunetDataset, TrainingRecord, nnunet_dataset, seed_folders
@@ -59,7 +60,7 @@ class Train(ComboStage):
                 "qc": SegmentQC(**self.combo()), "stripped": Strip(stripper=self.stripper), "harmonized": Harmonize()}
 
     def build(self, out: Path, config: Config) -> None:
-        device = torch_device(config.train.device)
+        device = job_device(config.train.device, config.executor)
         preprocessed = out / "preprocessed"
         start = time.monotonic()
         log.info("train %s-%s: planning and preprocessing", self.segmenter, self.stripper)
@@ -77,7 +78,8 @@ class Train(ComboStage):
     def train_once(self, results: Path, preprocessed: Path, dataset: NnunetDataset, seed: int, device: str,
                    config: Config) -> None:
         profile = config.train.active_profile()
-        env = runner.environment(self.input_dir("nnunet_raw"), preprocessed, results, config.workers,
+        threads = job_threads(config.executor, config.workers, gpu=True)
+        env = runner.environment(self.input_dir("nnunet_raw"), preprocessed, results, threads,
                                  config.train.deterministic)
         # the plans carry the seed: each seed's model folder gets its own copy when its training starts
         online = runner.online_plan(self.input_dir("segmented"), self.input_dir("stripped"),
@@ -89,8 +91,8 @@ class Train(ComboStage):
                  plan["patch_size"], plan["architecture"]["arch_kwargs"]["features_per_stage"])
         log.info("train %s-%s: profile %s (%d epochs x %d iterations), seed %d, on %s", self.segmenter,
                  self.stripper, config.train.profile, profile.epochs, profile.iterations_per_epoch, seed, device)
-        runner.train(dataset.id, str(config.train.fold), device, env, config.train.deterministic,
-                     runner.trainer_name(config.train))
+        run_job(config.executor, f"train {self.segmenter}-{self.stripper} seed {seed}", runner.train, dataset.id,
+                str(config.train.fold), device, env, config.train.deterministic, runner.trainer_name(config.train))
 
     def record(self, config: Config, device: str, dataset_id: int, seed: int, seeds: list[int], wall_s: float
                ) -> TrainingRecord:
