@@ -289,7 +289,7 @@ class SynthConfig(Strict):
     levels: Literal["brain", "reference"] = "brain"
     # the planes samples are cut in, one drawn per sample: axial, coronal, sagittal (one model learns them all;
     # evaluate and predict segment a head in each and fuse the three: pipeline/inference.py)
-    views: list[View] = ["axial"]
+    views: list[View] = ["axial", "coronal", "sagittal"]
     # levels: brain: planes drawn uniform over the brain's height, or in proportion to the tissue they hold (area)
     level_spread: Literal["uniform", "area"] = "uniform"
     # levels: reference: planes within the reference level ± band_mm (1 mm voxels; 0: the level itself)
@@ -328,10 +328,14 @@ class TrainProfile(Strict):
 
 class TrainConfig(Strict):
     # the schedule to train with: a name in train.profiles (ci, quick for a CPU, standard: nnU-Net's own for a GPU)
-    profile: str = "ci"
-    # named schedules (train.profiles.<name>)
+    profile: str = "quick"
+    # named schedules (train.profiles.<name>): ci for tests; quick, the CPU schedule measured to match its teacher
+    # on real brains (docs/benchmarks.md); standard, nnU-Net's own plan and schedule, for a GPU
     profiles: dict[str, TrainProfile] = {
         "ci": TrainProfile(epochs=2, iterations_per_epoch=5, val_iterations_per_epoch=2, batch_size=4, base_features=8),
+        "quick": TrainProfile(epochs=40, iterations_per_epoch=25, val_iterations_per_epoch=5, batch_size=2,
+                              base_features=16),
+        "standard": TrainProfile(epochs=1000, iterations_per_epoch=250, val_iterations_per_epoch=50),
     }
     # nnU-Net's fold: all (train on every synthetic training case) or 0-4 (a fifth held out for nnU-Net's validation)
     fold: Literal[0, 1, 2, 3, 4, "all"] = "all"

@@ -159,3 +159,12 @@ def test_running_a_stage_that_reads_an_undeclared_param_fails(tmp_path: Path, mo
     Reads.param_keys = ("seed", "synth.size")
     Reads().run()
     assert (tmp_path / "out" / "size").read_text() == "256"
+
+
+def test_the_configs_defaults_are_params_yaml():
+    """One set of defaults: what pipeline/config.py assumes for a missing key is what params.yaml says."""
+    import yaml
+
+    from pipeline.config import Config
+
+    assert Config() == parse_config(yaml.safe_load((PROJECT_ROOT / "params.yaml").read_text()))
