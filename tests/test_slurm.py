@@ -7,7 +7,11 @@ cannot be started the tests skip, saying why; the local executor's tests run eve
 from __future__ import annotations
 
 import hashlib
+import os
+import shutil
 import subprocess
+import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -26,17 +30,26 @@ JOBS = {"partition": "debug", "cpus_per_task": 1, "mem_gb": 2.0, "time_min": 15,
 
 
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory) -> dict[str, str]:
+def cluster() -> dict[str, str]:
     reason = slurm_unavailable_reason()
     if reason:
         pytest.skip(f"no SLURM cluster can be started here: {reason}")
-    with one_node_cluster(tmp_path_factory.mktemp("slurm"), cpus=2, memory_mb=65536) as env:
-        yield env
+    # munged wants every folder above its socket searchable by all: not pytest's private temporary folders
+    workdir = Path(tempfile.mkdtemp(prefix="slurm-test-"))
+    workdir.chmod(0o755)
+    try:
+        with one_node_cluster(workdir, cpus=2, memory_mb=65536) as env:
+            yield env
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
 
 
 def run(project: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run(["python", "-m", "pipeline", *args], cwd=project, env=venv_env() | (env or {}),
-                          capture_output=True, text=True)
+    """``python -m pipeline ARGS`` in ``project``, with the cluster's client settings (its PATH after the venv's)."""
+    merged = venv_env() | (env or {})
+    merged["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{merged['PATH']}"
+    return subprocess.run(["python", "-m", "pipeline", *args], cwd=project, env=merged, capture_output=True,
+                          text=True)
 
 
 def digests(folder: Path) -> dict[str, str]:
