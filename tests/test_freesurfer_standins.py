@@ -177,7 +177,7 @@ def test_predict_preprocesses_a_head_with_standin_mri_synthsr_when_the_model_was
                             fold="all", device="cpu", deterministic=True, seed=42, seeds=[42], wall_s=1.0,
                             trainer="nnUNetTrainerPipeline", dataset_id=103, segmenter="hmrf", stripper="synthstrip",
                             harmonize=HarmonizeConfig(method="synthsr"), strip=strip_config(), size=64,
-                            levels="brain", versions={})
+                            levels="brain", views=["axial"], versions={})
     prepared = prepare_head(source, record, tmp_path / "work")
     original, brain = prepared.original, prepared.brain
     assert synthsr_out.is_file()  # the model's own harmonization ran, not the built-in one

@@ -185,18 +185,20 @@ def test_predict_on_png_slices_writes_label_pngs(project: Path, tmp_path: Path):
     assert Image.open(outputs[0]).size == (256, 256)
 
 
-def test_nnunets_own_command_line_predicts_with_a_model_folder_as_evaluate_did(project: Path, tmp_path: Path):
+def test_nnunets_own_command_line_predicts_each_plane_as_the_pipeline_does(project: Path, tmp_path: Path):
     """A user's nnUNetv2_predict_from_modelfolder, with nothing but nnUNet_extTrainer pointing at the pipeline's
-    trainers, on the test head's slices as every model sees them, gives the very labels the evaluate stage
-    predicted in its own process."""
+    trainers, on the test head's planes as every model sees them, gives the very labels the pipeline's in-process
+    predictor gives each plane (evaluate and predict then fuse the views)."""
     import nibabel as nib
     import numpy as np
     from PIL import Image
 
     from pipeline.io import save_png
-    from pipeline.slices import slice_canvas, uncenter
+    from pipeline.nnunet.models import SlicePredictor, TrainingRecord
+    from pipeline.slices import slice_canvas
 
-    model = next((project / "models/hmrf-deepbet").glob("Dataset*/nnUNetTrainerPipeline__nnUNetPlans__2d"))
+    models = project / "models/hmrf-deepbet"
+    model = next(models.glob("Dataset*/nnUNetTrainerPipeline__nnUNetPlans__2d"))
     fold = next(model.glob("fold_*")).name.removeprefix("fold_")  # the one the study trained (train.fold)
     split = {row["participant_id"]: row["split"] for row in read_tsv(project / "data/raw/participants.tsv")}
     subject = next(pid for pid, kind in split.items() if kind == "test")
@@ -204,20 +206,20 @@ def test_nnunets_own_command_line_predicts_with_a_model_folder_as_evaluate_did(p
     brain = nib.load(stripped / f"{subject}_desc-brain_T1w.nii.gz").get_fdata(dtype=np.float32)
     mask = np.asarray(nib.load(stripped / f"{subject}_desc-brain_mask.nii.gz").dataobj) > 0
     planes = np.flatnonzero(mask.any(axis=(0, 1)))[::15]  # every 15th plane of the brain: bottom to top
-    for k in planes:
-        save_png(slice_canvas(brain[:, :, k], mask[:, :, k], 256), tmp_path / "in" / f"plane-{k:03d}_0000.png")
+    canvases = {k: slice_canvas(brain[:, :, k], mask[:, :, k], 256) for k in planes}
+    for k, canvas in canvases.items():
+        save_png(canvas, tmp_path / "in" / f"plane-{k:03d}_0000.png")
     env = {key: value for key, value in venv_env().items() if not key.startswith("nnUNet_")}
     env |= {"nnUNet_extTrainer": str(project / "pipeline/nnunet/trainers"), "OMP_NUM_THREADS": "2"}
     command = ["nnUNetv2_predict_from_modelfolder", "-i", str(tmp_path / "in"), "-o", str(tmp_path / "out"),
                "-m", str(model), "-f", fold, "--disable_tta", "-device", "cpu", "-npp", "1", "-nps", "1"]
     result = subprocess.run(command, env=env, capture_output=True, text=True, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
-    ours = np.asarray(nib.load(project / "data/evaluation/hmrf-deepbet/volumes" / subject / "anat" /
-                               f"{subject}_dseg.nii.gz").dataobj)
+    record = TrainingRecord.read(models)
+    ours = SlicePredictor.from_folder(models, record.dataset_id, record.trainer, fold, "cpu", False)
     assert len(planes) > 5
-    for k in planes:
-        theirs = uncenter(np.asarray(Image.open(tmp_path / "out" / f"plane-{k:03d}.png")), mask.shape[:2])
-        assert np.array_equal(ours[:, :, k], theirs), k
+    for k, canvas in canvases.items():
+        assert np.array_equal(ours(canvas), np.asarray(Image.open(tmp_path / "out" / f"plane-{k:03d}.png"))), k
 
 
 def test_reference_labels_add_dice_external_and_rerun_only_evaluation(project: Path, tmp_path: Path):

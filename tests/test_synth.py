@@ -49,7 +49,7 @@ from pipeline.tools.base import ToolMissing
 
 # lab2im's generative model as it is: what the tests of lab2im's behaviour run (the study's defaults go
 # further: a zero background, T1 priors, ...).
-LAB2IM = {"zero_background": 0.0, "priors": "uniform", "subclasses": 1, **LAB2IM_FIXED}
+LAB2IM = {"zero_background": 0.0, "priors": "uniform", "subclasses": 1, "views": ["axial"], **LAB2IM_FIXED}
 
 
 def lab2im_config(**overrides: object) -> SynthConfig:
@@ -559,8 +559,8 @@ def stage(small, tmp_path, monkeypatch) -> Synthesize:
     write_raw_tables(raw, {"01": "train", "02": "test"}, {s: Path(f"/heads/{s}.nii.gz") for s in ("01", "02")})
     write_tsv([{"participant_id": f"sub-0{n}", "included": True, "reason": "passed"} for n in (1, 2)],
               qc / "qc.tsv")
-    folders = [segmented, raw, qc, stripped, harmonized]
-    monkeypatch.setattr(Synthesize, "input_dir", lambda self, index=0: folders[index])
+    folders = {"segmented": segmented, "raw": raw, "qc": qc, "stripped": stripped, "harmonized": harmonized}
+    monkeypatch.setattr(Synthesize, "input_dir", lambda self, name: folders[name])
     return Synthesize(segmenter="hmrf", stripper="deepbet")
 
 
@@ -810,7 +810,7 @@ def test_views_cut_coronal_and_sagittal_planes_of_the_same_labels(small):
 def test_a_band_without_reference_levels_is_a_config_error():
     with pytest.raises(ValidationError, match="levels: reference"):
         SynthConfig(band_mm=10.0)
-    assert SynthConfig(levels="reference", band_mm=10.0).band_mm == 10.0
+    assert SynthConfig(levels="reference", views=["axial"], band_mm=10.0).band_mm == 10.0
 
 
 def test_simulated_low_resolution_blurs_as_that_acquisition(small):

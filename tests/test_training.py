@@ -64,8 +64,11 @@ def test_a_trivially_learnable_task_scores_high_and_a_wrong_reference_low(tmp_pa
                "base_features": 8}
     params = {"workers": 2, "train": {"profile": "ci", "profiles": {"ci": profile}}}
     Path("params.yaml").write_text(yaml.safe_dump(params))
-    for upstream in ("data/segmented/hmrf-deepbet", "data/stripped/deepbet", "data/harmonized"):
+    for upstream in ("data/segmented/hmrf-deepbet", "data/stripped/deepbet", "data/harmonized", "data/qc/hmrf-deepbet",
+                     "metrics"):
         Path(upstream).mkdir(parents=True)  # what online synthesis would draw from: done, as far as Luigi sees
+    for metrics in ("segment-hmrf-deepbet", "qc-hmrf-deepbet"):
+        Path(f"metrics/{metrics}.json").write_text("{}")
     assert luigi.build([Train(segmenter="hmrf", stripper="deepbet")], local_scheduler=True, log_level="WARNING")
 
     config = load_config()

@@ -168,9 +168,10 @@ def benchmark(study: Path, combo: str, overrides: list[str], eval_every: int, co
         trainer_class = timed(getattr(importlib.import_module(TRAINERS), runner.trainer_name(config.train)), heads,
                               config, eval_every, compile_network)
         with open(work / "nnunet.log", "w") as log, contextlib.redirect_stdout(log):
-            trainer = trainer_class(json.loads((preprocessed / "nnUNetPlans.json").read_text()), "2d",
-                                    config.train.fold, json.loads((preprocessed / "dataset.json").read_text()),
-                                    device=torch.device(device))
+            # as nnU-Net's get_trainer_from_args builds a trainer
+            plans = json.loads((preprocessed / "nnUNetPlans.json").read_text()) | {"continue_training": False}
+            dataset_json = json.loads((preprocessed / "dataset.json").read_text())
+            trainer = trainer_class(plans, "2d", config.train.fold, dataset_json, device=torch.device(device))
             trainer.run_training()
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return {

@@ -391,8 +391,11 @@ def synthesize_slices(
     generating (None: torch's setting). One is the most efficient: the ops are small, and a second
     OpenMP thread mostly waits (5× slower on a busy host); run subjects in parallel processes instead.
     """
+    labels = np.asarray(labels)
+    if labels.ndim != 3:  # before the views lay its axes out
+        raise ValueError(f"expected a 3D label volume, got shape {labels.shape}")
     views = [draw_view(int(seed), cfg) for seed in seeds]
-    prepared = {view: prepare_volume(synthesis_labels(in_view(np.asarray(labels), view), cfg), cfg, device)
+    prepared = {view: prepare_volume(synthesis_labels(in_view(labels, view), cfg), cfg, device)
                 for view in dict.fromkeys(views)}
     n_labels = max(item[2] for item in prepared.values()) if prepared else 0
     if n_labels > 256:
