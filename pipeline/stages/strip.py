@@ -22,6 +22,7 @@ import numpy as np
 from pipeline.bids import read_cases, subject_file, write_derivative_description
 from pipeline.config import Config, StripConfig, StripQcConfig
 from pipeline.io import InputError, atomic_path, load_nifti, save_nifti, write_tsv
+from pipeline.labels import voxel_volume_ml
 from pipeline.preprocess import crop_to_brain
 from pipeline.stages.acquire import Acquire
 from pipeline.stages.base import Stage
@@ -101,7 +102,7 @@ def strip_subject(subject: str, threads: int, method: str, harmonized: Path, out
     for image_out, suffix in ((brain, "desc-brain_T1w"), (cropped_mask, "desc-brain_mask")):
         save_nifti(np.asarray(image_out.dataobj), image_out.affine, subject_file(out, subject, suffix))
     save_mask_png(image, mask, out / "qc" / f"sub-{subject}_mask.png", f"sub-{subject}: {method}")
-    figures = mask_figures(mask, abs(np.linalg.det(image.affine[:3, :3])) / 1000.0)
+    figures = mask_figures(mask, voxel_volume_ml(image.affine))
     verdict = qc_verdict(figures, config.qc)
     if not verdict["qc_pass"]:
         log.warning("strip sub-%s with %s: QC flags %s", subject, method, verdict["qc_reason"])

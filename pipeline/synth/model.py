@@ -41,6 +41,7 @@ import torch
 import torch.nn.functional as F
 
 from pipeline.config import SynthConfig
+from pipeline.devices import torch_device
 from pipeline.slices import in_view, to_uint8
 from pipeline.synth.canvas import synthesis_labels
 from pipeline.synth.fields import Shape3, flow_displacement, sample_grid
@@ -345,9 +346,7 @@ def prepare_volume(
         raise ValueError("label volume has negative labels")
     n_labels = int(labels.max()) + 1
     dtype = np.uint8 if n_labels <= 256 else np.int32
-    dev = torch.device(
-        "cuda" if device == "auto" and torch.cuda.is_available() else device.replace("auto", "cpu")
-    )
+    dev = torch.device(torch_device(device))
     volume = torch.from_numpy(np.ascontiguousarray(labels, dtype=dtype)).to(dev).view(-1)
     return volume, make_plan(labels.shape, cfg), n_labels, dev
 

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from pipeline.io import atomic_path, load_png
+from pipeline.labels import GM, TISSUE_RGB, TISSUES
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -24,9 +25,10 @@ N_PANELS = 16
 PANEL_INCHES = 2.6  # ~ a 256-pixel slice at 1:1
 HEADER_INCHES = 0.6
 DPI = 100
-# label: (name, colour, line width). Neighbouring tissues share their boundary: GM is drawn first and wider,
-# so that it shows as a red rim beside the WM and CSF lines drawn over it.
-CONTOURS = {1: ("GM", "#ff453a", 1.3), 2: ("WM", "#0a84ff", 0.6), 3: ("CSF", "#ffd60a", 0.6)}
+# label: (name, colour, line width), in the one tissue palette (pipeline.labels). Neighbouring tissues share their
+# boundary: GM is drawn first and wider, so that it shows as a rim beside the WM and CSF lines drawn over it.
+CONTOURS = {tissue: (name, "#{:02x}{:02x}{:02x}".format(*TISSUE_RGB[tissue]), 1.3 if tissue == GM else 0.6)
+            for tissue, name in TISSUES.items()}
 MONTAGE_STREAM = 1  # spawn key of the pick's random stream (samples use their own seeds)
 
 
