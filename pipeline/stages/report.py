@@ -156,22 +156,14 @@ def cost_rows(combos: list[str], metrics_dir: Path) -> list[dict]:
     return rows
 
 
-def volume_rows(combos: list[str], evaluation: Path) -> list[dict]:
-    rows = []
-    for combo in combos:
-        table = evaluation / combo / "tissue_volumes.tsv"
-        if table.is_file():
-            rows += [{"combo": combo, **row} for row in read_tsv(table)]
-    return rows
+def combo_rows(combos: list[str], folder: Path, name: str) -> list[dict]:
+    """Every combo's rows of a table it wrote (``folder/<combo>/name``), the combo first."""
+    return [{"combo": combo, **row} for combo in combos if (folder / combo / name).is_file()
+            for row in read_tsv(folder / combo / name)]
 
 
 def exclusions(combos: list[str], qc_dir: Path) -> list[dict]:
-    rows = []
-    for combo in combos:
-        table = qc_dir / combo / "qc.tsv"
-        if table.is_file():
-            rows += [{"combo": combo, **row} for row in read_tsv(table) if row.get("included") in ("False", "0")]
-    return rows
+    return [row for row in combo_rows(combos, qc_dir, "qc.tsv") if row.get("included") in ("False", "0")]
 
 
 def exclusion_overlays(excluded: list[dict], segmented: Path) -> list[Path]:
@@ -300,7 +292,7 @@ class Report(Stage):
             "<h2>By height: where a model falls short of its teacher</h2>",
             embed(out / "height.png") if heights else "<p>no real test heads</p>",
             "<h2>Tissue volumes of each real test head (mL): model, teacher, reference</h2>",
-            table(volume_rows(combos, evaluation)),
+            table(combo_rows(combos, evaluation, "tissue_volumes.tsv")),
             "<h2>Real test heads: teacher, model and reference in three planes</h2>",
             *[f"<h3>{html.escape(c)}</h3>" + "".join(embed(panel) for panel in panels(c, evaluation)) for c in combos],
             "<h2>Subjects excluded by QC</h2>", table(excluded),
