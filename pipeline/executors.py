@@ -130,13 +130,17 @@ class Slurm:
         log.info("%s: %d case(s) as SLURM array %s (at most %d at once)", stage, len(cases),
                  jobs[0].id.split("_")[0] if jobs else "-", self.config.max_parallel)
         pending = dict(zip(cases, jobs, strict=True))
-        while pending:
-            for case, job in list(pending.items()):
-                if job.job.done():
-                    del pending[case]
-                    yield case, job
-            if pending:
-                time.sleep(POLL_S)
+        try:
+            while pending:
+                for case, job in list(pending.items()):
+                    if job.job.done():
+                        del pending[case]
+                        yield case, job
+                if pending:
+                    time.sleep(POLL_S)
+        finally:  # the stage stopped (a head failed, or Ctrl-C): its other heads' jobs have nowhere to write
+            for job in pending.values():
+                job.job.cancel(check=False)
 
     def run(self, stage: str, work: Callable[..., T], *args: object) -> T:
         """``work(*args)`` as one GPU job (``gpus``); its value, or the exception it raised, here."""
