@@ -116,8 +116,14 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from pipeline.apps.predict import predict
 
     fold = args.fold if args.fold in (None, "all") else int(args.fold)
+    executor = None
+    if args.executor == "slurm":  # the cluster's settings: executor.slurm of the params.yaml here, or its defaults
+        from pipeline.config import PARAMS_FILE, Config, ExecutorConfig, load_config
+
+        config = load_config() if PARAMS_FILE.is_file() else Config()
+        executor = ExecutorConfig(kind="slurm", slurm=config.executor.slurm)
     predict(Path(args.model), Path(args.input), Path(args.output), slices=args.slices, device=args.device,
-            tta=args.tta, fold=fold, allow_non_t1=args.allow_non_t1)
+            tta=args.tta, fold=fold, allow_non_t1=args.allow_non_t1, executor=executor)
     return 0
 
 
@@ -195,6 +201,8 @@ def parser() -> argparse.ArgumentParser:
     predict.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
                          help="auto: the GPU when torch sees one")
     predict.add_argument("--tta", action="store_true", help="nnU-Net's test-time mirroring (left-right)")
+    predict.add_argument("--executor", choices=["local", "slurm"], default="local",
+                         help="slurm: each head as a SLURM job with a GPU (executor.slurm of the params.yaml here)")
     predict.add_argument("--fold", choices=["all", "0", "1", "2", "3", "4"],
                          help="the model's fold (default: the one it was trained on)")
     predict.set_defaults(func=cmd_predict)

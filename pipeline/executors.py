@@ -120,12 +120,14 @@ class Slurm:
                 writer.writerow(["stage", "case", "job_id", "log"])
             writer.writerows([stage, case, job.id, str(job.log)] for case, job in zip(cases, jobs, strict=True))
 
-    def map(self, stage: str, work: Callable[[str, int], T], cases: Sequence[str]) -> Iterator[tuple[str, Job]]:
-        """One array task per case running ``work(case, cpus_per_task)``, throttled to ``max_parallel``; yields
-        (case, job) as they finish."""
-        executor = self.executor(stage, gpu=False)
+    def map(self, stage: str, work: Callable[[T, int], Any], cases: Sequence[T], gpu: bool = False
+            ) -> Iterator[tuple[T, Job]]:
+        """One array task per case running ``work(case, cpus)``, throttled to ``max_parallel``, with the per-head
+        resources (``gpu``: the training ones); yields (case, job) as they finish."""
+        executor = self.executor(stage, gpu=gpu)
+        cpus = self.config.gpu_cpus_per_task if gpu else self.config.cpus_per_task
         jobs = [Job(job) for job in executor.map_array(capture, [work] * len(cases), list(cases),
-                                                       [self.config.cpus_per_task] * len(cases))]
+                                                       [cpus] * len(cases))]
         self.record(stage, cases, jobs)
         log.info("%s: %d case(s) as SLURM array %s (at most %d at once)", stage, len(cases),
                  jobs[0].id.split("_")[0] if jobs else "-", self.config.max_parallel)

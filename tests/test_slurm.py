@@ -26,7 +26,9 @@ pytestmark = pytest.mark.slow
 
 PER_HEAD = ("data/harmonized", "data/stripped/deepbet", "data/segmented/hmrf-deepbet",
             "data/synthetic/hmrf-deepbet")
-JOBS = {"partition": "debug", "cpus_per_task": 1, "mem_gb": 2.0, "time_min": 15, "max_parallel": 2}
+# the test cluster has no GPU: the training and prediction jobs ask for none
+JOBS = {"partition": "debug", "cpus_per_task": 1, "mem_gb": 2.0, "time_min": 15, "max_parallel": 2, "gpus": 0,
+        "gpu_cpus_per_task": 2, "gpu_mem_gb": 4.0, "gpu_time_min": 30}
 
 
 @pytest.fixture(scope="module")
@@ -88,6 +90,18 @@ def test_per_head_stages_run_as_slurm_array_tasks_and_write_the_same_bytes_as_a_
         assert set(ran) == {"01", "02"}, (name, jobs)
         arrays = {job.split("_")[0] for job in ran.values()}
         assert len(arrays) == 1 and all("_" in job for job in ran.values())  # one array, a task per head
+
+    # the training as a job of its own, then predict's heads as jobs
+    result = run(cluster_study, "run", "train", "--segmenter", "hmrf", "--stripper", "deepbet", env=cluster)
+    assert result.returncode == 0, result.stderr[-3000:]
+    result = run(cluster_study, "predict", "--model", "models/hmrf-deepbet", "--input",
+                 str(ds000011 / "sub-03" / "anat" / "sub-03_T1w.nii.gz"), "--output", "predicted", "--executor",
+                 "slurm", env=cluster)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (cluster_study / "predicted" / "sub-03_dseg.nii.gz").is_file()
+    assert read_tsv(cluster_study / "predicted" / "tissue_volumes.tsv")[0]["case"] == "sub-03"
+    stages = [row["stage"] for row in read_tsv(jobs_folder / "jobs.tsv")]
+    assert "train hmrf-deepbet seed 42" in stages and "predict" in stages
 
 
 def test_a_head_that_fails_on_the_cluster_fails_its_stage_naming_the_head_the_job_and_its_log(

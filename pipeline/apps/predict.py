@@ -14,11 +14,13 @@ predicted planes, with each head's QC flags) and a three-plane picture per head.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import re
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -28,7 +30,9 @@ import numpy as np
 from PIL import Image
 
 from pipeline.bids import write_derivative_description
-from pipeline.devices import torch_device
+from pipeline.config import ExecutorConfig
+from pipeline.devices import job_device, torch_device
+from pipeline.executors import Slurm
 from pipeline.inference import Segmenter, predict_planes, predict_views
 from pipeline.io import HEAD_SUFFIXES, InputError, image_stem, save_nifti, save_png, write_tsv
 from pipeline.labels import LABEL_NAMES, TISSUES, tissue_volumes, voxel_volume_ml
@@ -178,9 +182,32 @@ def predict_pngs(slices: list[Path], output: Path, segment: Segmenter) -> None:
         log.info("predict: %s -> %s", path, output / f"{image_stem(path)}.png")
 
 
+def predict_alone(path: Path, threads: int, model_dir: Path, output: Path, slices: Slices, device: str, tta: bool,
+                  fold: str, allow_non_t1: bool) -> dict:
+    """One head with a model loaded for it: what a SLURM job of ``predict`` runs."""
+    record = TrainingRecord.read(model_dir)
+    model = SlicePredictor.from_folder(model_dir, record.dataset_id, record.trainer, fold, torch_device(device), tta)
+    with tempfile.TemporaryDirectory(prefix="predict-") as tmp:
+        return predict_head(path, model, record, output, Path(tmp), slices, allow_non_t1)
+
+
+def predict_on_slurm(heads: list[Path], executor: ExecutorConfig, **arguments: object) -> Iterator[dict]:
+    """Every head as a task of one SLURM array with the training resources (a GPU each); their rows as they end,
+    or the first failure, naming the head, the job and its log."""
+    work = functools.partial(predict_alone, **arguments)
+    for _, job in Slurm(executor.slurm).map("predict", work, heads, gpu=True):
+        outcome = job.outcome()
+        if outcome.error is not None:
+            raise InputError(f"{outcome.error} [{job.where()}]") if isinstance(outcome.error, InputError) \
+                else outcome.error
+        yield outcome.value
+
+
 def predict(model_dir: Path, input_path: Path, output: Path, slices: Slices = "brain", device: str = "auto",
-            tta: bool = False, fold: int | str | None = None, allow_non_t1: bool = False) -> None:
-    """``fold``: None for the fold the model was trained on."""
+            tta: bool = False, fold: int | str | None = None, allow_non_t1: bool = False,
+            executor: ExecutorConfig | None = None) -> None:
+    """``fold``: None for the fold the model was trained on; ``executor``: where the heads are segmented (here,
+    one after the other, or with ``kind: slurm`` each as a SLURM job)."""
     record = TrainingRecord.read(model_dir)
     files = inputs_of(input_path)
     heads = [f for f in files if f.suffix != ".png"]
@@ -188,10 +215,16 @@ def predict(model_dir: Path, input_path: Path, output: Path, slices: Slices = "b
         log.warning("predict: this model was trained on each subject's reference level only (synth.levels: "
                     "reference); planes far from it are outside what it learned")
     output.mkdir(parents=True, exist_ok=True)
-    fold = record.fold if fold is None else fold
-    model = SlicePredictor.from_folder(model_dir, record.dataset_id, record.trainer, str(fold), torch_device(device),
-                                       tta)
-    rows = []
+    fold = str(record.fold if fold is None else fold)
+    if executor is not None and executor.kind == "slurm" and heads:
+        device = job_device(device, executor)
+        rows = list(predict_on_slurm(heads, executor, model_dir=model_dir.resolve(), output=output.resolve(),
+                                     slices=slices, device=device, tta=tta, fold=fold, allow_non_t1=allow_non_t1))
+        heads = []
+    else:
+        rows = []
+    model = SlicePredictor.from_folder(model_dir, record.dataset_id, record.trainer, fold, torch_device(device), tta) \
+        if heads or any(f.suffix == ".png" for f in files) else None
     with tempfile.TemporaryDirectory(prefix="predict-") as tmp:
         for number, path in enumerate(heads, start=1):
             start = time.monotonic()
@@ -207,4 +240,3 @@ def predict(model_dir: Path, input_path: Path, output: Path, slices: Slices = "b
     if pngs:
         predict_pngs(pngs, output, model)
     write_description(output, model_dir, record)
-
