@@ -6,6 +6,7 @@ the pipeline runs in, so it is found whether or not the virtualenv's bin folder 
 
 from __future__ import annotations
 
+import re
 import sys
 
 import nibabel as nib
@@ -18,6 +19,7 @@ from pipeline.tools.base import Tool, run_command
 from pipeline.tools.segmentation import Segmenter, SegmentJob, labels_on_grid, write_input
 
 TOOL = Tool("samseg", "pip install samseg", modules=("samseg",))
+PROGRESS = re.compile(r"Read mesh collection")  # a line per fitting phase in the log; the rest at DEBUG
 
 # SAMSEG fits its atlas mesh at 2 mm and then at 1 mm. Giving one level keeps the first (2 mm,
 # atlas_level1) and drops the second: run_samseg's --options merges a shorter list level by level.
@@ -34,7 +36,7 @@ def segment(job: SegmentJob, config: SegmentConfig) -> np.ndarray:
         options = job.workdir / "samseg_fast.json"
         write_json(FAST_OPTIONS, options)
         args += ["--options", options]
-    run_command(args, "samseg")
+    run_command(args, "samseg", progress=PROGRESS)
     return remap(labels_on_grid(nib.load(out / "seg.mgz"), job.image))
 
 
