@@ -158,7 +158,7 @@ def test_standin_samseg_fast_options_and_output_on_another_grid(job: SegmentJob,
     grid differs from the input's (a 1 mm RAS grid) go through our wrapper."""
     calls = []
 
-    def fake_run(args: list, tool: str) -> None:
+    def fake_run(args: list, tool: str, progress=None) -> None:
         calls.append([str(arg) for arg in args])
         options = json.loads(Path(args[args.index("--options") + 1]).read_text())
         levels = options["optimizationOptions"]["multiResolutionSpecification"]
