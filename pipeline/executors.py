@@ -149,7 +149,11 @@ class Slurm:
         job = Job(self.executor(stage, gpu=True).submit(capture, work, *args))
         self.record(stage, ["-"], [job])
         log.info("%s: SLURM job %s (log %s)", stage, job.id, job.log)
-        outcome = job.outcome()
+        try:
+            outcome = job.outcome()
+        except BaseException:  # Ctrl-C or a lost job: nothing is left running on the cluster
+            job.job.cancel(check=False)
+            raise
         if outcome.error is not None:
             log.error("%s failed in %s:\n%s", stage, job.where(), outcome.trace)
             raise outcome.error

@@ -130,9 +130,20 @@ def tool_wrapper(stage: type[Stage]) -> list[str]:
     return [*shared, f"{registry.PACKAGE.replace('.', '/')}/${{item.{stage.runs_tool}}}.py"]
 
 
+def imported_by_name(stage: type[Stage]) -> list[str]:
+    """Every module of the packages the stage imports by name (``imports_by_name``), with what they import."""
+    files: set[str] = set()
+    for package in stage.imports_by_name:
+        folder = module_file(package).parent
+        for path in sorted(folder.glob("*.py")):
+            files |= set(import_closure(f"{package}.{path.stem}" if path.stem != "__init__" else package))
+    return sorted(files)
+
+
 def dvc_stage(stage: type[Stage]) -> dict:
     task = _template(stage)
-    code = list(dict.fromkeys([*import_closure(stage.__module__), *tool_wrapper(stage), *loaded_by_nnunet(stage)]))
+    code = list(dict.fromkeys([*import_closure(stage.__module__), *tool_wrapper(stage), *loaded_by_nnunet(stage),
+                               *imported_by_name(stage)]))
     code += [LOCK_FILE] if stage.name in VERSION_SENSITIVE else []
     upstream = luigi.task.flatten(task.requires())
     entry: dict = {}

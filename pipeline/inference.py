@@ -46,15 +46,18 @@ def predict_planes(segment: Segmenter, brain: np.ndarray, mask: np.ndarray, size
     return np.zeros(brain.shape, np.uint8) if out is None else out
 
 
-def predict_views(labels: Segmenter, probabilities: Segmenter, brain: np.ndarray, mask: np.ndarray, size: int,
-                  views: Sequence[str], label: str = "") -> np.ndarray:
+def predict_views(labels: Segmenter, probabilities: Callable[[str], Segmenter], brain: np.ndarray,
+                  mask: np.ndarray, size: int, views: Sequence[str], label: str = "") -> np.ndarray:
     """The labels (uint8, the brain's RAS grid) of every plane of the brain in each of ``views``: one view's
-    labels as the model gives them; several views' class probabilities summed, then the likeliest class."""
+    labels as the model gives them; several views' class probabilities (``probabilities(view)``: the model's
+    segmenter of probabilities for that view's slices) summed, then the likeliest class."""
     if list(views) == ["axial"]:
         return predict_planes(labels, brain, mask, size, label=label)
+    if not mask.any():
+        return np.zeros(brain.shape, np.uint8)
     total = None
     for view in views:
-        scores = from_view(predict_planes(probabilities, in_view(brain, view), in_view(mask, view), size,
+        scores = from_view(predict_planes(probabilities(view), in_view(brain, view), in_view(mask, view), size,
                                           label=f"{label} {view}".strip()), view)
         total = scores if total is None else total + scores
     return np.argmax(total, axis=-1).astype(np.uint8)

@@ -28,6 +28,11 @@ HULL_CLOSING_VOXELS = 4  # closes the white matter's hull over sulci and ventric
 VIEW_AXES = {"axial": (0, 1, 2), "coronal": (0, 2, 1), "sagittal": (1, 2, 0)}
 
 
+def rows_left_right(view: str) -> bool:
+    """Whether ``view``'s rows run left -> right, so that mirroring them (a left-right flip) keeps a brain a brain."""
+    return VIEW_AXES[view][0] == 0
+
+
 def in_view(volume: np.ndarray, view: str) -> np.ndarray:
     """A RAS volume with ``view``'s planes along its last axis (a view of the array, not a copy)."""
     return np.transpose(volume, VIEW_AXES[view] + tuple(range(3, volume.ndim)))

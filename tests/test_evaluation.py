@@ -117,10 +117,25 @@ def test_views_are_predicted_in_their_own_planes_and_fused_by_summed_probabiliti
         scores[GM][inside], scores[WM][inside] = 0.6 if len(seen) <= 10 else 0.3, 0.4  # axial planes say GM
         return scores
 
-    assert np.array_equal(predict_views(labels, probabilities, brain, mask, 32, ["axial"]),
+    assert np.array_equal(predict_views(labels, lambda view: probabilities, brain, mask, 32, ["axial"]),
                           predict_planes(labels, brain, mask, 32))  # one view: the model's labels as they are
-    fused = predict_views(labels, probabilities, brain, mask, 32, ["axial", "coronal"])
+    fused = predict_views(labels, lambda view: probabilities, brain, mask, 32, ["axial", "coronal"])
     assert len(seen) == 10 + 14  # every axial plane with brain, then every coronal one
     assert np.array_equal(fused > 0, mask)
     # summed: GM 0.6 + 0.3 beats WM 0.4 + 0.4, though the coronal view alone says WM
     assert set(np.unique(fused[mask])) == {GM}
+
+
+def test_test_time_mirroring_is_left_right_only_so_sagittal_slices_are_never_mirrored():
+    """Rows run left-right in axial and coronal slices and front-back in sagittal ones (pipeline.slices): a
+    mirrored sagittal slice would face backwards, so the model's mirroring is off for that view only."""
+    from types import SimpleNamespace
+
+    from pipeline.nnunet.models import SlicePredictor
+    from pipeline.slices import rows_left_right
+
+    assert [rows_left_right(view) for view in ("axial", "coronal", "sagittal")] == [True, True, False]
+    model = SlicePredictor(SimpleNamespace(use_mirroring=True))
+    for view in ("axial", "coronal", "sagittal"):
+        assert model.probabilities_in(view).__self__.predictor.use_mirroring is rows_left_right(view)
+    assert model.predictor.use_mirroring  # the model itself keeps its mirroring

@@ -1,4 +1,5 @@
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -139,8 +140,8 @@ def test_nnunet_processes_import_the_pipeline_copy_that_launched_them(tmp_path):
     console_script = tmp_path / "bin" / "nnUNetv2_train"  # as pip writes one: run from its own folder
     console_script.parent.mkdir()
     console_script.write_text("import pipeline\nprint(pipeline.__file__)\n")
-    imported = subprocess.run([sys.executable, str(console_script)], cwd=tmp_path, env=env, capture_output=True,
-                              text=True, check=True).stdout.strip()
+    imported = subprocess.run([sys.executable, str(console_script)], cwd=tmp_path, env=os.environ | env,
+                              capture_output=True, text=True, check=True).stdout.strip()
     assert Path(imported).resolve() == (study / "pipeline" / "__init__.py").resolve()
 
 

@@ -149,7 +149,7 @@ def predict_head(path: Path, model: SlicePredictor, record: TrainingRecord, outp
     if slices == "reference":
         labels = predict_planes(model, brain, head.mask, record.size, [plane])
     else:
-        labels = predict_views(model, model.probabilities, brain, head.mask, record.size, record.views,
+        labels = predict_views(model, model.probabilities_in, brain, head.mask, record.size, record.views,
                                label=f"predict {path.name}")
     original = head.original
     on_input = labels_on_grid(labels, head.brain.affine, plane if slices == "reference" else None,
@@ -217,9 +217,9 @@ def predict(model_dir: Path, input_path: Path, output: Path, slices: Slices = "b
     output.mkdir(parents=True, exist_ok=True)
     fold = str(record.fold if fold is None else fold)
     if executor is not None and executor.kind == "slurm" and heads:
-        device = job_device(device, executor)
         rows = list(predict_on_slurm(heads, executor, model_dir=model_dir.resolve(), output=output.resolve(),
-                                     slices=slices, device=device, tta=tta, fold=fold, allow_non_t1=allow_non_t1))
+                                     slices=slices, device=job_device(device, executor), tta=tta, fold=fold,
+                                     allow_non_t1=allow_non_t1))
         heads = []
     else:
         rows = []

@@ -86,7 +86,7 @@ def load_held_out_head(case: str, folders: Folders, config: EvaluateConfig) -> H
 
 def predict_head(model: SlicePredictor, head: HeldOutHead, size: int, views: Sequence[str]) -> np.ndarray:
     """The model's labels of every plane of the head's brain in each of ``views``, fused, on the brain's grid."""
-    return predict_views(model, model.probabilities, head.brain.get_fdata(dtype=np.float32), head.mask, size, views,
+    return predict_views(model, model.probabilities_in, head.brain.get_fdata(dtype=np.float32), head.mask, size, views,
                          label=f"sub-{head.case}")
 
 

@@ -4,8 +4,10 @@ record, and a model applied in this process (``SlicePredictor``)."""
 from __future__ import annotations
 
 import contextlib
+import copy
 import io
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar, Literal, get_args
@@ -17,6 +19,7 @@ from pydantic import ValidationError
 from pipeline.config import HarmonizeConfig, SegmentMethod, Strict, StripConfig, StripMethod, TrainProfile, View
 from pipeline.io import InputError, write_json
 from pipeline.nnunet.runner import TRAINER_DIR
+from pipeline.slices import rows_left_right
 
 
 @dataclass(frozen=True)
@@ -140,3 +143,12 @@ class SlicePredictor:
         _, probabilities = self.predictor.predict_single_npy_array(
             image[None, None].astype(np.float32), {"spacing": [999, 1, 1]}, save_or_return_probabilities=True)
         return np.asarray(probabilities[:, 0], dtype=np.float32)
+
+    def probabilities_in(self, view: str) -> Callable[[np.ndarray], np.ndarray]:
+        """``probabilities`` for ``view``'s slices: test-time mirroring (left-right) only where rows run left-right
+        (a sagittal slice mirrored would face backwards)."""
+        if rows_left_right(view) or not self.predictor.use_mirroring:
+            return self.probabilities
+        predictor = copy.copy(self.predictor)  # the same network, mirroring off
+        predictor.use_mirroring = False
+        return SlicePredictor(predictor).probabilities

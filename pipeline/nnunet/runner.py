@@ -24,10 +24,11 @@ def trainer_name(config: TrainConfig) -> str:
 
 def environment(raw: Path, preprocessed: Path, results: Path, threads: int, deterministic: bool = True
                 ) -> dict[str, str]:
-    """nnU-Net's folders, our trainers, and the core budget (``threads``; torch reads it at start). The
-    schedule and seed travel in the plans (``adapt_plans``), so a model folder holds all it was trained with."""
-    env = dict(os.environ)
-    env |= {name: str(threads) for name in THREAD_VARIABLES}
+    """The variables nnU-Net's commands get on top of their environment (``run_command`` merges them where the
+    command runs, so a SLURM job keeps its own, CUDA_VISIBLE_DEVICES included): nnU-Net's folders, our trainers,
+    and the core budget (``threads``; torch reads it at start). The schedule and seed travel in the plans
+    (``adapt_plans``), so a model folder holds all it was trained with."""
+    env = {name: str(threads) for name in THREAD_VARIABLES}
     env |= {
         "nnUNet_raw": str(raw.resolve()),
         "nnUNet_preprocessed": str(preprocessed.resolve()),
@@ -35,7 +36,7 @@ def environment(raw: Path, preprocessed: Path, results: Path, threads: int, dete
         "nnUNet_extTrainer": str(TRAINER_DIR),
         # nnU-Net's console scripts put .venv/bin first on sys.path, so the trainers would import whichever
         # ``pipeline`` is installed; a study folder's own copy (bench real) must run against itself
-        "PYTHONPATH": os.pathsep.join(filter(None, [str(CODE_ROOT.resolve()), env.get("PYTHONPATH")])),
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(CODE_ROOT.resolve()), os.environ.get("PYTHONPATH")])),
     }
     if not deterministic:
         env["nnUNet_n_proc_DA"] = str(threads)  # augmentation workers beside the training process

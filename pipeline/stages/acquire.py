@@ -72,6 +72,7 @@ class Acquire(Stage):
     name = "acquire"
     param_keys = ("seed", "keep_going", "acquire")
     out_template = "data/raw"
+    imports_by_name = ("pipeline.sources",)  # acquire.source picks the module
 
     def build(self, out: Path, config: Config) -> None:
         scans = gather(config.acquire, out.parent / ".openneuro-download")

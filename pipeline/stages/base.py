@@ -17,7 +17,7 @@ from typing import ClassVar
 
 import luigi
 
-from pipeline.config import Config, ParamsView, load_config
+from pipeline.config import SCHEDULE_KEYS, Config, ParamsView, load_config
 from pipeline.errors import user_errors
 from pipeline.io import atomic_dir, resumable_dir, write_json
 
@@ -64,6 +64,8 @@ class Stage(luigi.Task):
     # The matrix parameter naming the tool wrapper the stage runs (pipeline.tools.registry), imported when it runs:
     # in dvc.yaml each item depends on its own wrapper only.
     runs_tool: ClassVar[str | None] = None
+    # Packages whose modules the stage imports by name as its config says (not a matrix item): every one is a dep.
+    imports_by_name: ClassVar[tuple[str, ...]] = ()
 
     def item(self) -> dict[str, str]:
         return {key: getattr(self, key) for key in self.matrix}
@@ -96,13 +98,18 @@ class Stage(luigi.Task):
         except user_errors() as error:  # one line naming the file or key; Luigi's traceback with --debug
             log.error("error: [%s] %s", label, error)
             raise
+        except Exception:  # not the user's to fix: the traceback, always (Luigi's own is hidden without --debug)
+            log.exception("error: [%s] unexpected failure, please report it with this traceback", label)
+            raise
 
     def run_logged(self, label: str) -> None:
         config = load_config()
         log.info("[%s] started", label)
         start, cpu_start = time.monotonic(), cpu_seconds()
         if self.resumable:
-            fingerprint = json.dumps([self.item(), config.model_dump(mode="json")], sort_keys=True)
+            # what the stage makes, not how it runs: a rerun with other workers or on SLURM resumes
+            fingerprint = json.dumps([self.item(), config.model_dump(mode="json", exclude=set(SCHEDULE_KEYS))],
+                                     sort_keys=True)
             work = resumable_dir(self.out_dir(), fingerprint)
         else:
             work = atomic_dir(self.out_dir())

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from pipeline.config import SynthConfig
+from pipeline.slices import rows_left_right
 from pipeline.synth.priors import IntensityPriors
 
 # One stream per component; never renumber (it would change every dataset).
@@ -153,7 +154,7 @@ def draw_parameters(
         gamma=gamma,
         blur_sigma=blur,
         resolution=resolution,
-        flip=draw_flip(seed, cfg) and view != "sagittal",  # a sagittal slice's rows run front to back
+        flip=draw_flip(seed, cfg) and rows_left_right(view),  # a sagittal slice's rows run front to back
         zero_background=zero_background,
         level=draw_level(seed),
         view=view,

@@ -76,9 +76,11 @@ def run_command(args: Sequence[str], tool: str, env: dict[str, str] | None = Non
     """Run a tool's command line (a list, never a shell string), streaming its output to the log.
 
     Lines matching ``progress`` (all lines when it is None) are logged at INFO, the rest at
-    DEBUG. A failure raises ToolFailed with the command line and the last lines of output.
+    DEBUG. ``env`` holds variables set on top of this process's environment. A failure raises ToolFailed with
+    the command line and the last lines of output.
     """
     args = [str(arg) for arg in args]
+    env = None if env is None else os.environ | env
     log.info("running %s", " ".join(args))
     tail: deque[str] = deque(maxlen=20)
     with subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env) as process:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import nibabel as nib
@@ -28,7 +27,7 @@ def segment(job: SegmentJob, config: SegmentConfig) -> np.ndarray:
     source = write_input(job)
     base = job.workdir / "fast"
     # FSLOUTPUTTYPE picks the output format; pin it so BASE_seg.nii.gz is what we read.
-    env = os.environ | {"FSLOUTPUTTYPE": "NIFTI_GZ"}
+    env = {"FSLOUTPUTTYPE": "NIFTI_GZ"}
     run_command(command(str(TOOL.find_executable("fast")), source, base, config.fast), "fast", env=env)
     classes = labels_on_grid(nib.load(f"{base}_seg.nii.gz"), job.image)
     # FAST numbers its classes by its own initialisation: name them by mean intensity instead.
