@@ -32,6 +32,7 @@ from pipeline.stages import synthesize
 from pipeline.stages.segment import tissue_labels
 from pipeline.stages.segment_qc import SegmentQC, agreement, decide, failures, measures
 from pipeline.stages.synthesize import Synthesize, read_decisions
+from pipeline.subjects import read_failures
 from pipeline.tools.registry import SEGMENTERS, brain_mask
 from pipeline.tools.segmentation import SegmentJob, tool_image
 
@@ -275,7 +276,7 @@ def test_segment_qc_fuses_the_consensus_of_the_other_segmenters_and_checks_it(st
     from pipeline.graph import dvc_yaml
     from pipeline.stages.segment import Segment
 
-    (study / "params.yaml").write_text(yaml.safe_dump({"workers": 1, "segment": {
+    (study / "params.yaml").write_text(yaml.safe_dump({"workers": 1, "keep_going": True, "segment": {
         "methods": ["hmrf", "atropos", "samseg", "consensus"]}}))
     image, mask, truth = phantom()
     rng = np.random.default_rng(1)
@@ -286,6 +287,8 @@ def test_segment_qc_fuses_the_consensus_of_the_other_segmenters_and_checks_it(st
         for subject in ("01", "02", "03"):
             save_nifti(labels, image.affine, subject_file(out, subject, "dseg"))
         write_json({"mean_seconds_per_head": 10.0}, Path(f"metrics/segment-{method}-deepbet.json"))
+    broken = subject_file(Path("data/segmented/samseg-deepbet"), "03", "dseg")
+    broken.write_bytes(b"not a NIfTI")  # with keep_going, this subject is lost, the others fused
     task = SegmentQC(segmenter="consensus", stripper="deepbet")
     assert {t.segmenter for t in task.requires()["segmented"].requires() if isinstance(t, Segment)} == {
         "hmrf", "atropos", "samseg", "consensus"}  # in Luigi: every segmenter, the ones it fuses among them
@@ -294,9 +297,12 @@ def test_segment_qc_fuses_the_consensus_of_the_other_segmenters_and_checks_it(st
     votes = sum((labels == CSF).astype(int) for labels in maps.values())
     assert np.array_equal(fused == CSF, (votes >= 2) | (truth == CSF))  # CSF where two of three said so
     decisions = read_decisions(Path("data/qc/consensus-deepbet/qc.tsv"))
-    assert all(included for included, _ in decisions.values())
+    assert [included for _, (included, _) in sorted(decisions.items())] == [True, True, False]
+    failures = read_failures(Path("data/qc/consensus-deepbet"))
+    assert [row["participant_id"] for row in failures] == ["sub-03"] and str(broken) in failures[0]["reason"]
+    assert not subject_file(Path("data/qc/consensus-deepbet"), "03", "dseg").exists()
     metrics = yaml.safe_load(Path("metrics/qc-consensus-deepbet.json").read_text())
-    assert set(metrics["cost"]["seconds_per_head"]) == {"sub-01", "sub-02", "sub-03"}
+    assert set(metrics["cost"]["seconds_per_head"]) == {"sub-01", "sub-02"}
     assert metrics["cost"]["fused"] == {"hmrf": 10.0, "atropos": 10.0, "samseg": 10.0}
     assert SegmentQC.labels("consensus", "deepbet").out_dir() == Path("data/qc/consensus-deepbet")
     stages = yaml.safe_load(dvc_yaml())["stages"]  # in DVC: segment_qc depends on every segmenter's labels

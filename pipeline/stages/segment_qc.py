@@ -14,6 +14,7 @@ and then checked like any segmenter's. ``metrics/qc-<combo>.json`` also gives wh
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
@@ -34,7 +35,7 @@ from pipeline.stages.acquire import Acquire
 from pipeline.stages.base import ComboStage, Gathered, Stage
 from pipeline.stages.segment import Segment
 from pipeline.stages.strip import Strip
-from pipeline.subjects import read_failures, write_failures
+from pipeline.subjects import for_each_subject, read_failures, write_failures
 from pipeline.tools.consensus import fuse
 
 log = logging.getLogger("pipeline")
@@ -142,9 +143,10 @@ class SegmentedSets(Gathered):
         return [Segment(segmenter=method, stripper=self.stripper) for method in load_config().segment.methods]
 
 
-def fuse_subject(subject: str, stripped: Path, segmented: dict[str, Path], out: Path, fusion: str) -> float:
+def fuse_subject(subject: str, threads: int, stripped: Path, segmented: dict[str, Path], out: Path,
+                 fusion: str) -> float:
     """The consensus of the segmenters' labels of one subject, written like a segmenter's (labels, picture);
-    returns the seconds the fusion took."""
+    returns the seconds the fusion took (``threads``: for_each_subject's budget, numpy's own)."""
     image = load_nifti(subject_file(stripped, subject, "desc-brain_T1w"), subject)
     mask = np.asarray(load_nifti(subject_file(stripped, subject, "desc-brain_mask"), subject).dataobj) > 0
     maps = [read_labels(subject_file(folder, subject, "dseg"), mask.shape) for folder in segmented.values()]
@@ -165,7 +167,7 @@ def segmenter_cost(metrics: Path) -> dict:
 
 class SegmentQC(ComboStage):
     name = "segment_qc"
-    param_keys = ("segment.methods", "segment.qc", "segment.consensus")
+    param_keys = ("keep_going", "segment.methods", "segment.qc", "segment.consensus")
     out_template = "data/qc/{segmenter}-{stripper}"
     metrics_template = "metrics/qc-{segmenter}-{stripper}.json"
 
@@ -208,10 +210,12 @@ class SegmentQC(ComboStage):
         are lost here too (``failures.tsv``). Returns the cost: the fusion's seconds per head, and the fused
         segmenters' own."""
         lost = {row["participant_id"]: row for folder in fused.values() for row in read_failures(folder)}
-        seconds = {f"sub-{case.label}": round(fuse_subject(case.label, stripped, fused, out,
-                                                           config.segment.consensus.fusion), 2)
-                   for case in cases if f"sub-{case.label}" not in lost}
-        write_failures(list(lost.values()), out)
+        work = functools.partial(fuse_subject, stripped=stripped, segmented=fused, out=out,
+                                 fusion=config.segment.consensus.fusion)
+        done, failed = for_each_subject("consensus", [case.label for case in cases if f"sub-{case.label}" not in lost],
+                                        work, out, config.workers, config.keep_going)
+        seconds = {f"sub-{subject}": round(spent, 2) for subject, spent in done.items()}
+        write_failures([*lost.values(), *failed], out)
         write_tsv([{"index": index, "name": name} for index, name in LABEL_NAMES.items()], out / "dseg.tsv")
         write_derivative_description(out, f"synthseg-pipeline tissues (consensus-{self.stripper})",
                                      f"consensus ({config.segment.consensus.fusion}) of {', '.join(fused)} on "
