@@ -25,11 +25,10 @@ from pathlib import Path
 
 import yaml
 
-from pipeline.bids import read_cases
 from pipeline.config import Config, apply_overrides, parse_config
 from pipeline.devices import torch_device
 from pipeline.evaluation.dice import summarize
-from pipeline.evaluation.heads import HeldOutHead, load_held_out_head, predict_head, score_head
+from pipeline.evaluation.heads import HeldOutHead, held_out_cases, load_held_out_head, predict_head, score_head
 from pipeline.nnunet import runner
 from pipeline.nnunet.models import SlicePredictor, nnunet_dataset
 from pipeline.stages.acquire import Acquire
@@ -55,8 +54,8 @@ def study_folders(study: Path, combo: str) -> Folders:
 
 def held_out_heads(study: Path, folders: Folders, config: Config) -> list[HeldOutHead]:
     """The study's real test heads, as its evaluate stage scores them."""
-    cases = [case.label for case in read_cases(study / Acquire().out_dir()) if case.in_test]
-    return [load_held_out_head(case, folders, config.evaluate) for case in cases]
+    return [load_held_out_head(case, folders, config.evaluate)
+            for case in held_out_cases(study / Acquire().out_dir(), folders.segmented)]
 
 
 def real_dice(trainer, heads: list[HeldOutHead], config: Config) -> dict[str, dict]:

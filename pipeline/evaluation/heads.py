@@ -22,7 +22,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from pipeline.bids import reference_level, subject_file
+from pipeline.bids import read_cases, reference_level, subject_file
 from pipeline.config import EvaluateConfig
 from pipeline.evaluation.dice import dice_per_tissue
 from pipeline.evaluation.references import on_grid, reference_file, reference_tissues
@@ -32,11 +32,17 @@ from pipeline.labels import TISSUES, tissue_volumes, voxel_volume_ml
 from pipeline.nnunet.models import SlicePredictor
 from pipeline.preprocess import box_of, uncrop
 from pipeline.slices import level_index
+from pipeline.subjects import not_failed
 from pipeline.synth.subject import Folders
 
 log = logging.getLogger("pipeline")
 
 HEIGHT_PARTS = 5  # the brain's height cut into fifths, bottom to top
+
+
+def held_out_cases(raw: Path, segmented: Path) -> list[str]:
+    """The study's real test heads that have the segmenter's labels (``keep_going`` may have lost some)."""
+    return not_failed([case.label for case in read_cases(raw) if case.in_test], segmented)
 
 
 @dataclass(frozen=True, eq=False)

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.bids import read_cases, subject_file, subject_of
+from pipeline.bids import subject_file, subject_of
 from pipeline.config import Config, EvaluateConfig, TrainConfig
 from pipeline.devices import torch_device
 from pipeline.evaluation.compare import mean_ci95, scores_by_subject
@@ -28,6 +28,7 @@ from pipeline.evaluation.dice import dice_per_tissue, summarize
 from pipeline.evaluation.heads import (
     HEIGHT_PARTS,
     HeldOutHead,
+    held_out_cases,
     load_held_out_head,
     predict_head,
     score_head,
@@ -47,7 +48,6 @@ from pipeline.stages.harmonize import Harmonize
 from pipeline.stages.segment_qc import SegmentQC
 from pipeline.stages.strip import Strip
 from pipeline.stages.train import Train
-from pipeline.subjects import failed_ids
 from pipeline.synth.subject import Folders
 
 log = logging.getLogger("pipeline")
@@ -140,9 +140,7 @@ class Evaluate(ComboStage):
         models, segmented = self.input_dir("models"), self.input_dir("segmented")
         folders = Folders(segmented, self.input_dir("stripped"), self.input_dir("harmonized"))
         dataset = self.input_dir("nnunet_raw") / nnunet_dataset(self.segmenter, self.stripper).name
-        lost = failed_ids(segmented)  # keep_going: subjects without labels cannot be scored
-        cases = [case.label for case in read_cases(self.input_dir("raw"))
-                 if case.in_test and f"sub-{case.label}" not in lost]
+        cases = held_out_cases(self.input_dir("raw"), segmented)
         if not cases:
             log.warning("evaluate %s-%s: no test subject left (keep_going): no real-head Dice", self.segmenter,
                         self.stripper)
