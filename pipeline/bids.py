@@ -17,6 +17,7 @@ from importlib import metadata
 from pathlib import Path
 
 from pipeline.io import HEAD_SUFFIXES, InputError, read_tsv, write_json, write_tsv
+from pipeline.labels import LABEL_NAMES
 
 BIDS_VERSION = "1.9.0"
 CODE_URL = "https://github.com/synthseg-pipeline/synthseg-pipeline"
@@ -168,3 +169,8 @@ def split_subjects(subjects: list[str], test_fraction: float, seed: int) -> tupl
     ranked = sorted(subjects, key=lambda s: hashlib.sha256(f"{seed}:{s}".encode()).hexdigest())
     test = set(ranked[:n_test])
     return {subject: ("test" if subject in test else "train") for subject in subjects}, False
+
+
+def write_dseg_table(folder: Path) -> None:
+    """``dseg.tsv``: the index and name of every label in a derivative's ``*_dseg`` maps."""
+    write_tsv([{"index": index, "name": name} for index, name in LABEL_NAMES.items()], folder / "dseg.tsv")

@@ -24,11 +24,6 @@ LABEL_NAMES: dict[int, str] = {BACKGROUND: "background", **TISSUES}
 TISSUE_RGB = np.array([[0, 0, 0], [230, 159, 0], [86, 180, 233], [0, 158, 115]], dtype=np.uint8)
 
 
-def coloured(labels: np.ndarray) -> np.ndarray:
-    """An RGB picture of a tissue label map."""
-    return TISSUE_RGB[np.clip(labels, 0, 3)]
-
-
 # Cortical parcellations (aparc+aseg, aparc.DKTatlas+aseg: FastSurfer, FreeSurfer, SynthSeg --parc):
 # 1000-1035 left and 2000-2035 right cortex, 1000/2000 being "unknown" cortex.
 CORTICAL_PARCELS: dict[int, int] = {label: GM for label in [*range(1000, 1036), *range(2000, 2036)]}

@@ -22,8 +22,9 @@ from nibabel.processing import resample_from_to
 from pipeline.bids import write_raw_tables
 from pipeline.config import HarmonizeConfig, StripConfig, StripMethod, StripQcConfig, parse_config
 from pipeline.io import load_nifti, load_png, read_tsv, save_nifti
+from pipeline.overlays import mask_outline
 from pipeline.preprocess import crop_to_brain, harmonize_builtin, normalize_percentiles
-from pipeline.stages.strip import Strip, mask_figures, qc_verdict, save_mask_png
+from pipeline.stages.strip import Strip, mask_figures, qc_verdict
 from pipeline.stages.strip_qc import StripQc, dice_world, reference_mask
 from pipeline.tools import hdbet
 from pipeline.tools.base import Tool
@@ -127,7 +128,7 @@ def test_qc_picture_outlines_the_mask(harmonized, real_mask, tmp_path: Path):
     mask = nib.Nifti1Image(real_mask("deepbet").astype(np.uint8), harmonized.affine)
     las_mask = as_las(mask).get_fdata() > 0
     path = tmp_path / "qc" / "sub-01_mask.png"
-    save_mask_png(as_las(harmonized), las_mask, path, "sub-01")  # drawn in RAS whatever the storage order
+    mask_outline(as_las(harmonized), las_mask, path, "sub-01")  # drawn in RAS whatever the storage order
     pixels = load_png(path)
     red = (pixels[..., 0] > 200) & (pixels[..., 1] < 80) & (pixels[..., 2] < 80)
     assert pixels.shape[1] > 600 and red.sum() > 500

@@ -29,15 +29,15 @@ import nibabel as nib
 import numpy as np
 from PIL import Image
 
-from pipeline.bids import write_derivative_description
+from pipeline.bids import write_derivative_description, write_dseg_table
 from pipeline.config import ExecutorConfig
 from pipeline.devices import job_device, torch_device
 from pipeline.executors import Slurm
 from pipeline.inference import Segmenter, predict_planes, predict_views
 from pipeline.io import HEAD_SUFFIXES, InputError, image_stem, save_nifti, save_png, write_tsv
-from pipeline.labels import LABEL_NAMES, TISSUES, tissue_volumes, voxel_volume_ml
+from pipeline.labels import TISSUES, tissue_volumes, voxel_volume_ml
 from pipeline.nnunet.models import SlicePredictor, TrainingRecord
-from pipeline.overlays import three_planes
+from pipeline.overlays import brain_centre, three_planes
 from pipeline.preprocess import crop_to_brain, harmonize
 from pipeline.slices import level_index
 from pipeline.synth.classes import kmeans_1d
@@ -155,10 +155,8 @@ def predict_head(path: Path, model: SlicePredictor, record: TrainingRecord, outp
     on_input = labels_on_grid(labels, head.brain.affine, plane if slices == "reference" else None,
                               original.shape[:3], original.affine)
     save_nifti(on_input, original.affine, output / f"{case_name(path)}_dseg.nii.gz", dtype=np.uint8)
-    centre = np.argwhere(head.mask).mean(axis=0).astype(int)
-    centre[2] = plane
     three_planes(brain, [(f"{record.segmenter}-{record.stripper} model", labels)],
-                 output / f"{case_name(path)}_dseg.png", case_name(path), tuple(centre))
+                 output / f"{case_name(path)}_dseg.png", case_name(path), brain_centre(head.mask, plane))
     volumes = tissue_volumes(labels, voxel_volume_ml(head.brain.affine))
     return {"case": case_name(path), "source": str(path), "slices": slices,
             "planes": int(np.any(labels > 0, axis=(0, 1)).sum()),
@@ -168,7 +166,7 @@ def predict_head(path: Path, model: SlicePredictor, record: TrainingRecord, outp
 
 def write_description(output: Path, model_dir: Path, record: TrainingRecord) -> None:
     """``output`` as a BIDS derivative: its label table and where the labels came from."""
-    write_tsv([{"index": index, "name": name} for index, name in LABEL_NAMES.items()], output / "dseg.tsv")
+    write_dseg_table(output)
     write_derivative_description(output, "synthseg-pipeline predictions",
                                  f"predict: nnU-Net 2D model {record.segmenter}-{record.stripper}",
                                  Model=str(model_dir.resolve()), TrainingRecord=record.model_dump(mode="json"))

@@ -39,7 +39,7 @@ from pipeline.executors import run_job
 from pipeline.io import load_png, save_nifti, save_png, write_csv, write_json, write_tsv
 from pipeline.labels import TISSUES
 from pipeline.nnunet.models import SlicePredictor, TrainingRecord, nnunet_dataset, trained_seeds
-from pipeline.overlays import three_planes
+from pipeline.overlays import brain_centre, three_planes
 from pipeline.slices import level_index
 from pipeline.stages.acquire import Acquire
 from pipeline.stages.base import ComboStage, Stage
@@ -97,9 +97,8 @@ def head_panel(head: HeldOutHead, labels: np.ndarray, path: Path, title: str) ->
     layers = [("teacher", head.teacher), ("model", labels)]
     if head.reference is not None:
         layers.append(("reference", head.on_brain(head.reference)))
-    centre = np.argwhere(head.mask).mean(axis=0).astype(int)
-    centre[2] = level_index(head.brain, head.level_mm)
-    three_planes(head.brain.get_fdata(dtype=np.float32), layers, path, title, tuple(centre))
+    three_planes(head.brain.get_fdata(dtype=np.float32), layers, path, title,
+                 brain_centre(head.mask, level_index(head.brain, head.level_mm)))
 
 
 def evaluate_model(results: Path, record: TrainingRecord, dataset: Path, cases: list[str], folders: Folders,

@@ -18,11 +18,11 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.bids import read_cases, subject_file, write_derivative_description
+from pipeline.bids import read_cases, subject_file, write_derivative_description, write_dseg_table
 from pipeline.config import CONSENSUS, Config, SegmentConfig
 from pipeline.executors import job_threads
 from pipeline.io import load_nifti, save_nifti, write_json, write_tsv
-from pipeline.labels import LABEL_NAMES, tissue_volumes, voxel_volume_ml
+from pipeline.labels import tissue_volumes, voxel_volume_ml
 from pipeline.overlays import three_planes
 from pipeline.stages.acquire import Acquire
 from pipeline.stages.base import ComboStage, Stage
@@ -59,10 +59,9 @@ def segment_subject(subject: str, threads: int, method: str, stripped: Path, out
             "seconds": round(seconds, 1)}
 
 
-def cost(rows: list[dict], threads: int) -> dict:
-    """What a segmenter costs: its seconds per head (wall, with ``threads`` threads each)."""
-    seconds = {row["participant_id"]: row["seconds"] for row in rows}
-    return {"seconds_per_head": seconds, "mean_seconds_per_head": round(float(np.mean(list(seconds.values()))), 1)
+def cost(seconds: dict[str, float], threads: int) -> dict:
+    """What a segmenter costs: its seconds per head (participant_id -> wall seconds, ``threads`` threads each)."""
+    return {"seconds_per_head": seconds, "mean_seconds_per_head": round(float(np.mean(list(seconds.values()))), 2)
             if seconds else None, "threads_per_head": threads}
 
 
@@ -91,16 +90,17 @@ class Segment(ComboStage):
         write_tsv([{key: value for key, value in row.items() if key != "seconds"} for row in rows.values()],
                   out / "volumes.tsv")
         write_failures(read_failures(stripped) + failures, out)
-        write_tsv([{"index": index, "name": name} for index, name in LABEL_NAMES.items()], out / "dseg.tsv")
+        write_dseg_table(out)
         write_derivative_description(out, f"synthseg-pipeline tissues ({self.segmenter}-{self.stripper})",
                                      f"segment: {self.segmenter} on {self.stripper} brains, as GM/WM/CSF (dseg.tsv)",
                                      Parameters=getattr(config.segment, self.segmenter).model_dump(mode="json"))
         threads = job_threads(config.executor, plan_budget(config.workers, len(subjects)).threads)
-        write_json(cost(list(rows.values()), threads), self.metrics_path())
+        write_json(cost({row["participant_id"]: row["seconds"] for row in rows.values()}, threads),
+                   self.metrics_path())
 
     def describe_consensus(self, out: Path, config: Config) -> None:
         write_derivative_description(out, f"synthseg-pipeline tissues (consensus-{self.stripper})",
                                      f"segment: the consensus of the other segmenters on {self.stripper} brains, "
                                      f"fused in data/qc/consensus-{self.stripper} (segment_qc reads every segmenter)",
                                      Parameters=config.segment.consensus.model_dump(mode="json"))
-        write_json(cost([], 1), self.metrics_path())
+        write_json(cost({}, 1), self.metrics_path())

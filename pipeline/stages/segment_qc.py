@@ -25,15 +25,15 @@ import luigi
 import nibabel as nib
 import numpy as np
 
-from pipeline.bids import read_cases, subject_file, subject_of, write_derivative_description
+from pipeline.bids import read_cases, subject_file, subject_of, write_derivative_description, write_dseg_table
 from pipeline.config import CONSENSUS, Config, SegmentQCConfig, load_config
 from pipeline.evaluation.dice import dice_per_tissue
 from pipeline.io import InputError, load_nifti, save_nifti, write_json, write_tsv
-from pipeline.labels import CSF, GM, LABEL_NAMES, TISSUES, WM, tissue_volumes, voxel_volume_ml
+from pipeline.labels import CSF, GM, TISSUES, WM, tissue_volumes, voxel_volume_ml
 from pipeline.overlays import three_planes
 from pipeline.stages.acquire import Acquire
 from pipeline.stages.base import ComboStage, Gathered, Stage
-from pipeline.stages.segment import Segment
+from pipeline.stages.segment import Segment, cost
 from pipeline.stages.strip import Strip
 from pipeline.subjects import for_each_subject, read_failures, write_failures
 from pipeline.tools.consensus import fuse
@@ -216,13 +216,12 @@ class SegmentQC(ComboStage):
                                         work, out, config.workers, config.keep_going)
         seconds = {f"sub-{subject}": round(spent, 2) for subject, spent in done.items()}
         write_failures([*lost.values(), *failed], out)
-        write_tsv([{"index": index, "name": name} for index, name in LABEL_NAMES.items()], out / "dseg.tsv")
+        write_dseg_table(out)
         write_derivative_description(out, f"synthseg-pipeline tissues (consensus-{self.stripper})",
                                      f"consensus ({config.segment.consensus.fusion}) of {', '.join(fused)} on "
                                      f"{self.stripper} brains, as GM/WM/CSF (dseg.tsv)",
                                      Parameters=config.segment.consensus.model_dump(mode="json"))
         costs = {method: segmenter_cost(Segment(segmenter=method, stripper=self.stripper).metrics_path())
                  for method in fused}
-        return {"seconds_per_head": seconds,
-                "mean_seconds_per_head": round(float(np.mean(list(seconds.values()))), 2) if seconds else None,
-                "fused": {method: cost.get("mean_seconds_per_head") for method, cost in costs.items()}}
+        return cost(seconds, 1) | {"fused": {method: spent.get("mean_seconds_per_head")
+                                             for method, spent in costs.items()}}

@@ -16,13 +16,13 @@ import time
 from pathlib import Path
 
 import luigi
-import nibabel as nib
 import numpy as np
 
 from pipeline.bids import read_cases, subject_file, write_derivative_description
 from pipeline.config import Config, StripConfig, StripQcConfig
-from pipeline.io import InputError, atomic_path, load_nifti, save_nifti, write_tsv
+from pipeline.io import InputError, load_nifti, save_nifti, write_tsv
 from pipeline.labels import voxel_volume_ml
+from pipeline.overlays import mask_outline
 from pipeline.preprocess import crop_to_brain
 from pipeline.stages.acquire import Acquire
 from pipeline.stages.base import Stage
@@ -32,7 +32,6 @@ from pipeline.tools.registry import STRIPPERS, brain_mask, stripper_config
 
 log = logging.getLogger("pipeline")
 
-PLANES = ("sagittal", "coronal", "axial")
 
 
 def mask_figures(mask: np.ndarray, voxel_ml: float) -> dict:
@@ -63,32 +62,6 @@ def qc_verdict(figures: dict, qc: StripQcConfig) -> dict:
     return {"qc_pass": not reasons, "qc_reason": "; ".join(reasons) or None}
 
 
-def save_mask_png(image: nib.Nifti1Image, mask: np.ndarray, path: Path, title: str) -> None:
-    """The mask's outline (red) over the head, through the mask's centre: sagittal, coronal, axial."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    # RAS voxel order, so that every input is drawn the same way up.
-    head = nib.as_closest_canonical(image)
-    inside = nib.as_closest_canonical(nib.Nifti1Image(mask.astype(np.uint8), image.affine)).get_fdata() > 0
-    data, zooms = head.get_fdata(dtype=np.float32), head.header.get_zooms()[:3]
-    centre = np.argwhere(inside).mean(axis=0).astype(int)
-    vmax = np.percentile(data[inside], 99.5)
-    figure = Figure(figsize=(10.5, 4.0), layout="constrained")
-    FigureCanvasAgg(figure)
-    for axis, (plane, ax) in enumerate(zip(PLANES, figure.subplots(1, 3), strict=True)):
-        section = (slice(None),) * axis + (centre[axis],)
-        across, up = (a for a in range(3) if a != axis)
-        aspect = zooms[up] / zooms[across]
-        ax.imshow(data[section].T, cmap="gray", origin="lower", vmin=0, vmax=vmax, aspect=aspect)
-        ax.contour(inside[section].T.astype(np.float32), levels=[0.5], colors="red", linewidths=0.8)
-        ax.set_title(plane)
-        ax.axis("off")
-    figure.suptitle(title)
-    with atomic_path(path, suffix=".png") as tmp:
-        figure.savefig(tmp, format="png", dpi=90)
-
-
 def strip_subject(subject: str, threads: int, method: str, harmonized: Path, out: Path,
                   config: StripConfig) -> dict:
     """The subject's cropped brain and mask, a QC picture; returns its ``masks.tsv`` row."""
@@ -101,7 +74,7 @@ def strip_subject(subject: str, threads: int, method: str, harmonized: Path, out
     brain, cropped_mask = crop_to_brain(image, mask, config.crop_margin_vox)
     for image_out, suffix in ((brain, "desc-brain_T1w"), (cropped_mask, "desc-brain_mask")):
         save_nifti(np.asarray(image_out.dataobj), image_out.affine, subject_file(out, subject, suffix))
-    save_mask_png(image, mask, out / "qc" / f"sub-{subject}_mask.png", f"sub-{subject}: {method}")
+    mask_outline(image, mask, out / "qc" / f"sub-{subject}_mask.png", f"sub-{subject}: {method}")
     figures = mask_figures(mask, voxel_volume_ml(image.affine))
     verdict = qc_verdict(figures, config.qc)
     if not verdict["qc_pass"]:

@@ -61,12 +61,6 @@ def _columns(table: np.ndarray, n: int) -> np.ndarray:
     return np.concatenate([table, np.repeat(table[:, :1], n - table.shape[1], axis=1)], axis=1)
 
 
-def uniform_priors(cfg: SynthConfig, n_classes: int) -> IntensityPriors:
-    means = np.tile(np.array(cfg.prior_means, dtype=np.float64)[:, None], n_classes)
-    stds = np.tile(np.array(cfg.prior_stds, dtype=np.float64)[:, None], n_classes)
-    return IntensityPriors("uniform", means, stds)
-
-
 def t1_priors(tissue_of_class: np.ndarray) -> IntensityPriors:
     """SynthSeg's T1 prior of each class's tissue (``tissue_of_class[c]``: 0..3)."""
     means = np.array([T1_PRIORS[int(t)][0] for t in tissue_of_class]).T
