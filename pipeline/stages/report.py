@@ -23,6 +23,7 @@ from pipeline.io import read_tsv, write_csv, write_text
 from pipeline.labels import TISSUES
 from pipeline.stages.base import Gathered, Stage
 from pipeline.stages.evaluate import Evaluate
+from pipeline.stages.segment_qc import SegmentQC
 
 log = logging.getLogger("pipeline")
 
@@ -166,9 +167,10 @@ def exclusions(combos: list[str], qc_dir: Path) -> list[dict]:
     return [row for row in combo_rows(combos, qc_dir, "qc.tsv") if row.get("included") in ("False", "0")]
 
 
-def exclusion_overlays(excluded: list[dict], segmented: Path) -> list[Path]:
-    """The segment stage's label overlay of each excluded subject, where it exists."""
-    overlays = [segmented / row["combo"] / "qc" / f"{row['participant_id']}_dseg.png" for row in excluded]
+def exclusion_overlays(excluded: list[dict], labels: dict[str, Path]) -> list[Path]:
+    """The label overlay of each excluded subject (``labels``: each combo's labels folder: its segment stage's, or
+    for the consensus, segment_qc's), where it exists."""
+    overlays = [labels[row["combo"]] / "qc" / f"{row['participant_id']}_dseg.png" for row in excluded]
     return [overlay for overlay in overlays if overlay.is_file()]
 
 
@@ -296,7 +298,8 @@ class Report(Stage):
             "<h2>Real test heads: teacher, model and reference in three planes</h2>",
             *[f"<h3>{html.escape(c)}</h3>" + "".join(embed(panel) for panel in panels(c, evaluation)) for c in combos],
             "<h2>Subjects excluded by QC</h2>", table(excluded),
-            *[embed(overlay) for overlay in exclusion_overlays(excluded, Path("data/segmented"))],
+            *[embed(overlay) for overlay in exclusion_overlays(excluded, {
+                f"{seg}-{strip}": Path(SegmentQC.labels(seg, strip).out_dir()) for seg, strip in config.combos()})],
         ]
         style = "body{font-family:sans-serif;max-width:1100px;margin:auto}td,th{padding:2px 8px;border:1px solid #ccc}"
         write_text(f"<!doctype html><html><head><meta charset='utf-8'><title>synthseg-pipeline report</title>"
