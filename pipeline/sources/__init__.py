@@ -9,6 +9,7 @@ from pathlib import Path
 
 from pipeline.bids import subject_of
 from pipeline.config import AcquireConfig
+from pipeline.io import InputError
 
 MODULES = {"sample": "sample", "bids": "local_bids", "folder": "folder", "openneuro": "openneuro"}  # by source
 
@@ -22,6 +23,17 @@ class SourceScan:
     @property
     def subject(self) -> str:
         return subject_of(self.case)
+
+
+def found(scans: list[SourceScan], subjects: list[str], source: str, where: str, nothing: str) -> list[SourceScan]:
+    """``scans``, or an error naming the requested ``subjects`` that ``where`` lacks, or saying it holds ``nothing``
+    usable."""
+    missing = sorted(set(subjects) - {scan.subject for scan in scans})
+    if missing:
+        raise InputError(f"{source}: subjects not found {where}: {', '.join(missing)}")
+    if not scans:
+        raise InputError(f"{source}: {nothing}")
+    return scans
 
 
 def gather(config: AcquireConfig, download_dir: Path) -> list[SourceScan]:

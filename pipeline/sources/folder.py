@@ -7,7 +7,7 @@ from pathlib import Path
 
 from pipeline.config import AcquireConfig
 from pipeline.io import HEAD_SUFFIXES, InputError, image_stem
-from pipeline.sources import SourceScan
+from pipeline.sources import SourceScan, found
 
 
 def folder_scans(folder: Path, subjects: list[str]) -> list[SourceScan]:
@@ -24,12 +24,7 @@ def folder_scans(folder: Path, subjects: list[str]) -> list[SourceScan]:
             raise InputError(f"folder: {scans[label].path.name} and {path.name} would both be subject {label}")
         scans[label] = SourceScan(label, path, f"folder {folder}")
     chosen = [scans[label] for label in sorted(scans) if not subjects or label in subjects]
-    missing = sorted(set(subjects) - set(scans))
-    if missing:
-        raise InputError(f"folder: subjects not found in {folder}: {', '.join(missing)}")
-    if not chosen:
-        raise InputError(f"folder: no .nii, .nii.gz, .mgz or .mgh head in {folder}")
-    return chosen
+    return found(chosen, subjects, "folder", f"in {folder}", f"no .nii, .nii.gz, .mgz or .mgh head in {folder}")
 
 
 def scans(config: AcquireConfig, download_dir: Path) -> list[SourceScan]:

@@ -9,7 +9,7 @@ from pathlib import Path
 from pipeline.bids import entities, session_dirs, t1w_images
 from pipeline.config import AcquireConfig
 from pipeline.io import InputError
-from pipeline.sources import SourceScan
+from pipeline.sources import SourceScan, found
 
 log = logging.getLogger("pipeline")
 
@@ -59,12 +59,7 @@ def bids_scans(root: Path, subjects: list[str], runs: str = "first") -> list[Sou
         for folder in session_dirs(subject_dir):
             case = subject if folder == subject_dir else f"{subject}_{folder.name}"
             scans += session_scans(case, folder / "anat", runs, f"BIDS {root}")
-    missing = sorted(set(subjects) - {scan.subject for scan in scans})
-    if missing:
-        raise InputError(f"bids: subjects not found under {root}: {', '.join(missing)}")
-    if not scans:
-        raise InputError(f"bids: no sub-*/[ses-*/]anat/*_T1w.nii[.gz] under {root}")
-    return scans
+    return found(scans, subjects, "bids", f"under {root}", f"no sub-*/[ses-*/]anat/*_T1w.nii[.gz] under {root}")
 
 
 def scans(config: AcquireConfig, download_dir: Path) -> list[SourceScan]:
