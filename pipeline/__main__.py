@@ -1,4 +1,4 @@
-"""Command line: ``python -m pipeline {run,dvc-yaml,doctor,predict,bench}``."""
+"""Command line: ``python -m pipeline {run,dvc-yaml,plan,params-doc,doctor,predict,bench}``."""
 
 from __future__ import annotations
 
@@ -193,14 +193,16 @@ def parser() -> argparse.ArgumentParser:
                          help="a T1 head (.nii, .nii.gz, .mgz, .mgh), a .png slice, or a folder")
     predict.add_argument("--output", required=True, help="folder for the label maps")
     predict.add_argument("--slices", choices=["brain", "reference"], default="brain",
-                         help="brain: every axial plane of the brain (default); reference: only the plane at the "
+                         help="brain: every plane of the brain in each of the model's views, fused (default); "
+                              "reference: only the axial plane at the "
                               "head's reference level (the seed project's single slice)")
     predict.add_argument("--allow-non-t1", action="store_true",
                          help="segment a head whose contrast is not T1-like (flagged in tissue_volumes.tsv) "
                               "instead of refusing it")
     predict.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
                          help="auto: the GPU when torch sees one")
-    predict.add_argument("--tta", action="store_true", help="nnU-Net's test-time mirroring (left-right)")
+    predict.add_argument("--tta", action="store_true", help="nnU-Net's test-time mirroring, over the axes its trainer "
+                         "allows (never in sagittal slices)")
     predict.add_argument("--executor", choices=["local", "slurm"], default="local",
                          help="slurm: each head as a SLURM job with a GPU (executor.slurm of the params.yaml here)")
     predict.add_argument("--fold", choices=["all", "0", "1", "2", "3", "4"],
@@ -209,14 +211,16 @@ def parser() -> argparse.ArgumentParser:
     bench = commands.add_parser("bench", help="benchmarks that print JSON figures").add_subparsers(
         dest="what", required=True)
     synth = bench.add_parser("synth", help="synthesis speed")
-    synth.add_argument("--labels", help="a 1 mm label volume (default: a packaged one)")
+    synth.add_argument("--labels", help="a 1 mm label volume (default: "
+                       "../shared/data/synthseg-label-maps/training_seg_01.nii.gz)")
     synth.add_argument("--n", type=int, default=200, help="slices to synthesize")
     synth.add_argument("--device", default="cpu", help="torch device (cpu, cuda)")
     synth.set_defaults(func=cmd_bench_synth)
     train = bench.add_parser("train", help="seconds per training iteration, and real Dice against training time")
     train.add_argument("--study", default=".", help="a study folder after dvc repro (default: here)")
     train.add_argument("--combo", default="hmrf-deepbet", help="segmenter-stripper: which exported set to train on")
-    train.add_argument("--eval-every", type=int, default=2, help="score the real slices every N epochs")
+    train.add_argument("--eval-every", type=int, default=2,
+                       help="score the real test heads (whole brains, 3D) every N epochs")
     train.add_argument("-S", "--set", action="append", default=[], metavar="KEY=VALUE",
                        help="a params.yaml override, as dvc exp run -S (repeatable)")
     train.add_argument("--compile", action="store_true",

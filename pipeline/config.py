@@ -283,7 +283,7 @@ class SynthConfig(Strict):
     priors: Literal["uniform", "t1", "subject"] = "subject"
     subject_prior_spread: Annotated[float, Field(ge=0.0, le=1.0)] = 0.05  # sd of a class mean / intensity range
     subclasses: Annotated[int, Field(ge=1, le=8)] = 3  # Gaussian classes per tissue, by k-means of the image
-    # Which axial plane each sample is cut from (pipeline/synth/levels.py): brain, any plane of the brain, spread
+    # Which plane (along its view's axis) each sample is cut from (pipeline/synth/levels.py): brain, any plane of the brain, spread
     # by level_spread (uniform over the brain's height, or area: in proportion to the tissue in the plane);
     # reference, the seed project's one slice per subject: its reference level, or within ± band_mm of it.
     levels: Literal["brain", "reference"] = "brain"
@@ -407,9 +407,9 @@ class SlurmConfig(Strict):
     setup: list[str] = []
     gpu_partition: str | None = None  # the training and evaluation jobs' partition (null: ``partition``)
     gpus: Annotated[int, Field(ge=0)] = 1  # GPUs per training or evaluation job (0: a CPU job)
-    gpu_time_min: Annotated[int, Field(gt=10)] = 1440  # a training job's time limit, minutes
-    gpu_mem_gb: Annotated[float, Field(gt=0)] = 32.0  # a training job's memory
-    gpu_cpus_per_task: Annotated[int, Field(ge=1)] = 8  # a training job's CPUs (nnU-Net's data loaders)
+    gpu_time_min: Annotated[int, Field(gt=10)] = 1440  # a GPU job's (training, evaluation, predict) time limit, minutes
+    gpu_mem_gb: Annotated[float, Field(gt=0)] = 32.0  # a GPU job's memory
+    gpu_cpus_per_task: Annotated[int, Field(ge=1)] = 8  # a GPU job's CPUs (nnU-Net's data loaders)
     folder: str = ".slurm"  # job scripts, logs and the record of every job (jobs.tsv), beside the study
 
 

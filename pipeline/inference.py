@@ -48,8 +48,8 @@ def predict_planes(segment: Segmenter, brain: np.ndarray, mask: np.ndarray, size
 
 def predict_views(labels: Segmenter, probabilities: Callable[[str], Segmenter], brain: np.ndarray,
                   mask: np.ndarray, size: int, views: Sequence[str], label: str = "") -> np.ndarray:
-    """The labels (uint8, the brain's RAS grid) of every plane of the brain in each of ``views``: one view's
-    labels as the model gives them; several views' class probabilities (``probabilities(view)``: the model's
+    """The labels (uint8, the brain's RAS grid) of every plane of the brain in each of ``views``: axial alone:
+    the model's labels as it gives them; otherwise each view's class probabilities (``probabilities(view)``: the model's
     segmenter of probabilities for that view's slices) summed, then the likeliest class."""
     if list(views) == ["axial"]:
         return predict_planes(labels, brain, mask, size, label=label)

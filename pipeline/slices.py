@@ -1,7 +1,8 @@
 """The 2D view every model sees, for synthesis, evaluation and ``predict`` alike.
 
-- **Which slice**: one world-space level per subject (``reference_level_mm``), found on the harmonized
-  head before any stripper runs, so every strategy is trained and scored at the same anatomy. It is the
+- **The reference level**: one world-space axial level per subject (``reference_level_mm``), found on the
+  harmonized head before any stripper runs, so that every strategy's slab scores (``dice_band``), panels and
+  ``synth.levels: reference`` samples are at the same anatomy. It is the
   height of the centre of the cerebral white matter (the largest bright connected structure of a T1 head):
   the axial plane through the basal ganglia and the bodies of the lateral ventricles, with or without skull.
 - **Where in the canvas**: centre-padded (or centre-cropped) to ``size`` x ``size``.

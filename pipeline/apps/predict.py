@@ -1,8 +1,9 @@
 """``python -m pipeline predict``: segment new heads with a trained model.
 
 A head (.nii, .nii.gz, .mgz, .mgh) goes through what the model's training data went through (``prepare_head``:
-the acquisition QC, harmonization, the model's stripper, the crop), then every axial plane of its brain is
-predicted (``pipeline.inference``; ``slices="reference"``: the plane at its reference level only) and the labels
+the acquisition QC, harmonization, the model's stripper, the crop), then every plane of its brain is
+predicted in each view the model was trained on, the views fused by summing class probabilities
+(``pipeline.inference``; ``slices="reference"``: the axial plane at its reference level only) and the labels
 are written on the input's grid (same shape and affine). A head whose contrast is not T1-like is refused, naming
 the file, unless ``allow_non_t1``. A PNG slice is predicted as it is and written as a label PNG.
 

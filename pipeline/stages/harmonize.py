@@ -3,8 +3,8 @@
 ``builtin``: reorient to RAS, resample to isotropic voxels, N4 bias-field correction,
 robust percentile normalization to [0, 1]. ``synthsr``: FreeSurfer's mri_synthsr.
 What was done is recorded in a JSON sidecar beside each image, with the subject's reference axial level
-(``ReferenceLevelMM``, ``pipeline.slices``): found here, before any stripper, so that every strategy is
-trained and scored at the same anatomy.
+(``ReferenceLevelMM``, ``pipeline.slices``): found here, before any stripper, so that every strategy's
+slab scores, panels and reference-level samples are at the same anatomy.
 """
 
 from __future__ import annotations

@@ -24,9 +24,9 @@ def synthesize(
     labels: np.ndarray, cfg: SynthConfig, seeds: Sequence[int], device: str = "cpu",
     priors: IntensityPriors | None = None, targets: np.ndarray | None = None, levels: dict[str, Levels] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """(images, labels) uint8 (N, size, size) of ``seeds`` by ``cfg.engine``, each an axial slice at the plane
-    ``levels`` maps its draw to (None: the middle); ``device``, ``priors`` and ``targets``: builtin engine only
-    (``model.synthesize_slices``)."""
+    """(images, labels) uint8 (N, size, size) of ``seeds`` by ``cfg.engine``, each a slice in the sample's view
+    at the plane ``levels[view]`` maps its draw to (None: the middle); ``device``, ``priors`` and ``targets``:
+    builtin engine only (``model.synthesize_slices``)."""
     if cfg.engine == "lab2im":
         from pipeline.synth.lab2im_engine import synthesize_slices as lab2im_slices
 

@@ -1,11 +1,12 @@
-"""lab2im's generative model, rendering only the output axial slice of each deformed volume.
+"""lab2im's generative model, rendering only the output slice (in the sample's view) of each deformed
+volume.
 
 Order of operations, lab2im's (``lab2im_model``; SynthSeg's ``labels_to_image_model`` is the same):
 deform the labels (affine ∘ SVF exponential, nearest neighbour) → GMM image from the deformed labels →
 bias field → white noise → clip to [0, 300] → min–max to [0, 1] → gamma → Gaussian blur (3D) → slice.
 Noise comes before clipping as in lab2im's IntensityAugmentation; blurring comes last and must, since
-gamma is not linear. The random left–right flip is applied to the final slice (SynthSeg flips the labels
-before the GMM): GMM noise is i.i.d. and every field prior is mirror-symmetric, so both orders give the
+gamma is not linear. The random left–right flip (never of a sagittal slice) is applied to the final slice
+(SynthSeg flips the labels before the GMM): GMM noise is i.i.d. and every field prior is mirror-symmetric, so both orders give the
 same distribution, and flipping the output costs nothing.
 
 Departures from lab2im, each a ``synth`` option (``pipeline.config``): the GMM's priors per class

@@ -48,7 +48,8 @@ def grid_shape(n: int) -> tuple[int, int]:
 
 
 def draw_panel(axes: Axes, image: np.ndarray, labels: np.ndarray, title: str) -> None:
-    """One sample, anterior up: the grey image and one contour per tissue present."""
+    """One sample (axial: anterior up; coronal, sagittal: superior up): the grey image and one contour per
+    tissue present."""
     image, labels = np.rot90(image), np.rot90(labels)
     axes.imshow(image, cmap="gray", vmin=0, vmax=255, interpolation="nearest")
     for label, (_, colour, width) in CONTOURS.items():
@@ -77,7 +78,8 @@ def write_montage(split: Path, target: Path, seed: int, title: str, n: int = N_P
         grid[0, 0].text(0.5, 0.5, "no training samples", ha="center", va="center", fontsize=8)
     handles = [Line2D([], [], color=colour, label=name) for name, colour, _ in CONTOURS.values()]
     figure.legend(handles=handles, loc="upper right", ncol=3, fontsize=7, frameon=False)
-    figure.suptitle(f"{title}: {len(chosen)} training samples (anterior up)", x=0.02, ha="left", fontsize=9)
+    figure.suptitle(f"{title}: {len(chosen)} training samples (axial: anterior up; coronal, sagittal: superior up)",
+                    x=0.02, ha="left", fontsize=9)
     figure.subplots_adjust(
         left=0.01, right=0.99, bottom=0.01, top=1 - HEADER_INCHES / figure.get_figheight(), wspace=0.04, hspace=0.12
     )
