@@ -283,8 +283,9 @@ class SynthConfig(Strict):
     priors: Literal["uniform", "t1", "subject"] = "subject"
     subject_prior_spread: Annotated[float, Field(ge=0.0, le=1.0)] = 0.05  # sd of a class mean / intensity range
     subclasses: Annotated[int, Field(ge=1, le=8)] = 3  # Gaussian classes per tissue, by k-means of the image
-    # Which plane (along its view's axis) each sample is cut from (pipeline/synth/levels.py): brain, any plane of the brain, spread
-    # by level_spread (uniform over the brain's height, or area: in proportion to the tissue in the plane);
+    # Which plane (along its view's axis) each sample is cut from (pipeline/synth/levels.py): brain, any plane
+    # of the brain, spread by level_spread (uniform over the brain's extent, or area: in proportion to the tissue
+    # in the plane);
     # reference, the seed project's one slice per subject: its reference level, or within ± band_mm of it.
     levels: Literal["brain", "reference"] = "brain"
     # the planes samples are cut in, one drawn per sample: axial, coronal, sagittal (one model learns them all;

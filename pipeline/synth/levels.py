@@ -3,8 +3,9 @@
 
 - ``brain`` (default): any plane of the brain, so that a model learns every level of the head it will be asked
   to segment, from the vertex down to the cerebellum and brainstem. ``synth.level_spread`` says how the planes
-  are drawn: ``uniform`` over the brain's extent along the view's axis (every level as often: the small top and bottom slices,
-  where a model trained near the centre fails, as often as the large central ones), or ``area``, in proportion
+  are drawn: ``uniform`` over the brain's extent along the view's axis (every level as often: the small top and
+  bottom slices, where a model trained near the centre fails, as often as the large central ones), or ``area``,
+  in proportion
   to the tissue each plane holds (as often as a voxel drawn at random lies in it).
 - ``reference``: the seed project's protocol, one slice per case: the case's reference level
   (``pipeline.slices``: the same anatomy for every case and strategy), or within ``synth.band_mm`` of it.

@@ -6,8 +6,8 @@ deform the labels (affine ∘ SVF exponential, nearest neighbour) → GMM image 
 bias field → white noise → clip to [0, 300] → min–max to [0, 1] → gamma → Gaussian blur (3D) → slice.
 Noise comes before clipping as in lab2im's IntensityAugmentation; blurring comes last and must, since
 gamma is not linear. The random left–right flip (never of a sagittal slice) is applied to the final slice
-(SynthSeg flips the labels before the GMM): GMM noise is i.i.d. and every field prior is mirror-symmetric, so both orders give the
-same distribution, and flipping the output costs nothing.
+(SynthSeg flips the labels before the GMM): GMM noise is i.i.d. and every field prior is mirror-symmetric, so
+both orders give the same distribution, and flipping the output costs nothing.
 
 Departures from lab2im, each a ``synth`` option (``pipeline.config``): the GMM's priors per class
 (``synth.priors``: lab2im's uniform ones, SynthSeg's T1 ones, or the subject's own, ``priors``); several
