@@ -5,7 +5,8 @@ samples: a slice in one of ``synth.views``, at a plane ``synth.levels`` picks (d
 brain; ``reference``: the subject's reference level +- ``band_mm``), of a randomly deformed, re-textured
 volume, padded to ``synth.size`` squared, written as an image PNG and a label PNG {0,1,2,3}, by the
 ``synth.engine`` (builtin, or the optional lab2im package). Each sample's seed derives from (seed, subject,
-index), so samples are reproducible and independent of which other subjects are in the study. ``montage.png``: 16 training samples with tissue contours, for QC.
+index), so samples are reproducible and independent of which other subjects are in the study.
+``montage.png``: 16 training samples with tissue contours, for QC.
 """
 
 from __future__ import annotations
