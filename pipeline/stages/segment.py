@@ -29,7 +29,7 @@ from pipeline.stages.base import ComboStage, Stage
 from pipeline.stages.strip import Strip
 from pipeline.subjects import for_each_subject, not_failed, plan_budget, read_failures, write_failures
 from pipeline.tools.registry import SEGMENTERS
-from pipeline.tools.segmentation import SegmentJob, tool_image
+from pipeline.tools.segmentation import SegmentJob, cost, tool_image
 
 log = logging.getLogger("pipeline")
 
@@ -57,12 +57,6 @@ def segment_subject(subject: str, threads: int, method: str, stripped: Path, out
     log.info("segment sub-%s with %s: %.1f s", subject, method, seconds)
     return {"participant_id": f"sub-{subject}", **tissue_volumes(labels, voxel_volume_ml(image.affine)),
             "seconds": round(seconds, 1)}
-
-
-def cost(seconds: dict[str, float], threads: int) -> dict:
-    """What a segmenter costs: its seconds per head (participant_id -> wall seconds, ``threads`` threads each)."""
-    return {"seconds_per_head": seconds, "mean_seconds_per_head": round(float(np.mean(list(seconds.values()))), 2)
-            if seconds else None, "threads_per_head": threads}
 
 
 class Segment(ComboStage):

@@ -33,10 +33,11 @@ from pipeline.labels import CSF, GM, TISSUES, WM, tissue_volumes, voxel_volume_m
 from pipeline.overlays import three_planes
 from pipeline.stages.acquire import Acquire
 from pipeline.stages.base import ComboStage, Gathered, Stage
-from pipeline.stages.segment import Segment, cost
+from pipeline.stages.segment import Segment
 from pipeline.stages.strip import Strip
 from pipeline.subjects import for_each_subject, read_failures, write_failures
 from pipeline.tools.consensus import fuse
+from pipeline.tools.segmentation import cost
 
 log = logging.getLogger("pipeline")
 

@@ -55,3 +55,9 @@ def labels_on_grid(labels: nib.spatialimages.SpatialImage, reference: nib.Nifti1
     resampled = resample_from_to(labels, (reference.shape[:3], reference.affine), order=0, mode="constant",
                                  cval=0, out_class=nib.Nifti1Image)
     return np.rint(resampled.get_fdata()).astype(np.int64)
+
+
+def cost(seconds: dict[str, float], threads: int) -> dict:
+    """What a segmenter costs: its seconds per head (participant_id -> wall seconds, ``threads`` threads each)."""
+    return {"seconds_per_head": seconds, "mean_seconds_per_head": round(float(np.mean(list(seconds.values()))), 2)
+            if seconds else None, "threads_per_head": threads}
