@@ -303,6 +303,10 @@ class SynthConfig(Strict):
     max_thickness_mm: Annotated[float, Field(ge=1.0, le=10.0)] = 5.0
     # resolution randomisation: in-plane voxel ~ U(1, this), mm
     max_in_plane_mm: Annotated[float, Field(ge=1.0, le=4.0)] = 1.5
+    # Share of the training samples that are real slices of the training heads instead of synthetic ones: the
+    # stripped, normalised brain as a model sees it at evaluation, with the teacher's labels, in the same views and
+    # levels (pipeline/synth/real.py). 0: synthetic only; 1: real only. Test samples (dice.synthetic) stay synthetic.
+    real_fraction: Probability = 0.0
 
     @model_validator(mode="after")
     def _band_needs_reference_levels(self) -> SynthConfig:
