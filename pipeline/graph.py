@@ -4,7 +4,9 @@ Stages are listed in data-flow order. Each becomes one DVC stage whose ``deps`` 
 its code (the import closure of its module inside ``pipeline/``, found by reading the
 imports: a change to any file the stage runs re-runs it, and nothing else) and the outputs
 of the tasks it ``requires()``, whose ``params`` are the
-keys it reads and whose ``outs``/``metrics`` are its Luigi outputs. Stages with matrix
+keys it reads and whose ``outs``/``metrics`` are its Luigi outputs. The closure stops at the other stage
+modules a stage imports: it names their tasks as inputs and runs none of their code, and their outputs are
+already its data deps. Empty modules (a bare package ``__init__.py``) run nothing and are left out. Stages with matrix
 parameters become DVC ``matrix`` stages over the method lists in params.yaml.
 """
 
@@ -94,8 +96,19 @@ def with_packages(module: str) -> set[str]:
     return {".".join(parts[:i]) for i in range(1, len(parts) + 1)}
 
 
+STAGE_PACKAGE = "pipeline.stages"
+SHARED_STAGE_MODULE = "pipeline.stages.base"  # the Stage class every stage runs
+
+
+def names_a_stage(imported: str, importer: str) -> bool:
+    """Whether ``imported`` is another stage's module, which ``importer`` imports only to name its task as an
+    input (tests/test_graph.py holds stages to that): none of its code runs."""
+    return imported.startswith(STAGE_PACKAGE + ".") and imported not in (SHARED_STAGE_MODULE, importer)
+
+
 def import_closure(module: str) -> list[str]:
-    """Every file of this project that importing (and running) ``module`` executes, as project paths."""
+    """Every non-empty file of this project that importing (and running) ``module`` executes, as project paths,
+    other stages' modules and what only they import left out (``names_a_stage``)."""
     seen: set[str] = set()
     todo = with_packages(module)
     while todo:
@@ -104,8 +117,10 @@ def import_closure(module: str) -> list[str]:
             continue
         seen.add(current)
         for imported in imported_modules(module_file(current), current):
-            todo |= with_packages(imported) - seen
-    return sorted(str(module_file(name).relative_to(PROJECT_ROOT)) for name in seen)
+            if not names_a_stage(imported, module):
+                todo |= with_packages(imported) - seen
+    files = [module_file(name) for name in seen]
+    return sorted(str(path.relative_to(PROJECT_ROOT)) for path in files if path.stat().st_size)
 
 
 def loaded_by_nnunet(stage: type[Stage]) -> list[str]:

@@ -67,16 +67,21 @@ def atomic_dir(final: Path) -> Iterator[Path]:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def fingerprint_file(final: Path) -> Path:
+    """Where ``resumable_dir`` keeps the fingerprint of the work it resumes for ``final``."""
+    return Path(final).parent / f".{Path(final).name}.partial" / ".fingerprint"
+
+
 @contextlib.contextmanager
 def resumable_dir(final: Path, fingerprint: str) -> Iterator[Path]:
     """Like ``atomic_dir``, but the work folder survives a crash for the next run to resume.
 
-    The work folder is reused only by a run with the same ``fingerprint`` (the stage's
-    parameters); any other run starts afresh.
+    The work folder is reused only by a run with the same ``fingerprint`` (what the stage
+    reads); any other run starts afresh.
     """
     final = Path(final)
-    work = final.parent / f".{final.name}.partial"
-    stamp = work / ".fingerprint"
+    stamp = fingerprint_file(final)
+    work = stamp.parent
     if work.exists() and not (stamp.is_file() and stamp.read_text() == fingerprint):
         shutil.rmtree(work)
     work.mkdir(parents=True, exist_ok=True)

@@ -8,18 +8,22 @@ its ``deps``. ``pipeline.graph`` turns the tasks into ``dvc.yaml``.
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import json
 import logging
+import operator
 import resource
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import ClassVar
 
 import luigi
 
-from pipeline.config import SCHEDULE_KEYS, Config, ParamsView, load_config
+from pipeline.config import Config, ParamsView, load_config
 from pipeline.errors import user_errors
-from pipeline.io import atomic_dir, resumable_dir, write_json
+from pipeline.io import atomic_dir, fingerprint_file, resumable_dir, write_json
 
 log = logging.getLogger("pipeline")
 
@@ -46,6 +50,51 @@ def package_versions() -> dict:
             return None
 
     return {"python": platform.python_version(), "packages": {name: version(name) for name in RECORDED_PACKAGES}}
+
+
+def file_hashes(paths: Iterable[Path]) -> dict[str, str]:
+    """The MD5 of every file in ``paths`` (files, or folders read whole), by path."""
+    hashes: dict[str, str] = {}
+    for path in paths:
+        for file in sorted(path.rglob("*")) if path.is_dir() else [path]:
+            if file.is_file():
+                with file.open("rb") as handle:
+                    hashes[str(file)] = hashlib.file_digest(handle, "md5").hexdigest()
+    return hashes
+
+
+def param_values(config: Config, keys: Iterable[str]) -> dict[str, object]:
+    """The value of each params.yaml key in ``keys`` (dotted: ``strip.deepbet``) in ``config``."""
+    dumped = config.model_dump(mode="json")
+    return {key: functools.reduce(operator.getitem, key.split("."), dumped) for key in keys}
+
+
+def leaves(value: object, key: str) -> dict[str, object]:
+    """A parameter's value as the dotted keys of its leaves (``train`` -> ``train.profile``, ...) and their values."""
+    if isinstance(value, dict) and value:
+        return {leaf: found for name, item in value.items() for leaf, found in leaves(item, f"{key}.{name}").items()}
+    return {key: value}
+
+
+def described(fingerprint: dict) -> dict[str, object]:
+    """A fingerprint (``Stage.fingerprint``) flat: 'input PATH' and 'parameter KEY' to a file's hash, a value."""
+    flat: dict[str, object] = {f"input {path}": digest for path, digest in fingerprint["inputs"].items()}
+    for key, value in fingerprint["params"].items():
+        flat |= {f"parameter {leaf}": found for leaf, found in leaves(value, key).items()}
+    return flat
+
+
+def what_changed(stamp: str, fingerprint: dict) -> list[str]:
+    """How ``fingerprint`` differs from the one a crashed run left (``stamp``, its JSON): 'input PATH changed',
+    'parameter KEY added', ..."""
+    try:
+        before = described(json.loads(stamp))
+    except (ValueError, TypeError, KeyError):  # a stamp of another shape: an earlier version of the pipeline
+        return ["its work was fingerprinted by an earlier version of the pipeline"]
+    after = described(fingerprint)
+    changes = [f"{name} {'added' if name not in before else 'removed' if name not in after else 'changed'}"
+               for name in sorted(before.keys() | after.keys()) if before.get(name, ...) != after.get(name, ...)]
+    return changes or ["its fingerprint changed"]
 
 
 class Stage(luigi.Task):
@@ -107,10 +156,7 @@ class Stage(luigi.Task):
         log.info("[%s] started", label)
         start, cpu_start = time.monotonic(), cpu_seconds()
         if self.resumable:
-            # what the stage makes, not how it runs: a rerun with other workers or on SLURM resumes
-            fingerprint = json.dumps([self.item(), config.model_dump(mode="json", exclude=set(SCHEDULE_KEYS))],
-                                     sort_keys=True)
-            work = resumable_dir(self.out_dir(), fingerprint)
+            work = resumable_dir(self.out_dir(), self.resume_or_restart(config, label))
         else:
             work = atomic_dir(self.out_dir())
         with work as tmp:
@@ -118,6 +164,28 @@ class Stage(luigi.Task):
             write_json(package_versions(), tmp / "versions.json")
         log.info("[%s] done in %.1f s wall, %.1f s CPU -> %s", label, time.monotonic() - start,
                  cpu_seconds() - cpu_start, self.out_dir())
+
+    def fingerprint(self, config: Config) -> dict:
+        """What a resumed run must share with the crashed one: the content of every input file and the value of
+        every parameter the stage reads. Not how it runs (workers, executor), nor parameters it never reads: a rerun
+        with other workers, on SLURM, or after an edit to another stage's parameter resumes."""
+        inputs = [Path(target.path) for target in luigi.task.flatten(self.input())]
+        return {"inputs": file_hashes(inputs), "params": param_values(config, self.params())}
+
+    def resume_or_restart(self, config: Config, label: str) -> str:
+        """The fingerprint (JSON) for ``resumable_dir``; logs whether a crashed run's work is resumed, or why not."""
+        fingerprint = self.fingerprint(config)
+        text, stamp = json.dumps(fingerprint, sort_keys=True), fingerprint_file(self.out_dir())
+        if not stamp.is_file():
+            return text
+        if stamp.read_text() == text:
+            log.info("[%s] resuming the interrupted run's work in %s", label, stamp.parent)
+            return text
+        changes = what_changed(stamp.read_text(), fingerprint)
+        more = f"; and {len(changes) - 5} more" if len(changes) > 5 else ""
+        log.warning("[%s] starting afresh, discarding the interrupted run's work in %s: %s%s", label, stamp.parent,
+                    "; ".join(changes[:5]), more)
+        return text
 
     def build(self, out: Path, config: Config) -> None:
         """Write the stage's results into ``out`` (moved into place on success)."""
