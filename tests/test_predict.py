@@ -1,6 +1,6 @@
 import numpy as np
 
-from pipeline.apps.predict import labels_on_grid
+from pipeline.apps.predict import planes_on_grid
 
 
 def test_a_single_1mm_plane_reaches_a_thicker_flipped_input_grid():
@@ -8,7 +8,7 @@ def test_a_single_1mm_plane_reaches_a_thicker_flipped_input_grid():
     labels[5:35, 5:45, 30] = 2
     ras_1mm = np.array([[1.0, 0, 0, -20], [0, 1, 0, -25], [0, 0, 1, -30], [0, 0, 0, 1]])
     las_thick = np.array([[-1.0, 0, 0, 20], [0, 4 / 3, 0, -25], [0, 0, 4 / 3, -29.5], [0, 0, 0, 1]])
-    out = labels_on_grid(labels, ras_1mm, 30, (40, 38, 45), las_thick)
+    out = planes_on_grid(labels, ras_1mm, 30, (40, 38, 45), las_thick)
     planes = np.nonzero(out.any(axis=(0, 1)))[0]
     # target slice 22 is centred at z = -29.5 + 22 * 4/3 = -0.17 mm and 1.33 mm thick: the labelled
     # plane z = 0 lies inside it, and inside no other.
@@ -19,7 +19,7 @@ def test_a_single_1mm_plane_reaches_a_thicker_flipped_input_grid():
 def test_every_plane_maps_with_nearest_neighbour_when_all_were_predicted():
     labels = np.broadcast_to(np.arange(60, dtype=np.uint8) % 4, (40, 50, 60)).copy()
     affine = np.eye(4)
-    assert np.array_equal(labels_on_grid(labels, affine, None, labels.shape, affine), labels)
+    assert np.array_equal(planes_on_grid(labels, affine, None, labels.shape, affine), labels)
 
 
 def test_a_command_error_is_one_message_naming_the_file_and_debug_shows_the_traceback(tmp_path, capsys):

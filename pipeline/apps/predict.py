@@ -120,7 +120,7 @@ def prepare_head(path: Path, record: TrainingRecord, work: Path, allow_non_t1: b
     return PreparedHead(nib.load(path), brain, inside, head.level_mm, flags)
 
 
-def labels_on_grid(labels: np.ndarray, affine: np.ndarray, plane: int | None, shape: tuple[int, ...],
+def planes_on_grid(labels: np.ndarray, affine: np.ndarray, plane: int | None, shape: tuple[int, ...],
                    target_affine: np.ndarray) -> np.ndarray:
     """Predicted axial plane(s) of ``labels`` carried onto another grid (the input's), nearest neighbour.
 
@@ -141,8 +141,8 @@ def labels_on_grid(labels: np.ndarray, affine: np.ndarray, plane: int | None, sh
     return out.reshape(shape)
 
 
-def predict_head(path: Path, model: SlicePredictor, record: TrainingRecord, output: Path, work: Path,
-                 slices: Slices, allow_non_t1: bool) -> dict:
+def segment_head_file(path: Path, model: SlicePredictor, record: TrainingRecord, output: Path, work: Path,
+                      slices: Slices, allow_non_t1: bool) -> dict:
     """One head's labels on its own grid, its picture; returns its ``tissue_volumes.tsv`` row."""
     head = prepare_head(path, record, work, allow_non_t1)
     plane = level_index(head.brain, head.level_mm)
@@ -153,7 +153,7 @@ def predict_head(path: Path, model: SlicePredictor, record: TrainingRecord, outp
         labels = predict_views(model, model.probabilities_in, brain, head.mask, record.size, record.views,
                                label=f"predict {path.name}")
     original = head.original
-    on_input = labels_on_grid(labels, head.brain.affine, plane if slices == "reference" else None,
+    on_input = planes_on_grid(labels, head.brain.affine, plane if slices == "reference" else None,
                               original.shape[:3], original.affine)
     save_nifti(on_input, original.affine, output / f"{case_name(path)}_dseg.nii.gz", dtype=np.uint8)
     three_planes(brain, [(f"{record.segmenter}-{record.stripper} model", labels)],
@@ -177,7 +177,7 @@ def predict_pngs(slices: list[Path], output: Path, segment: Segmenter) -> None:
     for path in slices:
         with Image.open(path) as image:
             grey = np.asarray(image.convert("L"))
-        save_png(segment(grey), output / f"{image_stem(path)}.png")
+        save_png(segment(grey[None])[0], output / f"{image_stem(path)}.png")
         log.info("predict: %s -> %s", path, output / f"{image_stem(path)}.png")
 
 
@@ -187,7 +187,7 @@ def predict_alone(path: Path, threads: int, model_dir: Path, output: Path, slice
     record = TrainingRecord.read(model_dir)
     model = SlicePredictor.from_folder(model_dir, record.dataset_id, record.trainer, fold, torch_device(device), tta)
     with tempfile.TemporaryDirectory(prefix="predict-") as tmp:
-        return predict_head(path, model, record, output, Path(tmp), slices, allow_non_t1)
+        return segment_head_file(path, model, record, output, Path(tmp), slices, allow_non_t1)
 
 
 def predict_on_slurm(heads: list[Path], executor: ExecutorConfig, **arguments: object) -> Iterator[dict]:
@@ -227,7 +227,7 @@ def predict(model_dir: Path, input_path: Path, output: Path, slices: Slices = "b
     with tempfile.TemporaryDirectory(prefix="predict-") as tmp:
         for number, path in enumerate(heads, start=1):
             start = time.monotonic()
-            row = predict_head(path, model, record, output, Path(tmp), slices, allow_non_t1)
+            row = segment_head_file(path, model, record, output, Path(tmp), slices, allow_non_t1)
             rows.append(row)
             log.info("predict [%d/%d] %s: %.0f s, GM %.0f mL, WM %.0f mL, CSF %.0f mL over %d planes%s -> %s",
                      number, len(heads), path.name, time.monotonic() - start, row["GM_ml"], row["WM_ml"],
