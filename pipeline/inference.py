@@ -16,7 +16,8 @@ from pipeline.slices import from_view, in_view, slice_canvas, uncenter
 
 log = logging.getLogger("pipeline")
 
-Segmenter = Callable[[np.ndarray], np.ndarray]  # a (size, size) uint8 slice -> its labels, or class probabilities
+Segmenter = Callable[[np.ndarray], np.ndarray]  # (N, size, size) uint8 slices -> their labels, or class probabilities
+PLANES_PER_CALL = 64  # planes handed to a segmenter at once: its batches fill a GPU, the canvases stay small
 
 
 def brain_planes(mask: np.ndarray) -> list[int]:
@@ -27,19 +28,23 @@ def brain_planes(mask: np.ndarray) -> list[int]:
 def predict_planes(segment: Segmenter, brain: np.ndarray, mask: np.ndarray, size: int,
                    planes: Iterable[int] | None = None, label: str = "") -> np.ndarray:
     """``segment``'s output for ``planes`` (default: every plane with brain) stacked on the brain's grid: labels
-    (uint8, the brain's shape), or with a segmenter of probabilities (C, size, size), the brain's shape x C
-    (float32); 0 elsewhere. A progress line every quarter of the planes when ``label`` names what is predicted."""
+    (uint8, the brain's shape), or with a segmenter of probabilities ((N, C, size, size)), the brain's shape x C
+    (float32); 0 elsewhere. The planes go to ``segment`` ``PLANES_PER_CALL`` at a time; a progress line every
+    quarter of the planes when ``label`` names what is predicted."""
     planes = brain_planes(mask) if planes is None else list(planes)
     out, start, reported = None, time.monotonic(), 0
-    for done, k in enumerate(planes, start=1):
-        result = segment(slice_canvas(brain[:, :, k], mask[:, :, k], size))
-        if result.ndim == 2:
-            plane = uncenter(result, brain.shape[:2])
-        else:  # a map per class
-            plane = np.stack([uncenter(channel, brain.shape[:2]) for channel in result], axis=-1)
-        if out is None:
-            out = np.zeros(brain.shape + plane.shape[2:], plane.dtype)
-        out[:, :, k] = plane
+    for first in range(0, len(planes), PLANES_PER_CALL):
+        chosen = planes[first:first + PLANES_PER_CALL]
+        results = segment(np.stack([slice_canvas(brain[:, :, k], mask[:, :, k], size) for k in chosen]))
+        for k, result in zip(chosen, results, strict=True):
+            if result.ndim == 2:
+                plane = uncenter(result, brain.shape[:2])
+            else:  # a map per class
+                plane = np.stack([uncenter(channel, brain.shape[:2]) for channel in result], axis=-1)
+            if out is None:
+                out = np.zeros(brain.shape + plane.shape[2:], plane.dtype)
+            out[:, :, k] = plane
+        done = first + len(chosen)
         if label and len(planes) > 8 and done * 4 // len(planes) > reported:
             reported = done * 4 // len(planes)
             log.info("%s: %d/%d planes, %.0f s", label, done, len(planes), time.monotonic() - start)

@@ -88,9 +88,9 @@ def test_every_plane_of_the_brain_is_predicted_and_stacked_in_place():
     assert brain_planes(mask) == list(range(2, 10))
     seen = []
 
-    def segment(canvas: np.ndarray) -> np.ndarray:
-        seen.append(canvas.shape)
-        return (canvas > 0).astype(np.uint8) * 2  # WM wherever the slice shows brain
+    def segment(canvases: np.ndarray) -> np.ndarray:
+        seen.extend(canvas.shape for canvas in canvases)
+        return (canvases > 0).astype(np.uint8) * 2  # WM wherever the slice shows brain
 
     labels = predict_planes(segment, brain, mask, 64)
     assert seen == [(64, 64)] * 8  # one canvas per plane with brain
@@ -106,15 +106,16 @@ def test_views_are_predicted_in_their_own_planes_and_fused_by_summed_probabiliti
     brain[mask] = 1.0
     seen: list[tuple[int, int]] = []
 
-    def labels(canvas: np.ndarray) -> np.ndarray:
-        return (canvas > 0).astype(np.uint8) * WM
+    def labels(canvases: np.ndarray) -> np.ndarray:
+        return (canvases > 0).astype(np.uint8) * WM
 
-    def probabilities(canvas: np.ndarray) -> np.ndarray:
-        seen.append(canvas.shape)
-        inside = canvas > 0
-        scores = np.zeros((4, *canvas.shape), np.float32)
-        scores[0][~inside] = 1.0
-        scores[GM][inside], scores[WM][inside] = 0.6 if len(seen) <= 10 else 0.3, 0.4  # axial planes say GM
+    def probabilities(canvases: np.ndarray) -> np.ndarray:
+        axial = not seen  # the axial planes come first, in one call
+        seen.extend(canvas.shape for canvas in canvases)
+        inside = canvases > 0
+        scores = np.zeros((len(canvases), 4, *canvases.shape[1:]), np.float32)
+        scores[:, 0][~inside] = 1.0
+        scores[:, GM][inside], scores[:, WM][inside] = 0.6 if axial else 0.3, 0.4  # axial planes say GM
         return scores
 
     assert np.array_equal(predict_views(labels, lambda view: probabilities, brain, mask, 32, ["axial"]),

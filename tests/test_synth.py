@@ -23,6 +23,7 @@ from pipeline.__main__ import main
 from pipeline.apps.bench_synth import load_tissue_labels, run_benchmark
 from pipeline.bids import subject_file, write_raw_tables
 from pipeline.config import Config, ConfigError, SynthConfig
+from pipeline.inference import predict_planes
 from pipeline.io import save_nifti, save_png, write_json, write_tsv
 from pipeline.labels import CSF, GM, WM
 from pipeline.slices import center_pad, in_view, to_uint8
@@ -43,8 +44,9 @@ from pipeline.synth.model import (
     synthesize_slices,
 )
 from pipeline.synth.montage import CONTOURS, pick_cases, write_montage
-from pipeline.synth.params import draw_flip, draw_level, draw_parameters, draw_view, sample_seed
+from pipeline.synth.params import draw_flip, draw_level, draw_parameters, draw_real, draw_view, sample_seed
 from pipeline.synth.priors import T1_PRIORS, subject_priors, t1_priors
+from pipeline.synth.subject import Folders, subject_model
 from pipeline.tools.base import ToolMissing
 
 # lab2im's generative model as it is: what the tests of lab2im's behaviour run (the study's defaults go
@@ -554,6 +556,7 @@ def stage(small, tmp_path, monkeypatch) -> Synthesize:
     for subject in ("01", "02"):
         save_nifti(small, np.eye(4), subject_file(segmented, subject, "dseg"), dtype=np.uint8)
         save_nifti(brain, np.eye(4), subject_file(stripped, subject, "desc-brain_T1w"))
+        save_nifti(small > 0, np.eye(4), subject_file(stripped, subject, "desc-brain_mask"), dtype=np.uint8)
         write_json({"ReferenceLevelMM": small.shape[2] // 2},
                    subject_file(harmonized, subject, "desc-harmonized_T1w").with_suffix("").with_suffix(".json"))
     write_raw_tables(raw, {"01": "train", "02": "test"}, {s: Path(f"/heads/{s}.nii.gz") for s in ("01", "02")})
@@ -573,6 +576,55 @@ def test_synthesize_stage_writes_samples_and_a_montage(stage, tmp_path):
         assert png.format == "PNG" and png.size[0] >= 800
     expected = write_montage(out / "train", tmp_path / "again.png", 42, "synthetic hmrf-deepbet")
     assert (tmp_path / "again.png").read_bytes() == (out / "montage.png").read_bytes() and len(expected) == 16
+
+
+# --- synth.real_fraction: real slices of the training heads among the samples ----------------------------------
+def split_files(out: Path) -> dict[str, bytes]:
+    return {str(path.relative_to(out)): path.read_bytes() for path in sorted(out.glob("*/*/*.png"))}
+
+
+def test_real_fraction_zero_writes_the_synthetic_set_byte_for_byte(stage, tmp_path):
+    """The committed path (every sample drawn by the engine and saved as it comes) against the stage at 0."""
+    cfg = SynthConfig(n_train=10, n_test=3, size=64)
+    assert cfg.real_fraction == 0.0  # the default
+    stage.build(tmp_path / "out", Config(synth=cfg))
+    written = split_files(tmp_path / "out")
+    model = subject_model("01", Folders(tmp_path / "segmented", tmp_path / "stripped", tmp_path / "harmonized"), cfg)
+    expected = tmp_path / "expected"
+    write_split(expected / "train", *synthesize(model.classes.labels, cfg, seeds("01", 10), priors=model.priors,
+                                                targets=model.classes.targets, levels=model.levels))
+    train = {name: data for name, data in written.items() if name.startswith("train/")}
+    assert train == split_files(expected) and len(train) == 20
+    assert sum(name.startswith("test/") for name in written) == 6
+
+
+def test_real_fraction_mixes_real_slices_with_the_teachers_labels_into_the_training_set(stage, small, tmp_path):
+    folders = Folders(tmp_path / "segmented", tmp_path / "stripped", tmp_path / "harmonized")
+    synthetic_only, mixed = SynthConfig(n_train=16, n_test=3, size=128), SynthConfig(n_train=16, n_test=3, size=128,
+                                                                                      real_fraction=0.5)
+    stage.build(tmp_path / "synthetic", Config(synth=synthetic_only))
+    stage.build(tmp_path / "mixed", Config(synth=mixed))
+    before, after = split_files(tmp_path / "synthetic"), split_files(tmp_path / "mixed")
+    real = [number for number in range(16) if draw_real(sample_seed(42, "01", number), mixed)]
+    assert 0 < len(real) < 16
+    for name in before:  # a synthetic sample is the one it was without real ones; the test split stays synthetic
+        number = int(name[-8:-4])
+        assert (before[name] == after[name]) == (name.startswith("test/") or number not in real), name
+    # one real sample: the teacher's labels cut at a plane of the head, and the image every model sees there
+    case = f"sub-01_{real[0]:04d}.png"
+    image, labels = (np.asarray(Image.open(tmp_path / "mixed" / "train" / kind / case))
+                     for kind in ("images", "labels"))
+    seed = sample_seed(42, "01", real[0])
+    view = draw_view(seed, mixed)
+    teacher = in_view(small, view)
+    planes = [k for k in range(teacher.shape[2]) if np.array_equal(center_pad(teacher[:, :, k], 128), labels)]
+    assert planes, "the labels are no plane of the teacher's label map"
+    assert subject_model("01", folders, mixed).levels[view].plane(draw_level(seed)) in planes
+    brain = np.asarray(nib.load(subject_file(folders.stripped, "01", "desc-brain_T1w")).dataobj, np.float32)
+    seen = []  # what the evaluation feeds a model at that plane (pipeline.inference)
+    predict_planes(lambda canvases: seen.extend(canvases) or np.zeros_like(canvases), in_view(brain, view),
+                   in_view(small > 0, view), 128, planes[:1])
+    assert np.array_equal(seen[0], image) and set(np.unique(labels)) >= {GM, WM}
 
 
 # --- synth.engine: lab2im ------------------------------------------------------------------------------------
@@ -839,7 +891,7 @@ def test_simulated_low_resolution_blurs_as_that_acquisition(small):
 # --- online synthesis: the samples nnU-Net's loader draws ------------------------------------------------------
 def test_online_samples_are_fresh_each_draw_reproducible_from_the_seed_and_the_stages_model(stage, tmp_path):
     from pipeline.synth.online import ONLINE_INDEX_OFFSET, OnlineSampler
-    from pipeline.synth.subject import Folders, case_of, sample_name, subject_model
+    from pipeline.synth.subject import case_of, sample_name
 
     folders = Folders(tmp_path / "segmented", tmp_path / "stripped", tmp_path / "harmonized")
     cfg = SynthConfig(size=64)

@@ -100,14 +100,17 @@ def model_folder(models: Path, dataset_id: int, trainer: str) -> Path:
 class SlicePredictor:
     """A trained network in this process, segmenting 8-bit slices exactly as ``nnUNetv2_predict`` segments the
     same slices read from PNGs (``NaturalImage2DIO``'s layout and spacing, nnU-Net's own preprocessing, sliding
-    window and export), without a process and a file per slice."""
+    window and export), without a process and a file per slice, and with the tiles of many slices through the
+    network at once (``batch_size`` tiles a call: ``tile_batch_size``). nnU-Net's per-tile arithmetic is kept, in its
+    order (Gaussian weights, half-precision sums): a slice's labels do not depend on the batch it was in."""
 
-    def __init__(self, predictor) -> None:
+    def __init__(self, predictor, batch_size: int | None = None) -> None:
         self.predictor = predictor  # an initialised nnUNetPredictor
+        self.batch_size = batch_size or tile_batch_size(predictor)
 
     @classmethod
-    def from_folder(cls, models: Path, dataset_id: int, trainer: str, fold: str, device: str, tta: bool
-                    ) -> SlicePredictor:
+    def from_folder(cls, models: Path, dataset_id: int, trainer: str, fold: str, device: str, tta: bool,
+                    batch_size: int | None = None) -> SlicePredictor:
         """The model a train stage wrote under ``models`` (nnU-Net's results root)."""
         import torch
         from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
@@ -118,7 +121,7 @@ class SlicePredictor:
         with mock.patch.dict(os.environ, {"nnUNet_extTrainer": str(TRAINER_DIR)}), \
                 contextlib.redirect_stdout(io.StringIO()):
             predictor.initialize_from_trained_model_folder(str(model_folder(models, dataset_id, trainer)), (fold,))
-        return cls(predictor)
+        return cls(predictor, batch_size)
 
     @classmethod
     def from_trainer(cls, trainer) -> SlicePredictor:
@@ -133,16 +136,15 @@ class SlicePredictor:
                                         trainer.inference_allowed_mirroring_axes)
         return cls(predictor)
 
-    def __call__(self, image: np.ndarray) -> np.ndarray:
-        """The labels (uint8, the image's shape) of one 2D uint8 image."""
-        labels = self.predictor.predict_single_npy_array(image[None, None].astype(np.float32), {"spacing": [999, 1, 1]})
-        return np.asarray(labels[0], dtype=np.uint8)
+    def __call__(self, images: np.ndarray) -> np.ndarray:
+        """The labels (uint8, (N, H, W)) of N 2D uint8 images (N, H, W)."""
+        return np.stack([self._export(logits, properties)
+                         for logits, properties in self._logits(images)]).astype(np.uint8)
 
-    def probabilities(self, image: np.ndarray) -> np.ndarray:
-        """The class probabilities (float32, classes x the image's shape) of one 2D uint8 image."""
-        _, probabilities = self.predictor.predict_single_npy_array(
-            image[None, None].astype(np.float32), {"spacing": [999, 1, 1]}, save_or_return_probabilities=True)
-        return np.asarray(probabilities[:, 0], dtype=np.float32)
+    def probabilities(self, images: np.ndarray) -> np.ndarray:
+        """The class probabilities (float32, (N, classes, H, W)) of N 2D uint8 images (N, H, W)."""
+        return np.stack([self._export(logits, properties, probabilities=True)
+                         for logits, properties in self._logits(images)])
 
     def probabilities_in(self, view: str) -> Callable[[np.ndarray], np.ndarray]:
         """``probabilities`` for ``view``'s slices: test-time mirroring (left-right) only where rows run left-right
@@ -151,4 +153,74 @@ class SlicePredictor:
             return self.probabilities
         predictor = copy.copy(self.predictor)  # the same network, mirroring off
         predictor.use_mirroring = False
-        return SlicePredictor(predictor).probabilities
+        return SlicePredictor(predictor, self.batch_size).probabilities
+
+    def _logits(self, images: np.ndarray) -> list[tuple[object, dict]]:
+        """Each image through nnU-Net's preprocessing (crop to its non-zero box, normalisation), then its sliding
+        window's tiles, every image's together, through the network ``batch_size`` at a time: (logits on the
+        cropped image, nnU-Net's properties) per image."""
+        import torch
+        from acvl_utils.cropping_and_padding.padding import pad_nd_image
+        from nnunetv2.inference.sliding_window_prediction import compute_gaussian, compute_steps_for_sliding_window
+
+        predictor = self.predictor
+        patch = tuple(predictor.configuration_manager.patch_size)
+        preprocessor = predictor.configuration_manager.preprocessor_class(verbose=False)
+        device = predictor.device
+        predictor.network = predictor.network.to(device).eval()  # as nnU-Net's own prediction does
+        gaussian = compute_gaussian(patch, sigma_scale=1. / 8, value_scaling_factor=10, device=device)
+        padded, tiles, sums = [], [], []
+        for index, image in enumerate(images):
+            data, _, properties = preprocessor.run_case_npy(
+                image[None, None].astype(np.float32), None, {"spacing": [999, 1, 1]}, predictor.plans_manager,
+                predictor.configuration_manager, predictor.dataset_json)
+            data, revert = pad_nd_image(torch.from_numpy(data[:, 0]), patch, "constant", {"value": 0}, True, None)
+            padded.append((data.to(device), revert, properties))
+            steps = compute_steps_for_sliding_window(data.shape[1:], patch, predictor.tile_step_size)
+            tiles += [(index, x, y) for x in steps[0] for y in steps[1]]
+            classes = predictor.label_manager.num_segmentation_heads
+            sums.append((torch.zeros((classes, *data.shape[1:]), dtype=torch.half, device=device),
+                         torch.zeros(data.shape[1:], dtype=torch.half, device=device)))
+        with torch.inference_mode(), torch.autocast(device.type, enabled=device.type == "cuda"):
+            for start in range(0, len(tiles), self.batch_size):
+                chosen = tiles[start:start + self.batch_size]
+                batch = torch.stack([padded[i][0][:, x:x + patch[0], y:y + patch[1]] for i, x, y in chosen])
+                predictions = predictor._internal_maybe_mirror_and_predict(batch)
+                for (i, x, y), prediction in zip(chosen, predictions, strict=True):
+                    logits, counts = sums[i]
+                    logits[:, x:x + patch[0], y:y + patch[1]] += prediction * gaussian
+                    counts[x:x + patch[0], y:y + patch[1]] += gaussian
+        out = []
+        for (_, revert, properties), (logits, counts) in zip(padded, sums, strict=True):
+            torch.div(logits, counts, out=logits)
+            out.append((logits[(slice(None), *revert[1:])][:, None].cpu(), properties))
+        return out
+
+    def _export(self, logits, properties: dict, probabilities: bool = False) -> np.ndarray:
+        """nnU-Net's own conversion of one image's logits to its labels or probabilities, uncropped."""
+        from nnunetv2.inference.export_prediction import convert_predicted_logits_to_segmentation_with_correct_shape
+
+        predictor = self.predictor
+        result = convert_predicted_logits_to_segmentation_with_correct_shape(
+            logits, predictor.plans_manager, predictor.configuration_manager, predictor.label_manager, properties,
+            return_probabilities=probabilities)
+        if probabilities:
+            return np.asarray(result[1][:, 0], dtype=np.float32)
+        return np.asarray(result[0], dtype=np.uint8)
+
+
+def tile_batch_size(predictor, cpu_tiles: int = 16, share_of_free_memory: float = 0.5) -> int:
+    """Tiles a network call takes: on a GPU as many as half its free memory holds (every full-resolution
+    activation of a tile, times two for the decoder's, in half precision, with mirroring's extra pass), at most
+    1024; on a CPU ``cpu_tiles`` (larger batches gain nothing there and cost memory)."""
+    import torch
+
+    if predictor.device.type != "cuda":
+        return cpu_tiles
+    free, _ = torch.cuda.mem_get_info(predictor.device)
+    patch = predictor.configuration_manager.patch_size
+    features = predictor.configuration_manager.network_arch_init_kwargs["features_per_stage"]
+    # per stage: ~6 tensors (convolutions, norms, non-linearities) of features x pixels, halved per stage
+    per_tile = sum(6 * f * int(np.prod(patch)) // 4 ** s for s, f in enumerate(features)) * 2 * 2
+    per_tile *= 2 if predictor.use_mirroring else 1
+    return int(max(1, min(1024, share_of_free_memory * free // per_tile)))
