@@ -320,6 +320,9 @@ class SynthConfig(Strict):
 
 
 # --- train / evaluate --------------------------------------------------------
+AUTO_PROFILE = "auto"  # train.profile: gpu on a GPU, quick on a CPU
+
+
 class TrainProfile(Strict):
     # epochs of the schedule
     epochs: Annotated[int, Field(ge=1)]
@@ -329,17 +332,27 @@ class TrainProfile(Strict):
     val_iterations_per_epoch: Annotated[int, Field(ge=1)]
     batch_size: Annotated[int, Field(ge=1)] | None = None  # None: nnU-Net's plan
     base_features: Annotated[int, Field(ge=1)] | None = None  # first-stage width; None: nnU-Net's plan (32)
+    # the augmentation this schedule was measured with (None: train.augmentation). A GPU outruns nnU-Net's CPU
+    # augmentation many times over; the synthetic samples are already deformed and re-textured (``synthesis``)
+    augmentation: Literal["nnunet", "synthesis"] | None = None
+    # processes loading (and augmenting) batches beside the training: None: none when train.deterministic (a
+    # CPU run repeats exactly), else one per core; a number: that many, however train.deterministic is set
+    loader_processes: Annotated[int, Field(ge=0)] | None = None
 
 
 class TrainConfig(Strict):
-    # the schedule to train with: a name in train.profiles (ci, quick for a CPU, standard: nnU-Net's own for a GPU)
-    profile: str = "quick"
+    # the schedule to train with: a name in train.profiles, or auto: gpu where the training runs on a GPU, quick
+    # on a CPU (the training record names the one that ran)
+    profile: str = "auto"
     # named schedules (train.profiles.<name>): ci for tests; quick, the CPU schedule measured to match its teacher
-    # on real brains (docs/benchmarks.md); standard, nnU-Net's own plan and schedule, for a GPU
+    # on real brains (docs/benchmarks.md); gpu, nnU-Net's network in large batches with the synthesis's own
+    # augmentation, sized for a GPU's minutes; standard, nnU-Net's own plan and schedule (hours on a GPU)
     profiles: dict[str, TrainProfile] = {
         "ci": TrainProfile(epochs=2, iterations_per_epoch=5, val_iterations_per_epoch=2, batch_size=4, base_features=8),
         "quick": TrainProfile(epochs=40, iterations_per_epoch=25, val_iterations_per_epoch=5, batch_size=2,
                               base_features=16),
+        "gpu": TrainProfile(epochs=40, iterations_per_epoch=100, val_iterations_per_epoch=5, batch_size=64,
+                            augmentation="synthesis", loader_processes=12),
         "standard": TrainProfile(epochs=1000, iterations_per_epoch=250, val_iterations_per_epoch=50),
     }
     # nnU-Net's fold: all (train on every synthetic training case) or 0-4 (a fifth held out for nnU-Net's validation)
@@ -362,8 +375,18 @@ class TrainConfig(Strict):
     seeds: list[int] = []
     predict_tta: bool = False  # nnU-Net's mirroring at prediction: better Dice, 4x (2D) the time
 
-    def active_profile(self) -> TrainProfile:
-        return self.profiles[self.profile]
+    def profile_name(self, device: str) -> str:
+        """The profile that trains on ``device`` ("cuda" or "cpu"): ``profile``, or for auto gpu or quick."""
+        if self.profile != AUTO_PROFILE:
+            return self.profile
+        return "gpu" if device == "cuda" else "quick"
+
+    def active_profile(self, device: str) -> TrainProfile:
+        return self.profiles[self.profile_name(device)]
+
+    def trainer_augmentation(self, device: str) -> Literal["nnunet", "synthesis"]:
+        """The augmentation that trains on ``device``: the profile's, else ``augmentation``."""
+        return self.active_profile(device).augmentation or self.augmentation
 
     def training_seed(self, study_seed: int) -> int:
         return study_seed if self.seed is None else self.seed
@@ -503,9 +526,13 @@ def parse_config(raw: object, source: str = "params.yaml") -> Config:
         config = Config.model_validate(raw)
     except ValidationError as error:
         raise ConfigError(f"{source}: {_describe(error)}") from None
-    if config.train.profile not in config.train.profiles:
-        known = ", ".join(sorted(config.train.profiles))
+    if config.train.profile not in config.train.profiles and config.train.profile != AUTO_PROFILE:
+        known = ", ".join(sorted([*config.train.profiles, AUTO_PROFILE]))
         raise ConfigError(f"{source}: 'train.profile': unknown profile {config.train.profile!r} (known: {known})")
+    missing = [name for name in ("gpu", "quick") if name not in config.train.profiles]
+    if config.train.profile == AUTO_PROFILE and missing:
+        raise ConfigError(f"{source}: 'train.profile': auto chooses between the profiles gpu and quick; "
+                          f"train.profiles lacks {', '.join(missing)}")
     return config
 
 

@@ -77,6 +77,31 @@ def test_train_seeds_lists_every_training_run_and_defaults_to_the_one_seed():
     assert parse_config({"train": {"seeds": [3, 1, 2]}}).train.training_seeds(42) == [3, 1, 2]
 
 
+def test_the_auto_profile_is_quick_without_a_gpu_and_the_gpu_profile_with_one():
+    """train.profile: auto (the default) trains the quick schedule on this machine, which has no GPU, and the gpu
+    profile's network, batch and augmentation on one; naming a profile overrides it on either."""
+    import torch
+
+    from pipeline.devices import torch_device
+    from pipeline.nnunet.runner import loader_processes, trainer_name
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU: auto would choose the gpu profile here")
+    config = load_config(PROJECT_ROOT / "params.yaml")
+    device = torch_device(config.train.device)
+    assert (config.train.profile, device, config.train.profile_name(device)) == ("auto", "cpu", "quick")
+    assert config.train.active_profile(device) == config.train.profiles["quick"]
+    assert (trainer_name(config.train, "cpu"), loader_processes(config.train, "cpu", 2)) == ("nnUNetTrainerPipeline", 0)
+    assert config.train.profile_name("cuda") == "gpu"
+    assert trainer_name(config.train, "cuda") == "nnUNetTrainerPipelineSynthAug"  # the gpu profile's augmentation
+    assert loader_processes(config.train, "cuda", 2) == config.train.profiles["gpu"].loader_processes
+    named = parse_config({"train": {"profile": "standard"}})
+    assert named.train.profile_name("cuda") == named.train.profile_name("cpu") == "standard"
+    with pytest.raises(ConfigError, match="auto chooses between the profiles gpu and quick; train.profiles lacks gpu"):
+        parse_config({"train": {"profiles": {"quick": {"epochs": 1, "iterations_per_epoch": 1,
+                                                       "val_iterations_per_epoch": 1}}}})
+
+
 def test_every_combo_has_its_own_nnunet_dataset_id_and_name():
     from typing import get_args
 

@@ -218,8 +218,36 @@ def test_nnunets_own_command_line_predicts_each_plane_as_the_pipeline_does(proje
     record = TrainingRecord.read(models)
     ours = SlicePredictor.from_folder(models, record.dataset_id, record.trainer, fold, "cpu", False)
     assert len(planes) > 5
-    for k, canvas in canvases.items():
-        assert np.array_equal(ours(canvas), np.asarray(Image.open(tmp_path / "out" / f"plane-{k:03d}.png"))), k
+    for k, labels in zip(canvases, ours(np.stack(list(canvases.values()))), strict=True):
+        assert np.array_equal(labels, np.asarray(Image.open(tmp_path / "out" / f"plane-{k:03d}.png"))), k
+
+
+def test_batched_inference_gives_each_planes_labels_as_nnunet_gives_them_one_by_one(project: Path):
+    """The planes of a real test head through the network many tiles at a time give, plane for plane, the labels
+    and probabilities nnU-Net's own single-image prediction gives, whatever the batch size."""
+    import nibabel as nib
+    import numpy as np
+
+    from pipeline.nnunet.models import SlicePredictor, TrainingRecord
+    from pipeline.slices import slice_canvas
+
+    models = project / "models/hmrf-deepbet"
+    record = TrainingRecord.read(models)
+    split = {row["participant_id"]: row["split"] for row in read_tsv(project / "data/raw/participants.tsv")}
+    subject = next(pid for pid, kind in split.items() if kind == "test")
+    stripped = project / "data/stripped/deepbet" / subject / "anat"
+    brain = nib.load(stripped / f"{subject}_desc-brain_T1w.nii.gz").get_fdata(dtype=np.float32)
+    mask = np.asarray(nib.load(stripped / f"{subject}_desc-brain_mask.nii.gz").dataobj) > 0
+    planes = np.flatnonzero(mask.any(axis=(0, 1)))[::4]
+    canvases = np.stack([slice_canvas(brain[:, :, k], mask[:, :, k], 256) for k in planes])
+    one_by_one = SlicePredictor.from_folder(models, record.dataset_id, record.trainer, str(record.fold), "cpu", False)
+    nnunet = one_by_one.predictor
+    expected = [nnunet.predict_single_npy_array(canvas[None, None].astype(np.float32), {"spacing": [999, 1, 1]},
+                                                save_or_return_probabilities=True) for canvas in canvases]
+    for batch_size in (1, 7, 64):
+        model = SlicePredictor(nnunet, batch_size)
+        assert np.array_equal(model(canvases), np.stack([labels[0] for labels, _ in expected])), batch_size
+        assert np.allclose(model.probabilities(canvases), np.stack([p[:, 0] for _, p in expected]), atol=1e-6)
 
 
 def test_reference_labels_add_dice_external_and_rerun_only_evaluation(project: Path, tmp_path: Path):

@@ -79,7 +79,8 @@ def test_a_trivially_learnable_task_scores_high_and_a_wrong_reference_low(tmp_pa
     plans = json.loads(next(models.glob(f"{dataset.name}/*/plans.json")).read_text())
     assert plans["configurations"]["2d"]["pipeline"] == {**{k: profile[k] for k in (
         "epochs", "iterations_per_epoch", "val_iterations_per_epoch")}, "seed": 42, "online": None}
-    segment = SlicePredictor.from_folder(models, dataset.id, runner.trainer_name(config.train), "all", "cpu", False)
+    segment = SlicePredictor.from_folder(models, dataset.id, runner.trainer_name(config.train, "cpu"), "all", "cpu",
+                                         False)
     predictions = {path.stem: segment(load_png(raw / dataset.name / "imagesTs" / f"{path.stem}_0000.png")[None])[0]
                    for path in sorted((raw / dataset.name / "labelsTs").glob("*.png"))}
 

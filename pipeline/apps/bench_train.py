@@ -151,8 +151,8 @@ def benchmark(study: Path, combo: str, overrides: list[str], eval_every: int, co
     device = torch_device(config.train.device)
     with tempfile.TemporaryDirectory(prefix="bench-train-") as tmp:
         work = Path(tmp)
-        env = runner.environment(raw, work / "preprocessed", work / "results", config.workers,
-                                 config.train.deterministic)
+        loaders = runner.loader_processes(config.train, device, config.workers)
+        env = runner.environment(raw, work / "preprocessed", work / "results", config.workers, loaders)
         dataset = nnunet_dataset(*combo.split("-"))
         runner.plan_and_preprocess(dataset.id, env, config.workers)
         seed = config.train.training_seed(config.seed) if config.train.deterministic else None
@@ -160,12 +160,12 @@ def benchmark(study: Path, combo: str, overrides: list[str], eval_every: int, co
                                     config.seed) \
             if config.train.online_synthesis else None
         plan = runner.adapt_plans(work / "preprocessed" / dataset.name / "nnUNetPlans.json",
-                                  config.train.active_profile(), seed, online)
-        os.environ.update(env | ({"nnUNet_n_proc_DA": "0"} if config.train.deterministic else {}))
+                                  config.train.active_profile(device), seed, online)
+        os.environ.update(env | {"nnUNet_n_proc_DA": str(loaders)})
         torch.set_num_threads(config.workers)
         preprocessed = work / "preprocessed" / dataset.name
-        trainer_class = timed(getattr(importlib.import_module(TRAINERS), runner.trainer_name(config.train)), heads,
-                              config, eval_every, compile_network)
+        trainer_class = getattr(importlib.import_module(TRAINERS), runner.trainer_name(config.train, device))
+        trainer_class = timed(trainer_class, heads, config, eval_every, compile_network)
         with open(work / "nnunet.log", "w") as log, contextlib.redirect_stdout(log):
             # as nnU-Net's get_trainer_from_args builds a trainer
             plans = json.loads((preprocessed / "nnUNetPlans.json").read_text()) | {"continue_training": False}
@@ -175,8 +175,9 @@ def benchmark(study: Path, combo: str, overrides: list[str], eval_every: int, co
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return {
         "study": str(study), "combo": combo, "overrides": overrides, "device": device,
-        "threads": config.workers, "profile": config.train.profile, **config.train.active_profile().model_dump(),
-        "augmentation": config.train.augmentation, "compiled": compile_network, "patch_size": plan["patch_size"],
+        "threads": config.workers, "loader_processes": loaders, "profile": config.train.profile_name(device),
+        **config.train.active_profile(device).model_dump(), "augmentation": config.train.trainer_augmentation(device),
+        "compiled": compile_network, "patch_size": plan["patch_size"],
         "features_per_stage": plan["architecture"]["arch_kwargs"]["features_per_stage"],
         "batch_size": plan["batch_size"], **timings(trainer), "peak_rss_mb": round(peak),
         "peak_gpu_mb": round(torch.cuda.max_memory_allocated() / 2**20) if device == "cuda" else None,

@@ -18,11 +18,22 @@ TRAINER_DIR = Path(__file__).parent / "trainers"
 CODE_ROOT = Path(__file__).parents[2]  # the folder holding this copy of ``pipeline``
 
 
-def trainer_name(config: TrainConfig) -> str:
-    return TRAINERS[config.augmentation] + ("Online" if config.online_synthesis else "")
+def trainer_name(config: TrainConfig, device: str) -> str:
+    """The trainer class that trains on ``device`` (its profile may set the augmentation)."""
+    return TRAINERS[config.trainer_augmentation(device)] + ("Online" if config.online_synthesis else "")
 
 
-def environment(raw: Path, preprocessed: Path, results: Path, threads: int, deterministic: bool = True
+def loader_processes(config: TrainConfig, device: str, threads: int) -> int:
+    """Processes that load and augment batches beside the training: the profile's number, else none for a
+    deterministic run (augmentation in the training process, from its seeded generators) and one per core
+    otherwise."""
+    chosen = config.active_profile(device).loader_processes
+    if chosen is not None:
+        return chosen
+    return 0 if config.deterministic else threads
+
+
+def environment(raw: Path, preprocessed: Path, results: Path, threads: int, loader_processes: int = 0
                 ) -> dict[str, str]:
     """The variables nnU-Net's commands get on top of their environment (``run_command`` merges them where the
     command runs, so a SLURM job keeps its own, CUDA_VISIBLE_DEVICES included): nnU-Net's folders, our trainers,
@@ -38,8 +49,8 @@ def environment(raw: Path, preprocessed: Path, results: Path, threads: int, dete
         # ``pipeline`` is installed; a study folder's own copy (bench real) must run against itself
         "PYTHONPATH": os.pathsep.join(filter(None, [str(CODE_ROOT.resolve()), os.environ.get("PYTHONPATH")])),
     }
-    if not deterministic:
-        env["nnUNet_n_proc_DA"] = str(threads)  # augmentation workers beside the training process
+    if loader_processes:
+        env["nnUNet_n_proc_DA"] = str(loader_processes)  # augmentation workers beside the training process
     return env
 
 
@@ -85,8 +96,9 @@ def online_plan(segmented: Path, stripped: Path, harmonized: Path, synth: SynthC
             "synth": synth.model_dump(mode="json"), "seed": seed}
 
 
-def train(dataset_id: int, fold: str, device: str, env: dict[str, str], deterministic: bool, trainer: str) -> None:
-    if deterministic:
+def train(dataset_id: int, fold: str, device: str, env: dict[str, str], loader_processes: int, trainer: str
+          ) -> None:
+    if not loader_processes:
         # Augmentation in the training process itself, from the seeded generators: a CPU run repeats exactly.
         # (Only here: planning sizes thread pools from nnUNet_n_proc_DA, which must not be 0 then.)
         env = env | {"nnUNet_n_proc_DA": "0"}

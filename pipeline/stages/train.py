@@ -1,7 +1,7 @@
 """Stage 7 — train: nnU-Net v2 2D on one exported synthetic set.
 
-The schedule comes from ``train.profiles[train.profile]``; the device is the GPU
-when present (``train.device: auto``). ``models/<combo>/`` holds nnU-Net's results
+The schedule comes from ``train.profiles[train.profile]`` (``auto``: ``gpu`` on a GPU, ``quick`` on a CPU); the
+device is the GPU when present (``train.device: auto``). ``models/<combo>/`` holds nnU-Net's results
 folder and ``training.json`` (profile, device, seed, wall time). With ``train.seeds`` the stage trains once
 per seed on the same synthetic set: the first seed's model in ``models/<combo>/``, each other one in
 ``models/<combo>/seed-<seed>/``.
@@ -77,10 +77,10 @@ class Train(ComboStage):
 
     def train_once(self, results: Path, preprocessed: Path, dataset: NnunetDataset, seed: int, device: str,
                    config: Config) -> None:
-        profile = config.train.active_profile()
+        profile = config.train.active_profile(device)
         threads = job_threads(config.executor, config.workers, gpu=True)
-        env = runner.environment(self.input_dir("nnunet_raw"), preprocessed, results, threads,
-                                 config.train.deterministic)
+        loaders = runner.loader_processes(config.train, device, threads)
+        env = runner.environment(self.input_dir("nnunet_raw"), preprocessed, results, threads, loaders)
         # the plans carry the seed: each seed's model folder gets its own copy when its training starts
         online = runner.online_plan(self.input_dir("segmented"), self.input_dir("stripped"),
                                     self.input_dir("harmonized"), config.synth,
@@ -89,17 +89,19 @@ class Train(ComboStage):
                                   seed if config.train.deterministic else None, online)
         log.info("train %s-%s: batch %d, patch %s, features %s", self.segmenter, self.stripper, plan["batch_size"],
                  plan["patch_size"], plan["architecture"]["arch_kwargs"]["features_per_stage"])
-        log.info("train %s-%s: profile %s (%d epochs x %d iterations), seed %d, on %s", self.segmenter,
-                 self.stripper, config.train.profile, profile.epochs, profile.iterations_per_epoch, seed, device)
+        log.info("train %s-%s: profile %s (%d epochs x %d iterations), seed %d, on %s, %d loader processes",
+                 self.segmenter, self.stripper, config.train.profile_name(device), profile.epochs,
+                 profile.iterations_per_epoch, seed, device, loaders)
         run_job(config.executor, f"train {self.segmenter}-{self.stripper} seed {seed}", runner.train, dataset.id,
-                str(config.train.fold), device, env, config.train.deterministic, runner.trainer_name(config.train))
+                str(config.train.fold), device, env, loaders, runner.trainer_name(config.train, device))
 
     def record(self, config: Config, device: str, dataset_id: int, seed: int, seeds: list[int], wall_s: float
                ) -> TrainingRecord:
         return TrainingRecord(
-            profile=config.train.profile, schedule=config.train.active_profile(), fold=config.train.fold,
+            profile=config.train.profile_name(device), schedule=config.train.active_profile(device),
+            fold=config.train.fold,
             device=device, deterministic=config.train.deterministic, seed=seed, seeds=seeds, wall_s=round(wall_s, 1),
-            trainer=runner.trainer_name(config.train), dataset_id=dataset_id, segmenter=self.segmenter,
+            trainer=runner.trainer_name(config.train, device), dataset_id=dataset_id, segmenter=self.segmenter,
             stripper=self.stripper, harmonize=config.harmonize, strip=stripper_config(config.strip, self.stripper),
             size=config.synth.size,
             levels=config.synth.levels, views=config.synth.views, versions=package_versions())
