@@ -50,7 +50,8 @@ class Train(ComboStage):
     # synth: what online synthesis draws with; harmonize and the stripper's: what the record tells predict to do
     param_keys = ("seed", "train", "synth", "harmonize", "strip.{stripper}", "strip.crop_margin_vox", "strip.qc")
     out_template = "models/{segmenter}-{stripper}"
-    resumable = True  # an interrupted training continues from nnU-Net's latest checkpoint
+    # an interrupted training continues from nnU-Net's latest checkpoint, on the same inputs and params only
+    resumable = True
     plots_template = "metrics/{segmenter}-{stripper}-training.csv"
     plot_axes = {"x": "epoch", "y": "train_loss", "template": "linear"}
 
