@@ -145,6 +145,24 @@ def cmd_bench_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench_predict(args: argparse.Namespace) -> int:
+    import json
+
+    from pipeline.apps.bench_predict import benchmark
+
+    print(json.dumps(benchmark(Path(args.model), Path(args.input), args.device, args.batch_size), indent=2))
+    return 0
+
+
+def cmd_bench_device(args: argparse.Namespace) -> int:
+    import json
+
+    from pipeline.apps.bench_device import benchmark
+
+    print(json.dumps(benchmark(Path(args.study), args.combo, args.seconds, args.set), indent=2))
+    return 0
+
+
 def cmd_bench_real(args: argparse.Namespace) -> int:
     import json
     import tempfile
@@ -154,6 +172,24 @@ def cmd_bench_real(args: argparse.Namespace) -> int:
     workdir = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="bench-real-"))
     reference = Path(args.reference) if args.reference else None
     result = benchmark(Path(args.bids_root), reference, args.subjects, args.test_fraction, workdir, args.set)
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+def cmd_bench_cross_site(args: argparse.Namespace) -> int:
+    import json
+    import tempfile
+
+    from pipeline.apps.bench_cross_site import CONDITIONS, TEST_ROOT, TRAIN_ROOT, benchmark
+
+    workdir = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="bench-cross-site-"))
+    test_root = Path(args.test_root) if args.test_root else TEST_ROOT
+    reference = Path(args.reference) if args.reference else test_root / "derivatives" / "manual"
+    train_root = Path(args.train_root) if args.train_root else TRAIN_ROOT
+    result = benchmark(train_root, test_root, reference, workdir, train_subjects=args.train_subjects,
+                       test_subjects=args.test_subjects, train_test_fraction=args.train_test_fraction,
+                       conditions=args.conditions or list(CONDITIONS), scheme=args.reference_scheme, device=args.device,
+                       overrides=args.set)
     print(json.dumps(result, indent=2))
     return 0
 
@@ -226,6 +262,21 @@ def parser() -> argparse.ArgumentParser:
     train.add_argument("--compile", action="store_true",
                        help="torch.compile the network (nnU-Net compiles on CUDA only); its compile time is reported")
     train.set_defaults(func=cmd_bench_train)
+    bench_predict = bench.add_parser("predict", help="planes per second and seconds per whole head of a trained model")
+    bench_predict.add_argument("--model", required=True, help="a trained model folder, models/<segmenter>-<stripper>")
+    bench_predict.add_argument("--input", required=True, help="a T1 head, or a folder of them")
+    bench_predict.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    bench_predict.add_argument("--batch-size", type=int, help="tiles a network call (default: sized to the device; "
+                                                              "1: one at a time, as nnU-Net predicts an image)")
+    bench_predict.set_defaults(func=cmd_bench_predict)
+    device = bench.add_parser("device", help="synthesis, prediction and training on this machine's device, "
+                                             "about --seconds each")
+    device.add_argument("--study", default=".", help="a study folder after dvc repro (default: here)")
+    device.add_argument("--combo", default="hmrf-deepbet", help="segmenter-stripper: the model and set to use")
+    device.add_argument("--seconds", type=float, default=60.0, help="about how long each benchmark runs")
+    device.add_argument("-S", "--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="a params.yaml override for the training, as dvc exp run -S (repeatable)")
+    device.set_defaults(func=cmd_bench_device)
     real = bench.add_parser("real", help="a study on real scans scored against reference labels")
     real.add_argument("--bids-root", required=True, help="a BIDS folder of real T1w scans")
     real.add_argument("--reference", help="a BIDS derivative of their reference labels (without: dice.real only)")
@@ -235,6 +286,27 @@ def parser() -> argparse.ArgumentParser:
     real.add_argument("-S", "--set", action="append", default=[], metavar="KEY=VALUE",
                       help="a params.yaml override, as dvc exp run -S (repeatable)")
     real.set_defaults(func=cmd_bench_real)
+    cross = bench.add_parser("cross-site", help="train at one site, score another site's heads (clean and degraded) "
+                                                "against its reference labels")
+    cross.add_argument("--train-root", help="the training site's BIDS folder (default: ../shared/data/ds000011 "
+                                            "beside the project)")
+    cross.add_argument("--train-subjects", nargs="*", default=[], help="its subjects (default: every one)")
+    cross.add_argument("--train-test-fraction", type=float, default=0.2,
+                       help="share of the training site held out for its own dice.real")
+    cross.add_argument("--test-root", help="the test site's BIDS folder (default: ../shared/data/oasis-manual)")
+    cross.add_argument("--test-subjects", nargs="*", default=[], help="its subjects (default: every one)")
+    cross.add_argument("--reference", help="the test site's reference labels (default: TEST_ROOT/derivatives/manual)")
+    cross.add_argument("--reference-scheme", choices=["table", "freesurfer"], default="table",
+                       help="how the reference labels name tissues (evaluate.reference_scheme)")
+    cross.add_argument("--conditions", nargs="+",
+                       help="clean, <axial|coronal>-<mm>mm (thick slices), bias, noise (default: clean, axial and "
+                            "coronal 3 and 5 mm, bias, noise)")
+    cross.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
+                       help="where the test heads are predicted")
+    cross.add_argument("--workdir", help="the study's folder, reused between runs (default: a new temporary one)")
+    cross.add_argument("-S", "--set", action="append", default=[], metavar="KEY=VALUE",
+                       help="a params.yaml override of the training study, as dvc exp run -S (repeatable)")
+    cross.set_defaults(func=cmd_bench_cross_site)
     return main
 
 

@@ -42,22 +42,27 @@ def load_tissue_labels(path: str | Path) -> np.ndarray:
 
 
 def run_benchmark(
-    label_path: str | None, n: int, device: str, threads: int | None = 1, pad_labels_to_size: bool | None = None
+    label_path: str | None, n: int, device: str, threads: int | None = 1, pad_labels_to_size: bool | None = None,
+    batch_size: int = 8,
 ) -> dict:
-    """``pad_labels_to_size``: synth.pad_labels_to_size (None: its default)."""
+    """``pad_labels_to_size``: synth.pad_labels_to_size (None: its default); ``batch_size``: samples per call
+    (those of one plane are generated together)."""
     labels = load_tissue_labels(label_path or DEFAULT_LABELS)
     cfg = SynthConfig() if pad_labels_to_size is None else SynthConfig(pad_labels_to_size=pad_labels_to_size)
     rss_before = _current_rss_mb()
-    synthesize_slices(labels, cfg, [sample_seed(0, "warm-up", i) for i in range(2)], device, threads=threads)
+    synthesize_slices(labels, cfg, [sample_seed(0, "warm-up", i) for i in range(2)], device, threads=threads,
+                      batch_size=batch_size)
     seeds = [sample_seed(0, "bench", i) for i in range(n)]
     cpu, wall = time.process_time(), time.perf_counter()
-    images, _ = synthesize_slices(labels, cfg, seeds, device=device, threads=threads)
+    images, _ = synthesize_slices(labels, cfg, seeds, device=device, threads=threads, batch_size=batch_size)
     if device != "cpu" and torch.cuda.is_available():
         torch.cuda.synchronize()
     cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
     return {
         "n": n,
         "slices_per_cpu_second": round(n / cpu, 2),
+        "slices_per_s": round(n / wall, 1),
+        "batch_size": batch_size,
         "cpu_s": round(cpu, 3),
         "wall_s": round(wall, 3),
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),

@@ -86,12 +86,17 @@ class TimedLoader:
         return batch
 
 
-def timed(trainer_class: type, heads: list[HeldOutHead], config: Config, eval_every: int, compile_network: bool
-          ) -> type:
+class TimeUp(Exception):
+    """The benchmark's training time is spent."""
+
+
+def timed(trainer_class: type, heads: list[HeldOutHead], config: Config, eval_every: int, compile_network: bool,
+          max_seconds: float | None = None) -> type:
     """The configured trainer, timing each iteration's data loading apart from its forward and backward pass and
     scoring the real test heads every ``eval_every`` epochs (that time not counted as training); nnU-Net's own
     ``run_training`` drives it. With ``compile_network`` the network is torch.compile'd once nnU-Net has built it
-    (nnU-Net compiles only on a GPU); the first iteration, which compiles, is reported on its own."""
+    (nnU-Net compiles only on a GPU); the first iteration, which compiles, is reported on its own. With
+    ``max_seconds`` the training stops (``TimeUp``) at the first epoch's end past that much training time."""
 
     class Timed(trainer_class):
         def on_train_start(self) -> None:
@@ -112,7 +117,8 @@ def timed(trainer_class: type, heads: list[HeldOutHead], config: Config, eval_ev
 
         def on_epoch_end(self) -> None:
             super().on_epoch_end()  # counts the epoch
-            if self.current_epoch % eval_every and self.current_epoch != self.num_epochs:
+            time_up = max_seconds is not None and time.perf_counter() - self.started - self.scoring_s > max_seconds
+            if self.current_epoch % eval_every and self.current_epoch != self.num_epochs and not time_up:
                 return
             start = time.perf_counter()
             dice = real_dice(self, heads, config)
@@ -123,6 +129,8 @@ def timed(trainer_class: type, heads: list[HeldOutHead], config: Config, eval_ev
                                **{f"dice_{kind}": {k: None if v is None else round(v, 4) for k, v in scores.items()}
                                   for kind, scores in dice.items()}})
             print(f"bench train: epoch {self.current_epoch}, {minutes:.1f} min: {dice}", file=sys.stderr)
+            if time_up:
+                raise TimeUp
 
         def on_train_end(self) -> None:
             self.dataloader_train = self.dataloader_train.loader  # nnU-Net shuts its own loader down
@@ -139,7 +147,8 @@ def timings(trainer) -> dict:
             "first_iteration_s": round(data_s[0] + step_s[0], 1), "iterations": len(step_s)}
 
 
-def benchmark(study: Path, combo: str, overrides: list[str], eval_every: int, compile_network: bool = False) -> dict:
+def benchmark(study: Path, combo: str, overrides: list[str], eval_every: int, compile_network: bool = False,
+              max_seconds: float | None = None) -> dict:
     import torch
 
     config = study_config(study, overrides)
@@ -165,13 +174,16 @@ def benchmark(study: Path, combo: str, overrides: list[str], eval_every: int, co
         torch.set_num_threads(config.workers)
         preprocessed = work / "preprocessed" / dataset.name
         trainer_class = getattr(importlib.import_module(TRAINERS), runner.trainer_name(config.train, device))
-        trainer_class = timed(trainer_class, heads, config, eval_every, compile_network)
+        trainer_class = timed(trainer_class, heads, config, eval_every, compile_network, max_seconds)
         with open(work / "nnunet.log", "w") as log, contextlib.redirect_stdout(log):
             # as nnU-Net's get_trainer_from_args builds a trainer
             plans = json.loads((preprocessed / "nnUNetPlans.json").read_text()) | {"continue_training": False}
             dataset_json = json.loads((preprocessed / "dataset.json").read_text())
             trainer = trainer_class(plans, "2d", config.train.fold, dataset_json, device=torch.device(device))
-            trainer.run_training()
+            try:
+                trainer.run_training()
+            except TimeUp:
+                trainer.on_train_end()  # nnU-Net's own end: the final checkpoint, its loaders shut down
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return {
         "study": str(study), "combo": combo, "overrides": overrides, "device": device,

@@ -1,0 +1,103 @@
+"""``python -m pipeline bench device``: what this machine does with a study, on whatever device torch finds, as
+one JSON: synthesis (slices per second), prediction (planes per second, seconds per whole head) and training
+(iterations per second, the GPU's busy share sampled while it trains, peak memory, Dice on the real test heads
+when the time is up), each for about ``--seconds``.
+
+    python -m pipeline bench device --study . --combo hmrf-deepbet --seconds 60
+
+The study must have run (``dvc repro``): its label maps feed the synthesis, its model the prediction, its
+exported set the training (``train.profile: auto``: the gpu profile on a GPU, quick on a CPU; ``-S`` changes it).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import statistics
+import subprocess
+import threading
+from pathlib import Path
+
+from pipeline.apps import bench_predict, bench_synth, bench_train
+from pipeline.bids import subject_file
+from pipeline.devices import torch_device
+from pipeline.evaluation.heads import held_out_cases
+from pipeline.stages.acquire import Acquire
+
+SYNTH_BATCH = {"cpu": 8, "cuda": 256}  # samples a synthesis call: one plane's on a CPU, many on a GPU
+
+
+class BusySampler:
+    """The GPU's busy share (nvidia-smi's utilization.gpu, 0-100 %) sampled every ``interval`` seconds in a
+    thread while the block runs; None without a GPU or nvidia-smi."""
+
+    def __init__(self, device: str, interval: float = 0.5) -> None:
+        self.enabled = device == "cuda" and shutil.which("nvidia-smi") is not None
+        self.interval, self.samples = interval, []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def _sample(self) -> None:
+        index = os.environ.get("CUDA_VISIBLE_DEVICES", "0").split(",")[0] or "0"
+        while not self._stop.wait(self.interval):
+            result = subprocess.run(["nvidia-smi", "-i", index, "--query-gpu=utilization.gpu",
+                                     "--format=csv,noheader,nounits"], capture_output=True, text=True, check=False)
+            if result.returncode == 0 and result.stdout.strip().isdigit():
+                self.samples.append(int(result.stdout.strip()))
+
+    def __enter__(self) -> BusySampler:
+        if self.enabled:
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        if self.enabled:
+            self._thread.join()
+
+    def summary(self) -> dict | None:
+        if not self.samples:
+            return None
+        return {"mean_percent": round(statistics.mean(self.samples), 1),
+                "median_percent": statistics.median(self.samples), "samples": len(self.samples)}
+
+
+def synthesis(labels: Path, device: str, seconds: float) -> dict:
+    """Slices per second for about ``seconds``: a short run sizes the timed one."""
+    batch = SYNTH_BATCH[device]
+    probe = bench_synth.run_benchmark(str(labels), batch, device, threads=None, batch_size=batch)
+    n = max(batch, int(seconds * probe["n"] / max(probe["wall_s"], 1e-3)))
+    return bench_synth.run_benchmark(str(labels), n, device, threads=None, batch_size=batch)
+
+
+def study_heads(study: Path, combo: str) -> tuple[list[Path], Path]:
+    """The study's held-out raw heads, and a training head's label map."""
+    folders = bench_train.study_folders(study, combo)
+    raw = study / Acquire().out_dir()
+    tests = held_out_cases(raw, folders.segmented)
+    labels = sorted(folders.segmented.glob("sub-*/**/*_dseg.nii.gz"))
+    if not tests or not labels:
+        raise SystemExit(f"bench device: {study} has no held-out heads or label maps of {combo}: run the study first")
+    return [subject_file(raw, case, "T1w") for case in tests], labels[0]
+
+
+def benchmark(study: Path, combo: str, seconds: float, overrides: list[str]) -> dict:
+    import torch
+
+    device = torch_device("auto")
+    heads, labels = study_heads(study, combo)
+    machine = {"device": device, "gpu": torch.cuda.get_device_name() if device == "cuda" else None,
+               "cpu_cores": len(os.sched_getaffinity(0)), "torch_threads": torch.get_num_threads()}
+    synth = synthesis(labels, device, seconds)
+    prediction = bench_predict.benchmark(study / "models" / combo, heads[0], device)
+    if device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    with BusySampler(device) as busy:
+        training = bench_train.benchmark(study, combo, overrides, eval_every=10**6, max_seconds=seconds)
+    training["gpu_busy"] = busy.summary()
+    iteration_s = training["iteration_s"]
+    training["iterations_per_s"] = round(1 / iteration_s, 2) if iteration_s else None
+    return {"machine": machine,
+            "synthesis": {key: synth[key] for key in ("n", "slices_per_s", "batch_size", "device", "wall_s")},
+            "prediction": {key: value for key, value in prediction.items() if key != "per_head"},
+            "training": training}
