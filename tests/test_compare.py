@@ -109,18 +109,19 @@ def test_seeds_are_resampled_within_subjects_and_the_needed_subjects_follow_the_
 def test_cases_tables_round_trip_into_scores_per_subject_and_seed(tmp_path):
     """evaluate's rows (one per subject and seed, a subject without a score as n/a) written as the cases CSV,
     read back by the report: the same Scores, and the metrics' interval and SD over seeds from them."""
+    from pipeline.evaluation.compare import cases_scores
+    from pipeline.evaluation.metrics import Kind
     from pipeline.io import write_csv
-    from pipeline.stages.evaluate import with_ci
-    from pipeline.stages.report import subject_scores
+    from pipeline.stages.evaluate import kind_summary
 
     rows = [{"seed": seed, "kind": "real", "case": subject, "GM": gm, "WM": gm, "CSF": gm, "mean": gm}
             for seed, shift in ((42, 0.0), (7, 0.1))
             for subject, gm in (("sub-01", 0.5 + shift), ("sub-02", 0.7 + shift))]
     rows.append({"seed": 42, "kind": "real", "case": "sub-03", "GM": np.nan, "WM": np.nan, "CSF": np.nan, "mean": None})
     write_csv(rows, tmp_path / "hmrf-deepbet-cases.csv")
-    scores = subject_scores("hmrf-deepbet", tmp_path, "real")
+    scores = cases_scores(tmp_path / "hmrf-deepbet-cases.csv", Kind.REAL)
     assert sorted(scores) == ["sub-01", "sub-02"]  # sub-03 has no score
     assert scores["sub-01"] == pytest.approx([0.5, 0.6]) and scores["sub-02"] == pytest.approx([0.7, 0.8])
-    metrics = with_ci(rows)
-    assert metrics["sd_over_seeds"] == pytest.approx(np.std([0.6, 0.7], ddof=1), abs=1e-4)
-    assert 0.5 <= metrics["mean_ci95"][0] < metrics["mean_ci95"][1] <= 0.8
+    summary = kind_summary(rows, Kind.REAL)
+    assert summary.sd_over_seeds == pytest.approx(np.std([0.6, 0.7], ddof=1), abs=1e-4)
+    assert 0.5 <= summary.ci95.low < summary.ci95.high <= 0.8 and summary.n == 3

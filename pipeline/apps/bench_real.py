@@ -17,7 +17,6 @@ ablation of a ``synth.*`` option costs synthesis, training and evaluation only.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import subprocess
@@ -28,11 +27,11 @@ from pathlib import Path
 import yaml
 
 from pipeline.config import apply_overrides, parse_config
+from pipeline.evaluation.metrics import Evaluation, Kind, TissueDice, read_evaluation
 from pipeline.labels import TISSUES
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 COPIED = ("pipeline", "dvc.yaml", "params.yaml", "luigi.cfg", ".dvcignore", "requirements.lock")
-KINDS = ("external", "teacher", "real", "synthetic")
 
 
 def study_params(bids_root: Path, reference: Path | None, subjects: list[str], test_fraction: float,
@@ -77,32 +76,30 @@ def run(args: list[str], cwd: Path, log: Path | None = None) -> None:
         raise SystemExit(f"bench real: {' '.join(args)} failed in {cwd}{where}")
 
 
-def gap(teacher: dict, model: dict) -> dict[str, float | None]:
+def gap(teacher: TissueDice, model: TissueDice) -> dict[str, float | None]:
     """Per tissue, how far the model falls short of its teacher."""
-    return {tissue: None if teacher[tissue] is None or model[tissue] is None
-            else round(teacher[tissue] - model[tissue], 4) for tissue in TISSUES.values()}
+    return {tissue: None if getattr(teacher, tissue) is None or getattr(model, tissue) is None
+            else round(getattr(teacher, tissue) - getattr(model, tissue), 4) for tissue in TISSUES.values()}
 
 
-def summary(metrics: dict) -> dict:
+def summary(evaluation: Evaluation) -> dict:
     """One strategy's figures: Dice over whole heads (and within the reference band), the gap to the teacher."""
-    row = {kind: metrics["dice"][kind] for kind in KINDS if kind in metrics["dice"]}
-    if "external" in row:
-        row["gap_to_teacher"] = gap(row["teacher"], row["external"])
-    band = metrics.get("dice_band", {})
-    row["band"] = {kind: {key: band[kind][key] for key in (*TISSUES.values(), "mean")} for kind in band}
-    if "external" in band:
-        row["band"]["gap_to_teacher"] = gap(band["teacher"], band["external"])
-    if "dice_by_height" in metrics:
-        row["by_height"] = metrics["dice_by_height"]
-    counts = ("n_external", "n_real", "n_seeds", "n_train", "train_wall_s")
-    return row | {key: metrics[key] for key in counts if key in metrics}
+    dice, band = evaluation.dice, evaluation.dice_band
+    row: dict = {kind.value: dice[kind].model_dump(mode="json") for kind in Kind if kind in dice}
+    if Kind.EXTERNAL in dice:
+        row["gap_to_teacher"] = gap(dice[Kind.TEACHER], dice[Kind.EXTERNAL])
+    row["band"] = {kind.value: band[kind].model_dump(mode="json") for kind in Kind if kind in band}
+    if Kind.EXTERNAL in band:
+        row["band"]["gap_to_teacher"] = gap(band[Kind.TEACHER], band[Kind.EXTERNAL])
+    row["by_height"] = {kind.value: parts for kind, parts in evaluation.dice_by_height.items()}
+    return row | evaluation.model_dump(include={"n_external", "n_real", "n_seeds", "n_train", "train_wall_s"})
 
 
 def read_strategies(workdir: Path, params: dict) -> dict[str, dict]:
     """The summary of each strategy ``params`` configures; the work folder also keeps the metrics of strategies
     only an earlier run configured, which are not this run's answer."""
     combos = [f"{segmenter}-{stripper}" for segmenter, stripper in parse_config(params, "bench real").combos()]
-    return {combo: summary(json.loads((workdir / "metrics" / f"{combo}.json").read_text())) for combo in combos}
+    return {combo: summary(read_evaluation(workdir / "data" / "evaluation" / combo)) for combo in combos}
 
 
 def benchmark(bids_root: Path, reference: Path | None, subjects: list[str], test_fraction: float, workdir: Path,

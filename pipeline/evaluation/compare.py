@@ -9,12 +9,15 @@ is seeded (``BOOTSTRAP_SEED``, or the caller's): the same scores always give the
 
 from __future__ import annotations
 
+import csv
 import math
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
 from pipeline.bids import subject_of
+from pipeline.evaluation.metrics import Kind, Scope, row_kind
 
 BOOTSTRAP_SEED = 20261201
 RESAMPLES = 4000
@@ -32,6 +35,14 @@ def scores_by_subject(rows: list[dict]) -> Scores:
         if row["mean"] is not None:
             by_seed.setdefault(subject_of(row["case"]), {}).setdefault(row.get("seed"), []).append(float(row["mean"]))
     return {subject: [float(np.mean(means)) for means in seeds.values()] for subject, seeds in by_seed.items()}
+
+
+def cases_scores(cases: Path, kind: Kind) -> Scores:
+    """The Scores of one kind of whole-head Dice in evaluate's cases table (``metrics/<combo>-cases.csv``)."""
+    with open(cases) as handle:
+        rows = [row | {"mean": None if row["mean"] == "n/a" else row["mean"]} for row in csv.DictReader(handle)
+                if row["kind"] == row_kind(kind, Scope.WHOLE)]
+    return scores_by_subject(rows)
 
 
 @dataclass(frozen=True)

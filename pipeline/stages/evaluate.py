@@ -6,10 +6,11 @@
   (``evaluate.reference_labels``), and the segmenter's own labels against that reference. Also within the band
   around each head's reference level (``dice_band``) and per fifth of the brain's height (``dice_by_height``).
 
-Writes ``metrics/<combo>.json`` (DVC metrics), ``metrics/<combo>-cases.csv`` (every case's Dice, DVC plots),
-and under ``data/evaluation/<combo>/``: the predicted label volumes (``volumes/``), the synthetic predictions,
-``by_height.csv``, ``tissue_volumes.tsv`` (mL per head: model, teacher, reference) and a three-plane picture of
-each test head (``panels/``).
+Writes ``metrics/<combo>.json`` (DVC metrics: what strategies are compared by), ``metrics/<combo>-cases.csv``
+(every case's Dice, DVC plots), and under ``data/evaluation/<combo>/``: ``evaluation.json`` (every summary; both
+JSON files typed in ``pipeline.evaluation.metrics``), the predicted label volumes (``volumes/``), the synthetic
+predictions, ``by_height.csv`` (every case's Dice per height part), ``tissue_volumes.tsv`` (mL per head: model,
+teacher, reference) and a three-plane picture of each test head (``panels/``).
 """
 
 from __future__ import annotations
@@ -35,8 +36,20 @@ from pipeline.evaluation.heads import (
     score_teacher,
     volumes_row,
 )
+from pipeline.evaluation.metrics import (
+    WHOLE_HEAD,
+    Evaluation,
+    Interval,
+    Kind,
+    KindSummary,
+    Scope,
+    TissueDice,
+    parse_row_kind,
+    row_kind,
+    write_evaluation,
+)
 from pipeline.executors import run_job
-from pipeline.io import load_png, save_nifti, save_png, write_csv, write_json, write_tsv
+from pipeline.io import load_png, save_nifti, save_png, write_csv, write_tsv
 from pipeline.labels import TISSUES
 from pipeline.nnunet.models import SlicePredictor, TrainingRecord, nnunet_dataset, trained_seeds
 from pipeline.overlays import brain_centre, three_planes
@@ -52,32 +65,43 @@ from pipeline.synth.subject import Folders
 
 log = logging.getLogger("pipeline")
 
-WHOLE = ("real", "external", "teacher")  # the kinds scored on whole heads
-
-
 def with_seed(rows: list[dict], seed: int) -> list[dict]:
     return [{"seed": seed, **row} for row in rows]
 
 
-def with_ci(rows: list[dict]) -> dict:
-    """Mean Dice per tissue over the (subject, seed) rows; the 95 % bootstrap interval of their mean over
-    tissues, resampling subjects and seeds (``pipeline.evaluation.compare``); and the SD over seeds of that mean (None
-    with one seed)."""
+def with_mean(rows: list[dict]) -> list[dict]:
+    """Each row with its mean over tissues (the number a subject is compared by)."""
+    return [row | {"mean": summarize([row])["mean"]} for row in rows]
+
+
+def of_kind(rows: list[dict], kind: Kind, scope: Scope = Scope.WHOLE) -> list[dict]:
+    return [row for row in rows if row["kind"] == row_kind(kind, scope)]
+
+
+def tissue_dice(rows: list[dict]) -> TissueDice:
+    return TissueDice(**summarize(rows))
+
+
+def kind_summary(rows: list[dict], kind: Kind) -> KindSummary:
+    """Mean Dice per tissue over the (case, seed) rows of one kind; for the whole-head kinds, the 95 % bootstrap
+    interval of their mean over tissues, resampling subjects and seeds (``pipeline.evaluation.compare``), and the
+    SD over seeds of that mean (None with one seed); the number of cases."""
     by_seed: dict[int | None, list[float]] = {}
     for row in rows:
         if row["mean"] is not None:
             by_seed.setdefault(row.get("seed"), []).append(row["mean"])
-    ci = mean_ci95(scores_by_subject(rows))
+    ci = mean_ci95(scores_by_subject(rows)) if kind in WHOLE_HEAD else None
     seed_means = [float(np.mean(means)) for means in by_seed.values()]
-    return summarize(rows) | {"mean_ci95": None if ci is None else [round(ci[0], 4), round(ci[1], 4)],
-                              "sd_over_seeds": round(float(np.std(seed_means, ddof=1)), 4)
-                              if len(seed_means) > 1 else None}
+    return KindSummary(**summarize(rows), ci95=None if ci is None else Interval(low=round(ci[0], 4),
+                                                                               high=round(ci[1], 4)),
+                       sd_over_seeds=round(float(np.std(seed_means, ddof=1)), 4) if len(seed_means) > 1 else None,
+                       n=len({row["case"] for row in rows}))
 
 
-def by_height(rows: list[dict], kind: str) -> dict[str, list[float | None]]:
-    """Mean Dice per tissue in each height part (bottom first) over the ``<kind>_height`` rows."""
-    parts = [summarize([row for row in rows if row["kind"] == f"{kind}_height" and row["part"] == part])
-             for part in range(1, HEIGHT_PARTS + 1)]
+def by_height(rows: list[dict], kind: Kind) -> dict[str, list[float | None]]:
+    """Mean Dice per tissue in each height part (bottom first) over the kind's height rows."""
+    height = of_kind(rows, kind, Scope.HEIGHT)
+    parts = [summarize([row for row in height if row["part"] == part]) for part in range(1, HEIGHT_PARTS + 1)]
     return {tissue: [None if part[tissue] is None else round(part[tissue], 4) for part in parts]
             for tissue in TISSUES.values()}
 
@@ -88,7 +112,8 @@ def score_synthetic(segment: SlicePredictor, dataset: Path, predictions: Path) -
     for truth in sorted((dataset / "labelsTs").glob("*.png")):
         labels = segment(load_png(dataset / "imagesTs" / f"{truth.stem}_0000.png"))
         save_png(labels, predictions / truth.name)
-        rows.append({"kind": "synthetic", "case": truth.stem, **dice_per_tissue(load_png(truth), labels)})
+        rows.append({"kind": row_kind(Kind.SYNTHETIC, Scope.WHOLE), "case": truth.stem,
+                     **dice_per_tissue(load_png(truth), labels)})
     return rows
 
 
@@ -158,35 +183,38 @@ class Evaluate(ComboStage):
             rows += [row for case in cases for row in score_teacher(load_held_out_head(case, folders,
                                                                                        config.evaluate),
                                                                    config.evaluate)]
-        for row in rows:
-            row["mean"] = summarize([row])["mean"]
-        write_csv([row for row in rows if "part" not in row], self.plots_path())
-        write_csv([row for row in rows if "part" in row], out / "by_height.csv")
+        rows = with_mean(rows)
+        scopes = [parse_row_kind(row["kind"])[1] for row in rows]
+        write_csv([row for row, scope in zip(rows, scopes, strict=True) if scope is not Scope.HEIGHT],
+                  self.plots_path())
+        write_csv([row for row, scope in zip(rows, scopes, strict=True) if scope is Scope.HEIGHT],
+                  out / "by_height.csv")
         write_tsv(volumes, out / "tissue_volumes.tsv")
-        write_json(self.metrics(config, record, dataset, rows), self.metrics_path())
+        shared = json.loads((self.input_dir("raw") / "dataset_description.json").read_text())["TrainTestShareSubject"]
+        result = evaluation(rows, n_seeds=len(record.seeds),
+                            n_train=json.loads((dataset / "dataset.json").read_text())["numTraining"],
+                            band_mm=config.evaluate.band_mm, train_test_share_subject=shared, profile=record.profile,
+                            device=record.device, train_wall_s=record.wall_s)
+        write_evaluation(result, out, self.metrics_path())
+        log.info("evaluate %s-%s: whole-brain Dice %s", self.segmenter, self.stripper,
+                 {kind.value: round(scores.mean, 4) for kind, scores in result.dice.items() if scores.mean is not None})
 
-    def metrics(self, config: Config, record: TrainingRecord, dataset: Path, rows: list[dict]) -> dict:
-        def of(kind: str) -> list[dict]:
-            return [row for row in rows if row["kind"] == kind]
 
-        scored = [kind for kind in WHOLE if of(kind)]
-        metrics = {
-            "dice": {"synthetic": summarize(of("synthetic"))} | {kind: with_ci(of(kind)) for kind in scored},
-            "dice_band": {kind: with_ci(of(f"{kind}_band")) for kind in scored},
-            "dice_by_height": {kind: by_height(rows, kind) for kind in scored},
-            "scored": "whole brain, 3D",
-            "n_subjects": len({subject_of(row["case"]) for row in of("real")}),
-            "n_seeds": len(record.seeds),
-            "n_train": json.loads((dataset / "dataset.json").read_text())["numTraining"],
-            "n_test": len({row["case"] for row in of("synthetic")}),
-            "n_real": len({row["case"] for row in of("real")}),
-            "n_external": len({row["case"] for row in of("external")}),
-            "band_mm": config.evaluate.band_mm,
-            "train_test_share_subject": json.loads((self.input_dir("raw") / "dataset_description.json")
-                                                   .read_text())["TrainTestShareSubject"],
-            "profile": record.profile,
-            "device": record.device,
-            "train_wall_s": record.wall_s,
-        }
-        log.info("evaluate %s-%s: whole-brain Dice %s", self.segmenter, self.stripper, metrics["dice"])
-        return metrics
+def evaluation(rows: list[dict], *, n_seeds: int, n_train: int, band_mm: float, train_test_share_subject: bool,
+               profile: str, device: str, train_wall_s: float | None) -> Evaluation:
+    """Every Dice of one strategy, summarized from its scored rows (every seed's), with how its model was trained."""
+    scored = [kind for kind in WHOLE_HEAD if of_kind(rows, kind)]
+    real = of_kind(rows, Kind.REAL)
+    return Evaluation(
+        dice={Kind.SYNTHETIC: kind_summary(of_kind(rows, Kind.SYNTHETIC), Kind.SYNTHETIC)}
+        | {kind: kind_summary(of_kind(rows, kind), kind) for kind in scored},
+        dice_band={kind: tissue_dice(of_kind(rows, kind, Scope.BAND)) for kind in scored},
+        dice_by_height={kind: by_height(rows, kind) for kind in scored},
+        scored="whole brain, 3D",
+        n_subjects=len({subject_of(row["case"]) for row in real}),
+        n_test=len({row["case"] for row in of_kind(rows, Kind.SYNTHETIC)}),
+        n_real=len({row["case"] for row in real}),
+        n_external=len({row["case"] for row in of_kind(rows, Kind.EXTERNAL)}),
+        n_seeds=n_seeds, n_train=n_train, band_mm=band_mm, train_test_share_subject=train_test_share_subject,
+        profile=profile, device=device, train_wall_s=train_wall_s,
+    )

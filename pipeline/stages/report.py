@@ -12,13 +12,15 @@ import csv
 import html
 import json
 import logging
+import math
 from pathlib import Path
 
 import luigi
 import numpy as np
 
 from pipeline.config import Config, load_config
-from pipeline.evaluation.compare import Difference, Scores, paired_difference, scores_by_subject
+from pipeline.evaluation.compare import Difference, Scores, cases_scores, paired_difference
+from pipeline.evaluation.metrics import NOTES, Evaluation, Kind, TissueDice, read_evaluation
 from pipeline.io import read_tsv, write_csv, write_text
 from pipeline.labels import TISSUES
 from pipeline.stages.base import Gathered, Stage
@@ -27,17 +29,8 @@ from pipeline.stages.segment_qc import SegmentQC
 
 log = logging.getLogger("pipeline")
 
-KINDS = ("external", "teacher", "real", "synthetic")  # the ones a study has are shown
-# What each kind of Dice compares the predictions with.
-KIND_NOTES = {
-    "external": "whole real test heads (3D) against the reference labels you supplied (evaluate.reference_labels): "
-                "one reference for every strategy",
-    "teacher": "not a model: the segmenter's own labels of the same heads against your reference labels, what a "
-               "model trained on them can reach at best",
-    "real": "whole real test heads (3D) against each segmenter's own labels: compares strippers for one segmenter",
-    "synthetic": "the labels the synthetic test images were generated from",
-}
-
+EVALUATION = Path("data/evaluation")
+FIGURE_WIDTH_IN, FIGURE_DPI = 10.0, 100  # 1000 pixels: the page's width on a laptop screen
 
 class Evaluations(Gathered):
     """Every configured combo evaluated (and what the report shows of its QC and segmentation)."""
@@ -57,27 +50,46 @@ def _figure():
     return plt
 
 
-def dice_rows(combos: list[str], metrics_dir: Path, section: str = "dice") -> list[dict]:
-    """Per combo and kind, the mean Dice per tissue of ``section``: dice (whole heads) or dice_band."""
+def evaluations(combos: list[str], folder: Path = EVALUATION) -> dict[str, Evaluation]:
+    """What evaluate measured of each combo (``data/evaluation/<combo>/evaluation.json``)."""
+    return {combo: read_evaluation(folder / combo) for combo in combos}
+
+
+def tissues(scores: TissueDice) -> dict[str, float | None]:
+    return {name: getattr(scores, name) for name in [*TISSUES.values(), "mean"]}
+
+
+def dice_rows(evaluated: dict[str, Evaluation]) -> list[dict]:
+    """Per combo and kind, the mean Dice per tissue over whole heads (synthetic: slices), its 95 % interval, the
+    cases it is the mean of and, with several seeds, its SD over seeds."""
     rows = []
-    for combo in combos:
-        metrics = json.loads((metrics_dir / f"{combo}.json").read_text())
-        cases = {"external": metrics.get("n_external"), "teacher": metrics.get("n_external"), "real": metrics["n_real"],
-                 "synthetic": metrics["n_test"]}
-        for kind in [kind for kind in KINDS if kind in metrics[section]]:
-            scores = metrics[section][kind]
-            rows.append({"combo": combo, "kind": kind, **{k: scores.get(k) for k in [*TISSUES.values(), "mean"]},
-                         "sd over seeds": scores.get("sd_over_seeds"), "cases": cases[kind],
-                         "seeds": 1 if kind == "teacher" else metrics.get("n_seeds", 1)})
+    for combo, evaluation in evaluated.items():
+        for kind, scores in sorted(evaluation.dice.items(), key=lambda item: list(Kind).index(item[0])):
+            ci = scores.ci95
+            row = {"combo": combo, "kind": kind.value, **tissues(scores),
+                   "95 % CI of the mean": f"{ci.low:.3f}-{ci.high:.3f}" if ci else "", "cases": scores.n,
+                   "seeds": 1 if kind is Kind.TEACHER else evaluation.n_seeds}
+            rows.append(row | ({"sd over seeds": scores.sd_over_seeds} if evaluation.n_seeds > 1 else {}))
     return rows
 
 
+def band_rows(evaluated: dict[str, Evaluation]) -> list[dict]:
+    """Per combo and whole-head kind, the mean Dice per tissue within the band around the reference level."""
+    return [{"combo": combo, "kind": kind.value, **tissues(scores)} for combo, evaluation in evaluated.items()
+            for kind, scores in evaluation.dice_band.items()]
+
+
 def bar_chart(rows: list[dict], path: Path) -> None:
+    """One panel per kind of Dice, two to a row: as wide as the page whatever the number of kinds."""
     plt = _figure()
-    kinds = [kind for kind in KINDS if any(row["kind"] == kind for row in rows)]
-    fig, axes = plt.subplots(1, len(kinds), figsize=(5.5 * len(kinds), 3.5), sharey=True, squeeze=False)
-    axes = axes[0]
-    for ax, kind in zip(axes, kinds, strict=True):
+    kinds = [kind.value for kind in Kind if any(row["kind"] == kind for row in rows)]
+    columns = min(len(kinds), 2)
+    lines = math.ceil(len(kinds) / columns)
+    fig, axes = plt.subplots(lines, columns, figsize=(FIGURE_WIDTH_IN, 3.2 * lines), sharey=True, squeeze=False)
+    axes = axes.ravel()
+    for ax in axes[len(kinds):]:
+        ax.set_visible(False)
+    for ax, kind in zip(axes, kinds, strict=False):
         selected = [row for row in rows if row["kind"] == kind]
         width = 0.8 / max(len(selected), 1)
         for i, row in enumerate(selected):
@@ -87,16 +99,20 @@ def bar_chart(rows: list[dict], path: Path) -> None:
         ax.set_title(f"Dice: {kind}")
         ax.set_ylim(0, 1)
     axes[0].legend(fontsize=8)
+    save(fig, path)
+
+
+def save(fig, path: Path) -> None:
     fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+    fig.savefig(path, dpi=FIGURE_DPI)
+    _figure().close(fig)
 
 
 def curves(combos: list[str], metrics_dir: Path, path: Path, fold: int | str) -> None:
     """Training curves. With fold all, nnU-Net's "validation" batches come from the training cases: say so."""
     held_out = "training cases (fold all)" if fold == "all" else f"held-out fold {fold}"
     plt = _figure()
-    fig, (loss_ax, dice_ax) = plt.subplots(1, 2, figsize=(11, 3.5))
+    fig, (loss_ax, dice_ax) = plt.subplots(1, 2, figsize=(FIGURE_WIDTH_IN, 3.5))
     for combo in combos:
         with open(metrics_dir / f"{combo}-training.csv") as handle:
             rows = list(csv.DictReader(handle))
@@ -107,9 +123,7 @@ def curves(combos: list[str], metrics_dir: Path, path: Path, fold: int | str) ->
     loss_ax.set(title="loss", xlabel="epoch")
     dice_ax.set(title=f"nnU-Net pseudo Dice on {held_out}", xlabel="epoch", ylim=(0, 1))
     loss_ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+    save(fig, path)
 
 
 def panels(combo: str, evaluation: Path) -> list[Path]:
@@ -117,43 +131,40 @@ def panels(combo: str, evaluation: Path) -> list[Path]:
     return sorted((evaluation / combo / "panels").glob("*.png"))
 
 
-def height_chart(combos: list[str], metrics_dir: Path, path: Path) -> bool:
+def height_chart(evaluated: dict[str, Evaluation], path: Path) -> bool:
     """GM and WM Dice per fifth of the brain's height, model against teacher (or the segmenter's labels)."""
     plt = _figure()
-    fig, axes = plt.subplots(1, 2, figsize=(11, 3.5), sharey=True)
+    fig, axes = plt.subplots(1, 2, figsize=(FIGURE_WIDTH_IN, 3.5), sharey=True)
     drawn = False
-    for combo in combos:
-        heights = json.loads((metrics_dir / f"{combo}.json").read_text()).get("dice_by_height", {})
-        kind = "external" if "external" in heights else "real"
+    for combo, evaluation in evaluated.items():
+        heights = evaluation.dice_by_height
+        kind = Kind.EXTERNAL if Kind.EXTERNAL in heights else Kind.REAL
         for ax, tissue in zip(axes, ("GM", "WM"), strict=True):
             if kind in heights:
                 ax.plot(range(1, 6), [np.nan if v is None else v for v in heights[kind][tissue]], "o-",
-                        label=f"{combo} model ({kind})")
+                        label=f"{combo} model ({kind.value})")
                 drawn = True
-            if "teacher" in heights:
-                ax.plot(range(1, 6), [np.nan if v is None else v for v in heights["teacher"][tissue]], "s--",
+            if Kind.TEACHER in heights:
+                ax.plot(range(1, 6), [np.nan if v is None else v for v in heights[Kind.TEACHER][tissue]], "s--",
                         label=f"{combo} teacher")
     for ax, tissue in zip(axes, ("GM", "WM"), strict=True):
         ax.set(title=f"{tissue} Dice by height", xlabel="fifth of the brain's height (1: bottom)", ylim=(0, 1))
     axes[0].legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+    save(fig, path)
     return drawn
 
 
-def cost_rows(combos: list[str], metrics_dir: Path) -> list[dict]:
+def cost_rows(evaluated: dict[str, Evaluation], metrics_dir: Path) -> list[dict]:
     """What each strategy cost: its segmenter's seconds per head (for the consensus, the fusion's plus those of the
     segmenters it fuses) and the training's wall time."""
     rows = []
-    for combo in combos:
+    for combo, evaluation in evaluated.items():
         qc = json.loads((metrics_dir / f"qc-{combo}.json").read_text()).get("cost", {})
-        evaluated = json.loads((metrics_dir / f"{combo}.json").read_text())
         fused = qc.get("fused") or {}
         rows.append({"combo": combo, "segmenter s/head": qc.get("mean_seconds_per_head"),
                      "threads per head": qc.get("threads_per_head"),
                      "fused segmenters s/head": ", ".join(f"{m} {s}" for m, s in fused.items()) or "",
-                     "training s": evaluated.get("train_wall_s")})
+                     "training s": evaluation.train_wall_s})
     return rows
 
 
@@ -189,37 +200,37 @@ def table(rows: list[dict]) -> str:
 
 
 def _fmt(value: object) -> str:
+    """A cell: floats to 3 decimals; nothing to show (None, NaN) as a dash, never "None"."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "&ndash;"
     return f"{value:.3f}" if isinstance(value, float) else html.escape(str(value))
 
 
-def subject_scores(combo: str, metrics_dir: Path, kind: str) -> Scores:
+def subject_scores(combo: str, metrics_dir: Path, kind: Kind) -> Scores:
     """Mean Dice per real test subject (and training seed) of one combo, from its cases table."""
-    with open(metrics_dir / f"{combo}-cases.csv") as handle:
-        rows = [row | {"mean": None if row["mean"] == "n/a" else row["mean"]} for row in csv.DictReader(handle)
-                if row["kind"] == kind]
-    return scores_by_subject(rows)
+    return cases_scores(metrics_dir / f"{combo}-cases.csv", kind)
 
 
-def comparison_kind(combos: list[str], metrics_dir: Path) -> str:
+def comparison_kind(combos: list[str], metrics_dir: Path) -> Kind:
     """external when every combo was scored against the user's reference labels, else real."""
-    return "external" if all(subject_scores(c, metrics_dir, "external") for c in combos) else "real"
+    return Kind.EXTERNAL if all(subject_scores(c, metrics_dir, Kind.EXTERNAL) for c in combos) else Kind.REAL
 
 
-def comparable(a: str, b: str, kind: str) -> bool:
+def comparable(a: str, b: str, kind: Kind) -> bool:
     """dice.real scores each model against its own segmenter's labels: only strippers of one segmenter compare."""
-    return kind == "external" or a.split("-")[0] == b.split("-")[0]
+    return kind is Kind.EXTERNAL or a.split("-")[0] == b.split("-")[0]
 
 
-def pairwise(combos: list[str], metrics_dir: Path, kind: str) -> list[Difference]:
+def pairwise(combos: list[str], metrics_dir: Path, kind: Kind) -> list[Difference]:
     scores = {combo: subject_scores(combo, metrics_dir, kind) for combo in combos}
     return [paired_difference(a, scores[a], b, scores[b]) for i, a in enumerate(combos) for b in combos[i + 1:]
             if comparable(a, b, kind) and scores[a] and scores[b]]
 
 
-def verdict(rows: list[dict], differences: list[Difference], kind: str) -> str:
+def verdict(rows: list[dict], differences: list[Difference], kind: Kind) -> str:
     """The strategy with the best mean real-head Dice, named the best only when every paired 95 % CI against
     it excludes 0."""
-    what = {"external": "against your reference labels", "real": "against each segmenter's labels"}[kind]
+    what = {Kind.EXTERNAL: "against your reference labels", Kind.REAL: "against each segmenter's labels"}[kind]
     scored = [row for row in rows if row["kind"] == kind and row["mean"] is not None]
     if not scored:
         return "no real-head Dice yet"
@@ -240,16 +251,15 @@ def difference_rows(differences: list[Difference]) -> list[dict]:
              "subjects": d.n_subjects, "seeds": d.n_seeds, "verdict": d.verdict()} for d in differences]
 
 
-def per_subject_rows(combos: list[str], metrics_dir: Path, kind: str) -> list[dict]:
+def per_subject_rows(combos: list[str], metrics_dir: Path, kind: Kind) -> list[dict]:
     scores = {combo: subject_scores(combo, metrics_dir, kind) for combo in combos}
     subjects = sorted({subject for combo_scores in scores.values() for subject in combo_scores})
     return [{"subject": subject, **{combo: float(np.mean(scores[combo][subject])) if subject in scores[combo]
                                     else None for combo in combos}} for subject in subjects]
 
 
-def shared_subjects_warning(combos: list[str], metrics_dir: Path) -> str:
-    shared = [c for c in combos if json.loads((metrics_dir / f"{c}.json").read_text())["train_test_share_subject"]]
-    if not shared:
+def shared_subjects_warning(evaluated: dict[str, Evaluation]) -> str:
+    if not any(evaluation.train_test_share_subject for evaluation in evaluated.values()):
         return ""
     return ("<p><b>Warning:</b> train and test share subjects in this study (too few subjects to split), so the "
             "real-head Dice is not that of unseen brains.</p>")
@@ -266,42 +276,43 @@ class Report(Stage):
     def build(self, out: Path, config: Config) -> None:
         combos = [f"{seg}-{strip}" for seg, strip in config.combos()]
         metrics = Path("metrics")
-        rows = dice_rows(combos, metrics)
+        evaluated = evaluations(combos)
+        rows = dice_rows(evaluated)
         kind = comparison_kind(combos, metrics)
         differences = pairwise(combos, metrics, kind)
         answer = verdict(rows, differences, kind)
         bar_chart(rows, out / "dice.png")
         curves(combos, metrics, out / "training.png", config.train.fold)
-        evaluation = Path("data/evaluation")
-        heights = height_chart(combos, metrics, out / "height.png")
+        heights = height_chart(evaluated, out / "height.png")
         excluded = exclusions(combos, Path("data/qc"))
         sections = [
             "<h1>synthseg-pipeline: strategy comparison</h1>",
             f"<p><b>Best strategy on real heads:</b> {html.escape(answer)}</p>",
-            shared_subjects_warning(combos, metrics),
+            shared_subjects_warning(evaluated),
             f"<h2>Paired comparisons ({kind} Dice, mean over tissues; bootstrap over test subjects and seeds)</h2>",
             table(difference_rows(differences)),
             f"<h2>Per test subject ({kind} Dice, mean over tissues)</h2>",
             table(per_subject_rows(combos, metrics, kind)),
             "<h2>Dice per tissue (whole real heads, 3D; synthetic test slices)</h2>", table(rows),
             embed(out / "dice.png"),
-            "<ul>" + "".join(f"<li><b>{kind}</b>: {html.escape(note)}</li>" for kind, note in KIND_NOTES.items()
+            "<ul>" + "".join(f"<li><b>{kind}</b>: {html.escape(note)}</li>" for kind, note in NOTES.items()
                              if any(row["kind"] == kind for row in rows)) + "</ul>",
-            "<h2>What each strategy costs</h2>", table(cost_rows(combos, metrics)),
+            "<h2>What each strategy costs</h2>", table(cost_rows(evaluated, metrics)),
             "<h2>Training</h2>", embed(out / "training.png"),
             f"<h2>Within {config.evaluate.band_mm:g} mm of the reference level (the slab earlier studies scored)</h2>",
-            table(dice_rows(combos, metrics, "dice_band")),
+            table(band_rows(evaluated)),
             "<h2>By height: where a model falls short of its teacher</h2>",
             embed(out / "height.png") if heights else "<p>no real test heads</p>",
             "<h2>Tissue volumes of each real test head (mL): model, teacher, reference</h2>",
-            table(combo_rows(combos, evaluation, "tissue_volumes.tsv")),
+            table(combo_rows(combos, EVALUATION, "tissue_volumes.tsv")),
             "<h2>Real test heads: teacher, model and reference in three planes</h2>",
-            *[f"<h3>{html.escape(c)}</h3>" + "".join(embed(panel) for panel in panels(c, evaluation)) for c in combos],
+            *[f"<h3>{html.escape(c)}</h3>" + "".join(embed(panel) for panel in panels(c, EVALUATION)) for c in combos],
             "<h2>Subjects excluded by QC</h2>", table(excluded),
             *[embed(overlay) for overlay in exclusion_overlays(excluded, {
                 f"{seg}-{strip}": Path(SegmentQC.labels(seg, strip).out_dir()) for seg, strip in config.combos()})],
         ]
-        style = "body{font-family:sans-serif;max-width:1100px;margin:auto}td,th{padding:2px 8px;border:1px solid #ccc}"
+        style = ("body{font-family:sans-serif;max-width:1100px;margin:auto}td,th{padding:2px 8px;border:1px solid #ccc}"
+                 "img{max-width:100%;height:auto}")  # no figure wider than the page
         write_text(f"<!doctype html><html><head><meta charset='utf-8'><title>synthseg-pipeline report</title>"
                    f"<style>{style}</style></head><body>{''.join(sections)}</body></html>\n", out / "index.html")
         write_csv(rows, out / "dice.csv")
