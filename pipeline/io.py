@@ -93,6 +93,15 @@ def resumable_dir(final: Path, fingerprint: str) -> Iterator[Path]:
     os.replace(work, final)
 
 
+VOXEL_MM_DECIMALS = 3  # voxel sizes are compared to the micrometre
+
+
+def voxel_sizes_mm(image: nib.spatialimages.SpatialImage) -> np.ndarray:
+    """The header's voxel sizes, rounded to ``VOXEL_MM_DECIMALS``: headers carry float32 and scanner arithmetic
+    (a 3 mm slice can read 2.9999955), and every comparison of voxel sizes should see 3."""
+    return np.round(np.array(image.header.get_zooms()[:3], dtype=float), VOXEL_MM_DECIMALS)
+
+
 def load_nifti(path: Path, subject: str = "?") -> nib.Nifti1Image:
     """Load a 3D image (NIfTI, or a FreeSurfer .mgz/.mgh) fully as NIfTI, with a clear error for anything
     unusable."""
@@ -115,9 +124,9 @@ def load_nifti(path: Path, subject: str = "?") -> nib.Nifti1Image:
         raise InputError(f"{where}: field of view too small ({data.shape} voxels)")
     if not np.all(np.isfinite(data)):
         raise InputError(f"{where}: contains NaN or infinite voxels")
-    zooms = image.header.get_zooms()[:3]
-    if min(zooms) <= 0.05 or max(zooms) > 10.0:
-        raise InputError(f"{where}: implausible voxel size {tuple(float(z) for z in zooms)} mm")
+    zooms = voxel_sizes_mm(image)
+    if zooms.min() <= 0.05 or zooms.max() > 10.0:
+        raise InputError(f"{where}: implausible voxel size {tuple(zooms.tolist())} mm")
     if float(np.ptp(data)) == 0.0:
         raise InputError(f"{where}: image is constant")
     header = image.header if isinstance(image, nib.Nifti1Image) else None  # an MGH header does not carry over

@@ -15,8 +15,8 @@ import numpy as np
 from nibabel.processing import resample_to_output
 
 from pipeline.config import HarmonizeConfig
-from pipeline.io import InputError, load_nifti
-from pipeline.slices import reference_level_mm
+from pipeline.io import InputError, load_nifti, voxel_sizes_mm
+from pipeline.slices import BRAIN_PERCENTILES, reference_level_mm
 from pipeline.tools import freesurfer
 
 log = logging.getLogger("pipeline")
@@ -86,7 +86,7 @@ MIN_FIELD_OF_VIEW_MM = 100.0  # less than this in any axis cannot hold a brain
 
 def acquisition_qc(image: nib.Nifti1Image, subject: str, source: Path) -> dict:
     """The source's voxel size, a flag for thick slices, and a refusal when the field of view is too small."""
-    zooms = np.array(image.header.get_zooms()[:3], dtype=float)
+    zooms = voxel_sizes_mm(image)
     extent = zooms * np.array(image.shape[:3])
     if extent.min() < MIN_FIELD_OF_VIEW_MM:
         raise InputError(f"subject {subject}, file {source}: field of view {np.round(extent).tolist()} mm is too "
@@ -96,7 +96,7 @@ def acquisition_qc(image: nib.Nifti1Image, subject: str, source: Path) -> dict:
         flags.append(f"voxels of {zooms.max():.1f} mm: resampled to 1 mm, thin structures are lost "
                      "(harmonize.method: synthsr recovers them, if FreeSurfer is installed)")
         log.warning("harmonize sub-%s: %s", subject, flags[-1])
-    return {"SourceVoxelMM": np.round(zooms, 3).tolist(), "QCFlags": flags}
+    return {"SourceVoxelMM": zooms.tolist(), "QCFlags": flags}
 
 
 @dataclass(frozen=True, eq=False)
@@ -158,9 +158,10 @@ def uncrop(data: np.ndarray, affine: np.ndarray, grid: nib.Nifti1Image) -> np.nd
 
 
 def crop_to_brain(image: nib.Nifti1Image, mask: np.ndarray, margin: int) -> tuple[nib.Nifti1Image, ...]:
-    """The masked brain, its intensities normalized inside the mask, and the mask: both cropped alike."""
+    """The masked brain, its intensities normalized inside the mask (the brain's range, ``BRAIN_PERCENTILES``, not
+    the head's ``harmonize.percentiles``), and the mask: both cropped alike."""
     data = image.get_fdata(dtype=np.float32)
-    brain = np.where(mask, normalize_percentiles(data, (0.5, 99.5), mask), 0).astype(np.float32)
+    brain = np.where(mask, normalize_percentiles(data, BRAIN_PERCENTILES, mask), 0).astype(np.float32)
     box = bounding_box(mask, margin)
     brain, affine = crop(brain, image.affine, box)
     return nib.Nifti1Image(brain, affine), nib.Nifti1Image(mask[box].astype(np.uint8), affine)

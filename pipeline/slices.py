@@ -19,7 +19,11 @@ import nibabel as nib
 import numpy as np
 from scipy import ndimage
 
-BRAIN_PERCENTILES = (0.5, 99.5)  # the slice's in-brain range mapped to 1..255
+# A brain's robust intensity range, cut off its darkest and brightest voxels: what the strip stage maps to [0, 1]
+# for the whole brain (``preprocess.crop_to_brain``) and each slice a model sees maps to 1..255 (``to_uint8``).
+# Not ``harmonize.percentiles``: that range is the whole head's, skull and scalp included, taken before any
+# stripper has found the brain; changing it must not change what the brain's range means.
+BRAIN_PERCENTILES = (0.5, 99.5)
 OPENING_VOXELS = 2  # cuts thin bright bridges (scalp fat, marrow, vessels) off the white matter
 HULL_CLOSING_VOXELS = 4  # closes the white matter's hull over sulci and ventricles
 

@@ -168,3 +168,21 @@ def test_a_field_of_view_too_small_for_a_brain_is_refused_naming_the_file(ds0000
     slab = nib.Nifti1Image(np.asarray(original.dataobj)[:, :, 80:140], original.affine)  # 60 x 1.33 mm = 80 mm
     with pytest.raises(InputError, match=r"subject 01, file .*slab.nii.gz: field of view .* too small"):
         acquisition_qc(slab, "01", tmp_path / "slab.nii.gz")
+
+
+def test_a_clinical_header_of_2_9999955_mm_slices_is_flagged_as_thick(ds000011: Path, tmp_path: Path):
+    """An MS patient's T1 of 0.72 x 0.72 x 3 mm whose header reads 2.9999955 mm: a real head resampled to that
+    grid goes through harmonize (what the harmonize stage and predict both run) with the thick-slice flag."""
+    from nibabel.processing import resample_to_output
+
+    from pipeline.config import HarmonizeConfig
+    from pipeline.preprocess import harmonize
+
+    original = nib.load(ds000011 / "sub-01" / "anat" / "sub-01_T1w.nii.gz")
+    clinical = resample_to_output(original, voxel_sizes=(0.72, 0.72, 2.9999955), order=1)
+    path = tmp_path / "sub-01_T1w.nii.gz"
+    nib.save(nib.Nifti1Image(clinical.get_fdata(dtype=np.float32), clinical.affine), path)
+    assert nib.load(path).header.get_zooms()[2] < 3.0  # as the scanner wrote it
+    head = harmonize(path, "01", HarmonizeConfig(n4=False), tmp_path / "synthsr.nii.gz", threads=1)
+    assert head.record["SourceVoxelMM"] == [0.72, 0.72, 3.0]
+    assert len(head.record["QCFlags"]) == 1 and "voxels of 3.0 mm" in head.record["QCFlags"][0]

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
-from nibabel.processing import resample_from_to
 
 from pipeline.bids import case_dir, entities
+from pipeline.grids import labels_on_grid
 from pipeline.io import InputError, load_nifti, read_tsv
 from pipeline.labels import BACKGROUND, CSF, GM, WM, UnknownLabel, remap
 
@@ -91,6 +91,4 @@ def reference_tissues(path: Path, root: Path, scheme: str, subject: str) -> nib.
 
 def on_grid(tissues: nib.Nifti1Image, reference_grid: nib.Nifti1Image) -> np.ndarray:
     """Tissues carried onto another image's grid in world space (nearest neighbour; 0 outside)."""
-    resampled = resample_from_to(tissues, (reference_grid.shape[:3], reference_grid.affine), order=0,
-                                 mode="constant", cval=0)
-    return np.asarray(resampled.dataobj).astype(np.uint8)
+    return labels_on_grid(tissues, reference_grid).astype(np.uint8)

@@ -18,10 +18,10 @@ import luigi
 import nibabel as nib
 import numpy as np
 from nibabel.affines import apply_affine
-from nibabel.processing import resample_from_to
 
 from pipeline.bids import read_sources, subject_file
 from pipeline.config import Config, load_config
+from pipeline.grids import Grid, labels_on_grid
 from pipeline.io import read_tsv, write_json, write_text
 from pipeline.stages.acquire import Acquire
 from pipeline.stages.base import Gathered, Stage
@@ -30,7 +30,6 @@ from pipeline.subjects import failed_ids
 
 log = logging.getLogger("pipeline")
 
-Grid = tuple[tuple[int, ...], np.ndarray]  # shape, affine
 Table = dict[str, dict[str, str]]  # masks.tsv rows by participant id
 FIGURE_COLUMNS = ("brain_ml", "components", "border_fraction")
 
@@ -65,8 +64,7 @@ def _box(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def on_grid(image: nib.Nifti1Image, grid: Grid) -> np.ndarray:
-    binary = nib.Nifti1Image(foreground(image).astype(np.uint8), image.affine)
-    return np.asarray(resample_from_to(binary, grid, order=0, mode="constant", cval=0).dataobj) > 0
+    return labels_on_grid(nib.Nifti1Image(foreground(image).astype(np.uint8), image.affine), grid) > 0
 
 
 def dice_world(image: nib.Nifti1Image, other: nib.Nifti1Image) -> float:

@@ -8,9 +8,10 @@ import nibabel as nib
 import numpy as np
 
 from pipeline.config import FastConfig, SegmentConfig
+from pipeline.grids import labels_on_grid
 from pipeline.labels import classes_to_tissues
 from pipeline.tools.base import Tool, run_command
-from pipeline.tools.segmentation import Segmenter, SegmentJob, labels_on_grid, write_input
+from pipeline.tools.segmentation import Segmenter, SegmentJob, write_input
 
 TOOL = Tool("fast", "install FSL (https://fsl.fmrib.ox.ac.uk/fsl/docs/#/install) and set FSLDIR",
             executables=("fast",), search_dirs_env=("FSLDIR",))

@@ -9,9 +9,10 @@ import numpy as np
 
 from pipeline.config import SegmentConfig
 from pipeline.devices import torch_device
+from pipeline.grids import labels_on_grid
 from pipeline.labels import remap
 from pipeline.tools.base import Tool, run_command
-from pipeline.tools.segmentation import Segmenter, SegmentJob, labels_on_grid, write_input
+from pipeline.tools.segmentation import Segmenter, SegmentJob, write_input
 
 TOOL = Tool("fastsurfer", "install FastSurfer (https://github.com/Deep-MI/FastSurfer) and put the folder "
             "holding run_fastsurfer.sh on PATH", executables=("run_fastsurfer.sh",))

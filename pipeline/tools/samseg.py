@@ -13,10 +13,11 @@ import nibabel as nib
 import numpy as np
 
 from pipeline.config import SegmentConfig
+from pipeline.grids import labels_on_grid
 from pipeline.io import write_json
 from pipeline.labels import remap
 from pipeline.tools.base import Tool, run_command
-from pipeline.tools.segmentation import Segmenter, SegmentJob, labels_on_grid, write_input
+from pipeline.tools.segmentation import Segmenter, SegmentJob, write_input
 
 TOOL = Tool("samseg", "pip install samseg", modules=("samseg",))
 PROGRESS = re.compile(r"Read mesh collection")  # a line per fitting phase in the log; the rest at DEBUG

@@ -12,7 +12,6 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
-from nibabel.processing import resample_from_to
 
 from pipeline.config import SegmentConfig
 from pipeline.io import save_nifti
@@ -46,15 +45,6 @@ def write_input(job: SegmentJob, name: str = "t1.nii.gz") -> Path:
     path = job.workdir / name
     save_nifti(job.image.get_fdata(dtype=np.float32), job.image.affine, path)
     return path
-
-
-def labels_on_grid(labels: nib.spatialimages.SpatialImage, reference: nib.Nifti1Image) -> np.ndarray:
-    """A tool's label map on the reference grid: as is when the grids match, else nearest neighbour."""
-    if labels.shape[:3] == reference.shape[:3] and np.allclose(labels.affine, reference.affine, atol=1e-4):
-        return np.asarray(labels.dataobj).astype(np.int64).reshape(reference.shape[:3])
-    resampled = resample_from_to(labels, (reference.shape[:3], reference.affine), order=0, mode="constant",
-                                 cval=0, out_class=nib.Nifti1Image)
-    return np.rint(resampled.get_fdata()).astype(np.int64)
 
 
 def cost(seconds: dict[str, float], threads: int) -> dict:

@@ -8,10 +8,11 @@ import nibabel as nib
 import numpy as np
 
 from pipeline.config import SegmentConfig, SynthSegConfig
+from pipeline.grids import labels_on_grid
 from pipeline.labels import remap
 from pipeline.tools.base import Tool, run_command
 from pipeline.tools.freesurfer import FREESURFER_HINT
-from pipeline.tools.segmentation import Segmenter, SegmentJob, labels_on_grid, write_input
+from pipeline.tools.segmentation import Segmenter, SegmentJob, write_input
 
 TOOL = Tool("synthseg", FREESURFER_HINT, executables=("mri_synthseg",), search_dirs_env=("FREESURFER_HOME",))
 
