@@ -3,11 +3,49 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import sys
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 DVC_YAML = Path("dvc.yaml")
+
+
+class StageFailures:
+    """The errors that failed the stages of one ``run``, by kind, counted in shared memory: with ``--workers``
+    above 1, Luigi runs each stage in a forked process."""
+
+    def __init__(self) -> None:
+        import multiprocessing
+
+        self.counts = multiprocessing.Array("i", 2)  # [an input, parameter or tool error; anything else]
+
+    def __call__(self, task: object, error: BaseException | str) -> None:
+        from pipeline.errors import user_errors
+
+        with self.counts.get_lock():
+            self.counts[0 if isinstance(error, user_errors()) else 1] += 1
+
+    @contextlib.contextmanager
+    def counted(self) -> Iterator[None]:
+        """Count the failures of the stages Luigi runs within."""
+        import luigi
+
+        events = (luigi.Event.FAILURE, luigi.Event.BROKEN_TASK, luigi.Event.PROCESS_FAILURE, luigi.Event.TIMEOUT)
+        for event in events:
+            luigi.Task.event_handler(event)(self)
+        try:
+            yield
+        finally:
+            for event in events:
+                luigi.Task.remove_event_handler(event, self)
+
+    def exit_status(self) -> int:
+        """2 when every failure was the user's to fix (an input, parameter or tool), as for the other commands;
+        1 when anything else failed (a bug: its traceback is logged)."""
+        return 2 if self.counts[0] and not self.counts[1] else 1
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -28,13 +66,15 @@ def cmd_run(args: argparse.Namespace) -> int:
     load_config()  # a wrong parameter stops here, in one line, before Luigi schedules anything
     scheduler = {"scheduler_host": args.scheduler_host, "scheduler_port": args.scheduler_port} \
         if args.scheduler_host else {"local_scheduler": True}
-    result = luigi.build([task], workers=args.workers, detailed_summary=True,
-                         log_level="WARNING" if args.debug else "CRITICAL", **scheduler)
+    failures = StageFailures()
+    with failures.counted():
+        result = luigi.build([task], workers=args.workers, detailed_summary=True,
+                             log_level="WARNING" if args.debug else "CRITICAL", **scheduler)
     if not result.scheduling_succeeded:
         # the failing stage has said why (pipeline.stages.base); Luigi's summary only with --debug
         if args.debug:
             print(result.summary_text, file=sys.stderr)
-        return 1
+        return failures.exit_status()
     return 0
 
 
@@ -310,11 +350,26 @@ def parser() -> argparse.ArgumentParser:
     return main
 
 
+def warnings_to_debug_log(debug: bool) -> None:
+    """Python warnings (nnU-Net's, torch's, nibabel's FutureWarnings: the pipeline raises none) are not the user's
+    to act on: they go to the log at debug level, which ``--debug`` shows."""
+    log = logging.getLogger("pipeline.warnings")
+    log.setLevel(logging.DEBUG if debug else logging.INFO)
+
+    def to_debug(message: Warning | str, category: type[Warning], filename: str, lineno: int, file: object = None,
+                 line: str | None = None) -> None:
+        log.debug("%s:%d: %s: %s", filename, lineno, category.__name__, message)
+
+    warnings.showwarning = to_debug
+
+
 def main(argv: list[str] | None = None) -> int:
     from pipeline.errors import user_errors
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
+    logging.getLogger("luigi-interface").setLevel(logging.WARNING)  # its "Loaded ['luigi.cfg']" is not the user's
     args = parser().parse_args(argv)
+    warnings_to_debug_log(args.debug)
     # our stages report progress and errors themselves; Luigi's tracebacks only with --debug
     logging.getLogger("luigi-interface").setLevel(logging.WARNING if args.debug else logging.CRITICAL)
     try:

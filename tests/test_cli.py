@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from pipeline.__main__ import parser
 
 from .conftest import venv_env
@@ -54,11 +56,11 @@ def _run_stage(project: Path, *args: str) -> subprocess.CompletedProcess:
 
 def test_a_stage_that_fails_on_an_input_or_a_parameter_says_why_in_one_line(tmp_path: Path):
     """How DVC and Luigi drive a stage (python -m pipeline run STAGE): a user's mistake is one line naming the
-    file or key, exit non-zero, no traceback; --debug shows Luigi's."""
+    file or key, exit status 2 (as every command's), no traceback; --debug shows Luigi's."""
     (tmp_path / "params.yaml").write_text(f"acquire:\n  source: bids\n  bids_root: {tmp_path / 'nowhere'}\n")
     result = _run_stage(tmp_path, "run", "harmonize")
     errors = [line for line in result.stderr.splitlines() if "error" in line.lower()]
-    assert result.returncode != 0 and "Traceback" not in result.stderr, result.stderr
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
     assert len(errors) == 1 and f"bids: root folder {tmp_path / 'nowhere'} does not exist" in errors[0], errors
     assert "[acquire]" in errors[0]  # the stage that failed
     assert "Traceback" in _run_stage(tmp_path, "--debug", "run", "harmonize").stderr
@@ -67,6 +69,52 @@ def test_a_stage_that_fails_on_an_input_or_a_parameter_says_why_in_one_line(tmp_
     result = _run_stage(tmp_path, "run", "synthesize", "--segmenter", "hmrf", "--stripper", "deepbet")
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines()[-1].startswith("error: params.yaml: 'synth.band_mm'"), result.stderr
+
+
+@pytest.mark.parametrize("workers", [1, 2], ids=["in-process", "forked-workers"])
+def test_run_exits_2_on_a_bad_input_and_1_on_a_bug(tmp_path: Path, monkeypatch, caplog, workers: int):
+    """The documented exit statuses of ``run``, whether Luigi runs the stage in this process or forks it (the
+    forked stage's log stays in its process)."""
+    from pipeline.__main__ import main
+    from pipeline.stages.acquire import Acquire
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "params.yaml").write_text(f"acquire:\n  source: bids\n  bids_root: {tmp_path / 'nowhere'}\n")
+    assert main(["run", "acquire", "--workers", str(workers)]) == 2
+    assert workers > 1 or "bids: root folder" in caplog.text
+
+    def bug(self, out: Path, config: object) -> None:
+        raise ZeroDivisionError("a bug")
+
+    monkeypatch.setattr(Acquire, "build", bug)
+    assert main(["run", "acquire", "--workers", str(workers)]) == 1
+    assert workers > 1 or "unexpected failure" in caplog.text
+
+
+def test_a_third_party_warning_in_predict_goes_to_the_debug_log(tmp_path: Path, monkeypatch, caplog, capsys):
+    """``predict`` shows the user its own messages only: a library's FutureWarning raised on its way is logged at
+    debug level, shown with ``--debug``, and never printed."""
+    import logging
+    import warnings
+
+    from pipeline.__main__ import main
+    from pipeline.apps import predict
+
+    def warns(*args: object, **kwargs: object) -> None:
+        warnings.warn("torch.load with weights_only=False is deprecated", FutureWarning, stacklevel=1)
+
+    monkeypatch.setattr(predict, "predict", warns)
+    monkeypatch.setattr(warnings, "showwarning", warnings.showwarning)  # restored after the test
+    caplog.set_level(logging.DEBUG)
+    for debug in ([], ["--debug"]):
+        caplog.clear()
+        with warnings.catch_warnings():
+            warnings.simplefilter("always")
+            assert main([*debug, "predict", "--model", str(tmp_path), "--input", str(tmp_path),
+                         "--output", str(tmp_path / "out")]) == 0
+        records = [record for record in caplog.records if "weights_only" in record.getMessage()]
+        assert [record.levelno for record in records] == ([logging.DEBUG] if debug else [])
+    assert "weights_only" not in capsys.readouterr().err
 
 
 def test_plan_prints_what_the_original_study_would_submit_to_slurm_for_66_heads(tmp_path: Path):
