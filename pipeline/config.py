@@ -470,8 +470,9 @@ class Config(Strict):
 SCHEDULE_KEYS = ("workers", "executor")  # how a stage runs, never what it makes: readable by all, no DVC param
 
 
-class UndeclaredParameter(AttributeError):
-    """A stage read a parameter its DVC params do not list."""
+class UndeclaredParameter(Exception):
+    """A stage read a parameter its DVC params do not list. Not an ``AttributeError``: ``hasattr`` and
+    ``getattr(..., default)`` would take it for a missing attribute and hide the undeclared read."""
 
 
 class ParamsView:

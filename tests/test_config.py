@@ -159,6 +159,10 @@ def test_a_stage_reads_only_the_params_it_declares():
     with pytest.raises(UndeclaredParameter, match="'strip'"):
         narrow.combos()
     assert pickle.loads(pickle.dumps(view)).strip.deepbet == config.strip.deepbet  # to worker processes
+    with pytest.raises(UndeclaredParameter):  # not a missing attribute: hasattr and getattr's default see it
+        hasattr(view, "evaluate")
+    with pytest.raises(UndeclaredParameter):
+        getattr(view.strip, "hdbet", None)
 
 
 def test_running_a_stage_that_reads_an_undeclared_param_fails(tmp_path: Path, monkeypatch):
