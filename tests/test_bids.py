@@ -174,7 +174,7 @@ def test_a_study_with_sessions_trains_on_each_session_and_scores_subjects(sessio
         assert synthetic, case  # its own samples, on its subject's side of the split
     qc = {row["participant_id"] for row in read_tsv(project / "data/qc/hmrf-deepbet/qc.tsv")}
     assert qc == {"sub-01_ses-pre", "sub-01_ses-post", "sub-02"}
-    metrics = json.loads((project / "metrics/hmrf-deepbet.json").read_text())
+    metrics = json.loads((project / "data/evaluation/hmrf-deepbet/evaluation.json").read_text())
     sub01_tests = split["sub-01"] == "test"
     assert metrics["n_real"] == (2 if sub01_tests else 1) and metrics["n_subjects"] == 1
     assert metrics["n_train"] == 8 * (1 if sub01_tests else 2)  # synth.n_train per training case

@@ -38,16 +38,21 @@ def project(tmp_path_factory, ds000011: Path) -> Path:
 
 
 def test_repro_writes_metrics_with_dice_in_range(project: Path):
-    metrics = json.loads((project / "metrics" / "hmrf-deepbet.json").read_text())
+    from pipeline.evaluation.metrics import read_metrics
+
+    compared = read_metrics(project / "metrics" / "hmrf-deepbet.json")  # what dvc exp show lists: a few columns
+    assert set(compared.dice) == set(compared.ci95) == {"real"} and compared.n_subjects == 1 and compared.train_s > 0
+    metrics = json.loads((project / "data" / "evaluation" / "hmrf-deepbet" / "evaluation.json").read_text())
     tissues = {"GM", "WM", "CSF", "mean"}
-    for kind, keys in (("synthetic", tissues), ("real", tissues | {"mean_ci95", "sd_over_seeds"})):
+    for kind in ("synthetic", "real"):
         dice = metrics["dice"][kind]
-        assert set(dice) == keys
+        assert set(dice) == tissues | {"ci95", "sd_over_seeds", "n"}
         assert all(0.0 <= dice[key] <= 1.0 for key in tissues if dice[key] is not None)
         assert dice["mean"] is not None
     # one test subject and one seed: the interval is that subject's mean, and there is no spread over seeds
     real = metrics["dice"]["real"]
-    assert real["mean_ci95"] == [round(real["mean"], 4)] * 2 and real["sd_over_seeds"] is None
+    assert real["ci95"] == {"low": round(real["mean"], 4), "high": round(real["mean"], 4)}
+    assert real["sd_over_seeds"] is None and compared.dice["real"].mean == real["mean"]
     assert (metrics["n_subjects"], metrics["n_seeds"]) == (1, 1)
     assert metrics["n_train"] == 8 and metrics["n_test"] == 4  # 1 train subject, 1 test subject
     assert metrics["n_real"] == 1
@@ -272,7 +277,7 @@ def test_reference_labels_add_dice_external_and_rerun_only_evaluation(project: P
 
     ran = _run(["dvc", "exp", "run", "-S", f"evaluate.reference_labels={root}"], project)
     assert "Running stage 'evaluate@" in ran and "Running stage 'train@" not in ran
-    metrics = json.loads((project / "metrics" / "hmrf-deepbet.json").read_text())
+    metrics = json.loads((project / "data" / "evaluation" / "hmrf-deepbet" / "evaluation.json").read_text())
     assert metrics["n_external"] == 1
     for tissue in ("GM", "WM", "CSF", "mean"):
         real, external = metrics["dice"]["real"][tissue], metrics["dice"]["external"][tissue]
@@ -309,7 +314,7 @@ def test_train_seeds_trains_and_scores_each_strategy_once_per_seed_on_the_same_d
     baseline = _real_rows(project)
     ran = _run(["dvc", "exp", "run", "-S", "train.seeds=[42,7]"], project)
     assert "Running stage 'train@" in ran and "Running stage 'synthesize" not in ran
-    metrics = json.loads((project / "metrics" / "hmrf-deepbet.json").read_text())
+    metrics = json.loads((project / "data" / "evaluation" / "hmrf-deepbet" / "evaluation.json").read_text())
     assert (metrics["n_seeds"], metrics["n_subjects"]) == (2, 1)
     rows = _real_rows(project)
     assert sorted(row["seed"] for row in rows) == ["42", "7"]

@@ -51,7 +51,7 @@ def held_out(study: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 
 def test_the_study_scores_the_whole_head_of_a_held_out_subject(study: Path):
-    metrics = json.loads((study / "metrics" / f"{COMBO}.json").read_text())
+    metrics = json.loads((study / "data" / "evaluation" / COMBO / "evaluation.json").read_text())
     assert metrics["n_real"] == 1 and metrics["train_test_share_subject"] is False
     assert metrics["scored"] == "whole brain, 3D"
 

@@ -106,7 +106,14 @@ class SlicePredictor:
 
     def __init__(self, predictor, batch_size: int | None = None) -> None:
         self.predictor = predictor  # an initialised nnUNetPredictor
-        self.batch_size = batch_size or tile_batch_size(predictor)
+        self._batch_size = batch_size
+
+    @property
+    def batch_size(self) -> int:
+        """Tiles a network call (sized to the device the first time it is asked)."""
+        if self._batch_size is None:
+            self._batch_size = tile_batch_size(self.predictor)
+        return self._batch_size
 
     @classmethod
     def from_folder(cls, models: Path, dataset_id: int, trainer: str, fold: str, device: str, tta: bool,
@@ -153,7 +160,7 @@ class SlicePredictor:
             return self.probabilities
         predictor = copy.copy(self.predictor)  # the same network, mirroring off
         predictor.use_mirroring = False
-        return SlicePredictor(predictor, self.batch_size).probabilities
+        return SlicePredictor(predictor, self._batch_size).probabilities
 
     def _logits(self, images: np.ndarray) -> list[tuple[object, dict]]:
         """Each image through nnU-Net's preprocessing (crop to its non-zero box, normalisation), then its sliding
