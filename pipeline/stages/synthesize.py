@@ -5,7 +5,9 @@ samples: a slice in one of ``synth.views``, at a plane ``synth.levels`` picks (d
 brain; ``reference``: the subject's reference level +- ``band_mm``), of a randomly deformed, re-textured
 volume, padded to ``synth.size`` squared, written as an image PNG and a label PNG {0,1,2,3}, by the
 ``synth.engine`` (builtin, or the optional lab2im package). Each sample's seed derives from (seed, subject,
-index), so samples are reproducible and independent of which other subjects are in the study.
+index), so samples are reproducible and independent of which other subjects are in the study. A share
+``synth.real_fraction`` of the training samples are real slices of the subject's stripped brain with the
+teacher's labels instead, in the same views and levels (``pipeline.synth.real``); test samples stay synthetic.
 ``montage.png``: 16 training samples with tissue contours, for QC.
 """
 
@@ -25,9 +27,10 @@ from pipeline.stages.harmonize import Harmonize
 from pipeline.stages.segment_qc import SegmentQC
 from pipeline.stages.strip import Strip
 from pipeline.subjects import for_each_subject, write_failures
-from pipeline.synth.engine import check_engine, synthesize
+from pipeline.synth.engine import check_engine
 from pipeline.synth.montage import write_montage
 from pipeline.synth.params import sample_seed
+from pipeline.synth.real import RealHead, load_real_head, mixed_samples
 from pipeline.synth.subject import Folders, SubjectModel, sample_name, subject_model
 
 log = logging.getLogger("pipeline")
@@ -36,9 +39,9 @@ log = logging.getLogger("pipeline")
 TEST_INDEX_OFFSET = 1_000_000
 
 
-def write_samples(out: Path, subject: str, model: SubjectModel, seeds: list[int], config: Config) -> None:
-    images, label_slices = synthesize(model.classes.labels, config.synth, seeds, torch_device(), priors=model.priors,
-                                      targets=model.classes.targets, levels=model.levels)
+def write_samples(out: Path, subject: str, model: SubjectModel, seeds: list[int], config: Config,
+                  head: RealHead | None = None) -> None:
+    images, label_slices = mixed_samples(model, seeds, config.synth, torch_device(), head)
     for number, (image, label_slice) in enumerate(zip(images, label_slices, strict=True)):
         case = sample_name(subject, number)
         save_png(image, out / "images" / f"{case}.png")
@@ -51,12 +54,14 @@ def write_subject(subject: str, threads: int, splits: dict[str, str], folders: F
     the ops are small, and subjects run in parallel processes instead (``pipeline.subjects``)."""
     model = subject_model(subject, folders, config.synth)
     case = Case(subject, splits[subject])
+    real = case.in_train and config.synth.real_fraction > 0
+    head = load_real_head(subject, folders) if real else None
     for name, count, offset, wanted in (("train", config.synth.n_train, 0, case.in_train),
                                         ("test", config.synth.n_test, TEST_INDEX_OFFSET, case.in_test)):
         if wanted:
             log.info("synthesize sub-%s: %d %s samples", subject, count, name)
             seeds = [sample_seed(config.seed, subject, offset + index) for index in range(count)]
-            write_samples(out / name, subject, model, seeds, config)
+            write_samples(out / name, subject, model, seeds, config, head if name == "train" else None)
 
 
 class Synthesize(ComboStage):

@@ -15,8 +15,8 @@ from __future__ import annotations
 import numpy as np
 
 from pipeline.config import SynthConfig
-from pipeline.synth.engine import synthesize
 from pipeline.synth.params import sample_seed
+from pipeline.synth.real import RealHead, load_real_head, mixed_samples
 from pipeline.synth.subject import Folders, SubjectModel, subject_model
 
 ONLINE_INDEX_OFFSET = 2_000_000  # beyond the offline train and test indices: no seed is shared
@@ -29,16 +29,24 @@ class OnlineSampler:
     def __init__(self, folders: Folders, config: SynthConfig, seed: int, device: str = "cpu") -> None:
         self.folders, self.config, self.seed, self.device = folders, config, seed, device
         self.models: dict[str, SubjectModel] = {}
+        self.heads: dict[str, RealHead] = {}
 
     def model(self, case: str) -> SubjectModel:
         if case not in self.models:
             self.models[case] = subject_model(case, self.folders, self.config)
         return self.models[case]
 
+    def head(self, case: str) -> RealHead | None:
+        """The case's real head, when some samples are real (``synth.real_fraction``)."""
+        if self.config.real_fraction == 0:
+            return None
+        if case not in self.heads:
+            self.heads[case] = load_real_head(case, self.folders)
+        return self.heads[case]
+
     def draw(self, case: str, rng: np.random.RandomState) -> tuple[np.ndarray, np.ndarray]:
-        """One new sample of ``case``: uint8 (size, size) image and labels, laid out as the offline PNGs."""
-        model = self.model(case)
+        """One new sample of ``case`` (real or synthetic, as offline): uint8 (size, size) image and labels, laid out
+        as the offline PNGs."""
         seed = sample_seed(self.seed, case, ONLINE_INDEX_OFFSET + int(rng.randint(DRAWS)))
-        images, labels = synthesize(model.classes.labels, self.config, [seed], self.device, priors=model.priors,
-                                    targets=model.classes.targets, levels=model.levels)
+        images, labels = mixed_samples(self.model(case), [seed], self.config, self.device, self.head(case))
         return images[0], labels[0]

@@ -22,7 +22,7 @@ from pipeline.synth.priors import IntensityPriors
 
 # One stream per component; never renumber (it would change every dataset).
 (_MEANS, _STDS, _AFFINE, _VELOCITY, _BIAS, _INTENSITY, _BLUR, _FLIP, _GMM_NOISE, _WHITE_NOISE, _BACKGROUND,
- _SLICE, _RESOLUTION, _VIEW) = range(14)
+ _SLICE, _RESOLUTION, _VIEW, _REAL) = range(15)
 ACQUISITION_BLUR = 0.75  # lab2im's blurring_sigma_for_downsampling: σ = 0.75 × (low resolution / 1 mm)
 
 
@@ -188,6 +188,13 @@ def draw_view(seed: int, cfg: SynthConfig) -> str:
 def draw_level(seed: int) -> float:
     """The draw ~ U(0, 1) that picks the sample's output plane (its own stream, as the flip)."""
     return float(_rng(seed, _SLICE).uniform())
+
+
+def draw_real(seed: int, cfg: SynthConfig) -> bool:
+    """Whether the sample is a real slice of its training head instead of a synthetic one (``pipeline.synth.real``):
+    ~ Bernoulli(``real_fraction``), from its own stream, so the sample's other draws (its view and level among
+    them) are the same either way and ``real_fraction: 0`` leaves every synthetic sample as it was."""
+    return cfg.real_fraction > 0 and bool(_rng(seed, _REAL).uniform() < cfg.real_fraction)
 
 
 def slice_noise(seed: int, z: int, plane: tuple[int, int], white: bool = False) -> np.ndarray:
