@@ -2,11 +2,14 @@
 
 Tissues: 0 background, 1 grey matter (GM), 2 white matter (WM), 3 CSF.
 
-Principle (exceptions noted where they occur): a structure gets the class its healthy tissue has on T1,
-i.e. what an intensity-based 3-class segmenter (hmrf, FSL FAST) calls it and what SAMSEG's shared T1
-mixture model groups it with (``sharedGMMParameters.txt`` of its atlas). Atlas-based and intensity-based
-segmenters then mean the same by "GM", which is what the QC's agreement check compares. Measured on
-ds000011 sub-01 (SAMSEG structures vs hmrf classes), the WM-bright structures below are 96-100 % hmrf WM.
+Principle: a structure gets the tissue manual raters give it (``docs/explanation/tissue-definitions.md``,
+one table for every segmenter): the deep grey nuclei (thalamus, caudate, putamen, pallidum, accumbens) and the
+hippocampus and amygdala are grey matter, whatever their brightness on T1, because the reference labels people
+draw count them so and a model can only learn the definitions its teacher's labels show. Structures that are
+mostly fibre tracts (brainstem, ventral diencephalon, optic chiasm) are white matter; CSF is the ventricles and
+the extra-cerebral fluid. Intensity-based 3-class segmenters (hmrf, atropos, FSL FAST) have no anatomy and call
+the WM-bright nuclei (pallidum, much of the thalamus) WM: only atlas-based ones (SAMSEG, SynthSeg, FastSurfer)
+can follow these definitions.
 
 Every label our segmenters emit or the SynthSeg training maps hold is in ``FREESURFER_TO_TISSUE`` or
 in ``NON_BRAIN``; ``remap`` refuses any other label, so nothing becomes background by accident.
@@ -33,9 +36,10 @@ FREESURFER_TO_TISSUE: dict[int, int] = {
     # grey matter: cerebral and cerebellar cortex, grey nuclei, hippocampus, amygdala
     3: GM, 42: GM,  # cerebral cortex
     8: GM, 47: GM,  # cerebellar cortex
-    # Thalamus: grey nuclei crossed by fibres; on T1 between GM and WM (hmrf: ~60 % WM); SAMSEG
-    # lets it draw on both its GM and WM Gaussians. Kept GM, as it is anatomically.
-    10: GM, 49: GM,
+    # Deep grey matter, as manual raters draw it. Thalamus: grey nuclei crossed by fibres; on T1 between GM and WM
+    # (hmrf: ~60 % WM). Pallidum: myelinated and WM-bright on T1 (hmrf: 100 % WM), but a grey nucleus.
+    10: GM, 49: GM,  # thalamus
+    13: GM, 52: GM,  # pallidum
     11: GM, 50: GM,  # caudate
     12: GM, 51: GM,  # putamen
     17: GM, 53: GM,  # hippocampus
@@ -55,11 +59,8 @@ FREESURFER_TO_TISSUE: dict[int, int] = {
     # Brainstem: mostly white-matter tracts, WM-bright on T1 (hmrf: 96 % WM); SAMSEG models it with
     # its global WM Gaussian and FAST-style 3-class segmenters label it WM.
     16: WM,
-    # Pallidum: anatomically grey, but myelinated and WM-bright on T1 (hmrf: 100 % WM); SAMSEG merges
-    # it into global WM for T1 input (its default; --pallidum-separate is for T2/FLAIR).
-    13: WM, 52: WM,
-    # Ventral diencephalon: hypothalamus plus cerebral peduncles and optic tracts; WM-bright on T1
-    # (hmrf: 98 % WM); SAMSEG models it with global WM.
+    # Ventral diencephalon: mostly the cerebral peduncles and optic tracts, with the small hypothalamus; WM-bright
+    # on T1 (hmrf: 98 % WM); SAMSEG models it with global WM.
     28: WM, 60: WM,
     # CSF: ventricles and extra-cerebral CSF
     4: CSF, 43: CSF,  # lateral ventricles
