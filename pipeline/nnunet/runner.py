@@ -13,14 +13,14 @@ from pipeline.executors import THREAD_VARIABLES
 from pipeline.tools.base import run_command
 
 # train.augmentation -> the trainer class (pipeline/nnunet/trainers)
-TRAINERS = {"nnunet": "nnUNetTrainerPipeline", "synthesis": "nnUNetTrainerPipelineSynthAug"}
+TRAINER_BY_AUGMENTATION = {"nnunet": "nnUNetTrainerPipeline", "synthesis": "nnUNetTrainerPipelineSynthAug"}
 TRAINER_DIR = Path(__file__).parent / "trainers"
 CODE_ROOT = Path(__file__).parents[2]  # the folder holding this copy of ``pipeline``
 
 
 def trainer_name(config: TrainConfig, device: str) -> str:
     """The trainer class that trains on ``device`` (its profile may set the augmentation)."""
-    return TRAINERS[config.trainer_augmentation(device)] + ("Online" if config.online_synthesis else "")
+    return TRAINER_BY_AUGMENTATION[config.trainer_augmentation(device)] + ("Online" if config.online_synthesis else "")
 
 
 def loader_processes(config: TrainConfig, device: str, threads: int) -> int:

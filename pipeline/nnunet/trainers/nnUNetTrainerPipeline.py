@@ -30,14 +30,15 @@ from pipeline.synth.subject import Folders, case_of
 LEFT_RIGHT = (0,)  # axis 0 of a slice: rows, left -> right (pipeline.slices)
 
 
-SCHEDULE_KEYS = ("epochs", "iterations_per_epoch", "val_iterations_per_epoch", "seed", "online")
+# The training schedule ``runner.adapt_plans`` writes into the plans (``config.SCHEDULE_KEYS``: how a stage runs).
+PLAN_SCHEDULE_KEYS = ("epochs", "iterations_per_epoch", "val_iterations_per_epoch", "seed", "online")
 
 
 def pipeline_schedule(plans: dict, configuration: str) -> dict:
     """The schedule ``pipeline.nnunet.runner.adapt_plans`` wrote into the plans: all of it, or a clear error (a plan
     without it would train nnU-Net's own 1000 epochs)."""
     schedule = plans["configurations"][configuration].get("pipeline")
-    missing = [key for key in SCHEDULE_KEYS if key not in (schedule or {})]
+    missing = [key for key in PLAN_SCHEDULE_KEYS if key not in (schedule or {})]
     if missing:
         raise RuntimeError(f"the plans' {configuration} configuration lacks the pipeline's schedule ({missing}): "
                            "train through the pipeline (python -m pipeline run train), which writes it")
