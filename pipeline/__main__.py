@@ -238,7 +238,8 @@ def parser() -> argparse.ArgumentParser:
     from pipeline.graph import BY_NAME
 
     main = argparse.ArgumentParser(prog="synthseg-pipeline", description=__doc__)
-    main.add_argument("--debug", action="store_true", help="show the traceback of an error")
+    main.add_argument("--debug", action="store_true", help="show the traceback of an error, and the warnings of the "
+                      "libraries the pipeline calls")
     commands = main.add_subparsers(dest="command", required=True)
     run = commands.add_parser("run", help="run a stage (and what it needs) with Luigi")
     run.add_argument("stage", choices=["all", *BY_NAME], help="the stage to bring up to date (all: the study)")
