@@ -339,3 +339,19 @@ def test_an_experiment_with_another_stripper_shows_in_metrics_diff(project: Path
     assert 0.0 <= new <= 1.0
     shown = _run(["dvc", "exp", "show", "--json"], project)
     assert "hdbet" in shown
+
+
+def test_bench_device_measures_synthesis_prediction_and_training_on_this_machines_device(project: Path, capsys):
+    """``bench device`` at a tiny size on the CPU: one JSON with every part measured, the training stopped by its
+    time limit and scored on the real test head."""
+    from pipeline.__main__ import main
+
+    assert main(["bench", "device", "--study", str(project), "--seconds", "2", "-S", "train.profile=ci"]) == 0
+    figures = json.loads(capsys.readouterr().out)
+    assert figures["machine"]["device"] == "cpu" and figures["machine"]["gpu"] is None
+    assert figures["synthesis"]["n"] >= 8 and figures["synthesis"]["slices_per_s"] > 0
+    prediction = figures["prediction"]
+    assert prediction["heads"] == 1 and prediction["planes_per_s"] > 0 and prediction["tiles_per_call"] == 16
+    training = figures["training"]
+    assert training["profile"] == "ci" and training["iterations"] >= 5 and training["gpu_busy"] is None
+    assert 0 < training["time_to_dice"][-1]["dice_real"]["mean"] <= 1

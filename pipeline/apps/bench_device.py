@@ -18,11 +18,10 @@ import subprocess
 import threading
 from pathlib import Path
 
+import numpy as np
+
 from pipeline.apps import bench_predict, bench_synth, bench_train
-from pipeline.bids import subject_file
 from pipeline.devices import torch_device
-from pipeline.evaluation.heads import held_out_cases
-from pipeline.stages.acquire import Acquire
 
 SYNTH_BATCH = {"cpu": 8, "cuda": 256}  # samples a synthesis call: one plane's on a CPU, many on a GPU
 
@@ -70,26 +69,30 @@ def synthesis(labels: Path, device: str, seconds: float) -> dict:
     return bench_synth.run_benchmark(str(labels), n, device, threads=None, batch_size=batch)
 
 
-def study_heads(study: Path, combo: str) -> tuple[list[Path], Path]:
-    """The study's held-out raw heads, and a training head's label map."""
-    folders = bench_train.study_folders(study, combo)
-    raw = study / Acquire().out_dir()
-    tests = held_out_cases(raw, folders.segmented)
-    labels = sorted(folders.segmented.glob("sub-*/**/*_dseg.nii.gz"))
-    if not tests or not labels:
-        raise SystemExit(f"bench device: {study} has no held-out heads or label maps of {combo}: run the study first")
-    return [subject_file(raw, case, "T1w") for case in tests], labels[0]
+def prediction(study: Path, combo: str, device: str, overrides: list[str]) -> dict:
+    """The study's model on its held-out heads as the evaluate stage has them (prepared: inference alone)."""
+    config = bench_train.study_config(study, overrides)
+    heads = bench_train.held_out_heads(study, bench_train.study_folders(study, combo), config)
+    if not heads:
+        raise SystemExit(f"bench device: {study} has no held-out heads of {combo}: run the study first")
+    model, record, load_s = bench_predict.load_model(study / "models" / combo, device, None)
+    bench_predict.time_inference(model, heads[0].brain.get_fdata(dtype=np.float32), heads[0].mask, record, device)
+    rows = [{"head": head.case} | bench_predict.time_inference(model, head.brain.get_fdata(dtype=np.float32),
+                                                               head.mask, record, device) for head in heads]
+    return bench_predict.summary(model, record, device, load_s, rows)  # after a warm-up head
 
 
 def benchmark(study: Path, combo: str, seconds: float, overrides: list[str]) -> dict:
     import torch
 
     device = torch_device("auto")
-    heads, labels = study_heads(study, combo)
+    labels = sorted(bench_train.study_folders(study, combo).segmented.glob("sub-*/**/*_dseg.nii.gz"))
+    if not labels:
+        raise SystemExit(f"bench device: {study} has no label maps of {combo}: run the study first")
     machine = {"device": device, "gpu": torch.cuda.get_device_name() if device == "cuda" else None,
                "cpu_cores": len(os.sched_getaffinity(0)), "torch_threads": torch.get_num_threads()}
-    synth = synthesis(labels, device, seconds)
-    prediction = bench_predict.benchmark(study / "models" / combo, heads[0], device)
+    synth = synthesis(labels[0], device, seconds)
+    predicted = prediction(study, combo, device, overrides)
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
     with BusySampler(device) as busy:
@@ -99,5 +102,5 @@ def benchmark(study: Path, combo: str, seconds: float, overrides: list[str]) -> 
     training["iterations_per_s"] = round(1 / iteration_s, 2) if iteration_s else None
     return {"machine": machine,
             "synthesis": {key: synth[key] for key in ("n", "slices_per_s", "batch_size", "device", "wall_s")},
-            "prediction": {key: value for key, value in prediction.items() if key != "per_head"},
+            "prediction": {key: value for key, value in predicted.items() if key != "per_head"},
             "training": training}

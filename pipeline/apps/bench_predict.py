@@ -32,42 +32,57 @@ def synchronize(device: str) -> None:
         torch.cuda.synchronize()
 
 
+def time_inference(model: SlicePredictor, brain: np.ndarray, mask: np.ndarray, record: TrainingRecord,
+                   device: str) -> dict:
+    """A prepared brain segmented in each of the model's views, fused: the planes the network saw, and the time."""
+    start = time.perf_counter()
+    predict_views(model, model.probabilities_in, brain, mask, record.size, record.views)
+    synchronize(device)
+    seconds = time.perf_counter() - start
+    planes = sum(len(brain_planes(in_view(mask, view))) for view in record.views)
+    return {"planes": planes, "inference_s": round(seconds, 3), "planes_per_s": round(planes / seconds, 1)}
+
+
 def time_head(path: Path, model: SlicePredictor, record: TrainingRecord, work: Path, device: str) -> dict:
-    """One head: its preparation and its inference timed apart, and the planes the network segmented."""
+    """One head: its preparation and its inference timed apart."""
     start = time.perf_counter()
     head = prepare_head(path, record, work)
     brain = head.brain.get_fdata(dtype=np.float32)
-    prepared = time.perf_counter()
-    predict_views(model, model.probabilities_in, brain, head.mask, record.size, record.views)
-    synchronize(device)
-    done = time.perf_counter()
-    planes = sum(len(brain_planes(in_view(head.mask, view))) for view in record.views)
-    return {"head": path.name, "planes": planes, "preprocessing_s": round(prepared - start, 2),
-            "inference_s": round(done - prepared, 3), "planes_per_s": round(planes / (done - prepared), 1)}
+    preparation_s = time.perf_counter() - start
+    return {"head": path.name, "preprocessing_s": round(preparation_s, 2),
+            **time_inference(model, brain, head.mask, record, device)}
 
 
-def benchmark(model_dir: Path, input_path: Path, device: str = "auto", batch_size: int | None = None) -> dict:
-    import torch
-
+def load_model(model_dir: Path, device: str, batch_size: int | None) -> tuple[SlicePredictor, TrainingRecord, float]:
+    """A trained model on ``device``, its record, and the seconds it took to load."""
     record = TrainingRecord.read(model_dir)
-    device = torch_device(device)
     start = time.perf_counter()
     model = SlicePredictor.from_folder(model_dir, record.dataset_id, record.trainer, str(record.fold), device, False,
                                        batch_size)
-    load_s = time.perf_counter() - start
+    return model, record, time.perf_counter() - start
+
+
+def summary(model: SlicePredictor, record: TrainingRecord, device: str, load_s: float, rows: list[dict]) -> dict:
+    """Planes per second over every head, the median head's seconds, and each head's figures."""
+    import torch
+
+    planes, inference = sum(row["planes"] for row in rows), sum(row["inference_s"] for row in rows)
+    figures = {"device": device, "threads": torch.get_num_threads(), "tiles_per_call": model.batch_size,
+               "patch_size": list(model.predictor.configuration_manager.patch_size), "views": record.views,
+               "model_load_s": round(load_s, 2), "heads": len(rows), "planes_per_s": round(planes / inference, 1),
+               "inference_s_per_head": round(statistics.median(row["inference_s"] for row in rows), 3)}
+    if all("preprocessing_s" in row for row in rows):
+        figures["preprocessing_s_per_head"] = round(statistics.median(row["preprocessing_s"] for row in rows), 2)
+        figures["seconds_per_head"] = round(statistics.median(row["inference_s"] + row["preprocessing_s"]
+                                                              for row in rows), 2)
+    figures["peak_gpu_mb"] = round(torch.cuda.max_memory_allocated() / 2**20) if device == "cuda" else None
+    return figures | {"per_head": rows}
+
+
+def benchmark(model_dir: Path, input_path: Path, device: str = "auto", batch_size: int | None = None) -> dict:
+    device = torch_device(device)
+    model, record, load_s = load_model(model_dir, device, batch_size)
     heads = [path for path in inputs_of(input_path) if path.suffix != ".png"]
     with tempfile.TemporaryDirectory(prefix="bench-predict-") as tmp:
         rows = [time_head(path, model, record, Path(tmp), device) for path in heads]
-    planes, inference = sum(row["planes"] for row in rows), sum(row["inference_s"] for row in rows)
-    median = statistics.median
-    return {
-        "model": str(model_dir), "device": device, "threads": torch.get_num_threads(),
-        "tiles_per_call": model.batch_size, "patch_size": list(model.predictor.configuration_manager.patch_size),
-        "views": record.views, "model_load_s": round(load_s, 2), "heads": len(rows),
-        "planes_per_s": round(planes / inference, 1) if inference else None,
-        "inference_s_per_head": round(median(row["inference_s"] for row in rows), 2),
-        "preprocessing_s_per_head": round(median(row["preprocessing_s"] for row in rows), 2),
-        "seconds_per_head": round(median(row["inference_s"] + row["preprocessing_s"] for row in rows), 2),
-        "peak_gpu_mb": round(torch.cuda.max_memory_allocated() / 2**20) if device == "cuda" else None,
-        "per_head": rows,
-    }
+    return {"model": str(model_dir)} | summary(model, record, device, load_s, rows)
