@@ -181,7 +181,9 @@ def cmd_bench_train(args: argparse.Namespace) -> int:
 
     from pipeline.apps.bench_train import benchmark
 
-    print(json.dumps(benchmark(Path(args.study), args.combo, args.set, args.eval_every, args.compile), indent=2))
+    max_seconds = args.minutes * 60 if args.minutes else None
+    print(json.dumps(benchmark(Path(args.study), args.combo, args.set, args.eval_every, args.compile, max_seconds),
+                     indent=2))
     return 0
 
 
@@ -302,6 +304,8 @@ def parser() -> argparse.ArgumentParser:
                        help="a params.yaml override, as dvc exp run -S (repeatable)")
     train.add_argument("--compile", action="store_true",
                        help="torch.compile the network (nnU-Net compiles on CUDA only); its compile time is reported")
+    train.add_argument("--minutes", type=float, help="stop at the first epoch's end past this much training time "
+                                                     "(scored then); default: the profile's whole schedule")
     train.set_defaults(func=cmd_bench_train)
     bench_predict = bench.add_parser("predict", help="planes per second and seconds per whole head of a trained model")
     bench_predict.add_argument("--model", required=True, help="a trained model folder, models/<segmenter>-<stripper>")
