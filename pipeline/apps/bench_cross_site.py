@@ -1,0 +1,184 @@
+"""``python -m pipeline bench cross-site``: a model trained at one site, scored at another against its reference
+labels, clean and degraded as other scanners and protocols would give the heads, as JSON.
+
+Training is ``bench real``'s study on the training site's BIDS folder (``dvc repro`` in a work folder holding
+this project's code; default ``ds000011``: heads with skull, another scanner). Every head of the test site
+(default ``oasis-manual``, with its manual labels) then goes through ``predict`` with each strategy's model (its
+own harmonization and stripping, as any new head), clean and in each degraded condition, and is scored over the
+whole head in 3D against its reference labels: Dice per tissue, the mean over heads with a 95 % bootstrap
+interval over heads, and each condition's loss against the clean heads. A degraded head keeps the clean head's
+grid, so the clean head's labels score it:
+
+- ``axial-3mm``, ``coronal-5mm``, ...: thick slices, the head averaged over blocks of that thickness along the
+  superior (axial slices) or anterior (coronal) axis, as a thick-slice acquisition integrates, then linearly
+  interpolated back to the grid, as such a scan is upsampled for segmentation;
+- ``bias``: a smooth multiplicative field, exp of a Gaussian field (``BIAS_LOG_SD``) on a 4 x 4 x 4 grid,
+  cubic-interpolated over the head (N4 in harmonization has to undo it);
+- ``noise``: Rician noise, sd ``NOISE_SHARE`` of the head's 99th-percentile intensity.
+
+Degradations are seeded by the head: the same heads always get the same fields and noise.
+
+    python -m pipeline bench cross-site --workdir /tmp/bench-cross-site
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import yaml
+from scipy import ndimage
+
+from pipeline.apps.bench_real import benchmark as train_study
+from pipeline.apps.predict import segment_head_file
+from pipeline.config import parse_config
+from pipeline.devices import torch_device
+from pipeline.evaluation.compare import mean_ci95
+from pipeline.evaluation.dice import dice_per_tissue
+from pipeline.evaluation.references import on_grid, reference_file, reference_tissues
+from pipeline.io import save_nifti, write_tsv
+from pipeline.nnunet.models import SlicePredictor, TrainingRecord
+from pipeline.sources.local_bids import bids_scans
+
+log = logging.getLogger("pipeline")
+
+SHARED_DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
+TRAIN_ROOT = SHARED_DATA / "ds000011"
+TEST_ROOT = SHARED_DATA / "oasis-manual"
+CONDITIONS = ("clean", "axial-3mm", "axial-5mm", "coronal-3mm", "coronal-5mm", "bias", "noise")
+SLICE_AXES = {"axial": "S", "coronal": "A"}  # the world direction a view's slices are stacked along
+OPPOSITE = {"S": "I", "A": "P"}
+BIAS_LOG_SD = 0.3  # sd of the log bias field: lab2im's bias_field_std, a strong but plausible field
+NOISE_SHARE = 0.04  # noise sd / the head's 99th percentile
+SCORED = ("GM", "WM")  # CSF in manual labels is often the ventricles only
+
+
+def slice_axis(affine: np.ndarray, view: str) -> int:
+    """The voxel axis closest to the world direction ``view``'s slices are stacked along."""
+    codes = nib.aff2axcodes(affine)
+    wanted = SLICE_AXES[view]
+    return next(axis for axis, code in enumerate(codes) if code in (wanted, OPPOSITE[wanted]))
+
+
+def thick_slices(data: np.ndarray, axis: int, block: int) -> np.ndarray:
+    """``data`` averaged over blocks of ``block`` voxels along ``axis`` and interpolated back (linear, between
+    block centres; the edge blocks held)."""
+    moved = np.moveaxis(data, axis, 0)
+    length = moved.shape[0]
+    blocks = -(-length // block)
+    padded = np.pad(moved, [(0, blocks * block - length)] + [(0, 0)] * (moved.ndim - 1), mode="edge")
+    means = padded.reshape(blocks, block, *moved.shape[1:]).mean(axis=1)
+    position = np.clip((np.arange(length) - (block - 1) / 2) / block, 0, blocks - 1)
+    low = np.floor(position).astype(int)
+    high = np.minimum(low + 1, blocks - 1)
+    weight = (position - low).reshape(-1, *[1] * (moved.ndim - 1))
+    return np.moveaxis(means[low] * (1 - weight) + means[high] * weight, 0, axis)
+
+
+def degrade(image: nib.Nifti1Image, condition: str, rng: np.random.Generator) -> np.ndarray:
+    """The head's intensities as ``condition`` (``CONDITIONS``, or ``<view>-<mm>mm``) degrades them."""
+    data = image.get_fdata(dtype=np.float32)
+    if condition == "bias":
+        field = ndimage.zoom(rng.normal(0, BIAS_LOG_SD, (4, 4, 4)), np.array(data.shape) / 4, order=3,
+                             mode="nearest")
+        return data * np.exp(field[tuple(slice(0, n) for n in data.shape)])
+    if condition == "noise":
+        sd = NOISE_SHARE * float(np.percentile(data[data > 0], 99))
+        return np.hypot(data + rng.normal(0, sd, data.shape), rng.normal(0, sd, data.shape))  # Rician
+    view, _, thickness = condition.partition("-")
+    if view not in SLICE_AXES or not thickness.endswith("mm"):
+        raise ValueError(f"unknown condition {condition!r}: one of {', '.join(CONDITIONS)}, or <view>-<mm>mm")
+    axis = slice_axis(image.affine, view)
+    voxel = float(np.linalg.norm(image.affine[:3, axis]))
+    return thick_slices(data, axis, max(1, round(float(thickness[:-2]) / voxel)))
+
+
+def degraded_head(path: Path, case: str, condition: str, folder: Path) -> Path:
+    """The head file ``condition`` scores: the clean one itself, or its degraded copy (written once)."""
+    if condition == "clean":
+        return path
+    target = folder / condition / f"sub-{case}_T1w.nii.gz"
+    if not target.is_file():
+        image = nib.load(path)
+        rng = np.random.default_rng([*condition.encode(), 0, *case.encode()])
+        save_nifti(degrade(image, condition, rng).astype(np.float32), image.affine, target)
+    return target
+
+
+def score_site(model_dir: Path, heads: list[tuple[str, Path, np.ndarray]], conditions: list[str],
+               work: Path, device: str) -> list[dict]:
+    """One row per (head, condition): the model's whole-head Dice against the head's reference tissues."""
+    record = TrainingRecord.read(model_dir)
+    model = SlicePredictor.from_folder(model_dir, record.dataset_id, record.trainer, str(record.fold),
+                                       torch_device(device), False)
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="cross-site-") as tmp:
+        for case, path, reference in heads:
+            for condition in conditions:
+                start = time.monotonic()
+                source = degraded_head(path, case, condition, work / "heads")
+                output = work / f"{record.segmenter}-{record.stripper}" / condition
+                predicted = segment_head_file(source, model, record, output, Path(tmp), "brain", allow_non_t1=True)
+                labels = np.asarray(nib.load(output / f"{predicted['case']}_dseg.nii.gz").dataobj)
+                dice = dice_per_tissue(reference, labels)
+                rows.append({"case": case, "condition": condition, **{k: round(v, 4) for k, v in dice.items()},
+                             "seconds": round(time.monotonic() - start, 1)})
+                log.info("cross-site sub-%s %s: %s", case, condition, rows[-1])
+    return rows
+
+
+def summarise(rows: list[dict], conditions: list[str]) -> dict:
+    """Per condition and tissue: the mean over heads, its 95 % CI, and the loss against the clean heads."""
+    summary = {}
+    for condition in conditions:
+        chosen = [row for row in rows if row["condition"] == condition]
+        summary[condition] = {"n": len(chosen)}
+        for tissue in SCORED:
+            scores = {row["case"]: [row[tissue]] for row in chosen}
+            mean = float(np.mean([row[tissue] for row in chosen]))
+            ci = mean_ci95(scores)
+            summary[condition][tissue] = {"mean": round(mean, 4), "ci95": ci and [round(v, 4) for v in ci]}
+            if condition != "clean" and "clean" in summary:
+                summary[condition][tissue]["minus_clean"] = round(mean - summary["clean"][tissue]["mean"], 4)
+    return summary
+
+
+def site_heads(root: Path, reference: Path, scheme: str, subjects: list[str]) -> list[tuple[str, Path, np.ndarray]]:
+    """(case, head file, reference tissues on the head's grid) of every test-site head with reference labels."""
+    heads = []
+    for scan in bids_scans(root, subjects):
+        labels = reference_file(reference, scan.case)
+        if labels is None:
+            log.warning("bench cross-site: sub-%s has no reference labels under %s; skipped", scan.case, reference)
+            continue
+        tissues = reference_tissues(labels, reference, scheme, scan.case)
+        heads.append((scan.case, scan.path, on_grid(tissues, nib.load(scan.path))))
+    if not heads:
+        raise SystemExit(f"bench cross-site: no head under {root} has reference labels under {reference}")
+    return heads
+
+
+def benchmark(train_root: Path, test_root: Path, reference: Path, workdir: Path, *, train_subjects: list[str],
+              test_subjects: list[str], train_test_fraction: float, conditions: list[str], scheme: str,
+              device: str, overrides: list[str]) -> dict:
+    start = time.monotonic()
+    heads = site_heads(test_root, reference, scheme, test_subjects)  # before training: a bad folder stops at once
+    trained = train_study(train_root, None, train_subjects, train_test_fraction, workdir, overrides)
+    params = parse_config(yaml.safe_load((workdir / "params.yaml").read_text()), "bench cross-site")
+    strategies = {}
+    for segmenter, stripper in params.combos():
+        combo = f"{segmenter}-{stripper}"
+        print(f"bench cross-site: {combo} on {len(heads)} heads of {test_root}, {len(conditions)} conditions",
+              file=sys.stderr)
+        rows = score_site(workdir / "models" / combo, heads, conditions, workdir / "cross-site", device)
+        write_tsv(rows, workdir / "cross-site" / f"{combo}-cases.tsv")
+        strategies[combo] = {"training_site": trained["strategies"][combo], "test_site": summarise(rows, conditions)}
+    return {"train_root": str(train_root), "test_root": str(test_root), "reference": str(reference),
+            "conditions": conditions, "overrides": overrides, "workdir": str(workdir), "n_test_heads": len(heads),
+            "train_wall_s": trained["wall_s"], "wall_s": round(time.monotonic() - start, 1),
+            "strategies": strategies}
