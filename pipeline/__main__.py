@@ -310,7 +310,8 @@ def parser() -> argparse.ArgumentParser:
     bench_predict = bench.add_parser("predict", help="planes per second and seconds per whole head of a trained model")
     bench_predict.add_argument("--model", required=True, help="a trained model folder, models/<segmenter>-<stripper>")
     bench_predict.add_argument("--input", required=True, help="a T1 head, or a folder of them")
-    bench_predict.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    bench_predict.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
+                               help="auto: the GPU when torch sees one")
     bench_predict.add_argument("--batch-size", type=int, help="tiles a network call (default: sized to the device; "
                                                               "1: one at a time, as nnU-Net predicts an image)")
     bench_predict.set_defaults(func=cmd_bench_predict)

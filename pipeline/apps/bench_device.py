@@ -22,6 +22,7 @@ import numpy as np
 
 from pipeline.apps import bench_predict, bench_synth, bench_train
 from pipeline.devices import torch_device
+from pipeline.io import InputError
 
 SYNTH_BATCH = {"cpu": 8, "cuda": 256}  # samples a synthesis call: one plane's on a CPU, many on a GPU
 
@@ -74,7 +75,7 @@ def prediction(study: Path, combo: str, device: str, overrides: list[str]) -> di
     config = bench_train.study_config(study, overrides)
     heads = bench_train.held_out_heads(study, bench_train.study_folders(study, combo), config)
     if not heads:
-        raise SystemExit(f"bench device: {study} has no held-out heads of {combo}: run the study first")
+        raise InputError(f"bench device: {study} has no held-out heads of {combo}: run the study first")
     model, record, load_s = bench_predict.load_model(study / "models" / combo, device, None)
     bench_predict.time_inference(model, heads[0].brain.get_fdata(dtype=np.float32), heads[0].mask, record, device)
     rows = [{"head": head.case} | bench_predict.time_inference(model, head.brain.get_fdata(dtype=np.float32),
@@ -88,7 +89,7 @@ def benchmark(study: Path, combo: str, seconds: float, overrides: list[str]) -> 
     device = torch_device("auto")
     labels = sorted(bench_train.study_folders(study, combo).segmented.glob("sub-*/**/*_dseg.nii.gz"))
     if not labels:
-        raise SystemExit(f"bench device: {study} has no label maps of {combo}: run the study first")
+        raise InputError(f"bench device: {study} has no label maps of {combo}: run the study first")
     machine = {"device": device, "gpu": torch.cuda.get_device_name() if device == "cuda" else None,
                "cpu_cores": len(os.sched_getaffinity(0)), "torch_threads": torch.get_num_threads()}
     synth = synthesis(labels[0], device, seconds)

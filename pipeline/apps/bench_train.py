@@ -29,6 +29,7 @@ from pipeline.config import Config, apply_overrides, parse_config
 from pipeline.devices import torch_device
 from pipeline.evaluation.dice import summarize
 from pipeline.evaluation.heads import HeldOutHead, held_out_cases, load_held_out_head, predict_head, score_head
+from pipeline.io import InputError
 from pipeline.nnunet import runner
 from pipeline.nnunet.models import SlicePredictor, nnunet_dataset
 from pipeline.stages.acquire import Acquire
@@ -37,7 +38,7 @@ from pipeline.stages.segment_qc import SegmentQC
 from pipeline.stages.strip import Strip
 from pipeline.synth.subject import Folders
 
-TRAINERS = "pipeline.nnunet.trainers.nnUNetTrainerPipeline"  # the module of the trainers nnU-Net finds by name
+TRAINERS_MODULE = "pipeline.nnunet.trainers.nnUNetTrainerPipeline"  # the module of the trainers nnU-Net finds by name
 
 
 def study_config(study: Path, overrides: list[str]) -> Config:
@@ -154,7 +155,7 @@ def benchmark(study: Path, combo: str, overrides: list[str], eval_every: int, co
     config = study_config(study, overrides)
     raw = study / "data" / "nnunet_raw" / combo
     if not raw.is_dir():
-        raise SystemExit(f"bench train: {raw} is missing: run the study (dvc repro) first")
+        raise InputError(f"bench train: {raw} is missing: run the study (dvc repro) first")
     folders = study_folders(study, combo)
     heads = held_out_heads(study, folders, config)
     device = torch_device(config.train.device)
@@ -173,7 +174,7 @@ def benchmark(study: Path, combo: str, overrides: list[str], eval_every: int, co
         os.environ.update(env | {"nnUNet_n_proc_DA": str(loaders)})
         torch.set_num_threads(config.workers)
         preprocessed = work / "preprocessed" / dataset.name
-        trainer_class = getattr(importlib.import_module(TRAINERS), runner.trainer_name(config.train, device))
+        trainer_class = getattr(importlib.import_module(TRAINERS_MODULE), runner.trainer_name(config.train, device))
         trainer_class = timed(trainer_class, heads, config, eval_every, compile_network, max_seconds)
         with open(work / "nnunet.log", "w") as log, contextlib.redirect_stdout(log):
             # as nnU-Net's get_trainer_from_args builds a trainer
