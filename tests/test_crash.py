@@ -116,17 +116,45 @@ def test_killed_synthesize_reruns_to_byte_identical_pngs(segmented: Path, tmp_pa
     assert all(a.read_bytes() == b.read_bytes() for a, b in zip(produced, expected, strict=True))
 
 
-def test_killed_training_resumes_from_its_checkpoint(segmented: Path, tmp_path: Path):
-    project = clone(segmented, tmp_path / "train")
-    set_params(project, train={"profile": "ci", "profiles": {
-        "ci": {"epochs": 4, "iterations_per_epoch": 2, "val_iterations_per_epoch": 1, "batch_size": 2,
-               "base_features": 4}}})
+CI_PROFILE = {"ci": {"epochs": 4, "iterations_per_epoch": 2, "val_iterations_per_epoch": 1, "batch_size": 2,
+                      "base_features": 4}}
+PARTIAL = Path("models") / ".hmrf-deepbet.partial"
+
+
+@pytest.fixture(scope="module")
+def crashed_training(segmented: Path, tmp_path_factory) -> Path:
+    """A study whose training was killed at its third epoch, its checkpoint left in the work folder."""
+    project = clone(segmented, tmp_path_factory.mktemp("train") / "study")
+    set_params(project, train={"profile": "ci", "profiles": CI_PROFILE})
     run_stage(project, "export", "--segmenter", "hmrf", "--stripper", "deepbet")
     kill_when(project, r"Epoch 2\b", "train", "--segmenter", "hmrf", "--stripper", "deepbet")
     assert not (project / "models" / "hmrf-deepbet").exists()
-    partial = project / "models" / ".hmrf-deepbet.partial"
-    assert list(partial.rglob("checkpoint_latest.pth")), "no checkpoint survived the crash"
+    assert list((project / PARTIAL).rglob("checkpoint_latest.pth")), "no checkpoint survived the crash"
+    return project
+
+
+def test_killed_training_resumes_from_its_checkpoint_when_nothing_it_reads_changed(crashed_training: Path,
+                                                                                   tmp_path: Path):
+    project = clone(crashed_training, tmp_path / "resumed")
+    # how it runs and what another stage reads: neither is the training's business
+    set_params(project, workers=1, evaluate={"band_mm": 5.0})
     resumed = run_stage(project, "train", "--segmenter", "hmrf", "--stripper", "deepbet")
+    assert "resuming the interrupted run's work" in resumed
     assert "Epoch 0" not in resumed and "Epoch 3" in resumed  # continued, not restarted
     assert list((project / "models" / "hmrf-deepbet").rglob("checkpoint_final.pth"))
-    assert not partial.exists()
+    assert not (project / PARTIAL).exists()
+
+
+def test_killed_training_starts_afresh_when_one_input_file_changed(crashed_training: Path, tmp_path: Path):
+    """A new synthetic set under the same parameters (one image altered): the old set's checkpoint is not resumed,
+    and the log names the file."""
+    from pipeline.io import load_png, save_png
+
+    project = clone(crashed_training, tmp_path / "altered")
+    image = sorted((project / "data" / "nnunet_raw" / "hmrf-deepbet").rglob("imagesTr/*.png"))[0]
+    pixels = load_png(image).copy()
+    pixels[0, 0] = 255 - pixels[0, 0]
+    save_png(pixels, image)
+    restarted = kill_when(project, r"Epoch 0\b", "train", "--segmenter", "hmrf", "--stripper", "deepbet")
+    assert f"input {image.relative_to(project)} changed" in restarted
+    assert "starting afresh" in restarted and "resuming the interrupted run's work" not in restarted
