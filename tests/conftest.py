@@ -1,9 +1,14 @@
-"""Shared fixtures: the real data beside the project (../shared/data), read in place."""
+"""Shared fixtures: the real data beside the project (../shared/data), read in place, and the tiny study's upstream
+stages, run once per session and copied into the tests that need them. The fast tests run first, then the slow ones
+(marked ``slow``); a failed fast test stops the run before the slow tier."""
 
 from __future__ import annotations
 
+import shutil
+import subprocess
 from pathlib import Path
 
+import luigi
 import pytest
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -35,6 +40,24 @@ def label_maps() -> Path:
     return LABEL_MAPS
 
 
+def is_slow(item: pytest.Item) -> bool:
+    return item.get_closest_marker("slow") is not None
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Two tiers: every fast test first, then the slow ones (each tier in collection order)."""
+    items.sort(key=is_slow)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None):
+    """After the last fast test: stop if one failed, rather than spend the slow tier's minutes."""
+    yield
+    if nextitem is not None and not is_slow(item) and is_slow(nextitem) and item.session.testsfailed:
+        item.session.shouldstop = f"{item.session.testsfailed} fast test(s) failed: the slow tests did not run"
+
+
 COPIED = ["pipeline", "dvc.yaml", "params.yaml", "luigi.cfg", ".dvcignore", "requirements.lock"]
 
 
@@ -62,7 +85,7 @@ def set_params(project: Path, **sections: dict) -> None:
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
 
 
-def tiny_study(project: Path, ds000011: Path, subjects: list[str], test_fraction: float = 0.34) -> None:
+def tiny_study(project: Path, ds000011: Path, subjects: list[str], test_fraction: float = 0.5) -> None:
     """Real subjects, the fastest settings of every stage: a study that runs in minutes on 2 cores."""
     import yaml
 
@@ -85,3 +108,60 @@ def venv_env() -> dict[str, str]:
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
     env["DVC_NO_ANALYTICS"] = "1"
     return env
+
+
+def run_checked(args: list[str], cwd: Path) -> str:
+    """Run a command in ``cwd`` (the venv's environment); its output, or a failure showing the output's end."""
+    result = subprocess.run(args, cwd=cwd, env=venv_env(), capture_output=True, text=True)
+    assert result.returncode == 0, f"{' '.join(args)} failed:\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}"
+    return result.stdout + result.stderr
+
+
+def commit_all(repo: Path, message: str) -> None:
+    run_checked(["git", "add", "-A"], repo)
+    run_checked(["git", "commit", "-qm", message], repo)
+
+
+UPSTREAM_TARGET = "segment@hmrf-deepbet"  # acquire -> harmonize -> strip -> segment
+
+
+@pytest.fixture(scope="session")
+def upstream_study(tmp_path_factory, ds000011: Path) -> Path:
+    """The tiny study of sub-01 and sub-02 (one held out), run by ``dvc repro`` up to segmentation in a git + DVC repo
+    with its dvc.lock committed: built once per session. Copy it (``copy_study``, ``copy_outputs``), never change it."""
+    project = copy_project(tmp_path_factory.mktemp("upstream") / "study")
+    tiny_study(project, ds000011, ["01", "02"])
+    run_checked(["git", "init", "-q"], project)
+    run_checked(["git", "config", "user.email", "ci@example.org"], project)
+    run_checked(["git", "config", "user.name", "ci"], project)
+    run_checked(["dvc", "init", "-q"], project)
+    commit_all(project, "study")
+    log = run_checked(["dvc", "repro", UPSTREAM_TARGET], project)
+    # the heads went through each stage two at a time (params.yaml's workers: 2), as tests comparing against it expect
+    assert "2 subject(s), 2 at a time with 1 thread(s) each" in log, log[-3000:]
+    commit_all(project, f"dvc repro {UPSTREAM_TARGET}")
+    return project
+
+
+def copy_study(study: Path, destination: Path) -> Path:
+    """A copy of a study with its git history, dvc.lock and DVC cache: ``dvc repro`` takes its stages as done."""
+    shutil.copytree(study, destination, symlinks=True, ignore=shutil.ignore_patterns("__pycache__"))
+    return destination
+
+
+def stage_outputs(task: luigi.Task) -> set[str]:
+    """The outputs (paths in the project) of a Luigi ``task`` and of every task upstream of it."""
+    upstream = luigi.task.flatten(task.requires())
+    return {target.path for target in task.output()}.union(*(stage_outputs(before) for before in upstream))
+
+
+def copy_outputs(study: Path, project: Path, through: luigi.Task | None = None) -> None:
+    """The outputs of ``through`` (a Luigi task; the study's segmentation by default) and of the stages upstream of it,
+    copied from ``study`` into ``project``: a stage whose outputs exist is done, so ``python -m pipeline run`` goes on
+    from there."""
+    from pipeline.stages.segment import Segment
+
+    for output in sorted(stage_outputs(through or Segment(segmenter="hmrf", stripper="deepbet"))):
+        (project / output).parent.mkdir(parents=True, exist_ok=True)
+        copy = shutil.copytree if (study / output).is_dir() else shutil.copy2
+        copy(study / output, project / output)

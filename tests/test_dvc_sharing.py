@@ -15,7 +15,7 @@ from typing import NamedTuple
 
 import pytest
 
-from .conftest import copy_project, tiny_study, venv_env
+from .conftest import copy_study, venv_env
 
 pytestmark = pytest.mark.slow
 
@@ -44,22 +44,11 @@ def _commit(repo: Path, message: str) -> None:
     _run(["git", "commit", "-qm", message], repo)
 
 
-def _init_repo(project: Path) -> None:
-    _run(["git", "init", "-q"], project)
-    _run(["git", "config", "user.email", "ci@example.org"], project)
-    _run(["git", "config", "user.name", "ci"], project)
-    _run(["dvc", "init", "-q"], project)
-    _commit(project, "study")
-
-
 @pytest.fixture(scope="module")
-def project(tmp_path_factory, ds000011: Path) -> Path:
-    """A git + DVC repo whose first stages ran once, with dvc.lock committed."""
-    project = copy_project(tmp_path_factory.mktemp("sharing") / "project")
-    tiny_study(project, ds000011, ["01", "02"])
-    _init_repo(project)
-    _run(["dvc", "repro", TARGET], project)
-    _commit(project, f"dvc repro {TARGET}")
+def project(tmp_path_factory, upstream_study: Path) -> Path:
+    """A git + DVC repo whose first stages ran once, with dvc.lock committed: the session's tiny study, copied."""
+    project = copy_study(upstream_study, tmp_path_factory.mktemp("sharing") / "project")
+    assert "Running stage" not in _output(["dvc", "repro", TARGET], project)
     return project
 
 
