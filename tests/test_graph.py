@@ -102,11 +102,12 @@ def test_every_module_a_stage_runs_is_in_its_deps_and_no_other_stage_is():
 
 
 def test_editing_the_picture_module_reruns_only_the_stages_that_draw_pictures():
-    """overlays.py draws QC pictures: no training depends on it, though it reads the outputs of stages that draw."""
+    """overlays.py draws QC pictures: no training or evaluation depends on it, though they read the outputs of
+    stages that draw."""
     stages = yaml.safe_load((PROJECT_ROOT / "dvc.yaml").read_text())["stages"]
     drawing = {name for name, stage in stages.items() if "pipeline/overlays.py" in stage["deps"]}
-    # strip: the mask outlines; segment, segment_qc: the labels in three planes; evaluate: each head's panel
-    assert drawing == {"strip", "segment", "segment_qc", "evaluate"}
+    # strip: the mask outlines; segment, segment_qc: the labels in three planes; report: each test head's panel
+    assert drawing == {"strip", "segment", "segment_qc", "report"}
     assert not {"pipeline/synth/montage.py", "pipeline/tools/consensus.py", "pipeline/stages/strip.py"} & set(
         stages["train"]["deps"])
 
@@ -121,9 +122,9 @@ def placeholder(path: Path) -> None:
         (path / "placeholder").write_text("placeholder\n")
 
 
-def test_editing_the_picture_module_leaves_every_training_up_to_date_in_dvc_status(tmp_path: Path):
+def test_editing_the_picture_module_leaves_every_training_and_evaluation_up_to_date_in_dvc_status(tmp_path: Path):
     """DVC's own verdict, on a study whose stages DVC has recorded (placeholder outputs, no stage run): after an edit
-    to overlays.py only the stages that draw pictures are stale."""
+    to overlays.py only the stages that draw pictures are stale, the report among them."""
     from dvc.repo import Repo
 
     project = copy_project(tmp_path / "study")
@@ -143,7 +144,7 @@ def test_editing_the_picture_module_leaves_every_training_up_to_date_in_dvc_stat
     assert stale() == set()
     with (project / "pipeline" / "overlays.py").open("a") as overlays:
         overlays.write("# a comment\n")
-    assert stale() == {"strip@deepbet", "segment@hmrf-deepbet", "segment_qc@hmrf-deepbet", "evaluate@hmrf-deepbet"}
+    assert stale() == {"strip@deepbet", "segment@hmrf-deepbet", "segment_qc@hmrf-deepbet", "report"}
 
 
 def test_a_stage_imports_no_tool_wrapper_and_each_matrix_item_depends_on_the_one_it_runs():

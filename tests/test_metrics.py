@@ -192,3 +192,49 @@ def test_the_reports_dice_figure_fits_a_laptop_screen_and_its_tables_print_no_no
     page = table(rows + [{"combo": "none", "kind": "real", "GM": None, "mean": float("nan")}])
     assert "None" not in page and "nan" not in page and "&ndash;" in page
     assert "sd over seeds" not in page and "95 % CI of the mean" in page
+
+
+def test_the_report_draws_each_predicted_test_head_from_the_volume_evaluate_wrote(tmp_path: Path):
+    """The report, not evaluate, draws the panels (editing overlays.py reruns no evaluation): one per head evaluate
+    predicted, teacher over model, the model's row showing the labels in ``volumes/`` (none: no tissue colour)."""
+    from PIL import Image
+
+    from pipeline.bids import sidecar, subject_file
+    from pipeline.io import save_nifti
+    from pipeline.stages.report import embed, panels
+    from pipeline.synth.subject import Folders
+
+    folders = Folders(tmp_path / "segmented", tmp_path / "stripped", tmp_path / "harmonized")
+    volumes = tmp_path / "evaluation" / "hmrf-deepbet" / "volumes"
+    affine = np.diag([1.0, 1.0, 1.0, 1.0])
+    affine[:3, 3] = -10.0  # world z = 0, the reference level, is plane 10
+    brain = np.zeros((20, 20, 20), np.float32)
+    brain[4:16, 4:16, 4:16] = 1.0
+    teacher = np.zeros(brain.shape, np.uint8)
+    teacher[4:16, 4:16, 4:10], teacher[4:16, 4:16, 10:16], teacher[8:12, 8:12, 4:16] = GM, WM, CSF
+    predictions = {"01": teacher, "02": np.zeros_like(teacher)}
+    for case in [*predictions, "03"]:  # 03: a test head evaluate did not predict (no volume)
+        save_nifti(brain, affine, subject_file(folders.stripped, case, "desc-brain_T1w"))
+        save_nifti((brain > 0).astype(np.uint8), affine, subject_file(folders.stripped, case, "desc-brain_mask"))
+        save_nifti(teacher, affine, subject_file(folders.segmented, case, "dseg"))
+        harmonized = subject_file(folders.harmonized, case, "desc-harmonized_T1w")
+        save_nifti(brain, affine, harmonized)
+        sidecar(harmonized).write_text(json.dumps({"ReferenceLevelMM": 0.0}))
+        if case in predictions:
+            save_nifti(predictions[case], affine, subject_file(volumes, case, "dseg"))
+    drawn = panels("hmrf-deepbet", folders, tmp_path / "evaluation", tmp_path / "report", EvaluateConfig())
+    assert drawn == [tmp_path / "report" / "sub-01.png", tmp_path / "report" / "sub-02.png"]
+
+    def colour(picture: np.ndarray) -> float:
+        """How far the picture is from grey: the mean spread of its RGB channels."""
+        return float(np.mean(picture[..., :3].max(axis=-1) - picture[..., :3].min(axis=-1).astype(float)))
+
+    rows = {}
+    for case, path in zip(predictions, drawn, strict=True):
+        picture = np.asarray(Image.open(path).convert("RGB"))
+        assert picture.shape[0] > 0.6 * picture.shape[1]  # two rows of three planes: teacher, model
+        half = picture.shape[0] // 2
+        rows[case] = colour(picture[:half]), colour(picture[half:])
+        assert f'alt="{path.stem}"' in embed(path)
+    assert rows["01"][0] == pytest.approx(rows["02"][0], rel=0.05)  # the same teacher
+    assert rows["01"][1] > 5 * rows["02"][1]  # the model's row: tissue colours where the volume has labels

@@ -9,8 +9,9 @@
 Writes ``metrics/<combo>.json`` (DVC metrics: what strategies are compared by), ``metrics/<combo>-cases.csv``
 (every case's Dice, DVC plots), and under ``data/evaluation/<combo>/``: ``evaluation.json`` (every summary; both
 JSON files typed in ``pipeline.evaluation.metrics``), the predicted label volumes (``volumes/``), the synthetic
-predictions, ``by_height.csv`` (every case's Dice per height part), ``tissue_volumes.tsv`` (mL per head: model,
-teacher, reference) and a three-plane picture of each test head (``panels/``).
+predictions, ``by_height.csv`` (every case's Dice per height part) and ``tissue_volumes.tsv`` (mL per head: model,
+teacher, reference). The report draws each test head's picture from the volumes: no picture code runs here, so an edit
+to ``pipeline/overlays.py`` leaves every evaluation up to date.
 """
 
 from __future__ import annotations
@@ -28,7 +29,6 @@ from pipeline.evaluation.compare import mean_ci95, scores_by_subject
 from pipeline.evaluation.dice import dice_per_tissue, summarize
 from pipeline.evaluation.heads import (
     HEIGHT_PARTS,
-    HeldOutHead,
     held_out_cases,
     load_held_out_head,
     predict_head,
@@ -52,8 +52,6 @@ from pipeline.executors import run_job
 from pipeline.io import load_png, save_nifti, save_png, write_csv, write_tsv
 from pipeline.labels import TISSUES
 from pipeline.nnunet.models import SlicePredictor, TrainingRecord, nnunet_dataset, trained_seeds
-from pipeline.overlays import brain_centre, three_planes
-from pipeline.slices import level_index
 from pipeline.stages.acquire import Acquire
 from pipeline.stages.base import ComboStage, Stage
 from pipeline.stages.export import Export
@@ -117,21 +115,12 @@ def score_synthetic(segment: SlicePredictor, dataset: Path, predictions: Path) -
     return rows
 
 
-def head_panel(head: HeldOutHead, labels: np.ndarray, path: Path, title: str) -> None:
-    """The head in three planes through its reference level: the segmenter's labels, the model's, the reference."""
-    layers = [("teacher", head.teacher), ("model", labels)]
-    if head.reference is not None:
-        layers.append(("reference", head.on_brain(head.reference)))
-    three_planes(head.brain.get_fdata(dtype=np.float32), layers, path, title,
-                 brain_centre(head.mask, level_index(head.brain, head.level_mm)))
-
-
 def evaluate_model(results: Path, record: TrainingRecord, dataset: Path, cases: list[str], folders: Folders,
-                   out: Path, panels: Path | None, train: TrainConfig, evaluate: EvaluateConfig
+                   out: Path, with_volumes: bool, train: TrainConfig, evaluate: EvaluateConfig
                    ) -> tuple[list[dict], list[dict]]:
     """One trained model on the synthetic test samples and the real test heads: their Dice rows, and (with
-    ``panels``, the first seed's model) each head's tissue volumes and three-plane picture. The predictions go under
-    ``out``. Run where the model runs: here, or as a GPU job (``executor``)."""
+    ``with_volumes``: the first seed's model) each head's tissue volumes. The predictions go under ``out``. Run where
+    the model runs: here, or as a GPU job (``executor``)."""
     model = SlicePredictor.from_folder(results, record.dataset_id, record.trainer, str(train.fold),
                                        torch_device(train.device), train.predict_tta)
     rows, volumes = score_synthetic(model, dataset, out / "synthetic"), []
@@ -140,9 +129,8 @@ def evaluate_model(results: Path, record: TrainingRecord, dataset: Path, cases: 
         labels = predict_head(model, head, record.size, record.views)
         save_nifti(labels, head.brain.affine, subject_file(out / "volumes", case, "dseg"))
         rows += score_head(head, labels, evaluate)
-        if panels is not None:
+        if with_volumes:
             volumes.append(volumes_row(head, labels))
-            head_panel(head, labels, panels / f"sub-{case}.png", f"sub-{case}  {record.segmenter}-{record.stripper}")
     return rows, volumes
 
 
@@ -175,7 +163,7 @@ class Evaluate(ComboStage):
             log.info("%s: %d synthetic test samples and %d real test heads", label,
                      len(list((dataset / "labelsTs").glob("*.png"))), len(cases))
             arguments = (results, record, dataset, cases, folders, out if number == 0 else out / f"seed-{seed}",
-                         out / "panels" if number == 0 else None, config.train, config.evaluate)
+                         number == 0, config.train, config.evaluate)
             seed_rows, seed_volumes = run_job(config.executor, label, evaluate_model, *arguments)
             rows += with_seed(seed_rows, seed)
             volumes += seed_volumes

@@ -1,8 +1,9 @@
 """Stage 9 — report: one self-contained HTML page comparing every (segmenter x stripper) strategy.
 
-Dice table and bar chart (real and synthetic), training curves, example predictions on
-real test heads in three planes, tissue volumes, Dice by height, and the subjects the QC gate excluded.
-Writes ``data/report/index.html`` with its PNG figures and ``dice.csv`` (every combo's Dice).
+Dice table and bar chart (real and synthetic), training curves, each real test head's prediction in three planes
+(drawn here from the label volumes evaluate wrote, so that only the report reruns when the pictures' code changes),
+tissue volumes, Dice by height, and the subjects the QC gate excluded. Writes ``data/report/index.html`` (every
+figure embedded), its PNG figures, ``panels/<combo>/sub-<case>.png`` and ``dice.csv`` (every combo's Dice).
 """
 
 from __future__ import annotations
@@ -16,16 +17,24 @@ import math
 from pathlib import Path
 
 import luigi
+import nibabel as nib
 import numpy as np
 
-from pipeline.config import Config, load_config
+from pipeline.bids import subject_file
+from pipeline.config import Config, EvaluateConfig, load_config
 from pipeline.evaluation.compare import Difference, Scores, cases_scores, paired_difference
+from pipeline.evaluation.heads import HeldOutHead, load_held_out_head
 from pipeline.evaluation.metrics import NOTES, Evaluation, Kind, TissueDice, read_evaluation
 from pipeline.io import read_tsv, write_csv, write_text
 from pipeline.labels import TISSUES
+from pipeline.overlays import brain_centre, three_planes
+from pipeline.slices import level_index
 from pipeline.stages.base import Gathered, Stage
 from pipeline.stages.evaluate import Evaluate
+from pipeline.stages.harmonize import Harmonize
 from pipeline.stages.segment_qc import SegmentQC
+from pipeline.stages.strip import Strip
+from pipeline.synth.subject import Folders
 
 log = logging.getLogger("pipeline")
 
@@ -33,9 +42,10 @@ EVALUATION = Path("data/evaluation")
 FIGURE_WIDTH_IN, FIGURE_DPI = 10.0, 100  # 1000 pixels: the page's width on a laptop screen
 
 class Evaluations(Gathered):
-    """Every configured combo evaluated (and what the report shows of its QC and segmentation)."""
+    """Every configured combo evaluated (and what the report shows of its QC and segmentation, and draws its test
+    heads over: their stripped brains, labels and reference levels)."""
 
-    folders = ("data/evaluation", "metrics", "data/qc", "data/segmented")
+    folders = ("data/evaluation", "metrics", "data/qc", "data/segmented", "data/stripped", "data/harmonized")
 
     def requires(self) -> list[Stage]:
         return [Evaluate(segmenter=seg, stripper=strip) for seg, strip in load_config().combos()]
@@ -126,9 +136,37 @@ def curves(combos: list[str], metrics_dir: Path, path: Path, fold: int | str) ->
     save(fig, path)
 
 
-def panels(combo: str, evaluation: Path) -> list[Path]:
-    """The evaluate stage's three-plane picture of each real test head (teacher, model, reference)."""
-    return sorted((evaluation / combo / "panels").glob("*.png"))
+def head_panel(head: HeldOutHead, labels: np.ndarray, path: Path, title: str) -> None:
+    """The head in three planes through its reference level: the segmenter's labels, the model's, the reference."""
+    layers = [("teacher", head.teacher), ("model", labels)]
+    if head.reference is not None:
+        layers.append(("reference", head.on_brain(head.reference)))
+    three_planes(head.brain.get_fdata(dtype=np.float32), layers, path, title,
+                 brain_centre(head.mask, level_index(head.brain, head.level_mm)))
+
+
+def predicted_cases(volumes: Path) -> list[str]:
+    """The real test heads evaluate predicted (``volumes/sub-<case>/[ses-*/]anat/sub-<case>_dseg.nii.gz``)."""
+    return sorted(path.name.removeprefix("sub-").removesuffix("_dseg.nii.gz")
+                  for path in volumes.rglob("sub-*_dseg.nii.gz"))
+
+
+def panels(combo: str, folders: Folders, evaluation: Path, out: Path, config: EvaluateConfig) -> list[Path]:
+    """A three-plane picture (teacher, model, reference) of each real test head of ``combo``, from the labels its
+    first seed's model predicted (``evaluation/<combo>/volumes``), written under ``out``."""
+    volumes, drawn = evaluation / combo / "volumes", []
+    for case in predicted_cases(volumes):
+        # what evaluate wrote, read as it is: load_nifti would refuse a model's empty (constant) prediction
+        labels = np.asarray(nib.load(subject_file(volumes, case, "dseg")).dataobj, dtype=np.uint8)
+        drawn.append(out / f"sub-{case}.png")
+        head_panel(load_held_out_head(case, folders, config), labels, drawn[-1], f"sub-{case}  {combo}")
+    return drawn
+
+
+def combo_folders(segmenter: str, stripper: str) -> Folders:
+    """Where a combo's test heads are: its labels, its stripped brains, the harmonized heads."""
+    return Folders(SegmentQC.labels(segmenter, stripper).out_dir(), Strip(stripper=stripper).out_dir(),
+                   Harmonize().out_dir())
 
 
 def height_chart(evaluated: dict[str, Evaluation], path: Path) -> bool:
@@ -267,7 +305,9 @@ def shared_subjects_warning(evaluated: dict[str, Evaluation]) -> str:
 
 class Report(Stage):
     name = "report"
-    param_keys = ("strip.methods", "segment.methods", "train.fold", "evaluate.band_mm")
+    # evaluate.reference_*: the panels draw each head's reference labels
+    param_keys = ("strip.methods", "segment.methods", "train.fold", "evaluate.band_mm", "evaluate.reference_labels",
+                  "evaluate.reference_scheme")
     out_template = "data/report"
 
     def requires(self) -> list[luigi.Task]:
@@ -285,6 +325,9 @@ class Report(Stage):
         curves(combos, metrics, out / "training.png", config.train.fold)
         heights = height_chart(evaluated, out / "height.png")
         excluded = exclusions(combos, Path("data/qc"))
+        drawn = {f"{seg}-{strip}": panels(f"{seg}-{strip}", combo_folders(seg, strip), EVALUATION,
+                                          out / "panels" / f"{seg}-{strip}", config.evaluate)
+                 for seg, strip in config.combos()}
         sections = [
             "<h1>synthseg-pipeline: strategy comparison</h1>",
             f"<p><b>Best strategy on real heads:</b> {html.escape(answer)}</p>",
@@ -306,10 +349,10 @@ class Report(Stage):
             "<h2>Tissue volumes of each real test head (mL): model, teacher, reference</h2>",
             table(combo_rows(combos, EVALUATION, "tissue_volumes.tsv")),
             "<h2>Real test heads: teacher, model and reference in three planes</h2>",
-            *[f"<h3>{html.escape(c)}</h3>" + "".join(embed(panel) for panel in panels(c, EVALUATION)) for c in combos],
+            *[f"<h3>{html.escape(c)}</h3>" + "".join(embed(panel) for panel in drawn[c]) for c in combos],
             "<h2>Subjects excluded by QC</h2>", table(excluded),
             *[embed(overlay) for overlay in exclusion_overlays(excluded, {
-                f"{seg}-{strip}": Path(SegmentQC.labels(seg, strip).out_dir()) for seg, strip in config.combos()})],
+                f"{seg}-{strip}": combo_folders(seg, strip).segmented for seg, strip in config.combos()})],
         ]
         style = ("body{font-family:sans-serif;max-width:1100px;margin:auto}td,th{padding:2px 8px;border:1px solid #ccc}"
                  "img{max-width:100%;height:auto}")  # no figure wider than the page
