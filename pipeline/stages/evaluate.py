@@ -106,9 +106,12 @@ def by_height(rows: list[dict], kind: Kind) -> dict[str, list[float | None]]:
 
 def score_synthetic(segment: SlicePredictor, dataset: Path, predictions: Path) -> list[dict]:
     """The held-out synthetic samples (nnU-Net's imagesTs/labelsTs) against the labels they were drawn from."""
+    truths = sorted((dataset / "labelsTs").glob("*.png"))
+    if not truths:
+        return []
+    images = np.stack([load_png(dataset / "imagesTs" / f"{truth.stem}_0000.png") for truth in truths])
     rows = []
-    for truth in sorted((dataset / "labelsTs").glob("*.png")):
-        labels = segment(load_png(dataset / "imagesTs" / f"{truth.stem}_0000.png"))
+    for truth, labels in zip(truths, segment(images), strict=True):  # the samples through the network together
         save_png(labels, predictions / truth.name)
         rows.append({"kind": row_kind(Kind.SYNTHETIC, Scope.WHOLE), "case": truth.stem,
                      **dice_per_tissue(load_png(truth), labels)})
