@@ -19,7 +19,7 @@ import yaml
 
 from pipeline.io import read_tsv
 
-from .conftest import copy_project, set_params, tiny_study, venv_env
+from .conftest import copy_outputs, copy_project, set_params, tiny_study, venv_env
 from .slurm_cluster import one_node_cluster, slurm_unavailable_reason
 
 pytestmark = pytest.mark.slow
@@ -66,13 +66,21 @@ def on_slurm(project: Path, folder: Path) -> None:
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
 
 
-def test_per_head_stages_run_as_slurm_array_tasks_and_write_the_same_bytes_as_a_local_run(
-        cluster, tmp_path_factory, ds000011: Path):
-    stage = ["run", "synthesize", "--segmenter", "hmrf", "--stripper", "deepbet"]
-    local = copy_project(tmp_path_factory.mktemp("local"))
-    tiny_study(local, ds000011, ["01", "02"], test_fraction=0.5)
-    result = run(local, *stage)
+@pytest.fixture(scope="module")
+def local(cluster, request, tmp_path_factory, ds000011: Path) -> Path:
+    """The tiny study run on this machine through synthesis: the session's study up to segmentation (asked for once
+    the cluster has started: without SLURM the module skips before building it), synthesize run here."""
+    project = copy_project(tmp_path_factory.mktemp("local"))
+    tiny_study(project, ds000011, ["01", "02"], test_fraction=0.5)
+    copy_outputs(request.getfixturevalue("upstream_study"), project)
+    result = run(project, "run", "synthesize", "--segmenter", "hmrf", "--stripper", "deepbet")
     assert result.returncode == 0, result.stderr[-3000:]
+    return project
+
+
+def test_per_head_stages_run_as_slurm_array_tasks_and_write_the_same_bytes_as_a_local_run(
+        cluster, local: Path, tmp_path_factory, ds000011: Path):
+    stage = ["run", "synthesize", "--segmenter", "hmrf", "--stripper", "deepbet"]
 
     cluster_study = copy_project(tmp_path_factory.mktemp("on-slurm"))
     tiny_study(cluster_study, ds000011, ["01", "02"], test_fraction=0.5)

@@ -13,10 +13,11 @@ import pytest
 
 from pipeline.bids import subject_file
 from pipeline.io import InputError, read_tsv
+from pipeline.stages.harmonize import Harmonize
 from pipeline.subjects import SubjectFailed, for_each_subject, plan_budget
 from pipeline.tools.base import ToolMissing
 
-from .conftest import copy_project, set_params, tiny_study, venv_env
+from .conftest import copy_outputs, copy_project, set_params, tiny_study, venv_env
 
 
 def report_process(subject: str, threads: int) -> dict:
@@ -114,9 +115,10 @@ def run(project: Path, *args: str) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.slow
-def test_a_subject_lost_in_strip_is_listed_up_to_the_qc_table(tmp_path: Path, ds000011: Path):
+def test_a_subject_lost_in_strip_is_listed_up_to_the_qc_table(tmp_path: Path, ds000011: Path, upstream_study: Path):
     project = copy_project(tmp_path / "study")
     tiny_study(project, ds000011, ["01", "02"], test_fraction=0.5)
+    copy_outputs(upstream_study, project, through=Harmonize())  # acquire and harmonize: the session's
     assert run(project, "harmonize").returncode == 0
     corrupted = subject_file(project / "data" / "harmonized", "02", "desc-harmonized_T1w")
     corrupted.write_bytes(corrupted.read_bytes()[:4000])  # a disk fault between two stages
