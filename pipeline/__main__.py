@@ -23,7 +23,7 @@ class StageFailures:
         self.counts = multiprocessing.Array("i", 2)  # [an input, parameter or tool error; anything else]
 
     def __call__(self, task: object, error: BaseException | str) -> None:
-        from pipeline.errors import user_errors
+        from pipeline.core.errors import user_errors
 
         with self.counts.get_lock():
             self.counts[0 if isinstance(error, user_errors()) else 1] += 1
@@ -51,8 +51,8 @@ class StageFailures:
 def cmd_run(args: argparse.Namespace) -> int:
     import luigi
 
-    from pipeline.config import load_config
-    from pipeline.graph import BY_NAME, All
+    from pipeline.core.config import load_config
+    from pipeline.runtime.graph import BY_NAME, All
 
     if args.stage == "all":
         task = All()
@@ -79,7 +79,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_dvc_yaml(args: argparse.Namespace) -> int:
-    from pipeline.graph import dvc_yaml
+    from pipeline.runtime.graph import dvc_yaml
 
     text = dvc_yaml()
     if args.check:
@@ -97,8 +97,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
     import json
 
     from pipeline.apps.plan import cluster_plan
-    from pipeline.bids import read_cases
-    from pipeline.config import load_config
+    from pipeline.core.bids import read_cases
+    from pipeline.core.config import load_config
 
     heads = args.heads
     if heads is None:
@@ -112,14 +112,15 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 
 def cmd_params_doc(args: argparse.Namespace) -> int:
-    from pipeline.params_doc import DOC, parameters_md
+    from pipeline.core.params_doc import DOC, parameters_md
 
     text = parameters_md()
     if args.check:
         if not DOC.is_file() or DOC.read_text() != text:
-            print(f"{DOC} is out of date with pipeline/config.py: run `python -m pipeline params-doc`", file=sys.stderr)
+            print(f"{DOC} is out of date with pipeline/core/config.py: run `python -m pipeline params-doc`",
+                  file=sys.stderr)
             return 1
-        print(f"{DOC} matches pipeline/config.py")
+        print(f"{DOC} matches pipeline/core/config.py")
         return 0
     DOC.parent.mkdir(parents=True, exist_ok=True)
     DOC.write_text(text)
@@ -128,7 +129,7 @@ def cmd_params_doc(args: argparse.Namespace) -> int:
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
-    from pipeline.config import PARAMS_FILE, Config, ConfigError, load_config
+    from pipeline.core.config import PARAMS_FILE, Config, ConfigError, load_config
     from pipeline.tools.doctor import all_tools, missing_tools
 
     try:  # params.yaml decides some tools (e.g. SynthStrip with a model file)
@@ -158,7 +159,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     fold = args.fold if args.fold in (None, "all") else int(args.fold)
     executor = None
     if args.executor == "slurm":  # the cluster's settings: executor.slurm of the params.yaml here, or its defaults
-        from pipeline.config import PARAMS_FILE, Config, ExecutorConfig, load_config
+        from pipeline.core.config import PARAMS_FILE, Config, ExecutorConfig, load_config
 
         config = load_config() if PARAMS_FILE.is_file() else Config()
         executor = ExecutorConfig(kind="slurm", slurm=config.executor.slurm)
@@ -237,7 +238,7 @@ def cmd_bench_cross_site(args: argparse.Namespace) -> int:
 
 
 def parser() -> argparse.ArgumentParser:
-    from pipeline.graph import BY_NAME
+    from pipeline.runtime.graph import BY_NAME
 
     main = argparse.ArgumentParser(prog="synthseg-pipeline", description=__doc__)
     main.add_argument("--debug", action="store_true", help="show the traceback of an error, and the warnings of the "
@@ -258,7 +259,7 @@ def parser() -> argparse.ArgumentParser:
                                             "runs nothing")
     plan.add_argument("--heads", type=int, help="heads in the study (default: those acquired in data/raw)")
     plan.set_defaults(func=cmd_plan)
-    params_doc = commands.add_parser("params-doc", help="write docs/parameters.md from pipeline/config.py")
+    params_doc = commands.add_parser("params-doc", help="write docs/parameters.md from pipeline/core/config.py")
     params_doc.add_argument("--check", action="store_true", help="exit 1 when docs/parameters.md is out of date")
     params_doc.set_defaults(func=cmd_params_doc)
     doctor = commands.add_parser("doctor", help="list every method and whether its tool is available")
@@ -370,7 +371,7 @@ def warnings_to_debug_log(debug: bool) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from pipeline.errors import user_errors
+    from pipeline.core.errors import user_errors
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
     logging.getLogger("luigi-interface").setLevel(logging.WARNING)  # its "Loaded ['luigi.cfg']" is not the user's

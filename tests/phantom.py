@@ -5,7 +5,7 @@ from __future__ import annotations
 import nibabel as nib
 import numpy as np
 
-from pipeline.labels import CSF, GM, WM
+from pipeline.core.labels import CSF, GM, WM
 
 CENTRE_MM = np.array([4.0, -6.0, 10.0])
 INTENSITY = {GM: 0.55, WM: 0.85, CSF: 0.25}  # a T1: CSF < GM < WM

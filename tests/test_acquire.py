@@ -5,9 +5,9 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from pipeline.bids import split_subjects
-from pipeline.config import AcquireConfig
-from pipeline.io import InputError, read_tsv
+from pipeline.core.bids import split_subjects
+from pipeline.core.config import AcquireConfig
+from pipeline.core.io import InputError, read_tsv
 from pipeline.sources import gather
 from pipeline.sources.local_bids import bids_scans
 from pipeline.sources.sample import sample_scans
@@ -102,7 +102,7 @@ def test_openneuro_offline_fails_fast_with_a_clear_message(tmp_path: Path):
 
 
 def test_participants_table_round_trips(tmp_path: Path):
-    from pipeline.io import write_tsv
+    from pipeline.core.io import write_tsv
 
     write_tsv([{"participant_id": "sub-01", "split": "train"}], tmp_path / "p.tsv")
     assert read_tsv(tmp_path / "p.tsv") == [{"participant_id": "sub-01", "split": "train"}]

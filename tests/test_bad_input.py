@@ -13,9 +13,9 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from pipeline.config import ConfigError, parse_config
-from pipeline.io import InputError, load_nifti, save_nifti
-from pipeline.preprocess import to_ras_isotropic
+from pipeline.core.config import ConfigError, parse_config
+from pipeline.core.io import InputError, load_nifti, save_nifti
+from pipeline.imaging.preprocess import to_ras_isotropic
 from pipeline.sources.local_bids import bids_scans
 from pipeline.stages.acquire import copy_usable
 
@@ -140,9 +140,9 @@ def test_clinical_scans_are_harmonized_to_the_same_anatomy(ds000011: Path, tmp_p
                                                            step_z, suffix, thick):
     """Resaved real heads (another orientation, integer type, FreeSurfer format, 4 mm axial slices) come out
     RAS at 1 mm with the same reference level as the original, and thick slices carry a QC flag."""
-    from pipeline.config import HarmonizeConfig
-    from pipeline.preprocess import acquisition_qc, harmonize_builtin
-    from pipeline.slices import reference_level_mm
+    from pipeline.core.config import HarmonizeConfig
+    from pipeline.imaging.preprocess import acquisition_qc, harmonize_builtin
+    from pipeline.imaging.slices import reference_level_mm
 
     original = nib.load(ds000011 / "sub-01" / "anat" / "sub-01_T1w.nii.gz")
     clinical = resaved(original, orientation, dtype, step_z)
@@ -162,7 +162,7 @@ def test_clinical_scans_are_harmonized_to_the_same_anatomy(ds000011: Path, tmp_p
 
 
 def test_a_field_of_view_too_small_for_a_brain_is_refused_naming_the_file(ds000011: Path, tmp_path: Path):
-    from pipeline.preprocess import acquisition_qc
+    from pipeline.imaging.preprocess import acquisition_qc
 
     original = nib.load(ds000011 / "sub-01" / "anat" / "sub-01_T1w.nii.gz")
     slab = nib.Nifti1Image(np.asarray(original.dataobj)[:, :, 80:140], original.affine)  # 60 x 1.33 mm = 80 mm
@@ -175,8 +175,8 @@ def test_a_clinical_header_of_2_9999955_mm_slices_is_flagged_as_thick(ds000011: 
     grid goes through harmonize (what the harmonize stage and predict both run) with the thick-slice flag."""
     from nibabel.processing import resample_to_output
 
-    from pipeline.config import HarmonizeConfig
-    from pipeline.preprocess import harmonize
+    from pipeline.core.config import HarmonizeConfig
+    from pipeline.imaging.preprocess import harmonize
 
     original = nib.load(ds000011 / "sub-01" / "anat" / "sub-01_T1w.nii.gz")
     clinical = resample_to_output(original, voxel_sizes=(0.72, 0.72, 2.9999955), order=1)

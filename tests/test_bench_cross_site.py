@@ -12,7 +12,7 @@ import pytest
 
 from pipeline.__main__ import main
 from pipeline.apps.bench_cross_site import degrade, slice_axis, thick_slices
-from pipeline.io import read_tsv
+from pipeline.core.io import read_tsv
 
 
 @pytest.fixture(scope="module")

@@ -14,14 +14,14 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from pipeline.bids import case_dir, read_cases, read_sources, subject_file, subject_of
-from pipeline.config import parse_config
+from pipeline.core.bids import case_dir, read_cases, read_sources, subject_file, subject_of
+from pipeline.core.config import parse_config
+from pipeline.core.io import read_tsv
 from pipeline.evaluation.compare import scores_by_subject
 from pipeline.evaluation.references import reference_file
-from pipeline.io import read_tsv
+from pipeline.runtime.subjects import remove_subject_files
 from pipeline.sources.local_bids import bids_scans
 from pipeline.stages.acquire import Acquire
-from pipeline.subjects import remove_subject_files
 
 from .test_acquire import resave_as_mgz
 
@@ -94,7 +94,7 @@ def test_runs_that_no_entity_tells_apart_are_refused(ds000011: Path, tmp_path: P
     anat.mkdir(parents=True)
     (anat / "sub-01_T1w.nii.gz").symlink_to(head(ds000011, "01"))
     (anat / "sub-01_T1w.mgz").symlink_to(head(ds000011, "02"))
-    from pipeline.io import InputError
+    from pipeline.core.io import InputError
 
     with pytest.raises(InputError, match="not told apart"):
         bids_scans(tmp_path / "bids", [], runs="all")

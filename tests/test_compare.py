@@ -109,9 +109,9 @@ def test_seeds_are_resampled_within_subjects_and_the_needed_subjects_follow_the_
 def test_cases_tables_round_trip_into_scores_per_subject_and_seed(tmp_path):
     """evaluate's rows (one per subject and seed, a subject without a score as n/a) written as the cases CSV,
     read back by the report: the same Scores, and the metrics' interval and SD over seeds from them."""
+    from pipeline.core.io import write_csv
     from pipeline.evaluation.compare import cases_scores
     from pipeline.evaluation.metrics import Kind
-    from pipeline.io import write_csv
     from pipeline.stages.evaluate import kind_summary
 
     rows = [{"seed": seed, "kind": "real", "case": subject, "GM": gm, "WM": gm, "CSF": gm, "mean": gm}

@@ -3,7 +3,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline.config import Config, ConfigError, load_config, parse_config
+from pipeline.core.config import Config, ConfigError, load_config, parse_config
 
 from .conftest import PROJECT_ROOT
 
@@ -82,8 +82,8 @@ def test_the_auto_profile_is_quick_without_a_gpu_and_the_gpu_profile_with_one():
     profile's network, batch and augmentation on one; naming a profile overrides it on either."""
     import torch
 
-    from pipeline.devices import torch_device
     from pipeline.nnunet.runner import loader_processes, trainer_name
+    from pipeline.runtime.devices import torch_device
 
     if torch.cuda.is_available():
         pytest.skip("this machine has a GPU: auto would choose the gpu profile here")
@@ -105,7 +105,7 @@ def test_the_auto_profile_is_quick_without_a_gpu_and_the_gpu_profile_with_one():
 def test_every_combo_has_its_own_nnunet_dataset_id_and_name():
     from typing import get_args
 
-    from pipeline.config import SegmentMethod, StripMethod
+    from pipeline.core.config import SegmentMethod, StripMethod
     from pipeline.nnunet.models import nnunet_dataset
 
     datasets = [nnunet_dataset(seg, strip) for seg in get_args(SegmentMethod) for strip in get_args(StripMethod)]
@@ -143,7 +143,7 @@ def test_a_stage_reads_only_the_params_it_declares():
     so dvc.yaml's params cannot drift from what the code reads (every stage test and study run checks it)."""
     import pickle
 
-    from pipeline.config import Config, ParamsView, UndeclaredParameter
+    from pipeline.core.config import Config, ParamsView, UndeclaredParameter
 
     config = Config()
     view = ParamsView(config, frozenset({"seed", "synth", "strip.deepbet", "segment.methods", "strip.methods"}),
@@ -168,7 +168,7 @@ def test_a_stage_reads_only_the_params_it_declares():
 def test_running_a_stage_that_reads_an_undeclared_param_fails(tmp_path: Path, monkeypatch):
     from typing import ClassVar
 
-    from pipeline.config import UndeclaredParameter
+    from pipeline.core.config import UndeclaredParameter
     from pipeline.stages.base import Stage
 
     class Reads(Stage):
@@ -191,9 +191,9 @@ def test_running_a_stage_that_reads_an_undeclared_param_fails(tmp_path: Path, mo
 
 
 def test_the_configs_defaults_are_params_yaml():
-    """One set of defaults: what pipeline/config.py assumes for a missing key is what params.yaml says."""
+    """One set of defaults: what pipeline/core/config.py assumes for a missing key is what params.yaml says."""
     import yaml
 
-    from pipeline.config import Config
+    from pipeline.core.config import Config
 
     assert Config() == parse_config(yaml.safe_load((PROJECT_ROOT / "params.yaml").read_text()))

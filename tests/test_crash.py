@@ -148,7 +148,7 @@ def test_killed_training_resumes_from_its_checkpoint_when_nothing_it_reads_chang
 def test_killed_training_starts_afresh_when_one_input_file_changed(crashed_training: Path, tmp_path: Path):
     """A new synthetic set under the same parameters (one image altered): the old set's checkpoint is not resumed,
     and the log names the file."""
-    from pipeline.io import load_png, save_png
+    from pipeline.core.io import load_png, save_png
 
     project = clone(crashed_training, tmp_path / "altered")
     image = sorted((project / "data" / "nnunet_raw" / "hmrf-deepbet").rglob("imagesTr/*.png"))[0]

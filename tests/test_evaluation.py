@@ -6,11 +6,11 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from pipeline.config import EvaluateConfig
+from pipeline.core.config import EvaluateConfig
+from pipeline.core.labels import CSF, GM, WM
 from pipeline.evaluation.heads import HeldOutHead, height_parts, score_head, score_teacher, volumes_row
-from pipeline.inference import brain_planes, predict_planes
-from pipeline.labels import CSF, GM, WM
-from pipeline.preprocess import crop, uncrop
+from pipeline.imaging.preprocess import crop, uncrop
+from pipeline.nnunet.inference import brain_planes, predict_planes
 
 HEAD = np.diag([1.0, 1.0, 1.0, 1.0]) + np.array([[0, 0, 0, -5.0], [0, 0, 0, -6.0], [0, 0, 0, -7.0], [0, 0, 0, 0]])
 
@@ -98,7 +98,7 @@ def test_every_plane_of_the_brain_is_predicted_and_stacked_in_place():
 
 
 def test_views_are_predicted_in_their_own_planes_and_fused_by_summed_probabilities():
-    from pipeline.inference import predict_views
+    from pipeline.nnunet.inference import predict_views
 
     brain = np.zeros((20, 24, 16), np.float32)
     mask = np.zeros(brain.shape, bool)
@@ -128,12 +128,12 @@ def test_views_are_predicted_in_their_own_planes_and_fused_by_summed_probabiliti
 
 
 def test_test_time_mirroring_is_left_right_only_so_sagittal_slices_are_never_mirrored():
-    """Rows run left-right in axial and coronal slices and front-back in sagittal ones (pipeline.slices): a
+    """Rows run left-right in axial and coronal slices and front-back in sagittal ones (pipeline.imaging.slices): a
     mirrored sagittal slice would face backwards, so the model's mirroring is off for that view only."""
     from types import SimpleNamespace
 
+    from pipeline.imaging.slices import rows_left_right
     from pipeline.nnunet.models import SlicePredictor
-    from pipeline.slices import rows_left_right
 
     assert [rows_left_right(view) for view in ("axial", "coronal", "sagittal")] == [True, True, False]
     model = SlicePredictor(SimpleNamespace(use_mirroring=True))

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 
 from pipeline.__main__ import main
-from pipeline.config import HarmonizeConfig, StripConfig, parse_config
-from pipeline.io import save_nifti
-from pipeline.preprocess import harmonize_synthsr
+from pipeline.core.config import HarmonizeConfig, StripConfig, parse_config
+from pipeline.core.io import save_nifti
+from pipeline.imaging.preprocess import harmonize_synthsr
 from pipeline.tools import registry
 from pipeline.tools.base import ToolFailed, ToolMissing
 from pipeline.tools.registry import brain_mask
@@ -157,7 +157,7 @@ def test_standin_mri_synthsr_command_and_harmonized_output(bin_dir: Path, tmp_pa
 def test_predict_preprocesses_a_head_with_standin_mri_synthsr_when_the_model_was_trained_so(bin_dir: Path,
                                                                                            tmp_path: Path):
     from pipeline.apps.predict import prepare_head
-    from pipeline.config import TrainProfile
+    from pipeline.core.config import TrainProfile
     from pipeline.nnunet.models import TrainingRecord
 
     small, small_kept = head()

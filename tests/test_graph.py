@@ -6,7 +6,7 @@ from pathlib import Path
 
 import yaml
 
-from pipeline.graph import STAGES, dvc_yaml
+from pipeline.runtime.graph import STAGES, dvc_yaml
 
 from .conftest import PROJECT_ROOT, copy_project, venv_env
 
@@ -105,7 +105,7 @@ def test_editing_the_picture_module_reruns_only_the_stages_that_draw_pictures():
     """overlays.py draws QC pictures: no training or evaluation depends on it, though they read the outputs of
     stages that draw."""
     stages = yaml.safe_load((PROJECT_ROOT / "dvc.yaml").read_text())["stages"]
-    drawing = {name for name, stage in stages.items() if "pipeline/overlays.py" in stage["deps"]}
+    drawing = {name for name, stage in stages.items() if "pipeline/imaging/overlays.py" in stage["deps"]}
     # strip: the mask outlines; segment, segment_qc: the labels in three planes; report: each test head's panel
     assert drawing == {"strip", "segment", "segment_qc", "report"}
     assert not {"pipeline/synth/montage.py", "pipeline/tools/consensus.py", "pipeline/stages/strip.py"} & set(
@@ -142,7 +142,7 @@ def test_editing_the_picture_module_leaves_every_training_and_evaluation_up_to_d
         return set(json.loads(status.strip().splitlines()[-1]))
 
     assert stale() == set()
-    with (project / "pipeline" / "overlays.py").open("a") as overlays:
+    with (project / "pipeline" / "imaging" / "overlays.py").open("a") as overlays:
         overlays.write("# a comment\n")
     assert stale() == {"strip@deepbet", "segment@hmrf-deepbet", "segment_qc@hmrf-deepbet", "report"}
 
@@ -150,7 +150,7 @@ def test_editing_the_picture_module_leaves_every_training_and_evaluation_up_to_d
 def test_a_stage_imports_no_tool_wrapper_and_each_matrix_item_depends_on_the_one_it_runs():
     """A wrapper (pipeline/tools/<method>.py) is imported when its method runs (pipeline.tools.registry), never by
     a stage module: dvc.yaml names it per matrix item, so changing the FAST wrapper re-runs no HMRF stage."""
-    from pipeline.graph import import_closure
+    from pipeline.runtime.graph import import_closure
     from pipeline.tools.registry import REGISTRIES
 
     wrappers = {f"pipeline/tools/{method}.py" for registry in REGISTRIES.values() for method in registry.methods}
@@ -231,7 +231,7 @@ def test_nnunet_processes_import_the_pipeline_copy_that_launched_them(tmp_path):
 
 
 def test_docs_parameters_md_is_generated_from_the_config_and_covers_every_key_of_params_yaml(tmp_path):
-    from pipeline.params_doc import documented_keys, parameters_md
+    from pipeline.core.params_doc import documented_keys, parameters_md
 
     check = subprocess.run([sys.executable, "-m", "pipeline", "params-doc", "--check"], cwd=PROJECT_ROOT,
                            capture_output=True, text=True)

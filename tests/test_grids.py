@@ -1,5 +1,5 @@
-"""Labels carried onto another grid (``pipeline.grids``), as the segmenter wrappers, the reference labels and the
-strip QC use it, on real label maps and masks; and the brain's intensity range the strip stage and the slices
+"""Labels carried onto another grid (``pipeline.imaging.grids``), as the segmenter wrappers, the reference labels
+and the strip QC use it, on real label maps and masks; and the brain's intensity range the strip stage and the slices
 share (``harmonize.percentiles`` is the head's)."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from pipeline.grids import labels_on_grid
+from pipeline.imaging.grids import labels_on_grid
 
 
 def _box_of_canonical(labels: nib.Nifti1Image) -> tuple[nib.Nifti1Image, tuple[slice, ...]]:
@@ -67,8 +67,8 @@ def test_the_strip_qc_and_the_reference_labels_carry_real_masks_through_the_same
 def test_the_stripped_brain_and_each_slice_clip_the_brains_own_range(oasis: Path):
     """``BRAIN_PERCENTILES`` is the brain's range: the strip stage's brain reaches 0 and 1 on that share of its
     voxels, and a slice of it 1 and 255 likewise."""
-    from pipeline.preprocess import crop_to_brain
-    from pipeline.slices import BRAIN_PERCENTILES, to_uint8
+    from pipeline.imaging.preprocess import crop_to_brain
+    from pipeline.imaging.slices import BRAIN_PERCENTILES, to_uint8
 
     image = nib.load(oasis / "sub-1000" / "anat" / "sub-1000_T1w.nii.gz")
     mask = np.asarray(nib.load(oasis / "derivatives" / "manual" / "sub-1000" / "anat" /

@@ -8,7 +8,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from pipeline.labels import (
+from pipeline.core.labels import (
     BACKGROUND,
     CSF,
     FREESURFER_TO_TISSUE,

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
-from pipeline.config import EvaluateConfig
+from pipeline.core.config import EvaluateConfig
+from pipeline.core.labels import CSF, GM, WM
 from pipeline.evaluation.dice import dice, dice_per_tissue, summarize
 from pipeline.evaluation.metrics import (
     Evaluation,
@@ -20,7 +21,6 @@ from pipeline.evaluation.metrics import (
     row_kind,
     write_evaluation,
 )
-from pipeline.labels import CSF, GM, WM
 
 
 def test_dice_of_identical_maps_is_one_and_of_disjoint_is_zero():
@@ -199,10 +199,9 @@ def test_the_report_draws_each_predicted_test_head_from_the_volume_evaluate_wrot
     predicted, teacher over model, the model's row showing the labels in ``volumes/`` (none: no tissue colour)."""
     from PIL import Image
 
-    from pipeline.bids import sidecar, subject_file
-    from pipeline.io import save_nifti
+    from pipeline.core.bids import Folders, sidecar, subject_file
+    from pipeline.core.io import save_nifti
     from pipeline.stages.report import embed, panels
-    from pipeline.synth.subject import Folders
 
     folders = Folders(tmp_path / "segmented", tmp_path / "stripped", tmp_path / "harmonized")
     volumes = tmp_path / "evaluation" / "hmrf-deepbet" / "volumes"

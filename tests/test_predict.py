@@ -26,7 +26,7 @@ def test_a_command_error_is_one_message_naming_the_file_and_debug_shows_the_trac
     import pytest
 
     from pipeline.__main__ import main
-    from pipeline.io import InputError
+    from pipeline.core.io import InputError
 
     missing = tmp_path / "no-model"
     assert main(["predict", "--model", str(missing), "--input", str(tmp_path), "--output", str(tmp_path)]) == 2
@@ -84,8 +84,8 @@ def test_predict_refuses_a_non_t1_head_naming_the_file_and_flags_thick_slices(oa
     import pytest
 
     from pipeline.apps import predict
-    from pipeline.config import HarmonizeConfig, StripConfig, TrainProfile
-    from pipeline.io import InputError
+    from pipeline.core.config import HarmonizeConfig, StripConfig, TrainProfile
+    from pipeline.core.io import InputError
     from pipeline.nnunet.models import TrainingRecord
 
     brain, mask = _brain(oasis, "1000")

@@ -1,6 +1,6 @@
 """Models that segment real brains: a short study on real ds000011 heads, its model scored on the whole head of a
 held-out subject it never saw. The prediction must cover the brain, stay inside it (real slices and synthetic ones
-follow one path: pipeline.slices) and beat a trivial segmentation of the same head."""
+follow one path: pipeline.imaging.slices) and beat a trivial segmentation of the same head."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ import nibabel as nib
 import numpy as np
 import pytest
 
+from pipeline.core.io import read_tsv
+from pipeline.core.labels import WM
 from pipeline.evaluation.dice import dice_per_tissue
-from pipeline.io import read_tsv
-from pipeline.labels import WM
 
 from .conftest import copy_project, set_params, venv_env
 
@@ -57,7 +57,7 @@ def test_the_study_scores_the_whole_head_of_a_held_out_subject(study: Path):
 
 
 def test_every_plane_of_the_brain_has_tissue_and_the_tissue_lies_inside_the_mask(study: Path):
-    """Each real slice is 0 outside the brain mask (pipeline.slices.to_uint8); nnU-Net's prediction, before any
+    """Each real slice is 0 outside the brain mask (pipeline.imaging.slices.to_uint8); nnU-Net's prediction, before any
     masking, labels tissue in every axial plane the mask covers and puts at least 99 % of it inside the mask."""
     mask, _, predicted = held_out(study)
     planes = np.any(mask, axis=(0, 1))

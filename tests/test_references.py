@@ -9,10 +9,10 @@ import nibabel as nib
 import numpy as np
 import pytest
 
+from pipeline.core.io import InputError, save_nifti, write_tsv
+from pipeline.core.labels import CSF, GM, WM, remap
 from pipeline.evaluation.references import on_grid, reference_file, reference_tissues
-from pipeline.io import InputError, save_nifti, write_tsv
-from pipeline.labels import CSF, GM, WM, remap
-from pipeline.preprocess import crop, to_ras_isotropic
+from pipeline.imaging.preprocess import crop, to_ras_isotropic
 
 
 def derivative(root: Path, subject: str, labels: np.ndarray, affine: np.ndarray, table: dict[int, str] | None,

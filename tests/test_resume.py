@@ -12,8 +12,8 @@ import luigi
 import pytest
 import yaml
 
-from pipeline.config import Config, parse_config
-from pipeline.io import fingerprint_file
+from pipeline.core.config import Config, parse_config
+from pipeline.core.io import fingerprint_file
 from pipeline.stages.base import what_changed
 from pipeline.stages.train import Train
 

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 import yaml
 
-from pipeline.bids import subject_file, write_raw_tables
-from pipeline.config import (
+from pipeline.core.bids import subject_file, write_raw_tables
+from pipeline.core.config import (
     CONSENSUS,
     ConfigError,
     HarmonizeConfig,
@@ -23,16 +23,16 @@ from pipeline.config import (
     StripConfig,
     parse_config,
 )
+from pipeline.core.io import load_nifti, load_png, read_tsv, save_nifti, write_json
+from pipeline.core.labels import CSF, GM, NON_BRAIN, WM, present_labels, unmapped_labels
 from pipeline.evaluation.dice import dice_per_tissue
-from pipeline.io import load_nifti, load_png, read_tsv, save_nifti, write_json
-from pipeline.labels import CSF, GM, NON_BRAIN, WM, present_labels, unmapped_labels
-from pipeline.overlays import three_planes
-from pipeline.preprocess import crop_to_brain, harmonize_builtin
+from pipeline.imaging.overlays import three_planes
+from pipeline.imaging.preprocess import crop_to_brain, harmonize_builtin
+from pipeline.runtime.subjects import read_failures
 from pipeline.stages import synthesize
 from pipeline.stages.segment import tissue_labels
 from pipeline.stages.segment_qc import SegmentQC, agreement, decide, failures, measures
 from pipeline.stages.synthesize import Synthesize, read_decisions
-from pipeline.subjects import read_failures
 from pipeline.tools.registry import SEGMENTERS, brain_mask
 from pipeline.tools.segmentation import SegmentJob, tool_image
 
@@ -273,7 +273,7 @@ def test_staple_trusts_a_reliable_segmenter_over_two_unreliable_ones_that_happen
 
 
 def test_segment_qc_fuses_the_consensus_of_the_other_segmenters_and_checks_it(study: Path):
-    from pipeline.graph import dvc_yaml
+    from pipeline.runtime.graph import dvc_yaml
     from pipeline.stages.segment import Segment
 
     (study / "params.yaml").write_text(yaml.safe_dump({"workers": 1, "keep_going": True, "segment": {

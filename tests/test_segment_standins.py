@@ -14,7 +14,7 @@ import pytest
 from nibabel.processing import resample_from_to
 
 from pipeline.__main__ import main
-from pipeline.config import parse_config
+from pipeline.core.config import parse_config
 from pipeline.evaluation.dice import dice_per_tissue
 from pipeline.stages.segment import tissue_labels
 from pipeline.tools import samseg

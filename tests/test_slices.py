@@ -4,7 +4,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from pipeline.slices import center_pad, level_index, reference_level_mm, to_uint8, uncenter
+from pipeline.imaging.slices import center_pad, level_index, reference_level_mm, to_uint8, uncenter
 
 from .conftest import SHARED_DATA
 
@@ -75,7 +75,7 @@ def test_the_reference_level_crosses_the_lateral_ventricles_of_every_manually_la
 def test_the_reference_level_is_the_same_with_and_without_skull(ds000011: Path):
     """Real heads with skull against the same heads skull-stripped by deepbet: the same level within 4 mm,
     so the level does not hang on what a stripper keeps (measured: 1-3.5 mm lower with skull)."""
-    from pipeline.config import StripConfig
+    from pipeline.core.config import StripConfig
     from pipeline.tools.registry import brain_mask
 
     for path in sorted(ds000011.glob("sub-0[1-3]/anat/*_T1w.nii.gz")):

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline.io import read_tsv
+from pipeline.core.io import read_tsv
 
 from .conftest import copy_outputs, copy_project, set_params, tiny_study, venv_env
 from .slurm_cluster import one_node_cluster, slurm_unavailable_reason

@@ -19,11 +19,11 @@ import pytest
 from nibabel.orientations import axcodes2ornt, io_orientation, ornt_transform
 from nibabel.processing import resample_from_to
 
-from pipeline.bids import write_raw_tables
-from pipeline.config import HarmonizeConfig, StripConfig, StripMethod, StripQcConfig, parse_config
-from pipeline.io import load_nifti, load_png, read_tsv, save_nifti
-from pipeline.overlays import mask_outline
-from pipeline.preprocess import crop_to_brain, harmonize_builtin, normalize_percentiles
+from pipeline.core.bids import write_raw_tables
+from pipeline.core.config import HarmonizeConfig, StripConfig, StripMethod, StripQcConfig, parse_config
+from pipeline.core.io import load_nifti, load_png, read_tsv, save_nifti
+from pipeline.imaging.overlays import mask_outline
+from pipeline.imaging.preprocess import crop_to_brain, harmonize_builtin, normalize_percentiles
 from pipeline.stages.strip import Strip, mask_figures, qc_verdict
 from pipeline.stages.strip_qc import StripQc, dice_world, reference_mask
 from pipeline.tools import hdbet

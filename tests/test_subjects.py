@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.bids import subject_file
-from pipeline.io import InputError, read_tsv
+from pipeline.core.bids import subject_file
+from pipeline.core.io import InputError, read_tsv
+from pipeline.runtime.subjects import SubjectFailed, for_each_subject, plan_budget
 from pipeline.stages.harmonize import Harmonize
-from pipeline.subjects import SubjectFailed, for_each_subject, plan_budget
 from pipeline.tools.base import ToolMissing
 
 from .conftest import copy_outputs, copy_project, set_params, tiny_study, venv_env

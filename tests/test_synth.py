@@ -21,12 +21,12 @@ from scipy import ndimage
 
 from pipeline.__main__ import main
 from pipeline.apps.bench_synth import load_tissue_labels, run_benchmark
-from pipeline.bids import subject_file, write_raw_tables
-from pipeline.config import Config, ConfigError, SynthConfig
-from pipeline.inference import predict_planes
-from pipeline.io import save_nifti, save_png, write_json, write_tsv
-from pipeline.labels import CSF, GM, WM
-from pipeline.slices import center_pad, in_view, to_uint8
+from pipeline.core.bids import Folders, subject_file, write_raw_tables
+from pipeline.core.config import Config, ConfigError, SynthConfig
+from pipeline.core.io import save_nifti, save_png, write_json, write_tsv
+from pipeline.core.labels import CSF, GM, WM
+from pipeline.imaging.slices import center_pad, in_view, to_uint8
+from pipeline.nnunet.inference import predict_planes
 from pipeline.stages.synthesize import Synthesize
 from pipeline.synth.canvas import synthesis_labels
 from pipeline.synth.classes import split_tissues
@@ -46,7 +46,7 @@ from pipeline.synth.model import (
 from pipeline.synth.montage import CONTOURS, pick_cases, write_montage
 from pipeline.synth.params import draw_flip, draw_level, draw_parameters, draw_real, draw_view, sample_seed
 from pipeline.synth.priors import T1_PRIORS, subject_priors, t1_priors
-from pipeline.synth.subject import Folders, subject_model
+from pipeline.synth.subject import subject_model
 from pipeline.tools.base import ToolMissing
 
 # lab2im's generative model as it is: what the tests of lab2im's behaviour run (the study's defaults go
@@ -119,7 +119,7 @@ def test_same_seeds_give_identical_bytes_whatever_the_batch(small):
 
 SPHERES = """
 import hashlib, numpy as np
-from pipeline.config import SynthConfig
+from pipeline.core.config import SynthConfig
 from pipeline.synth.model import sample_seed, synthesize_slices
 r = np.linalg.norm(np.mgrid[:40, :48, :36] - np.array([20, 24, 18])[:, None, None, None], axis=0)
 labels = np.digitize(r, [6, 11, 16]).astype(np.uint8)[..., ::-1] % 4
@@ -621,7 +621,7 @@ def test_real_fraction_mixes_real_slices_with_the_teachers_labels_into_the_train
     assert planes, "the labels are no plane of the teacher's label map"
     assert subject_model("01", folders, mixed).levels[view].plane(draw_level(seed)) in planes
     brain = np.asarray(nib.load(subject_file(folders.stripped, "01", "desc-brain_T1w")).dataobj, np.float32)
-    seen = []  # what the evaluation feeds a model at that plane (pipeline.inference)
+    seen = []  # what the evaluation feeds a model at that plane (pipeline.nnunet.inference)
     predict_planes(lambda canvases: seen.extend(canvases) or np.zeros_like(canvases), in_view(brain, view),
                    in_view(small > 0, view), 128, planes[:1])
     assert np.array_equal(seen[0], image) and set(np.unique(labels)) >= {GM, WM}
@@ -732,7 +732,7 @@ def test_standin_lab2im_refuses_what_lab2im_fixes(small, standin_lab2im):
 
 # --- departures from lab2im: zero background, T1 and subject priors, sub-classes, the output slice -----------
 def test_zero_background_is_exactly_zero_outside_the_brain_and_never_inside(small):
-    """As a real skull-stripped slice (pipeline.slices.to_uint8): 0 outside, the brain on 1..255."""
+    """As a real skull-stripped slice (pipeline.imaging.slices.to_uint8): 0 outside, the brain on 1..255."""
     cfg = SynthConfig(size=128, zero_background=1.0)
     images, labels = synthesize_slices(small, cfg, seeds("zero", 6))
     for image, label in zip(images, labels, strict=True):

@@ -13,8 +13,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from pipeline.config import parse_config
-from pipeline.labels import CSF, GM, WM, remap
+from pipeline.core.config import parse_config
+from pipeline.core.labels import CSF, GM, WM, remap
 from pipeline.stages.segment import tissue_labels
 from pipeline.tools import samseg
 from pipeline.tools.segmentation import SegmentJob, tool_image

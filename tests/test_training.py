@@ -13,13 +13,13 @@ import numpy as np
 import pytest
 import yaml
 
-from pipeline.config import load_config
+from pipeline.core.config import load_config
+from pipeline.core.io import load_png, save_png
+from pipeline.core.labels import GM, WM, remap
 from pipeline.evaluation.dice import dice_per_tissue, summarize
-from pipeline.io import load_png, save_png
-from pipeline.labels import GM, WM, remap
+from pipeline.imaging.slices import center_pad
 from pipeline.nnunet import runner
 from pipeline.nnunet.models import SlicePredictor, nnunet_dataset
-from pipeline.slices import center_pad
 from pipeline.stages.train import Train
 
 pytestmark = pytest.mark.slow

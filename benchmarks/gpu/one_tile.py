@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.apps import bench_predict, bench_train
-from pipeline.devices import torch_device
+from pipeline.runtime.devices import torch_device
 
 DEVICE = torch_device("auto")
 

@@ -36,13 +36,13 @@ from scipy import ndimage
 
 from pipeline.apps.bench_real import benchmark as train_study
 from pipeline.apps.predict import segment_head_file
-from pipeline.config import parse_config
-from pipeline.devices import torch_device
+from pipeline.core.config import parse_config
+from pipeline.core.io import save_nifti, write_tsv
 from pipeline.evaluation.compare import mean_ci95
 from pipeline.evaluation.dice import dice_per_tissue
 from pipeline.evaluation.references import on_grid, reference_file, reference_tissues
-from pipeline.io import save_nifti, write_tsv
 from pipeline.nnunet.models import SlicePredictor, TrainingRecord
+from pipeline.runtime.devices import torch_device
 from pipeline.sources.local_bids import bids_scans
 
 log = logging.getLogger("pipeline")

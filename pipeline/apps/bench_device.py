@@ -21,8 +21,8 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.apps import bench_predict, bench_synth, bench_train
-from pipeline.devices import torch_device
-from pipeline.io import InputError
+from pipeline.core.io import InputError
+from pipeline.runtime.devices import torch_device
 
 SYNTH_BATCH = {"cpu": 8, "cuda": 256}  # samples a synthesis call: one plane's on a CPU, many on a GPU
 

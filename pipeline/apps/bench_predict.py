@@ -18,10 +18,10 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.apps.predict import inputs_of, prepare_head
-from pipeline.devices import torch_device
-from pipeline.inference import brain_planes, predict_views
+from pipeline.imaging.slices import in_view
+from pipeline.nnunet.inference import brain_planes, predict_views
 from pipeline.nnunet.models import SlicePredictor, TrainingRecord
-from pipeline.slices import in_view
+from pipeline.runtime.devices import torch_device
 
 
 def synchronize(device: str) -> None:

@@ -26,9 +26,9 @@ from pathlib import Path
 
 import yaml
 
-from pipeline.config import apply_overrides, parse_config
+from pipeline.core.config import apply_overrides, parse_config
+from pipeline.core.labels import TISSUES
 from pipeline.evaluation.metrics import Evaluation, Kind, TissueDice, read_evaluation
-from pipeline.labels import TISSUES
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 COPIED = ("pipeline", "dvc.yaml", "params.yaml", "luigi.cfg", ".dvcignore", "requirements.lock")

@@ -20,8 +20,8 @@ import nibabel as nib
 import numpy as np
 import torch
 
-from pipeline.config import SynthConfig
-from pipeline.labels import remap
+from pipeline.core.config import SynthConfig
+from pipeline.core.labels import remap
 from pipeline.synth.model import sample_seed, synthesize_slices
 
 DEFAULT_LABELS = (

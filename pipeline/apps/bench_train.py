@@ -25,18 +25,18 @@ from pathlib import Path
 
 import yaml
 
-from pipeline.config import Config, apply_overrides, parse_config
-from pipeline.devices import torch_device
+from pipeline.core.bids import Folders
+from pipeline.core.config import Config, apply_overrides, parse_config
+from pipeline.core.io import InputError
 from pipeline.evaluation.dice import summarize
 from pipeline.evaluation.heads import HeldOutHead, held_out_cases, load_held_out_head, predict_head, score_head
-from pipeline.io import InputError
 from pipeline.nnunet import runner
 from pipeline.nnunet.models import SlicePredictor, nnunet_dataset
+from pipeline.runtime.devices import torch_device
 from pipeline.stages.acquire import Acquire
 from pipeline.stages.harmonize import Harmonize
 from pipeline.stages.segment_qc import SegmentQC
 from pipeline.stages.strip import Strip
-from pipeline.synth.subject import Folders
 
 TRAINERS_MODULE = "pipeline.nnunet.trainers.nnUNetTrainerPipeline"  # the module of the trainers nnU-Net finds by name
 

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import luigi
 
-from pipeline.config import Config
-from pipeline.graph import STAGES
+from pipeline.core.config import Config
+from pipeline.runtime.graph import STAGES
 from pipeline.stages.base import Stage
 
 PER_HEAD = ("harmonize", "strip", "segment", "synthesize")  # their heads go to the executor, a task each

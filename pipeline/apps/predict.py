@@ -3,7 +3,7 @@
 A head (.nii, .nii.gz, .mgz, .mgh) goes through what the model's training data went through (``prepare_head``:
 the acquisition QC, harmonization, the model's stripper, the crop), then every plane of its brain is
 predicted in each view the model was trained on, the views fused by summing class probabilities
-(``pipeline.inference``; ``slices="reference"``: the axial plane at its reference level only) and the labels
+(``pipeline.nnunet.inference``; ``slices="reference"``: the axial plane at its reference level only) and the labels
 are written on the input's grid (same shape and affine). A head whose contrast is not T1-like is refused, naming
 the file, unless ``allow_non_t1``. A PNG slice is predicted as it is and written as a label PNG.
 
@@ -30,17 +30,17 @@ import nibabel as nib
 import numpy as np
 from PIL import Image
 
-from pipeline.bids import write_derivative_description, write_dseg_table
-from pipeline.config import ExecutorConfig
-from pipeline.devices import job_device, torch_device
-from pipeline.executors import Slurm
-from pipeline.inference import Segmenter, predict_planes, predict_views
-from pipeline.io import HEAD_SUFFIXES, InputError, image_stem, save_nifti, save_png, write_tsv
-from pipeline.labels import TISSUES, tissue_volumes, voxel_volume_ml
+from pipeline.core.bids import write_derivative_description, write_dseg_table
+from pipeline.core.config import ExecutorConfig
+from pipeline.core.io import HEAD_SUFFIXES, InputError, image_stem, save_nifti, save_png, write_tsv
+from pipeline.core.labels import TISSUES, tissue_volumes, voxel_volume_ml
+from pipeline.imaging.overlays import brain_centre, three_planes
+from pipeline.imaging.preprocess import crop_to_brain, harmonize
+from pipeline.imaging.slices import level_index
+from pipeline.nnunet.inference import Segmenter, predict_planes, predict_views
 from pipeline.nnunet.models import SlicePredictor, TrainingRecord
-from pipeline.overlays import brain_centre, three_planes
-from pipeline.preprocess import crop_to_brain, harmonize
-from pipeline.slices import level_index
+from pipeline.runtime.devices import job_device, torch_device
+from pipeline.runtime.executors import Slurm
 from pipeline.synth.classes import kmeans_1d
 from pipeline.tools.registry import brain_mask
 

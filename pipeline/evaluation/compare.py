@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.bids import subject_of
+from pipeline.core.bids import subject_of
 from pipeline.evaluation.metrics import Kind, Scope, row_kind
 
 BOOTSTRAP_SEED = 20261201

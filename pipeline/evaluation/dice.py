@@ -6,7 +6,7 @@ import math
 
 import numpy as np
 
-from pipeline.labels import TISSUES
+from pipeline.core.labels import TISSUES
 
 
 def dice(reference: np.ndarray, prediction: np.ndarray, label: int) -> float:

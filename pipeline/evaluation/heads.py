@@ -1,5 +1,5 @@
-"""A model scored on real test heads, in 3D: each head predicted over the whole brain (``pipeline.inference``) and
-scored as one volume, in the head's own frame (the harmonized grid), against
+"""A model scored on real test heads, in 3D: each head predicted over the whole brain
+(``pipeline.nnunet.inference``) and scored as one volume, in the head's own frame (the harmonized grid), against
 
 - ``real``: the segmenter's labels of that head (what the model learned to imitate);
 - ``external``: reference labels the user supplies (``evaluate.reference_labels``): one reference for every
@@ -22,18 +22,17 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from pipeline.bids import read_cases, reference_level, subject_file
-from pipeline.config import EvaluateConfig
+from pipeline.core.bids import Folders, read_cases, reference_level, subject_file
+from pipeline.core.config import EvaluateConfig
+from pipeline.core.io import InputError, load_nifti
+from pipeline.core.labels import TISSUES, tissue_volumes, voxel_volume_ml
 from pipeline.evaluation.dice import dice_per_tissue
 from pipeline.evaluation.references import on_grid, reference_file, reference_tissues
-from pipeline.inference import predict_views
-from pipeline.io import InputError, load_nifti
-from pipeline.labels import TISSUES, tissue_volumes, voxel_volume_ml
+from pipeline.imaging.preprocess import box_of, uncrop
+from pipeline.imaging.slices import level_index
+from pipeline.nnunet.inference import predict_views
 from pipeline.nnunet.models import SlicePredictor
-from pipeline.preprocess import box_of, uncrop
-from pipeline.slices import level_index
-from pipeline.subjects import not_failed
-from pipeline.synth.subject import Folders
+from pipeline.runtime.subjects import not_failed
 
 log = logging.getLogger("pipeline")
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict
 
-from pipeline.io import write_json
+from pipeline.core.io import write_json
 
 
 class Kind(StrEnum):

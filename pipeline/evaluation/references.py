@@ -6,7 +6,7 @@ resampled in world space), and a label table: ``<file>.tsv`` beside the image or
 
 - ``table``: by name; GM, WM, CSF and background (with the usual spellings, e.g. fMRIPrep's dseg);
 - ``freesurfer``: the numbers are FreeSurfer lookup-table labels (aseg, SynthSeg, FastSurfer output),
-  mapped by ``pipeline.labels`` (the table is then optional).
+  mapped by ``pipeline.core.labels`` (the table is then optional).
 """
 
 from __future__ import annotations
@@ -16,10 +16,10 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from pipeline.bids import case_dir, entities
-from pipeline.grids import labels_on_grid
-from pipeline.io import InputError, load_nifti, read_tsv
-from pipeline.labels import BACKGROUND, CSF, GM, WM, UnknownLabel, remap
+from pipeline.core.bids import case_dir, entities
+from pipeline.core.io import InputError, load_nifti, read_tsv
+from pipeline.core.labels import BACKGROUND, CSF, GM, WM, UnknownLabel, remap
+from pipeline.imaging.grids import labels_on_grid
 
 TISSUE_NAMES: dict[str, int] = {
     **dict.fromkeys(("background", "bg", "unknown", "none", "outside"), BACKGROUND),
@@ -31,7 +31,7 @@ TISSUE_NAMES: dict[str, int] = {
 
 
 def reference_file(root: Path, case: str) -> Path | None:
-    """The case's dseg image (``pipeline.bids``: a subject, or its session): the only one, or the one without a
+    """The case's dseg image (``pipeline.core.bids``: a subject, or its session): the only one, or the one without a
     ``desc-`` entity; for one of several runs, the session's own when there is none for the run; None when
     absent."""
     anat = case_dir(root, case) / "anat"

@@ -16,10 +16,10 @@ from unittest import mock
 import numpy as np
 from pydantic import ValidationError
 
-from pipeline.config import HarmonizeConfig, SegmentMethod, Strict, StripConfig, StripMethod, TrainProfile, View
-from pipeline.io import InputError, write_json
+from pipeline.core.config import HarmonizeConfig, SegmentMethod, Strict, StripConfig, StripMethod, TrainProfile, View
+from pipeline.core.io import InputError, write_json
+from pipeline.imaging.slices import rows_left_right
 from pipeline.nnunet.runner import TRAINER_DIR
-from pipeline.slices import rows_left_right
 
 
 @dataclass(frozen=True)

@@ -8,8 +8,8 @@ import re
 import sys
 from pathlib import Path
 
-from pipeline.config import SynthConfig, TrainConfig, TrainProfile
-from pipeline.executors import THREAD_VARIABLES
+from pipeline.core.config import SynthConfig, TrainConfig, TrainProfile
+from pipeline.runtime.executors import THREAD_VARIABLES
 from pipeline.tools.base import run_command
 
 # train.augmentation -> the trainer class (pipeline/nnunet/trainers)

@@ -7,16 +7,16 @@ import importlib
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline.bids import subject_of
-from pipeline.config import AcquireConfig
-from pipeline.io import InputError
+from pipeline.core.bids import subject_of
+from pipeline.core.config import AcquireConfig
+from pipeline.core.io import InputError
 
 MODULES = {"sample": "sample", "bids": "local_bids", "folder": "folder", "openneuro": "openneuro"}  # by source
 
 
 @dataclass(frozen=True)
 class SourceScan:
-    case: str  # the case label (pipeline.bids): subject, then session and run entities, without "sub-"
+    case: str  # the case label (pipeline.core.bids): subject, then session and run entities, without "sub-"
     path: Path
     origin: str  # where it came from, for the dataset description
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from pipeline.config import AcquireConfig
-from pipeline.io import HEAD_SUFFIXES, InputError, image_stem
+from pipeline.core.config import AcquireConfig
+from pipeline.core.io import HEAD_SUFFIXES, InputError, image_stem
 from pipeline.sources import SourceScan, found
 
 

@@ -6,9 +6,9 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from pipeline.bids import entities, session_dirs, t1w_images
-from pipeline.config import AcquireConfig
-from pipeline.io import InputError
+from pipeline.core.bids import entities, session_dirs, t1w_images
+from pipeline.core.config import AcquireConfig
+from pipeline.core.io import InputError
 from pipeline.sources import SourceScan, found
 
 log = logging.getLogger("pipeline")

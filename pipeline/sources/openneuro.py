@@ -5,8 +5,8 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from pipeline.config import AcquireConfig
-from pipeline.io import InputError
+from pipeline.core.config import AcquireConfig
+from pipeline.core.io import InputError
 from pipeline.sources import SourceScan
 from pipeline.sources.local_bids import bids_scans
 

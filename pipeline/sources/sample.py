@@ -6,8 +6,8 @@ import importlib.util
 import logging
 from pathlib import Path
 
-from pipeline.config import AcquireConfig
-from pipeline.io import InputError
+from pipeline.core.config import AcquireConfig
+from pipeline.core.io import InputError
 from pipeline.sources import SourceScan
 
 log = logging.getLogger("pipeline")

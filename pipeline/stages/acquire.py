@@ -2,7 +2,7 @@
 
 Sources (``pipeline.sources``): ``sample`` (real heads shipped inside installed packages, offline), ``bids`` (any
 local BIDS root, with or without sessions), ``folder`` (a plain folder of heads) and ``openneuro`` (the T1w files
-of an OpenNeuro dataset). Each head is a case (``pipeline.bids``): a subject, a subject's session, or with
+of an OpenNeuro dataset). Each head is a case (``pipeline.core.bids``): a subject, a subject's session, or with
 ``acquire.runs: all`` each of its runs. ``participants.tsv`` records each subject's train/test split and the
 scans tables where each head came from.
 """
@@ -16,12 +16,12 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from pipeline.bids import BIDS_VERSION, CASE, LABEL, split_subjects, subject_file, write_raw_tables
-from pipeline.config import AcquireConfig, Config
-from pipeline.io import InputError, load_nifti, write_json, write_text
+from pipeline.core.bids import BIDS_VERSION, CASE, LABEL, split_subjects, subject_file, write_raw_tables
+from pipeline.core.config import AcquireConfig, Config
+from pipeline.core.io import InputError, load_nifti, write_json, write_text
+from pipeline.runtime.subjects import failure_row, write_failures
 from pipeline.sources import SourceScan, gather
 from pipeline.stages.base import Stage
-from pipeline.subjects import failure_row, write_failures
 
 log = logging.getLogger("pipeline")
 

@@ -3,7 +3,7 @@
 A stage is one Luigi task. DVC runs each stage as ``python -m pipeline run NAME
 [--segmenter S] [--stripper T]``; the stage's matrix parameters become a DVC
 ``matrix``, its outputs DVC ``outs`` (or ``metrics``), its upstream tasks' outputs
-its ``deps``. ``pipeline.graph`` turns the tasks into ``dvc.yaml``.
+its ``deps``. ``pipeline.runtime.graph`` turns the tasks into ``dvc.yaml``.
 """
 
 from __future__ import annotations
@@ -21,9 +21,9 @@ from typing import ClassVar
 
 import luigi
 
-from pipeline.config import Config, ParamsView, load_config
-from pipeline.errors import user_errors
-from pipeline.io import atomic_dir, fingerprint_file, resumable_dir, write_json
+from pipeline.core.config import Config, ParamsView, load_config
+from pipeline.core.errors import user_errors
+from pipeline.core.io import atomic_dir, fingerprint_file, resumable_dir, write_json
 
 log = logging.getLogger("pipeline")
 

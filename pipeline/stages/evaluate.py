@@ -11,7 +11,7 @@ Writes ``metrics/<combo>.json`` (DVC metrics: what strategies are compared by), 
 JSON files typed in ``pipeline.evaluation.metrics``), the predicted label volumes (``volumes/``), the synthetic
 predictions, ``by_height.csv`` (every case's Dice per height part) and ``tissue_volumes.tsv`` (mL per head: model,
 teacher, reference). The report draws each test head's picture from the volumes: no picture code runs here, so an edit
-to ``pipeline/overlays.py`` leaves every evaluation up to date.
+to ``pipeline/imaging/overlays.py`` leaves every evaluation up to date.
 """
 
 from __future__ import annotations
@@ -22,9 +22,10 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.bids import subject_file, subject_of
-from pipeline.config import Config, EvaluateConfig, TrainConfig
-from pipeline.devices import torch_device
+from pipeline.core.bids import Folders, subject_file, subject_of
+from pipeline.core.config import Config, EvaluateConfig, TrainConfig
+from pipeline.core.io import load_png, save_nifti, save_png, write_csv, write_tsv
+from pipeline.core.labels import TISSUES
 from pipeline.evaluation.compare import mean_ci95, scores_by_subject
 from pipeline.evaluation.dice import dice_per_tissue, summarize
 from pipeline.evaluation.heads import (
@@ -48,10 +49,9 @@ from pipeline.evaluation.metrics import (
     row_kind,
     write_evaluation,
 )
-from pipeline.executors import run_job
-from pipeline.io import load_png, save_nifti, save_png, write_csv, write_tsv
-from pipeline.labels import TISSUES
 from pipeline.nnunet.models import SlicePredictor, TrainingRecord, nnunet_dataset, trained_seeds
+from pipeline.runtime.devices import torch_device
+from pipeline.runtime.executors import run_job
 from pipeline.stages.acquire import Acquire
 from pipeline.stages.base import ComboStage, Stage
 from pipeline.stages.export import Export
@@ -59,7 +59,6 @@ from pipeline.stages.harmonize import Harmonize
 from pipeline.stages.segment_qc import SegmentQC
 from pipeline.stages.strip import Strip
 from pipeline.stages.train import Train
-from pipeline.synth.subject import Folders
 
 log = logging.getLogger("pipeline")
 

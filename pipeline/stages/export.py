@@ -11,9 +11,9 @@ import logging
 import shutil
 from pathlib import Path
 
-from pipeline.config import Config
-from pipeline.io import write_json
-from pipeline.labels import LABEL_NAMES
+from pipeline.core.config import Config
+from pipeline.core.io import write_json
+from pipeline.core.labels import LABEL_NAMES
 from pipeline.nnunet.models import nnunet_dataset
 from pipeline.stages.base import ComboStage, Stage
 from pipeline.stages.synthesize import Synthesize

@@ -3,7 +3,7 @@
 ``builtin``: reorient to RAS, resample to isotropic voxels, N4 bias-field correction,
 robust percentile normalization to [0, 1]. ``synthsr``: FreeSurfer's mri_synthsr.
 What was done is recorded in a JSON sidecar beside each image, with the subject's reference axial level
-(``ReferenceLevelMM``, ``pipeline.slices``): found here, before any stripper, so that every strategy's
+(``ReferenceLevelMM``, ``pipeline.imaging.slices``): found here, before any stripper, so that every strategy's
 slab scores, panels and reference-level samples are at the same anatomy.
 """
 
@@ -15,13 +15,13 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.bids import read_cases, sidecar, subject_file, write_derivative_description
-from pipeline.config import Config, HarmonizeConfig
-from pipeline.io import save_nifti, write_json
-from pipeline.preprocess import harmonize
+from pipeline.core.bids import read_cases, sidecar, subject_file, write_derivative_description
+from pipeline.core.config import Config, HarmonizeConfig
+from pipeline.core.io import save_nifti, write_json
+from pipeline.imaging.preprocess import harmonize
+from pipeline.runtime.subjects import for_each_subject, read_failures, write_failures
 from pipeline.stages.acquire import Acquire
 from pipeline.stages.base import Stage
-from pipeline.subjects import for_each_subject, read_failures, write_failures
 
 log = logging.getLogger("pipeline")
 

@@ -20,21 +20,20 @@ import luigi
 import nibabel as nib
 import numpy as np
 
-from pipeline.bids import subject_file
-from pipeline.config import Config, EvaluateConfig, load_config
+from pipeline.core.bids import Folders, subject_file
+from pipeline.core.config import Config, EvaluateConfig, load_config
+from pipeline.core.io import read_tsv, write_csv, write_text
+from pipeline.core.labels import TISSUES
 from pipeline.evaluation.compare import Difference, Scores, cases_scores, paired_difference
 from pipeline.evaluation.heads import HeldOutHead, load_held_out_head
 from pipeline.evaluation.metrics import NOTES, Evaluation, Kind, TissueDice, read_evaluation
-from pipeline.io import read_tsv, write_csv, write_text
-from pipeline.labels import TISSUES
-from pipeline.overlays import brain_centre, three_planes
-from pipeline.slices import level_index
+from pipeline.imaging.overlays import brain_centre, three_planes
+from pipeline.imaging.slices import level_index
 from pipeline.stages.base import Gathered, Stage
 from pipeline.stages.evaluate import Evaluate
 from pipeline.stages.harmonize import Harmonize
 from pipeline.stages.segment_qc import SegmentQC
 from pipeline.stages.strip import Strip
-from pipeline.synth.subject import Folders
 
 log = logging.getLogger("pipeline")
 

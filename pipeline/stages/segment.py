@@ -1,6 +1,6 @@
 """Stage 4 — segment: tissue labels {0 background, 1 GM, 2 WM, 3 CSF} per segmenter x stripper.
 
-Every tool's own labels are remapped to the one scheme in ``pipeline.labels``.
+Every tool's own labels are remapped to the one scheme in ``pipeline.core.labels``.
 Per subject: ``sub-X_dseg.nii.gz`` on the stripped image's grid and ``qc/sub-X_dseg.png`` (the labels
 over the image in three planes); per set: ``volumes.tsv``; the seconds each head took, in
 ``metrics/segment-<combo>.json`` (not in the folder: its bytes must not change from run to run). The
@@ -18,16 +18,16 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.bids import read_cases, subject_file, write_derivative_description, write_dseg_table
-from pipeline.config import CONSENSUS, Config, SegmentConfig
-from pipeline.executors import job_threads
-from pipeline.io import load_nifti, save_nifti, write_json, write_tsv
-from pipeline.labels import tissue_volumes, voxel_volume_ml
-from pipeline.overlays import three_planes
+from pipeline.core.bids import read_cases, subject_file, write_derivative_description, write_dseg_table
+from pipeline.core.config import CONSENSUS, Config, SegmentConfig
+from pipeline.core.io import load_nifti, save_nifti, write_json, write_tsv
+from pipeline.core.labels import tissue_volumes, voxel_volume_ml
+from pipeline.imaging.overlays import three_planes
+from pipeline.runtime.executors import job_threads
+from pipeline.runtime.subjects import for_each_subject, not_failed, plan_budget, read_failures, write_failures
 from pipeline.stages.acquire import Acquire
 from pipeline.stages.base import ComboStage, Stage
 from pipeline.stages.strip import Strip
-from pipeline.subjects import for_each_subject, not_failed, plan_budget, read_failures, write_failures
 from pipeline.tools.registry import SEGMENTERS
 from pipeline.tools.segmentation import SegmentJob, cost, tool_image
 

@@ -25,17 +25,17 @@ import luigi
 import nibabel as nib
 import numpy as np
 
-from pipeline.bids import read_cases, subject_file, subject_of, write_derivative_description, write_dseg_table
-from pipeline.config import CONSENSUS, Config, SegmentQCConfig, load_config
+from pipeline.core.bids import read_cases, subject_file, subject_of, write_derivative_description, write_dseg_table
+from pipeline.core.config import CONSENSUS, Config, SegmentQCConfig, load_config
+from pipeline.core.io import InputError, load_nifti, save_nifti, write_json, write_tsv
+from pipeline.core.labels import CSF, GM, TISSUES, WM, tissue_volumes, voxel_volume_ml
 from pipeline.evaluation.dice import dice_per_tissue
-from pipeline.io import InputError, load_nifti, save_nifti, write_json, write_tsv
-from pipeline.labels import CSF, GM, TISSUES, WM, tissue_volumes, voxel_volume_ml
-from pipeline.overlays import three_planes
+from pipeline.imaging.overlays import three_planes
+from pipeline.runtime.subjects import for_each_subject, read_failures, write_failures
 from pipeline.stages.acquire import Acquire
 from pipeline.stages.base import ComboStage, Gathered, Stage
 from pipeline.stages.segment import Segment
 from pipeline.stages.strip import Strip
-from pipeline.subjects import for_each_subject, read_failures, write_failures
 from pipeline.tools.consensus import fuse
 from pipeline.tools.segmentation import cost
 

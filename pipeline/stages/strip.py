@@ -18,16 +18,16 @@ from pathlib import Path
 import luigi
 import numpy as np
 
-from pipeline.bids import read_cases, subject_file, write_derivative_description
-from pipeline.config import Config, StripConfig, StripQcConfig
-from pipeline.io import InputError, load_nifti, save_nifti, write_tsv
-from pipeline.labels import voxel_volume_ml
-from pipeline.overlays import mask_outline
-from pipeline.preprocess import crop_to_brain
+from pipeline.core.bids import read_cases, subject_file, write_derivative_description
+from pipeline.core.config import Config, StripConfig, StripQcConfig
+from pipeline.core.io import InputError, load_nifti, save_nifti, write_tsv
+from pipeline.core.labels import voxel_volume_ml
+from pipeline.imaging.overlays import mask_outline
+from pipeline.imaging.preprocess import crop_to_brain
+from pipeline.runtime.subjects import for_each_subject, not_failed, read_failures, write_failures
 from pipeline.stages.acquire import Acquire
 from pipeline.stages.base import Stage
 from pipeline.stages.harmonize import Harmonize
-from pipeline.subjects import for_each_subject, not_failed, read_failures, write_failures
 from pipeline.tools.registry import STRIPPERS, brain_mask, stripper_config
 
 log = logging.getLogger("pipeline")

@@ -19,14 +19,14 @@ import nibabel as nib
 import numpy as np
 from nibabel.affines import apply_affine
 
-from pipeline.bids import read_sources, subject_file
-from pipeline.config import Config, load_config
-from pipeline.grids import Grid, labels_on_grid
-from pipeline.io import read_tsv, write_json, write_text
+from pipeline.core.bids import read_sources, subject_file
+from pipeline.core.config import Config, load_config
+from pipeline.core.io import read_tsv, write_json, write_text
+from pipeline.imaging.grids import Grid, labels_on_grid
+from pipeline.runtime.subjects import failed_ids
 from pipeline.stages.acquire import Acquire
 from pipeline.stages.base import Gathered, Stage
 from pipeline.stages.strip import Strip
-from pipeline.subjects import failed_ids
 
 log = logging.getLogger("pipeline")
 

@@ -17,21 +17,21 @@ import functools
 import logging
 from pathlib import Path
 
-from pipeline.bids import Case, read_cases, subject_file
-from pipeline.config import Config
-from pipeline.devices import torch_device
-from pipeline.io import read_tsv, save_png
+from pipeline.core.bids import Case, Folders, read_cases, subject_file
+from pipeline.core.config import Config
+from pipeline.core.io import read_tsv, save_png
+from pipeline.runtime.devices import torch_device
+from pipeline.runtime.subjects import for_each_subject, write_failures
 from pipeline.stages.acquire import Acquire
 from pipeline.stages.base import ComboStage, Stage
 from pipeline.stages.harmonize import Harmonize
 from pipeline.stages.segment_qc import SegmentQC
 from pipeline.stages.strip import Strip
-from pipeline.subjects import for_each_subject, write_failures
 from pipeline.synth.engine import check_engine
 from pipeline.synth.montage import write_montage
 from pipeline.synth.params import sample_seed
 from pipeline.synth.real import RealHead, load_real_head, mixed_samples
-from pipeline.synth.subject import Folders, SubjectModel, sample_name, subject_model
+from pipeline.synth.subject import SubjectModel, sample_name, subject_model
 
 log = logging.getLogger("pipeline")
 
@@ -51,7 +51,7 @@ def write_samples(out: Path, subject: str, model: SubjectModel, seeds: list[int]
 def write_subject(subject: str, threads: int, splits: dict[str, str], folders: Folders, out: Path,
                   config: Config) -> None:
     """The subject's training and/or test samples, as its split asks. One torch thread whatever the budget:
-    the ops are small, and subjects run in parallel processes instead (``pipeline.subjects``)."""
+    the ops are small, and subjects run in parallel processes instead (``pipeline.runtime.subjects``)."""
     model = subject_model(subject, folders, config.synth)
     case = Case(subject, splits[subject])
     real = case.in_train and config.synth.real_fraction > 0

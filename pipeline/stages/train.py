@@ -14,12 +14,12 @@ import shutil
 import time
 from pathlib import Path
 
-from pipeline.config import Config
-from pipeline.devices import job_device
-from pipeline.executors import job_threads, run_job
-from pipeline.io import write_csv
+from pipeline.core.config import Config
+from pipeline.core.io import write_csv
 from pipeline.nnunet import runner
 from pipeline.nnunet.models import NnunetDataset, TrainingRecord, nnunet_dataset, seed_folders
+from pipeline.runtime.devices import job_device
+from pipeline.runtime.executors import job_threads, run_job
 from pipeline.stages.base import ComboStage, Stage, package_versions
 from pipeline.stages.export import Export
 from pipeline.stages.harmonize import Harmonize

@@ -4,7 +4,7 @@ The pipeline's label volumes are cropped to the brain. Synthesised as they are, 
 inside that box and padded with 0 afterwards, so every sample shows the box's edge against a black frame.
 With ``synth.pad_labels_to_size`` the volume is first centred on a ``size`` × ``size`` in-plane field of
 background (label 0), as lab2im sees a full field of view: background intensities are generated everywhere
-and the output needs no padding. The placement is ``pipeline.slices.center_pad``'s, so a label keeps its
+and the output needs no padding. The placement is ``pipeline.imaging.slices.center_pad``'s, so a label keeps its
 output position; axes already at least ``size`` long are left as they are (cropped after synthesis).
 """
 
@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from pipeline.config import SynthConfig
+from pipeline.core.config import SynthConfig
 
 
 def in_plane_padding(shape: tuple[int, ...], size: int) -> list[tuple[int, int]]:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pipeline.labels import TISSUES
+from pipeline.core.labels import TISSUES
 
 KMEANS_ITERATIONS = 20
 

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from pipeline.config import SynthConfig
+from pipeline.core.config import SynthConfig
 from pipeline.synth.levels import Levels
 from pipeline.synth.priors import IntensityPriors
 

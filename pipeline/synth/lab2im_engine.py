@@ -26,9 +26,9 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.config import ConfigError, SynthConfig
-from pipeline.io import save_nifti
-from pipeline.slices import center_pad, central_index, to_uint8
+from pipeline.core.config import ConfigError, SynthConfig
+from pipeline.core.io import save_nifti
+from pipeline.imaging.slices import center_pad, central_index, to_uint8
 from pipeline.synth.canvas import synthesis_labels
 from pipeline.synth.levels import Levels
 from pipeline.synth.params import draw_flip, draw_level

@@ -8,7 +8,7 @@
   in proportion
   to the tissue each plane holds (as often as a voxel drawn at random lies in it).
 - ``reference``: the seed project's protocol, one slice per case: the case's reference level
-  (``pipeline.slices``: the same anatomy for every case and strategy), or within ``synth.band_mm`` of it.
+  (``pipeline.imaging.slices``: the same anatomy for every case and strategy), or within ``synth.band_mm`` of it.
 
 A sample's draw (``SampleParams.level``, uniform on [0, 1) from its own stream) is mapped to a plane here, so the
 draw does not depend on the label map and the mapping does not depend on the random stream.
@@ -20,8 +20,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pipeline.config import SynthConfig
-from pipeline.slices import in_view
+from pipeline.core.config import SynthConfig
+from pipeline.imaging.slices import in_view
 
 
 @dataclass(frozen=True, eq=False)

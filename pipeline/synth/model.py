@@ -9,12 +9,12 @@ gamma is not linear. The random left–right flip (never of a sagittal slice) is
 (SynthSeg flips the labels before the GMM): GMM noise is i.i.d. and every field prior is mirror-symmetric, so
 both orders give the same distribution, and flipping the output costs nothing.
 
-Departures from lab2im, each a ``synth`` option (``pipeline.config``): the GMM's priors per class
+Departures from lab2im, each a ``synth`` option (``pipeline.core.config``): the GMM's priors per class
 (``synth.priors``: lab2im's uniform ones, SynthSeg's T1 ones, or the subject's own, ``priors``); several
 classes per tissue (``synth.subclasses``, ``classes``); and a background rendered as exactly 0 in a share of
 the samples (``synth.zero_background``; SynthSeg resets it in some of its samples), so that the samples
 look like the skull-stripped real slices the model will segment. The grey levels of the output follow
-``pipeline.slices.to_uint8``, the one path real slices take too.
+``pipeline.imaging.slices.to_uint8``, the one path real slices take too.
 
 Only what is kept is generated: the output slice z (a plane of the case's brain, ``levels``, else Z//2) depends on
 the deformed volume only on the slab z ± r (r: blur radius), so labels, intensities and fields are
@@ -41,9 +41,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from pipeline.config import SynthConfig
-from pipeline.devices import torch_device
-from pipeline.slices import in_view, to_uint8
+from pipeline.core.config import SynthConfig
+from pipeline.imaging.slices import in_view, to_uint8
+from pipeline.runtime.devices import torch_device
 from pipeline.synth.canvas import synthesis_labels
 from pipeline.synth.fields import Shape3, flow_displacement, sample_grid
 from pipeline.synth.levels import Levels
@@ -256,7 +256,7 @@ def _finish(
     image: torch.Tensor, labels: torch.Tensor, batch: Batch, plan: Plan, targets: np.ndarray | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
     """Blurred slices (B, X, Y) and their generation classes → (B, size, size) arrays: crop, flip, grey
-    levels (``pipeline.slices.to_uint8``: with a zero background, 0 outside the brain and the brain's range
+    levels (``pipeline.imaging.slices.to_uint8``: with a zero background, 0 outside the brain and the brain's range
     on 1..255, as a real skull-stripped slice), training labels (``targets``), pad."""
     (kx0, kx1), (ky0, ky1) = plan.kept
     image, labels = image[:, kx0:kx1, ky0:ky1], labels[:, kx0:kx1, ky0:ky1]

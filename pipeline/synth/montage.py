@@ -15,8 +15,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from pipeline.io import atomic_path, load_png
-from pipeline.labels import GM, TISSUE_RGB, TISSUES
+from pipeline.core.io import atomic_path, load_png
+from pipeline.core.labels import GM, TISSUE_RGB, TISSUES
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -25,7 +25,7 @@ N_PANELS = 16
 PANEL_INCHES = 2.6  # ~ a 256-pixel slice at 1:1
 HEADER_INCHES = 0.6
 DPI = 100
-# label: (name, colour, line width), in the one tissue palette (pipeline.labels). Neighbouring tissues share their
+# label: (name, colour, line width), in the one tissue palette (pipeline.core.labels). Neighbouring tissues share their
 # boundary: GM is drawn first and wider, so that it shows as a rim beside the WM and CSF lines drawn over it.
 CONTOURS = {tissue: (name, "#{:02x}{:02x}{:02x}".format(*TISSUE_RGB[tissue]), 1.3 if tissue == GM else 0.6)
             for tissue, name in TISSUES.items()}

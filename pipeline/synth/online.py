@@ -14,10 +14,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from pipeline.config import SynthConfig
+from pipeline.core.bids import Folders
+from pipeline.core.config import SynthConfig
 from pipeline.synth.params import sample_seed
 from pipeline.synth.real import RealHead, load_real_head, mixed_samples
-from pipeline.synth.subject import Folders, SubjectModel, subject_model
+from pipeline.synth.subject import SubjectModel, subject_model
 
 ONLINE_INDEX_OFFSET = 2_000_000  # beyond the offline train and test indices: no seed is shared
 DRAWS = 2**31 - 1 - ONLINE_INDEX_OFFSET

@@ -16,8 +16,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pipeline.config import SynthConfig
-from pipeline.slices import rows_left_right
+from pipeline.core.config import SynthConfig
+from pipeline.imaging.slices import rows_left_right
 from pipeline.synth.priors import IntensityPriors
 
 # One stream per component; never renumber (it would change every dataset).

@@ -23,8 +23,8 @@ from typing import Literal
 
 import numpy as np
 
-from pipeline.config import SynthConfig
-from pipeline.labels import BACKGROUND, CSF, GM, WM
+from pipeline.core.config import SynthConfig
+from pipeline.core.labels import BACKGROUND, CSF, GM, WM
 
 INTENSITY_RANGE = 255.0  # the subject's [0, 1] image in lab2im's units
 STD_SPREAD = 0.25  # subject priors: sd of a class's std draw, as a share of that std

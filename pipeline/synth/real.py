@@ -2,8 +2,8 @@
 synthetic MRI images with corresponding labels".
 
 A real sample is a slice of a training head as every model sees it at evaluation and in ``predict``: the
-stripped, normalised brain (``desc-brain_T1w``) and its mask laid out by ``pipeline.slices.slice_canvas``, the
-path ``pipeline.inference`` takes, with the teacher's labels (the segmenter's map the synthesize stage reads)
+stripped, normalised brain (``desc-brain_T1w``) and its mask laid out by ``pipeline.imaging.slices.slice_canvas``, the
+path ``pipeline.nnunet.inference`` takes, with the teacher's labels (the segmenter's map the synthesize stage reads)
 centred on the same canvas. It is cut in the view and at the plane its seed's draws pick (``draw_view``,
 ``draw_level`` through the case's ``pipeline.synth.levels``), so a mixed set differs from a synthetic one only in
 where each image comes from. Nothing is deformed, flipped or re-textured: the sample is what the model will be
@@ -18,14 +18,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pipeline.bids import subject_file
-from pipeline.config import SynthConfig
-from pipeline.io import InputError, load_nifti
-from pipeline.slices import center_pad, in_view, slice_canvas
+from pipeline.core.bids import Folders, subject_file
+from pipeline.core.config import SynthConfig
+from pipeline.core.io import InputError, load_nifti
+from pipeline.imaging.slices import center_pad, in_view, slice_canvas
 from pipeline.synth.engine import synthesize
 from pipeline.synth.levels import Levels
 from pipeline.synth.params import draw_level, draw_real, draw_view
-from pipeline.synth.subject import Folders, SubjectModel
+from pipeline.synth.subject import SubjectModel
 
 
 @dataclass(frozen=True, eq=False)

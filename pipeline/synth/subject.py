@@ -5,26 +5,16 @@ and by the online trainers (``pipeline/nnunet/trainers``), so both draw from the
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
-from pipeline.bids import reference_level, subject_file
-from pipeline.config import SynthConfig
-from pipeline.io import load_nifti
-from pipeline.slices import level_index
+from pipeline.core.bids import Folders, reference_level, subject_file
+from pipeline.core.config import SynthConfig
+from pipeline.core.io import load_nifti
+from pipeline.imaging.slices import level_index
 from pipeline.synth.classes import GenerationClasses, one_class_per_label, split_tissues
 from pipeline.synth.levels import Levels, case_levels
 from pipeline.synth.priors import IntensityPriors, priors_for
-
-
-@dataclass(frozen=True)
-class Folders:
-    """Where a subject's inputs are: its labels, its stripped brain, its reference level."""
-
-    segmented: Path
-    stripped: Path
-    harmonized: Path
 
 
 @dataclass(frozen=True, eq=False)

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from pipeline.labels import LABEL_NAMES
+from pipeline.core.labels import LABEL_NAMES
 
 LABELS = tuple(LABEL_NAMES)  # 0 background, 1 GM, 2 WM, 3 CSF
 STAPLE_ITERATIONS = 50

@@ -7,7 +7,7 @@ from functools import cache
 import nibabel as nib
 import numpy as np
 
-from pipeline.config import StripConfig
+from pipeline.core.config import StripConfig
 from pipeline.tools.stripping import PackagedTool, Stripper, always
 
 # deepbet installs its weights in a top-level data/ folder beside the package.

@@ -3,7 +3,7 @@ wrapper, so no stage imports it."""
 
 from __future__ import annotations
 
-from pipeline.config import CONSENSUS, Config, StripConfig
+from pipeline.core.config import CONSENSUS, Config, StripConfig
 from pipeline.tools import freesurfer
 from pipeline.tools.base import Tool
 from pipeline.tools.registry import SEGMENTERS, STRIPPERS

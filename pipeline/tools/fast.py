@@ -7,9 +7,9 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from pipeline.config import FastConfig, SegmentConfig
-from pipeline.grids import labels_on_grid
-from pipeline.labels import classes_to_tissues
+from pipeline.core.config import FastConfig, SegmentConfig
+from pipeline.core.labels import classes_to_tissues
+from pipeline.imaging.grids import labels_on_grid
 from pipeline.tools.base import Tool, run_command
 from pipeline.tools.segmentation import Segmenter, SegmentJob, write_input
 

@@ -7,10 +7,10 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from pipeline.config import SegmentConfig
-from pipeline.devices import torch_device
-from pipeline.grids import labels_on_grid
-from pipeline.labels import remap
+from pipeline.core.config import SegmentConfig
+from pipeline.core.labels import remap
+from pipeline.imaging.grids import labels_on_grid
+from pipeline.runtime.devices import torch_device
 from pipeline.tools.base import Tool, run_command
 from pipeline.tools.segmentation import Segmenter, SegmentJob, write_input
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pipeline.config import SynthSRConfig
+from pipeline.core.config import SynthSRConfig
 from pipeline.tools.base import Tool, run_command
 
 FREESURFER_HINT = (

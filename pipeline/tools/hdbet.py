@@ -17,7 +17,7 @@ import nibabel as nib
 import numpy as np
 from nibabel.orientations import apply_orientation, axcodes2ornt, io_orientation, ornt_transform
 
-from pipeline.config import StripConfig
+from pipeline.core.config import StripConfig
 from pipeline.tools.stripping import PackagedTool, Stripper, always
 
 log = logging.getLogger(__name__)

@@ -6,8 +6,8 @@ import functools
 
 import numpy as np
 
-from pipeline.config import SegmentConfig
-from pipeline.labels import classes_to_tissues
+from pipeline.core.config import SegmentConfig
+from pipeline.core.labels import classes_to_tissues
 from pipeline.tools.base import Tool
 from pipeline.tools.segmentation import Segmenter, SegmentJob
 

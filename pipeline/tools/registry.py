@@ -10,8 +10,8 @@ from typing import Generic, TypeVar, get_args
 import nibabel as nib
 import numpy as np
 
-from pipeline.config import CONSENSUS, SegmentMethod, StripConfig, StripMethod
-from pipeline.devices import torch_device
+from pipeline.core.config import CONSENSUS, SegmentMethod, StripConfig, StripMethod
+from pipeline.runtime.devices import torch_device
 from pipeline.tools.segmentation import Segmenter
 from pipeline.tools.stripping import Stripper
 

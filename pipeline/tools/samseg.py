@@ -12,10 +12,10 @@ import sys
 import nibabel as nib
 import numpy as np
 
-from pipeline.config import SegmentConfig
-from pipeline.grids import labels_on_grid
-from pipeline.io import write_json
-from pipeline.labels import remap
+from pipeline.core.config import SegmentConfig
+from pipeline.core.io import write_json
+from pipeline.core.labels import remap
+from pipeline.imaging.grids import labels_on_grid
 from pipeline.tools.base import Tool, run_command
 from pipeline.tools.segmentation import Segmenter, SegmentJob, write_input
 

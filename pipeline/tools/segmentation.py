@@ -1,7 +1,7 @@
 """What every segmenter is given and returns, and the file handling the command-line ones share.
 
 A segmenter is a Tool plus a run function ``run(job, config) -> labels``: tissue labels
-{0 background, 1 GM, 2 WM, 3 CSF} (``pipeline.labels``) on the grid of ``job.image``.
+{0 background, 1 GM, 2 WM, 3 CSF} (``pipeline.core.labels``) on the grid of ``job.image``.
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from pipeline.config import SegmentConfig
-from pipeline.io import save_nifti
+from pipeline.core.config import SegmentConfig
+from pipeline.core.io import save_nifti
 from pipeline.tools.base import Tool
 
 # Tools read 0 as "outside the head", but the strip stage's percentile normalization sets the darkest

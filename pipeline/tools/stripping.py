@@ -15,7 +15,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from pipeline.config import StripConfig
+from pipeline.core.config import StripConfig
 from pipeline.tools.base import Availability, Tool, ToolFailed
 
 

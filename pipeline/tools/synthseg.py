@@ -7,9 +7,9 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from pipeline.config import SegmentConfig, SynthSegConfig
-from pipeline.grids import labels_on_grid
-from pipeline.labels import remap
+from pipeline.core.config import SegmentConfig, SynthSegConfig
+from pipeline.core.labels import remap
+from pipeline.imaging.grids import labels_on_grid
 from pipeline.tools.base import Tool, run_command
 from pipeline.tools.freesurfer import FREESURFER_HINT
 from pipeline.tools.segmentation import Segmenter, SegmentJob, write_input

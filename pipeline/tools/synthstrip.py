@@ -16,8 +16,8 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from pipeline.config import StripConfig
-from pipeline.io import save_nifti
+from pipeline.core.config import StripConfig
+from pipeline.core.io import save_nifti
 from pipeline.tools.base import Availability, Tool, ToolFailed, run_command
 from pipeline.tools.freesurfer import FREESURFER_HINT
 from pipeline.tools.stripping import Stripper

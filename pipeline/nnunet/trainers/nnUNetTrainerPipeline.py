@@ -23,11 +23,12 @@ import torch
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from nnunetv2.training.nnUNetTrainer.variants.data_augmentation.nnUNetTrainerNoDA import nnUNetTrainerNoDA
 
-from pipeline.config import SynthConfig
+from pipeline.core.bids import Folders
+from pipeline.core.config import SynthConfig
 from pipeline.synth.online import OnlineSampler
-from pipeline.synth.subject import Folders, case_of
+from pipeline.synth.subject import case_of
 
-LEFT_RIGHT = (0,)  # axis 0 of a slice: rows, left -> right (pipeline.slices)
+LEFT_RIGHT = (0,)  # axis 0 of a slice: rows, left -> right (pipeline.imaging.slices)
 
 
 # The training schedule ``runner.adapt_plans`` writes into the plans (``config.SCHEDULE_KEYS``: how a stage runs).

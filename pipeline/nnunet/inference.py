@@ -1,6 +1,6 @@
 """A model applied to a whole head: every plane of the brain segmented as the 2D slice every model sees
-(``pipeline.slices.slice_canvas``), the planes stacked into a label volume on the brain's grid. A model trained on
-several views (``synth.views``) segments the head in each, and the views are fused by summing their class
+(``pipeline.imaging.slices.slice_canvas``), the planes stacked into a label volume on the brain's grid. A model
+trained on several views (``synth.views``) segments the head in each, and the views are fused by summing their class
 probabilities (as multi-view segmenters such as FastSurfer aggregate theirs). Used alike by the evaluate stage,
 ``predict`` and ``bench train``."""
 
@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterable, Sequence
 
 import numpy as np
 
-from pipeline.slices import from_view, in_view, slice_canvas, uncenter
+from pipeline.imaging.slices import from_view, in_view, slice_canvas, uncenter
 
 log = logging.getLogger("pipeline")
 

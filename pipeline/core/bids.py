@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
-from pipeline.io import HEAD_SUFFIXES, InputError, read_tsv, write_json, write_tsv
-from pipeline.labels import LABEL_NAMES
+from pipeline.core.io import HEAD_SUFFIXES, InputError, read_tsv, write_json, write_tsv
+from pipeline.core.labels import LABEL_NAMES
 
 BIDS_VERSION = "1.9.0"
 CODE_URL = "https://github.com/synthseg-pipeline/synthseg-pipeline"
@@ -174,3 +174,13 @@ def split_subjects(subjects: list[str], test_fraction: float, seed: int) -> tupl
 def write_dseg_table(folder: Path) -> None:
     """``dseg.tsv``: the index and name of every label in a derivative's ``*_dseg`` maps."""
     write_tsv([{"index": index, "name": name} for index, name in LABEL_NAMES.items()], folder / "dseg.tsv")
+
+
+@dataclass(frozen=True)
+class Folders:
+    """Where a study keeps what one strategy's subjects are made from: their labels (a segmenter's), their stripped
+    brains (a stripper's) and their harmonized heads with the reference levels."""
+
+    segmented: Path
+    stripped: Path
+    harmonized: Path

@@ -118,7 +118,7 @@ def remap(labels: np.ndarray, table: dict[int, int] = FREESURFER_TO_TISSUE) -> n
     labels = np.asarray(labels).astype(np.int64)
     unknown = unmapped_labels(labels, table)
     if unknown:
-        raise UnknownLabel(f"labels {unknown} are not in pipeline/labels.py (neither a tissue nor non-brain)")
+        raise UnknownLabel(f"labels {unknown} are not in pipeline/core/labels.py (neither a tissue nor non-brain)")
     lookup = np.zeros(max(int(labels.max(initial=0)), *table) + 1, dtype=np.uint8)
     for source, tissue in table.items():
         lookup[source] = tissue

@@ -1,7 +1,7 @@
 """Where the work runs (``executor``): each head of a per-head stage, and each training and evaluation.
 
 - ``local`` (default): this machine; heads in a pool of processes within the ``workers`` budget
-  (``pipeline.subjects``), training and evaluation in the stage's own process.
+  (``pipeline.runtime.subjects``), training and evaluation in the stage's own process.
 - ``slurm``: SLURM jobs, through submitit (made for exactly this: it pickles the function and its arguments,
   writes the sbatch script, submits job arrays with a throttle and brings results and tracebacks back, so the
   pipeline parses no sbatch output). One array task per head; one job with a GPU per training (and seed) and per
@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from pipeline.config import ExecutorConfig, SlurmConfig
+from pipeline.core.config import ExecutorConfig, SlurmConfig
 
 log = logging.getLogger("pipeline")
 

@@ -23,10 +23,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
-from pipeline.bids import case_dir
-from pipeline.config import ConfigError, ExecutorConfig
-from pipeline.executors import THREAD_VARIABLES, JobFailed, Slurm
-from pipeline.io import InputError, read_tsv, write_tsv
+from pipeline.core.bids import case_dir
+from pipeline.core.config import ConfigError, ExecutorConfig
+from pipeline.core.io import InputError, read_tsv, write_tsv
+from pipeline.runtime.executors import THREAD_VARIABLES, JobFailed, Slurm
 from pipeline.tools.base import ToolMissing
 
 log = logging.getLogger("pipeline")
@@ -88,7 +88,7 @@ def for_each_subject(stage: str, subjects: Sequence[str], work: Callable[[str, i
                      keep_going: bool, files: Mapping[str, Path] | None = None,
                      executor: ExecutorConfig | None = None) -> tuple[dict[str, T], list[dict]]:
     """``work(subject, threads)`` for every subject: within the budget of ``workers`` cores, or with
-    ``executor.kind: slurm`` as one SLURM array task per subject (``pipeline.executors``).
+    ``executor.kind: slurm`` as one SLURM array task per subject (``pipeline.runtime.executors``).
 
     Returns the results by subject, in ``subjects``' order, and a failure row per subject that failed
     (only with ``keep_going``; without it the first failure stops the stage). A failed subject's files

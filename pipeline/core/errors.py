@@ -5,11 +5,11 @@ from __future__ import annotations
 
 
 def user_errors() -> tuple[type[Exception], ...]:
-    from pipeline.config import ConfigError, UndeclaredParameter
-    from pipeline.executors import JobFailed
-    from pipeline.io import InputError
-    from pipeline.labels import UnknownLabel
-    from pipeline.subjects import SubjectFailed
+    from pipeline.core.config import ConfigError, UndeclaredParameter
+    from pipeline.core.io import InputError
+    from pipeline.core.labels import UnknownLabel
+    from pipeline.runtime.executors import JobFailed
+    from pipeline.runtime.subjects import SubjectFailed
     from pipeline.tools.base import ToolFailed, ToolMissing
 
     return (ConfigError, InputError, UnknownLabel, SubjectFailed, ToolFailed, ToolMissing, FileNotFoundError,

@@ -1,5 +1,5 @@
 """Pictures of label maps over their image: the one overlay every QC page, report and ``predict`` draws, in the
-one tissue palette (``pipeline.labels.TISSUE_RGB``)."""
+one tissue palette (``pipeline.core.labels.TISSUE_RGB``)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from pipeline.io import atomic_path
-from pipeline.labels import TISSUE_RGB, TISSUES
+from pipeline.core.io import atomic_path
+from pipeline.core.labels import TISSUE_RGB, TISSUES
 
 PLANES = ("sagittal", "coronal", "axial")  # RAS arrays: the plane across axis 0, 1, 2
 OPACITY = 0.45

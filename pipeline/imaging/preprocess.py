@@ -14,9 +14,9 @@ import nibabel as nib
 import numpy as np
 from nibabel.processing import resample_to_output
 
-from pipeline.config import HarmonizeConfig
-from pipeline.io import InputError, load_nifti, voxel_sizes_mm
-from pipeline.slices import BRAIN_PERCENTILES, reference_level_mm
+from pipeline.core.config import HarmonizeConfig
+from pipeline.core.io import InputError, load_nifti, voxel_sizes_mm
+from pipeline.imaging.slices import BRAIN_PERCENTILES, reference_level_mm
 from pipeline.tools import freesurfer
 
 log = logging.getLogger("pipeline")
@@ -105,7 +105,7 @@ class HarmonizedHead:
 
     image: nib.Nifti1Image
     record: dict  # the sidecar: steps, source voxel size, QC flags, source file, reference level
-    level_mm: float  # the reference axial level (``pipeline.slices``)
+    level_mm: float  # the reference axial level (``pipeline.imaging.slices``)
 
 
 def harmonize(source: Path, case: str, config: HarmonizeConfig, target: Path, threads: int) -> HarmonizedHead:

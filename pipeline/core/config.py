@@ -289,7 +289,7 @@ class SynthConfig(Strict):
     # reference, the seed project's one slice per subject: its reference level, or within ± band_mm of it.
     levels: Literal["brain", "reference"] = "brain"
     # the planes samples are cut in, one drawn per sample: axial, coronal, sagittal (one model learns them all;
-    # evaluate and predict segment a head in each and fuse the three: pipeline/inference.py)
+    # evaluate and predict segment a head in each and fuse the three: pipeline/nnunet/inference.py)
     views: list[View] = ["axial", "coronal", "sagittal"]
     # levels: brain: planes drawn uniform over the brain's height, or in proportion to the tissue they hold (area)
     level_spread: Literal["uniform", "area"] = "uniform"

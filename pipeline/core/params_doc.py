@@ -1,6 +1,6 @@
-"""``docs/parameters.md``: every key of ``params.yaml``, generated from ``pipeline/config.py`` (its types, defaults,
-the comments beside each field and each section's docstring). ``python -m pipeline params-doc --check`` fails when
-the file is stale, as ``dvc-yaml --check`` does for ``dvc.yaml``."""
+"""``docs/parameters.md``: every key of ``params.yaml``, generated from ``pipeline/core/config.py`` (its types,
+defaults, the comments beside each field and each section's docstring). ``python -m pipeline params-doc --check``
+fails when the file is stale, as ``dvc-yaml --check`` does for ``dvc.yaml``."""
 
 from __future__ import annotations
 
@@ -12,13 +12,13 @@ from pathlib import Path
 from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 
-from pipeline import config as config_module
-from pipeline.config import Config
+from pipeline.core import config as config_module
+from pipeline.core.config import Config
 
 DOC = Path("docs/parameters.md")
 HEADER = """# Parameters
 
-Every key of `params.yaml`, generated from `pipeline/config.py` by `python -m pipeline params-doc` (CI checks it is
+Every key of `params.yaml`, generated from `pipeline/core/config.py` by `python -m pipeline params-doc` (CI checks it is
 up to date). Change a key in `params.yaml`, or per experiment with `dvc exp run -S key=value`; a key or value the
 configuration does not know stops with a message naming it. Each stage declares the keys it reads (its DVC params),
 so changing one re-runs only the stages that read it.
