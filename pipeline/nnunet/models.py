@@ -122,11 +122,12 @@ class SlicePredictor:
         import torch
         from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 
-        predictor = nnUNetPredictor(use_mirroring=tta, perform_everything_on_device=device == "cuda",
-                                    device=torch.device(device), verbose=False, allow_tqdm=False)
-        # nnU-Net looks the trainer class up by name, in the folders nnUNet_extTrainer names (and prints where)
+        # nnU-Net prints where it finds the trainer class (by name, in the folders nnUNet_extTrainer names) and, on a
+        # CPU, that it cannot work on the device: not for the user's terminal, nor a benchmark's JSON
         with mock.patch.dict(os.environ, {"nnUNet_extTrainer": str(TRAINER_DIR)}), \
                 contextlib.redirect_stdout(io.StringIO()):
+            predictor = nnUNetPredictor(use_mirroring=tta, perform_everything_on_device=device == "cuda",
+                                        device=torch.device(device), verbose=False, allow_tqdm=False)
             predictor.initialize_from_trained_model_folder(str(model_folder(models, dataset_id, trainer)), (fold,))
         return cls(predictor, batch_size)
 
@@ -135,8 +136,9 @@ class SlicePredictor:
         """A trainer's network as it is now (deep supervision off: call while it is set so)."""
         from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 
-        predictor = nnUNetPredictor(use_mirroring=False, perform_everything_on_device=trainer.device.type == "cuda",
-                                    device=trainer.device, verbose=False, allow_tqdm=False)
+        with contextlib.redirect_stdout(io.StringIO()):  # on a CPU nnU-Net prints that it cannot work on the device
+            predictor = nnUNetPredictor(use_mirroring=False, perform_everything_on_device=trainer.device.type == "cuda",
+                                        device=trainer.device, verbose=False, allow_tqdm=False)
         network = getattr(trainer.network, "_orig_mod", trainer.network)  # torch.compile's wrapper, if any
         predictor.manual_initialization(network, trainer.plans_manager, trainer.configuration_manager,
                                         [network.state_dict()], trainer.dataset_json, type(trainer).__name__,
