@@ -333,18 +333,6 @@ def test_train_seeds_trains_and_scores_each_strategy_once_per_seed_on_the_same_d
     assert metrics["dice"]["real"]["sd_over_seeds"] is not None
 
 
-def test_an_experiment_with_another_stripper_shows_in_metrics_diff(project: Path):
-    # Last in this file: the experiment changes the workspace's params.yaml.
-    _run(["dvc", "exp", "run", "-S", "strip.methods=[hdbet]", "-S", "strip.hdbet.mode=fast", "-S", "train.seeds=[]"],
-         project)
-    diff = json.loads(_run(["dvc", "metrics", "diff", "--all", "--json"], project).strip().splitlines()[-1])
-    assert "metrics/hmrf-deepbet.json" in diff and "metrics/hmrf-hdbet.json" in diff
-    new = diff["metrics/hmrf-hdbet.json"]["dice.real.mean"]["new"]
-    assert 0.0 <= new <= 1.0
-    shown = _run(["dvc", "exp", "show", "--json"], project)
-    assert "hdbet" in shown
-
-
 def test_bench_device_measures_synthesis_prediction_and_training_on_this_machines_device(project: Path, capsys):
     """``bench device`` at a tiny size on the CPU: one JSON with every part measured, the training stopped by its
     time limit and scored on the real test head."""
@@ -359,3 +347,15 @@ def test_bench_device_measures_synthesis_prediction_and_training_on_this_machine
     training = figures["training"]
     assert training["profile"] == "ci" and training["iterations"] >= 5 and training["gpu_busy"] is None
     assert 0 < training["time_to_dice"][-1]["dice_real"]["mean"] <= 1
+
+
+def test_an_experiment_with_another_stripper_shows_in_metrics_diff(project: Path):
+    # Last in this file: the experiment changes the workspace's params.yaml.
+    _run(["dvc", "exp", "run", "-S", "strip.methods=[hdbet]", "-S", "strip.hdbet.mode=fast", "-S", "train.seeds=[]"],
+         project)
+    diff = json.loads(_run(["dvc", "metrics", "diff", "--all", "--json"], project).strip().splitlines()[-1])
+    assert "metrics/hmrf-deepbet.json" in diff and "metrics/hmrf-hdbet.json" in diff
+    new = diff["metrics/hmrf-hdbet.json"]["dice.real.mean"]["new"]
+    assert 0.0 <= new <= 1.0
+    shown = _run(["dvc", "exp", "show", "--json"], project)
+    assert "hdbet" in shown
