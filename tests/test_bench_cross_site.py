@@ -1,18 +1,14 @@
-"""``bench cross-site``: the degradations of a real head, and the benchmark end to end on the shared data."""
+"""``bench cross-site``: the degradations of a real head (the benchmark end to end: tests/test_real_brains.py)."""
 
 from __future__ import annotations
 
-import json
-import time
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import pytest
 
-from pipeline.__main__ import main
 from pipeline.apps.bench_cross_site import degrade, slice_axis, thick_slices
-from pipeline.core.io import read_tsv
 
 
 @pytest.fixture(scope="module")
@@ -64,37 +60,3 @@ def test_bias_and_noise_degrade_as_documented(head):
     assert np.array_equal(noisy, again)  # seeded
     with pytest.raises(ValueError, match="unknown condition"):
         degrade(head, "sagittal-3mm", np.random.default_rng(1))
-
-
-@pytest.mark.slow
-def test_cross_site_bench_end_to_end_on_the_shared_data(ds000011, oasis, tmp_path, capsys):
-    """Train on 2 ds000011 heads (skull on; one held out) at the ci profile, score an oasis-manual head against its
-    manual labels, clean and with 3 mm coronal slices (the other degradations: the tests above)."""
-    conditions = ["clean", "coronal-3mm"]
-    start = time.monotonic()
-    assert main(["bench", "cross-site", "--train-root", str(ds000011), "--train-subjects", "01", "02",
-                 "--train-test-fraction", "0.5", "--test-root", str(oasis), "--test-subjects", "1000",
-                 "--conditions", *conditions, "--device", "cpu", "--workdir", str(tmp_path / "work"),
-                 "-S", "train.profile=ci", "-S", "synth.n_train=8", "-S", "synth.n_test=4",
-                 "-S", "segment.hmrf.max_iterations=3"]) == 0
-    result = json.loads(capsys.readouterr().out)
-    print(f"bench cross-site end to end: {time.monotonic() - start:.0f} s")
-    assert result["n_test_heads"] == 1 and list(result["strategies"]) == ["hmrf-deepbet"]
-    strategy = result["strategies"]["hmrf-deepbet"]
-    assert strategy["training_site"]["n_real"] == 1 and 0 < strategy["training_site"]["real"]["GM"] <= 1
-    site = strategy["test_site"]
-    assert list(site) == conditions
-    for condition in conditions:
-        for tissue in ("GM", "WM"):
-            figure = site[condition][tissue]
-            low, high = figure["ci95"]
-            assert site[condition]["n"] == 1 and 0 <= low <= figure["mean"] <= high <= 1, (condition, tissue)
-            if condition != "clean":
-                assert figure["minus_clean"] == pytest.approx(figure["mean"] - site["clean"][tissue]["mean"], abs=2e-4)
-    rows = read_tsv(tmp_path / "work" / "cross-site" / "hmrf-deepbet-cases.tsv")
-    assert {(row["case"], row["condition"]) for row in rows} == {("1000", k) for k in conditions}
-    assert len({row["GM"] for row in rows if row["case"] == "1000"}) > 1  # the degradations change the labels
-    # each prediction is on its test head's own grid, scored there
-    clean = nib.load(oasis / "sub-1000" / "anat" / "sub-1000_T1w.nii.gz")
-    labels = nib.load(tmp_path / "work" / "cross-site" / "hmrf-deepbet" / "coronal-3mm" / "sub-1000_dseg.nii.gz")
-    assert labels.shape == clean.shape and np.allclose(labels.affine, clean.affine, atol=1e-4)

@@ -94,6 +94,8 @@ def test_the_auto_profile_is_quick_without_a_gpu_and_the_gpu_profile_with_one():
     assert (trainer_name(config.train, "cpu"), loader_processes(config.train, "cpu", 2)) == ("nnUNetTrainerPipeline", 0)
     assert config.train.profile_name("cuda") == "gpu"
     assert trainer_name(config.train, "cuda") == "nnUNetTrainerPipelineSynthAug"  # the gpu profile's augmentation
+    chosen = parse_config({"train": {"augmentation": "nnunet"}})  # one place to choose: it wins over the profile
+    assert trainer_name(chosen.train, "cuda") == trainer_name(chosen.train, "cpu") == "nnUNetTrainerPipeline"
     assert loader_processes(config.train, "cuda", 2) == config.train.profiles["gpu"].loader_processes
     named = parse_config({"train": {"profile": "standard"}})
     assert named.train.profile_name("cuda") == named.train.profile_name("cpu") == "standard"

@@ -349,13 +349,12 @@ def test_bench_device_measures_synthesis_prediction_and_training_on_this_machine
     assert 0 < training["time_to_dice"][-1]["dice_real"]["mean"] <= 1
 
 
-def test_an_experiment_with_another_stripper_shows_in_metrics_diff(project: Path):
+def test_an_experiment_with_another_segmenter_shows_in_metrics_diff(project: Path):
     # Last in this file: the experiment changes the workspace's params.yaml.
-    _run(["dvc", "exp", "run", "-S", "strip.methods=[hdbet]", "-S", "strip.hdbet.mode=fast", "-S", "train.seeds=[]"],
-         project)
+    _run(["dvc", "exp", "run", "-S", "segment.methods=[atropos]", "-S", "train.seeds=[]"], project)
     diff = json.loads(_run(["dvc", "metrics", "diff", "--all", "--json"], project).strip().splitlines()[-1])
-    assert "metrics/hmrf-deepbet.json" in diff and "metrics/hmrf-hdbet.json" in diff
-    new = diff["metrics/hmrf-hdbet.json"]["dice.real.mean"]["new"]
+    assert "metrics/hmrf-deepbet.json" in diff and "metrics/atropos-deepbet.json" in diff
+    new = diff["metrics/atropos-deepbet.json"]["dice.real.mean"]["new"]
     assert 0.0 <= new <= 1.0
     shown = _run(["dvc", "exp", "show", "--json"], project)
-    assert "hdbet" in shown
+    assert "atropos" in shown

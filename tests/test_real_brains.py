@@ -1,11 +1,13 @@
-"""Models that segment real brains: a short study on real ds000011 heads, its model scored on the whole head of a
-held-out subject it never saw. The prediction must cover the brain, stay inside it (real slices and synthetic ones
-follow one path: pipeline.imaging.slices) and beat a trivial segmentation of the same head."""
+"""Models that segment real brains: a short study on real ds000011 heads (``bench cross-site``), its model scored on
+the whole head of a held-out subject it never saw and on another site's head against manual labels. The prediction
+must cover the brain, stay inside it (real slices and synthetic ones follow one path: pipeline.imaging.slices) and
+beat a trivial segmentation of the same head."""
 
 from __future__ import annotations
 
 import json
 import subprocess
+import sys
 from pathlib import Path
 
 import nibabel as nib
@@ -16,7 +18,7 @@ from pipeline.core.io import read_tsv
 from pipeline.core.labels import WM
 from pipeline.evaluation.dice import dice_per_tissue
 
-from .conftest import copy_project, set_params, venv_env
+from .conftest import venv_env
 
 pytestmark = pytest.mark.slow
 
@@ -24,18 +26,29 @@ COMBO = "hmrf-deepbet"
 # A CI-sized version of the default CPU profile: the same network at the default batch, a fraction of its iterations.
 PROFILE = {"epochs": 15, "iterations_per_epoch": 20, "val_iterations_per_epoch": 2, "batch_size": 2,
            "base_features": 16}
+CONDITIONS = ["clean", "coronal-3mm"]
 
 
 @pytest.fixture(scope="module")
-def study(tmp_path_factory, ds000011: Path) -> Path:
-    project = copy_project(tmp_path_factory.mktemp("real-brains"))
-    set_params(project, acquire={"source": "bids", "bids_root": str(ds000011), "subjects": ["01", "02", "03"],
-                                 "test_fraction": 0.34},
-               synth={"n_train": 40, "n_test": 4}, train={"profile": "ci", "profiles": {"ci": PROFILE}})
-    result = subprocess.run(["python", "-m", "pipeline", "run", "evaluate", "--segmenter", "hmrf", "--stripper",
-                             "deepbet"], cwd=project, env=venv_env(), capture_output=True, text=True)
+def cross_site(tmp_path_factory, ds000011: Path, oasis: Path) -> dict:
+    """``bench cross-site``: the study trained on three ds000011 heads (one held out), then its model scoring an
+    oasis-manual head against its manual labels, clean and with 3 mm coronal slices; one study serves every test
+    here (the other degradations: tests/test_bench_cross_site.py)."""
+    workdir = tmp_path_factory.mktemp("real-brains") / "study"
+    result = subprocess.run([sys.executable, "-m", "pipeline", "bench", "cross-site", "--train-root", str(ds000011),
+                             "--train-subjects", "01", "02", "03", "--train-test-fraction", "0.34",
+                             "--test-root", str(oasis), "--test-subjects", "1000", "--conditions", *CONDITIONS,
+                             "--device", "cpu", "--workdir", str(workdir), "-S", "synth.n_train=40",
+                             "-S", "synth.n_test=4", "-S", "train.profile=ci",
+                             "-S", f"train.profiles.ci={json.dumps(PROFILE)}"],
+                            env=venv_env(), capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-5000:]
-    return project
+    return json.loads(result.stdout)
+
+
+@pytest.fixture(scope="module")
+def study(cross_site: dict) -> Path:
+    return Path(cross_site["workdir"])
 
 
 def held_out(study: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -75,3 +88,27 @@ def test_whole_head_dice_clearly_beats_labelling_the_whole_brain_white_matter(st
     trivial_mean = np.mean([np.nan_to_num(trivial[t]) for t in ("GM", "WM", "CSF")])
     assert model_mean > trivial_mean + 0.25, (model_mean, trivial_mean)
     assert model["GM"] > 0.6 and model["WM"] > 0.7, model
+
+
+def test_the_model_scores_another_sites_heads_against_manual_labels_clean_and_degraded(cross_site: dict,
+                                                                                          oasis: Path):
+    assert cross_site["n_test_heads"] == 1 and list(cross_site["strategies"]) == [COMBO]
+    strategy = cross_site["strategies"][COMBO]
+    assert strategy["training_site"]["n_real"] == 1 and 0 < strategy["training_site"]["real"]["GM"] <= 1
+    site = strategy["test_site"]
+    assert list(site) == CONDITIONS
+    for condition in CONDITIONS:
+        for tissue in ("GM", "WM"):
+            figure = site[condition][tissue]
+            low, high = figure["ci95"]
+            assert site[condition]["n"] == 1 and 0 <= low <= figure["mean"] <= high <= 1, (condition, tissue)
+            if condition != "clean":
+                assert figure["minus_clean"] == pytest.approx(figure["mean"] - site["clean"][tissue]["mean"], abs=2e-4)
+    work = Path(cross_site["workdir"]) / "cross-site"
+    rows = read_tsv(work / f"{COMBO}-cases.tsv")
+    assert {(row["case"], row["condition"]) for row in rows} == {("1000", k) for k in CONDITIONS}
+    assert len({row["GM"] for row in rows}) > 1  # the degradations change the labels
+    # each prediction is on its test head's own grid, scored there
+    clean = nib.load(oasis / "sub-1000" / "anat" / "sub-1000_T1w.nii.gz")
+    labels = nib.load(work / COMBO / "coronal-3mm" / "sub-1000_dseg.nii.gz")
+    assert labels.shape == clean.shape and np.allclose(labels.affine, clean.affine, atol=1e-4)

@@ -332,8 +332,9 @@ class TrainProfile(Strict):
     val_iterations_per_epoch: Annotated[int, Field(ge=1)]
     batch_size: Annotated[int, Field(ge=1)] | None = None  # None: nnU-Net's plan
     base_features: Annotated[int, Field(ge=1)] | None = None  # first-stage width; None: nnU-Net's plan (32)
-    # the augmentation this schedule was measured with (None: train.augmentation). A GPU outruns nnU-Net's CPU
-    # augmentation many times over; the synthetic samples are already deformed and re-textured (``synthesis``)
+    # the augmentation this schedule was measured with, used when train.augmentation is auto (None: nnunet). A GPU
+    # outruns nnU-Net's CPU augmentation many times over; the synthetic samples are already deformed and
+    # re-textured (``synthesis``)
     augmentation: Literal["nnunet", "synthesis"] | None = None
     # processes loading (and augmenting) batches beside the training: None: none when train.deterministic (a
     # CPU run repeats exactly), else one per core; a number: that many, however train.deterministic is set
@@ -357,9 +358,10 @@ class TrainConfig(Strict):
     }
     # nnU-Net's fold: all (train on every synthetic training case) or 0-4 (a fifth held out for nnU-Net's validation)
     fold: Literal[0, 1, 2, 3, 4, "all"] = "all"
-    # nnunet: nnU-Net's own data augmentation; synthesis: only the synthesis's (which already deforms, flips and
-    # re-textures every sample), with left-right mirroring only (pipeline/nnunet/trainers)
-    augmentation: Literal["nnunet", "synthesis"] = "nnunet"
+    # auto: the profile's (train.profiles.<name>.augmentation; nnunet where it names none); nnunet: nnU-Net's own
+    # data augmentation; synthesis: only the synthesis's (which already deforms, flips and re-textures every
+    # sample), with left-right mirroring only (pipeline/nnunet/trainers)
+    augmentation: Literal["auto", "nnunet", "synthesis"] = "auto"
     # Online synthesis: every training sample nnU-Net loads is drawn afresh from the case's label map
     # (pipeline.synth.online), as SynthSeg trains, instead of read from the synthesize stage's fixed PNG set.
     online_synthesis: bool = False
@@ -385,8 +387,10 @@ class TrainConfig(Strict):
         return self.profiles[self.profile_name(device)]
 
     def trainer_augmentation(self, device: str) -> Literal["nnunet", "synthesis"]:
-        """The augmentation that trains on ``device``: the profile's, else ``augmentation``."""
-        return self.active_profile(device).augmentation or self.augmentation
+        """The augmentation that trains on ``device``: ``augmentation``, or for auto the profile's (else nnunet)."""
+        if self.augmentation != "auto":
+            return self.augmentation
+        return self.active_profile(device).augmentation or "nnunet"
 
     def training_seed(self, study_seed: int) -> int:
         return study_seed if self.seed is None else self.seed

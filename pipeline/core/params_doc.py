@@ -94,7 +94,8 @@ def rows(model: type[BaseModel], prefix: str) -> tuple[list[str], list[tuple[str
         if typing.get_origin(annotation) is dict and isinstance(values[1], type) and issubclass(values[1], BaseModel):
             sections.append((f"{key}.<name>", values[1]))  # named entries of one kind (train.profiles)
         text = comments.get(name, "").replace("|", "\\|")
-        table.append(f"| `{key}` | {type_text(annotation, field)} | {default_text(field.default)} | {text} |")
+        default = "required" if field.is_required() else default_text(field.default)
+        table.append(f"| `{key}` | {type_text(annotation, field)} | {default} | {text} |")
     return table, sections
 
 

@@ -45,6 +45,7 @@ def environment(raw: Path, preprocessed: Path, results: Path, threads: int, load
         "nnUNet_preprocessed": str(preprocessed.resolve()),
         "nnUNet_results": str(results.resolve()),
         "nnUNet_extTrainer": str(TRAINER_DIR),
+        "nnUNet_def_n_proc": str(threads),  # nnU-Net's own process pools (default 8) within the core budget
         # nnU-Net's console scripts put .venv/bin first on sys.path, so the trainers would import whichever
         # ``pipeline`` is installed; a study folder's own copy (bench real) must run against itself
         "PYTHONPATH": os.pathsep.join(filter(None, [str(CODE_ROOT.resolve()), os.environ.get("PYTHONPATH")])),
@@ -60,8 +61,10 @@ def command(name: str) -> str:
 
 
 def plan_and_preprocess(dataset_id: int, env: dict[str, str], processes: int) -> None:
-    run_command([command("nnUNetv2_plan_and_preprocess"), "-d", dataset_id, "-c", "2d",
-                 "-np", processes, "--verify_dataset_integrity"], "nnUNetv2_plan_and_preprocess", env,
+    # -npfp: the integrity check and the fingerprint start 8 processes by default, each importing nnU-Net (and torch):
+    # half a minute on two cores for a set that takes seconds to read
+    run_command([command("nnUNetv2_plan_and_preprocess"), "-d", dataset_id, "-c", "2d", "-np", processes,
+                 "-npfp", processes, "--verify_dataset_integrity"], "nnUNetv2_plan_and_preprocess", env,
                 progress=re.compile(r"^\d+:|Fingerprint|Preprocessing|plans"))
 
 
