@@ -336,9 +336,17 @@ def test_train_seeds_trains_and_scores_each_strategy_once_per_seed_on_the_same_d
 def test_bench_device_measures_synthesis_prediction_and_training_on_this_machines_device(project: Path, capsys):
     """``bench device`` at a tiny size on the CPU: one JSON with every part measured, the training stopped by its
     time limit and scored on the real test head."""
+    import os
+
     from pipeline.__main__ import main
 
+    def nnunet_variables() -> dict[str, str]:  # (libraries set variables of their own when they load)
+        return {name: value for name, value in os.environ.items() if name.startswith("nnUNet_")}
+
+    before = nnunet_variables()
     assert main(["bench", "device", "--study", str(project), "--seconds", "2", "-S", "train.profile=ci"]) == 0
+    # the in-process training's nnU-Net variables are gone: commands started later get the caller's environment
+    assert nnunet_variables() == before
     figures = json.loads(capsys.readouterr().out)
     assert figures["machine"]["device"] == "cpu" and figures["machine"]["gpu"] is None
     assert figures["synthesis"]["n"] >= 8 and figures["synthesis"]["slices_per_s"] > 0

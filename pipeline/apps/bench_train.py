@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import importlib
 import json
-import os
 import resource
 import statistics
 import sys
@@ -33,6 +32,7 @@ from pipeline.evaluation.heads import HeldOutHead, held_out_cases, load_held_out
 from pipeline.nnunet import runner
 from pipeline.nnunet.models import SlicePredictor, nnunet_dataset
 from pipeline.runtime.devices import torch_device
+from pipeline.runtime.subjects import scoped_environ
 from pipeline.stages.acquire import Acquire
 from pipeline.stages.harmonize import Harmonize
 from pipeline.stages.segment_qc import SegmentQC
@@ -148,6 +148,25 @@ def timings(trainer) -> dict:
             "first_iteration_s": round(data_s[0] + step_s[0], 1), "iterations": len(step_s)}
 
 
+def train_timed(preprocessed: Path, config: Config, device: str, heads: list[HeldOutHead], eval_every: int,
+                compile_network: bool, max_seconds: float | None, log_file: Path):
+    """The timed trainer, trained as nnU-Net's get_trainer_from_args builds one (its prints to ``log_file``)."""
+    import torch
+
+    torch.set_num_threads(config.workers)
+    trainer_class = getattr(importlib.import_module(TRAINERS_MODULE), runner.trainer_name(config.train, device))
+    trainer_class = timed(trainer_class, heads, config, eval_every, compile_network, max_seconds)
+    with open(log_file, "w") as log, contextlib.redirect_stdout(log):
+        plans = json.loads((preprocessed / "nnUNetPlans.json").read_text()) | {"continue_training": False}
+        dataset_json = json.loads((preprocessed / "dataset.json").read_text())
+        trainer = trainer_class(plans, "2d", config.train.fold, dataset_json, device=torch.device(device))
+        try:
+            trainer.run_training()
+        except TimeUp:
+            trainer.on_train_end()  # nnU-Net's own end: the final checkpoint, its loaders shut down
+    return trainer
+
+
 def benchmark(study: Path, combo: str, overrides: list[str], eval_every: int, compile_network: bool = False,
               max_seconds: float | None = None) -> dict:
     import torch
@@ -171,20 +190,11 @@ def benchmark(study: Path, combo: str, overrides: list[str], eval_every: int, co
             if config.train.online_synthesis else None
         plan = runner.adapt_plans(work / "preprocessed" / dataset.name / "nnUNetPlans.json",
                                   config.train.active_profile(device), seed, online)
-        os.environ.update(env | {"nnUNet_n_proc_DA": str(loaders)})
-        torch.set_num_threads(config.workers)
-        preprocessed = work / "preprocessed" / dataset.name
-        trainer_class = getattr(importlib.import_module(TRAINERS_MODULE), runner.trainer_name(config.train, device))
-        trainer_class = timed(trainer_class, heads, config, eval_every, compile_network, max_seconds)
-        with open(work / "nnunet.log", "w") as log, contextlib.redirect_stdout(log):
-            # as nnU-Net's get_trainer_from_args builds a trainer
-            plans = json.loads((preprocessed / "nnUNetPlans.json").read_text()) | {"continue_training": False}
-            dataset_json = json.loads((preprocessed / "dataset.json").read_text())
-            trainer = trainer_class(plans, "2d", config.train.fold, dataset_json, device=torch.device(device))
-            try:
-                trainer.run_training()
-            except TimeUp:
-                trainer.on_train_end()  # nnU-Net's own end: the final checkpoint, its loaders shut down
+        # nnU-Net's variables (read when its modules load) for the training in this process only: the caller's
+        # later commands keep their own environment
+        with scoped_environ(env | {"nnUNet_n_proc_DA": str(loaders)}):
+            trainer = train_timed(work / "preprocessed" / dataset.name, config, device, heads, eval_every,
+                                  compile_network, max_seconds, work / "nnunet.log")
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return {
         "study": str(study), "combo": combo, "overrides": overrides, "device": device,

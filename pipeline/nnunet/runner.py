@@ -63,6 +63,8 @@ def command(name: str) -> str:
 def plan_and_preprocess(dataset_id: int, env: dict[str, str], processes: int) -> None:
     # -npfp: the integrity check and the fingerprint start 8 processes by default, each importing nnU-Net (and torch):
     # half a minute on two cores for a set that takes seconds to read
+    # nnUNet_n_proc_DA: the planner's torch threads (0, a deterministic training's value, stops it)
+    env = env | {"nnUNet_n_proc_DA": str(max(1, processes))}
     run_command([command("nnUNetv2_plan_and_preprocess"), "-d", dataset_id, "-c", "2d", "-np", processes,
                  "-npfp", processes, "--verify_dataset_integrity"], "nnUNetv2_plan_and_preprocess", env,
                 progress=re.compile(r"^\d+:|Fingerprint|Preprocessing|plans"))
@@ -103,7 +105,6 @@ def train(dataset_id: int, fold: str, device: str, env: dict[str, str], loader_p
           ) -> None:
     if not loader_processes:
         # Augmentation in the training process itself, from the seeded generators: a CPU run repeats exactly.
-        # (Only here: planning sizes thread pools from nnUNet_n_proc_DA, which must not be 0 then.)
         env = env | {"nnUNet_n_proc_DA": "0"}
     # --c: continue from the latest checkpoint when an interrupted run left one (else nnU-Net starts afresh)
     run_command([command("nnUNetv2_train"), dataset_id, "2d", fold, "-tr", trainer, "-device", device, "--c"],

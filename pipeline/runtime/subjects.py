@@ -52,10 +52,29 @@ def plan_budget(workers: int, n_subjects: int) -> Budget:
 
 
 @contextlib.contextmanager
+def scoped_environ(values: Mapping[str, str]) -> Iterator[None]:
+    """``values`` set in this process's environment (and so the tools it starts) until the block ends."""
+    saved = {name: os.environ.get(name) for name in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+@contextlib.contextmanager
 def thread_limit(threads: int) -> Iterator[None]:
     """Cap the threads of torch and ITK in this process and of the tools it starts, then restore them."""
-    saved_env = {name: os.environ.get(name) for name in THREAD_VARIABLES}
-    os.environ.update({name: str(threads) for name in THREAD_VARIABLES})
+    with scoped_environ({name: str(threads) for name in THREAD_VARIABLES}), _library_threads(threads):
+        yield
+
+
+@contextlib.contextmanager
+def _library_threads(threads: int) -> Iterator[None]:
     torch = sys.modules.get("torch")  # set only what is loaded; a library loaded later reads the variables
     saved_torch = torch.get_num_threads() if torch else None
     if torch:
@@ -67,11 +86,6 @@ def thread_limit(threads: int) -> Iterator[None]:
     try:
         yield
     finally:
-        for name, value in saved_env.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
         if torch:
             torch.set_num_threads(saved_torch)
         if sitk:
