@@ -35,7 +35,6 @@ __all__ = [
     "SlurmStartError",
     "slurm_unavailable_reason",
     "one_node_cluster",
-    "patched_environ",
 ]
 
 log = logging.getLogger(__name__)
@@ -253,21 +252,6 @@ def _stop(procs: list[tuple[str, subprocess.Popen]], timeout: float = 10.0) -> N
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(timeout)
-
-
-@contextlib.contextmanager
-def patched_environ(env: dict[str, str]) -> Iterator[None]:
-    """Temporarily apply ``env`` to os.environ (submitit runs sbatch/squeue with os.environ)."""
-    old = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    try:
-        yield
-    finally:
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 @contextlib.contextmanager
