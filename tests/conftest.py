@@ -85,12 +85,16 @@ def set_params(project: Path, **sections: dict) -> None:
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
 
 
+UPSTREAM_SUBJECTS = ["01", "02"]  # the session's study (``upstream_study``)
+TINY_HMRF_ITERATIONS = 3  # tiny_study's HMRF
+
+
 def tiny_study(project: Path, ds000011: Path, subjects: list[str], test_fraction: float = 0.5) -> None:
     """Real subjects, the fastest settings of every stage: a study that runs in minutes on 2 cores."""
     import yaml
 
     params = yaml.safe_load((project / "params.yaml").read_text())
-    params["segment"]["hmrf"]["max_iterations"] = 3
+    params["segment"]["hmrf"]["max_iterations"] = TINY_HMRF_ITERATIONS
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     set_params(project,
                acquire={"source": "bids", "bids_root": str(ds000011), "subjects": subjects,
@@ -130,7 +134,7 @@ def upstream_study(tmp_path_factory, ds000011: Path) -> Path:
     """The tiny study of sub-01 and sub-02 (one held out), run by ``dvc repro`` up to segmentation in a git + DVC repo
     with its dvc.lock committed: built once per session. Copy it (``copy_study``, ``copy_outputs``), never change it."""
     project = copy_project(tmp_path_factory.mktemp("upstream") / "study")
-    tiny_study(project, ds000011, ["01", "02"])
+    tiny_study(project, ds000011, UPSTREAM_SUBJECTS)
     run_checked(["git", "init", "-q"], project)
     run_checked(["git", "config", "user.email", "ci@example.org"], project)
     run_checked(["git", "config", "user.name", "ci"], project)

@@ -1,7 +1,7 @@
-"""Models that segment real brains: a short study on real ds000011 heads (``bench cross-site``), its model scored on
-the whole head of a held-out subject it never saw and on another site's head against manual labels. The prediction
-must cover the brain, stay inside it (real slices and synthetic ones follow one path: pipeline.imaging.slices) and
-beat a trivial segmentation of the same head."""
+"""Models that segment real brains: a short study on real ds000011 heads (``bench cross-site`` on the session's
+segmented study), its model scored on the whole head of a held-out subject it never saw and on another site's head
+against manual labels. The prediction must cover the brain, stay inside it (real slices and synthetic ones follow
+one path: pipeline.imaging.slices) and beat a trivial segmentation of the same head."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from pipeline.core.io import read_tsv
 from pipeline.core.labels import WM
 from pipeline.evaluation.dice import dice_per_tissue
 
-from .conftest import venv_env
+from .conftest import TINY_HMRF_ITERATIONS, UPSTREAM_SUBJECTS, copy_study, venv_env
 
 pytestmark = pytest.mark.slow
 
@@ -30,19 +30,22 @@ CONDITIONS = ["clean", "coronal-3mm"]
 
 
 @pytest.fixture(scope="module")
-def cross_site(tmp_path_factory, ds000011: Path, oasis: Path) -> dict:
-    """``bench cross-site``: the study trained on three ds000011 heads (one held out), then its model scoring an
-    oasis-manual head against its manual labels, clean and with 3 mm coronal slices; one study serves every test
-    here (the other degradations: tests/test_bench_cross_site.py)."""
-    workdir = tmp_path_factory.mktemp("real-brains") / "study"
+def cross_site(tmp_path_factory, upstream_study: Path, ds000011: Path, oasis: Path) -> dict:
+    """``bench cross-site`` in a copy of the session's study (tests/conftest.py: ds000011 sub-01 and sub-02, one
+    held out, segmented): DVC takes its stages up to segmentation as done, so only synthesis, a longer training and
+    evaluation run; then its model scores an oasis-manual head against its manual labels, clean and with 3 mm
+    coronal slices. One study serves every test here (the other degradations: tests/test_bench_cross_site.py)."""
+    workdir = copy_study(upstream_study, tmp_path_factory.mktemp("real-brains") / "study")
     result = subprocess.run([sys.executable, "-m", "pipeline", "bench", "cross-site", "--train-root", str(ds000011),
-                             "--train-subjects", "01", "02", "03", "--train-test-fraction", "0.34",
+                             "--train-subjects", *UPSTREAM_SUBJECTS, "--train-test-fraction", "0.5",
                              "--test-root", str(oasis), "--test-subjects", "1000", "--conditions", *CONDITIONS,
                              "--device", "cpu", "--workdir", str(workdir), "-S", "synth.n_train=40",
-                             "-S", "synth.n_test=4", "-S", "train.profile=ci",
-                             "-S", f"train.profiles.ci={json.dumps(PROFILE)}"],
+                             "-S", "synth.n_test=4", "-S", f"segment.hmrf.max_iterations={TINY_HMRF_ITERATIONS}",
+                             "-S", "train.profile=ci", "-S", f"train.profiles.ci={json.dumps(PROFILE)}"],
                             env=venv_env(), capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-5000:]
+    log = (workdir / "bench-real.log").read_text()
+    assert "Running stage 'segment@" not in log and "Running stage 'synthesize@" in log, log[-3000:]
     return json.loads(result.stdout)
 
 
