@@ -24,7 +24,7 @@ STRIPPED = "data/stripped/deepbet"
 SHARED_OUTPUTS = ("data/raw", "data/harmonized", STRIPPED)
 THRESHOLDS = (0.4, 0.6)  # strip.deepbet.threshold: a lower threshold keeps more voxels
 QUEUE_TIMEOUT_S = 600
-POLL_S = 10
+POLL_S = 5  # each poll is a dvc process: more often takes a core from the experiments
 
 
 def _run(args: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess[str]:

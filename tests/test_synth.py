@@ -585,8 +585,7 @@ def split_files(out: Path) -> dict[str, bytes]:
 
 def test_real_fraction_zero_writes_the_synthetic_set_byte_for_byte(stage, tmp_path):
     """The committed path (every sample drawn by the engine and saved as it comes) against the stage at 0."""
-    cfg = SynthConfig(n_train=10, n_test=3, size=64)
-    assert cfg.real_fraction == 0.0  # the default
+    cfg = SynthConfig(n_train=10, n_test=3, size=64, real_fraction=0.0)
     stage.build(tmp_path / "out", Config(synth=cfg))
     written = split_files(tmp_path / "out")
     model = subject_model("01", Folders(tmp_path / "segmented", tmp_path / "stripped", tmp_path / "harmonized"), cfg)
@@ -600,8 +599,8 @@ def test_real_fraction_zero_writes_the_synthetic_set_byte_for_byte(stage, tmp_pa
 
 def test_real_fraction_mixes_real_slices_with_the_teachers_labels_into_the_training_set(stage, small, tmp_path):
     folders = Folders(tmp_path / "segmented", tmp_path / "stripped", tmp_path / "harmonized")
-    synthetic_only, mixed = SynthConfig(n_train=16, n_test=3, size=128), SynthConfig(n_train=16, n_test=3, size=128,
-                                                                                      real_fraction=0.5)
+    synthetic_only = SynthConfig(n_train=16, n_test=3, size=128, real_fraction=0.0)
+    mixed = SynthConfig(n_train=16, n_test=3, size=128, real_fraction=0.5)
     stage.build(tmp_path / "synthetic", Config(synth=synthetic_only))
     stage.build(tmp_path / "mixed", Config(synth=mixed))
     before, after = split_files(tmp_path / "synthetic"), split_files(tmp_path / "mixed")
@@ -894,7 +893,7 @@ def test_online_samples_are_fresh_each_draw_reproducible_from_the_seed_and_the_s
     from pipeline.synth.subject import case_of, sample_name
 
     folders = Folders(tmp_path / "segmented", tmp_path / "stripped", tmp_path / "harmonized")
-    cfg = SynthConfig(size=64)
+    cfg = SynthConfig(size=64, real_fraction=0.0)  # a synthetic draw (real ones: the test below)
     sampler = OnlineSampler(folders, cfg, seed=42)
     assert case_of("sub-01_0007") == "01" and case_of(sample_name("01_ses-A", 7)) == "01_ses-A"
     rng = np.random.RandomState(3)
@@ -909,3 +908,18 @@ def test_online_samples_are_fresh_each_draw_reproducible_from_the_seed_and_the_s
     images, labels = synthesize(model.classes.labels, cfg, [sample_seed(42, "01", ONLINE_INDEX_OFFSET + k)],
                                 priors=model.priors, targets=model.classes.targets, levels=model.levels)
     assert np.array_equal(images[0], first[0]) and np.array_equal(labels[0], first[1])
+
+
+def test_an_online_real_draw_is_a_plane_of_the_teachers_labels(stage, small, tmp_path):
+    """With real samples (``synth.real_fraction``), online training draws them as the synthesize stage does: the
+    teacher's labels at a plane of the head, in one of the views."""
+    from pipeline.synth.online import OnlineSampler
+
+    folders = Folders(tmp_path / "segmented", tmp_path / "stripped", tmp_path / "harmonized")
+    cfg = SynthConfig(size=128, real_fraction=1.0)
+    image, labels = OnlineSampler(folders, cfg, seed=42).draw("01", np.random.RandomState(3))
+    planes = [center_pad(teacher[:, :, k], 128) for teacher in (in_view(small, view) for view in cfg.views)
+              for k in range(teacher.shape[2])]
+    assert any(np.array_equal(plane, labels) for plane in planes) and set(np.unique(labels)) >= {GM, WM}
+    assert image[labels > 0].mean() > image[labels == 0].mean()  # the brain, not an empty canvas
+

@@ -32,7 +32,7 @@ from pipeline.evaluation.heads import HeldOutHead, held_out_cases, load_held_out
 from pipeline.nnunet import runner
 from pipeline.nnunet.models import SlicePredictor, nnunet_dataset
 from pipeline.runtime.devices import torch_device
-from pipeline.runtime.subjects import scoped_environ
+from pipeline.runtime.environ import scoped_environ
 from pipeline.stages.acquire import Acquire
 from pipeline.stages.harmonize import Harmonize
 from pipeline.stages.segment_qc import SegmentQC

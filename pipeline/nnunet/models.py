@@ -6,12 +6,10 @@ from __future__ import annotations
 import contextlib
 import copy
 import io
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar, Literal, get_args
-from unittest import mock
 
 import numpy as np
 from pydantic import ValidationError
@@ -20,6 +18,7 @@ from pipeline.core.config import HarmonizeConfig, SegmentMethod, Strict, StripCo
 from pipeline.core.io import InputError, write_json
 from pipeline.imaging.slices import rows_left_right
 from pipeline.nnunet.runner import TRAINER_DIR
+from pipeline.runtime.environ import scoped_environ
 
 
 @dataclass(frozen=True)
@@ -124,7 +123,7 @@ class SlicePredictor:
 
         # nnU-Net prints where it finds the trainer class (by name, in the folders nnUNet_extTrainer names) and, on a
         # CPU, that it cannot work on the device: not for the user's terminal, nor a benchmark's JSON
-        with mock.patch.dict(os.environ, {"nnUNet_extTrainer": str(TRAINER_DIR)}), \
+        with scoped_environ({"nnUNet_extTrainer": str(TRAINER_DIR)}), \
                 contextlib.redirect_stdout(io.StringIO()):
             predictor = nnUNetPredictor(use_mirroring=tta, perform_everything_on_device=device == "cuda",
                                         device=torch.device(device), verbose=False, allow_tqdm=False)

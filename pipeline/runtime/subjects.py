@@ -26,6 +26,7 @@ from typing import TypeVar
 from pipeline.core.bids import case_dir
 from pipeline.core.config import ConfigError, ExecutorConfig
 from pipeline.core.io import InputError, read_tsv, write_tsv
+from pipeline.runtime.environ import scoped_environ
 from pipeline.runtime.executors import THREAD_VARIABLES, JobFailed, Slurm
 from pipeline.tools.base import ToolMissing
 
@@ -49,21 +50,6 @@ class Budget:
 def plan_budget(workers: int, n_subjects: int) -> Budget:
     processes = max(1, min(workers, n_subjects))
     return Budget(processes, max(1, workers // processes))
-
-
-@contextlib.contextmanager
-def scoped_environ(values: Mapping[str, str]) -> Iterator[None]:
-    """``values`` set in this process's environment (and so the tools it starts) until the block ends."""
-    saved = {name: os.environ.get(name) for name in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
 
 
 @contextlib.contextmanager
