@@ -70,6 +70,9 @@ def test_a_model_beats_the_same_model_with_grey_and_white_matter_swapped(referen
     assert "model beats swapped" in difference.verdict()
     again = paired_difference("swapped", worse, "model", model)  # order does not change the answer
     assert again.winner == "model" and again.ci95[1] < -0.2
+    # the winner's lead and its interval, whichever side won: "by 0.3 (95 % CI +0.2 to +0.4)", never negative
+    assert again.verdict() == difference.verdict()
+    assert f"(95 % CI {difference.ci95[0]:+.3f} to {difference.ci95[1]:+.3f}; 10 subjects, 1 seed)" in again.verdict()
 
 
 def test_two_identical_strategies_name_no_winner(references):
@@ -78,7 +81,7 @@ def test_two_identical_strategies_name_no_winner(references):
     difference = paired_difference("first", first, "second", second)
     assert difference.ci95[0] < 0 < difference.ci95[1]
     assert difference.winner is None and "no detectable difference" in difference.verdict()
-    assert "with 10 subjects and 1 seeds" in difference.verdict()
+    assert "with 10 subjects and 1 seed " in difference.verdict()
     itself = paired_difference("first", first, "copy", first)
     assert itself.ci95 == (0.0, 0.0) and itself.winner is None
 

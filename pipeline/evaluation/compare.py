@@ -66,15 +66,20 @@ class Difference:
         return (self.a if self.mean > 0 else self.b) if self.detected else None
 
     def verdict(self) -> str:
+        subjects, seeds = counted(self.n_subjects, "subject"), counted(self.n_seeds, "seed")
         if self.detected:
-            loser = self.b if self.winner == self.a else self.a
+            # the winner's lead and its interval, both positive, whichever of a and b won
+            sign, loser = (1, self.b) if self.winner == self.a else (-1, self.a)
+            low, high = sorted(sign * bound for bound in self.ci95)
             return (f"{self.winner} beats {loser} by {abs(self.mean):.3f} mean Dice "
-                    f"(95 % CI {self.ci95[0]:+.3f} to {self.ci95[1]:+.3f}; {self.n_subjects} subjects, "
-                    f"{self.n_seeds} seeds)")
+                    f"(95 % CI {low:+.3f} to {high:+.3f}; {subjects}, {seeds})")
         needed = f"; about {self.subjects_needed} test subjects would tell it" if self.subjects_needed else ""
-        return (f"no detectable difference between {self.a} and {self.b} with {self.n_subjects} subjects and "
-                f"{self.n_seeds} seeds (difference {self.mean:+.3f}, 95 % CI {self.ci95[0]:+.3f} to "
-                f"{self.ci95[1]:+.3f}){needed}")
+        return (f"no detectable difference between {self.a} and {self.b} with {subjects} and {seeds} "
+                f"({self.a} - {self.b} {self.mean:+.3f}, 95 % CI {self.ci95[0]:+.3f} to {self.ci95[1]:+.3f}){needed}")
+
+
+def counted(number: int, noun: str) -> str:
+    return f"{number} {noun}" + ("" if number == 1 else "s")
 
 
 def _matrix(scores: Scores, subjects: list[str]) -> np.ndarray:
