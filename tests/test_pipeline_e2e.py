@@ -290,6 +290,20 @@ def test_reference_labels_add_dice_external_and_rerun_only_evaluation(project: P
     assert "against your reference labels" in (project / "data" / "report" / "index.html").read_text()
 
 
+def test_bench_train_times_every_iteration_and_scores_the_real_test_heads_each_epoch(project: Path):
+    result = subprocess.run(["python", "-m", "pipeline", "bench", "train", "--eval-every", "1"], cwd=project,
+                            env=venv_env(), capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-5000:]
+    report = json.loads(result.stdout)  # stdout is the JSON alone: progress goes to stderr
+    assert report["iterations"] == 2 * 5  # the ci profile: 2 epochs of 5 iterations
+    assert report["data_and_augmentation_s"] > 0 and report["forward_backward_s"] > 0
+    assert report["iteration_s"] >= max(report["data_and_augmentation_s"], report["forward_backward_s"])
+    assert [point["epoch"] for point in report["time_to_dice"]] == [1, 2]
+    assert report["time_to_dice"][0]["training_minutes"] < report["time_to_dice"][1]["training_minutes"]
+    assert set(report["time_to_dice"][0]["dice_real"]) == {"GM", "WM", "CSF", "mean"}  # whole heads, as evaluate
+    assert report["peak_rss_mb"] > 100 and report["patch_size"] and report["augmentation"] == "nnunet"
+
+
 def _real_rows(project: Path) -> list[dict]:
     import csv
 

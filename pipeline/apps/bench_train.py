@@ -21,6 +21,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import yaml
 
@@ -37,6 +38,9 @@ from pipeline.stages.acquire import Acquire
 from pipeline.stages.harmonize import Harmonize
 from pipeline.stages.segment_qc import SegmentQC
 from pipeline.stages.strip import Strip
+
+if TYPE_CHECKING:
+    from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
 TRAINERS_MODULE = "pipeline.nnunet.trainers.nnUNetTrainerPipeline"  # the module of the trainers nnU-Net finds by name
 
@@ -149,7 +153,7 @@ def timings(trainer) -> dict:
 
 
 def train_timed(preprocessed: Path, config: Config, device: str, heads: list[HeldOutHead], eval_every: int,
-                compile_network: bool, max_seconds: float | None, log_file: Path):
+                compile_network: bool, max_seconds: float | None, log_file: Path) -> nnUNetTrainer:
     """The timed trainer, trained as nnU-Net's get_trainer_from_args builds one (its prints to ``log_file``)."""
     import torch
 
