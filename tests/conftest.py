@@ -1,15 +1,25 @@
 """Shared fixtures: the real data beside the project (../shared/data), read in place, and the tiny study's upstream
-stages, run once per session and copied into the tests that need them. The fast tests run first, then the slow ones
-(marked ``slow``); a failed fast test stops the run before the slow tier."""
+stages, run once per test run and copied into the tests that need them. The fast tests run first, then the slow ones
+(marked ``slow``); a failed fast test stops the run before the slow tier. Two pytest-xdist workers share the 2 cores
+(pyproject.toml): the slow tests that share a module's fixtures run on one worker, the upstream study is built once
+for both."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 from pathlib import Path
 
 import luigi
 import pytest
+from filelock import FileLock
+
+# Two workers' thread pools share the cores: OpenMP threads that spin while they wait (the default) take the cores
+# from the other worker's threads, and two trainings at once then run about 5x slower; waiting threads that sleep
+# cost nothing alone (measured: the same conv-net step alone 2.5 s either way, two at once 13.2 s spinning, 4.4 s
+# sleeping). Set before torch is imported, and inherited by every stage the tests start.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = PROJECT_ROOT.parent / "shared" / "data"
@@ -44,10 +54,26 @@ def is_slow(item: pytest.Item) -> bool:
     return item.get_closest_marker("slow") is not None
 
 
+@pytest.hookimpl(tryfirst=True, specname="pytest_collection_modifyitems")
+def group_slow_tests_by_their_module_fixtures(items: list[pytest.Item]) -> None:
+    """A slow test that uses a module's fixtures runs on the worker that built them (pytest-xdist's loadgroup):
+    building a study twice would cost more than the second worker saves."""
+    for item in items:
+        if is_slow(item) and any(definition.scope == "module"
+                                 for definitions in item._fixtureinfo.name2fixturedefs.values()
+                                 for definition in definitions):
+            item.add_marker(pytest.mark.xdist_group(item.module.__name__))
+
+
+def is_grouped(item: pytest.Item) -> bool:
+    return item.get_closest_marker("xdist_group") is not None
+
+
 @pytest.hookimpl(trylast=True)
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Two tiers: every fast test first, then the slow ones (each tier in collection order)."""
-    items.sort(key=is_slow)
+    """Two tiers: every fast test first, then the slow ones, those that share a module's study first (the longest
+    units of work: started early, they do not leave one worker running alone at the end)."""
+    items.sort(key=lambda item: (is_slow(item), is_slow(item) and not is_grouped(item)))
 
 
 @pytest.hookimpl(hookwrapper=True)
@@ -132,8 +158,22 @@ UPSTREAM_TARGET = "segment@hmrf-deepbet"  # acquire -> harmonize -> strip -> seg
 @pytest.fixture(scope="session")
 def upstream_study(tmp_path_factory, ds000011: Path) -> Path:
     """The tiny study of sub-01 and sub-02 (one held out), run by ``dvc repro`` up to segmentation in a git + DVC repo
-    with its dvc.lock committed: built once per session. Copy it (``copy_study``, ``copy_outputs``), never change it."""
-    project = copy_project(tmp_path_factory.mktemp("upstream") / "study")
+    with its dvc.lock committed: built once per test run (the first pytest-xdist worker to need it builds it, the
+    other waits for it). Copy it (``copy_study``, ``copy_outputs``), never change it."""
+    shared = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        shared = shared.parent  # the run's folder, above each worker's own
+    project, built = shared / "upstream" / "study", shared / "upstream" / "built"
+    with FileLock(shared / "upstream.lock"):
+        if not built.exists():
+            shutil.rmtree(project, ignore_errors=True)  # a build that failed in the other worker
+            build_upstream_study(project, ds000011)
+            built.touch()
+    return project
+
+
+def build_upstream_study(project: Path, ds000011: Path) -> None:
+    copy_project(project)
     tiny_study(project, ds000011, UPSTREAM_SUBJECTS)
     run_checked(["git", "init", "-q"], project)
     run_checked(["git", "config", "user.email", "ci@example.org"], project)
@@ -144,7 +184,6 @@ def upstream_study(tmp_path_factory, ds000011: Path) -> Path:
     # the heads went through each stage two at a time (params.yaml's workers: 2), as tests comparing against it expect
     assert "2 subject(s), 2 at a time with 1 thread(s) each" in log, log[-3000:]
     commit_all(project, f"dvc repro {UPSTREAM_TARGET}")
-    return project
 
 
 def copy_study(study: Path, destination: Path) -> Path:
