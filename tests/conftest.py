@@ -55,7 +55,7 @@ def is_slow(item: pytest.Item) -> bool:
 
 
 @pytest.hookimpl(tryfirst=True, specname="pytest_collection_modifyitems")
-def group_slow_tests_by_their_module_fixtures(items: list[pytest.Item]) -> None:
+def pytest_collection_modifyitems_grouped(items: list[pytest.Item]) -> None:
     """A slow test that uses a module's fixtures runs on the worker that built them (pytest-xdist's loadgroup):
     building a study twice would cost more than the second worker saves."""
     for item in items:
