@@ -6,9 +6,11 @@ for both."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
+import tempfile
 from pathlib import Path
 
 import luigi
@@ -50,30 +52,58 @@ def label_maps() -> Path:
     return LABEL_MAPS
 
 
+GROUPS_FOLDER = pytest.StashKey[Path]()
+
+
 def is_slow(item: pytest.Item) -> bool:
     return item.get_closest_marker("slow") is not None
 
 
-@pytest.hookimpl(tryfirst=True, specname="pytest_collection_modifyitems")
-def pytest_collection_modifyitems_grouped(items: list[pytest.Item]) -> None:
-    """A slow test that uses a module's fixtures runs on the worker that built them (pytest-xdist's loadgroup):
-    building a study twice would cost more than the second worker saves."""
-    for item in items:
-        if is_slow(item) and any(definition.scope == "module"
-                                 for definitions in item._fixtureinfo.name2fixturedefs.values()
-                                 for definition in definitions):
-            item.add_marker(pytest.mark.xdist_group(item.module.__name__))
-
-
-def is_grouped(item: pytest.Item) -> bool:
-    return item.get_closest_marker("xdist_group") is not None
+def study_group(item: pytest.Item) -> str | None:
+    """The group of a slow test that uses a module's fixtures (its study): its module. One worker runs a group, so
+    that the study is built once."""
+    uses_module_fixture = any(definition.scope == "module"
+                              for definitions in item._fixtureinfo.name2fixturedefs.values()
+                              for definition in definitions)
+    return item.module.__name__ if is_slow(item) and uses_module_fixture else None
 
 
 @pytest.hookimpl(trylast=True)
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Two tiers: every fast test first, then the slow ones, those that share a module's study first (the longest
-    units of work: started early, they do not leave one worker running alone at the end)."""
-    items.sort(key=lambda item: (is_slow(item), is_slow(item) and not is_grouped(item)))
+    units of work: started early, they do not leave one worker running alone at the end). A worker writes each
+    test's group for the scheduler (``StudyGroupScheduling``)."""
+    items.sort(key=lambda item: (is_slow(item), is_slow(item) and study_group(item) is None))
+    groups_file = getattr(config, "workerinput", {}).get("study_groups")
+    if groups_file:
+        groups = {item.nodeid: group for item in items if (group := study_group(item))}
+        partial = Path(f"{groups_file}.{os.getpid()}")
+        partial.write_text(json.dumps(groups))
+        partial.replace(groups_file)  # both workers write the same groups: whole files only
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_configure_node(node) -> None:
+    """pytest-xdist, in the controller: where the workers write the tests' groups."""
+    folder = node.config.stash.setdefault(GROUPS_FOLDER, Path(tempfile.mkdtemp(prefix="pytest-groups-")))
+    node.workerinput["study_groups"] = str(folder / "groups.json")
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log):
+    """pytest-xdist's scheduling by scope, a scope being a test's study group or the test alone (xdist's own
+    ``loadgroup`` does not group under pytest 9: it renames an attribute pytest no longer reads)."""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class StudyGroupScheduling(LoadScopeScheduling):
+        groups: dict[str, str] | None = None
+
+        def _split_scope(self, nodeid: str) -> str:
+            if self.groups is None:  # the workers have collected (and written the groups) by the first call
+                self.groups = json.loads((config.stash[GROUPS_FOLDER] / "groups.json").read_text())
+            return self.groups.get(nodeid, nodeid)
+
+    return StudyGroupScheduling(config, log)
 
 
 @pytest.hookimpl(hookwrapper=True)
