@@ -128,3 +128,34 @@ def test_cases_tables_round_trip_into_scores_per_subject_and_seed(tmp_path):
     summary = kind_summary(rows, Kind.REAL)
     assert summary.sd_over_seeds == pytest.approx(np.std([0.6, 0.7], ddof=1), abs=1e-4)
     assert 0.5 <= summary.ci95.low < summary.ci95.high <= 0.8 and summary.n == 3
+
+
+def test_the_report_compares_tissue_by_tissue_when_one_tissue_decides_the_mean(references, tmp_path):
+    """Two strategies whose labels differ only in CSF (the reference's ventricles partly lost): the mean over tissues
+    names a winner, and the per-tissue comparisons say it is CSF's doing (GM and WM: no difference)."""
+    from pipeline.core.io import write_csv
+    from pipeline.core.labels import CSF
+    from pipeline.evaluation.metrics import Kind, Scope, row_kind
+    from pipeline.stages.report import pairwise, tissue_difference_rows
+
+    good = predicted(references, 5)
+    rng = np.random.default_rng(6)
+    worse_csf = {subject: np.where((labels == CSF) & (rng.uniform(size=labels.shape) < 0.5), 0, labels)
+                 for subject, labels in good.items()}
+    for combo, predictions in (("hmrf-deepbet", good), ("hmrf-robex", worse_csf)):
+        rows = []
+        for subject, reference in references.items():
+            dice = dice_per_tissue(reference, predictions[subject])
+            rows.append({"seed": 42, "kind": row_kind(Kind.REAL, Scope.WHOLE), "case": subject, **dice,
+                         "mean": float(np.mean(list(dice.values())))})
+        write_csv(rows, tmp_path / f"{combo}-cases.csv")
+    combos = ["hmrf-deepbet", "hmrf-robex"]
+    [mean] = pairwise(combos, tmp_path, Kind.REAL)
+    assert mean.winner == "hmrf-deepbet"
+    by_tissue = {row["tissue"]: row for row in tissue_difference_rows(combos, tmp_path, Kind.REAL)}
+    assert list(by_tissue) == ["GM", "WM", "CSF"]
+    assert by_tissue["CSF"]["verdict"].startswith("hmrf-deepbet beats hmrf-robex by")
+    assert " CSF Dice (95 % CI +" in by_tissue["CSF"]["verdict"]
+    for tissue in ("GM", "WM"):
+        assert by_tissue[tissue]["a - b"] == 0 and "no detectable difference" in by_tissue[tissue]["verdict"]
+    assert by_tissue["CSF"]["a - b"] > mean.mean > 0  # the mean's lead is CSF's, shared over three tissues

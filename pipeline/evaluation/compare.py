@@ -26,23 +26,27 @@ Z_95 = 1.959964
 Scores = dict[str, list[float]]  # subject -> one score per training seed
 
 
-def scores_by_subject(rows: list[dict]) -> Scores:
-    """Evaluation rows (``case``: a subject or one of its sessions, ``seed``, ``mean``: its mean Dice) as
-    Scores: per subject, one score per seed, the mean over its sessions (they are not independent
+def scores_by_subject(rows: list[dict], score: str = "mean") -> Scores:
+    """Evaluation rows (``case``: a subject or one of its sessions, ``seed``, and ``score``: its mean Dice, or a
+    tissue's) as Scores: per subject, one score per seed, the mean over its sessions (they are not independent
     subjects, and a subject weighs the same whatever its number of sessions); rows without a score left out."""
     by_seed: dict[str, dict[object, list[float]]] = {}
     for row in rows:
-        if row["mean"] is not None:
-            by_seed.setdefault(subject_of(row["case"]), {}).setdefault(row.get("seed"), []).append(float(row["mean"]))
+        if row[score] is not None:
+            by_seed.setdefault(subject_of(row["case"]), {}).setdefault(row.get("seed"), []).append(float(row[score]))
     return {subject: [float(np.mean(means)) for means in seeds.values()] for subject, seeds in by_seed.items()}
 
 
-def cases_scores(cases: Path, kind: Kind) -> Scores:
-    """The Scores of one kind of whole-head Dice in evaluate's cases table (``metrics/<combo>-cases.csv``)."""
+MISSING = ("n/a", "nan", "")  # how the cases table writes a Dice that has no value (no tissue, no score)
+
+
+def cases_scores(cases: Path, kind: Kind, score: str = "mean") -> Scores:
+    """The Scores of one kind of whole-head Dice in evaluate's cases table (``metrics/<combo>-cases.csv``):
+    ``score`` is its ``mean`` over tissues, or one tissue's column (``GM``, ``WM``, ``CSF``)."""
     with open(cases) as handle:
-        rows = [row | {"mean": None if row["mean"] == "n/a" else row["mean"]} for row in csv.DictReader(handle)
+        rows = [row | {score: None if row[score] in MISSING else row[score]} for row in csv.DictReader(handle)
                 if row["kind"] == row_kind(kind, Scope.WHOLE)]
-    return scores_by_subject(rows)
+    return scores_by_subject(rows, score)
 
 
 @dataclass(frozen=True)
@@ -56,6 +60,7 @@ class Difference:
     n_subjects: int
     n_seeds: int
     subjects_needed: int | None  # to tell the observed difference from 0 at this spread (None: it already is)
+    measure: str = "mean Dice"  # what was compared: the mean over tissues, or one tissue's Dice ("GM Dice")
 
     @property
     def detected(self) -> bool:
@@ -71,7 +76,7 @@ class Difference:
             # the winner's lead and its interval, both positive, whichever of a and b won
             sign, loser = (1, self.b) if self.winner == self.a else (-1, self.a)
             low, high = sorted(sign * bound for bound in self.ci95)
-            return (f"{self.winner} beats {loser} by {abs(self.mean):.3f} mean Dice "
+            return (f"{self.winner} beats {loser} by {abs(self.mean):.3f} {self.measure} "
                     f"(95 % CI {low:+.3f} to {high:+.3f}; {subjects}, {seeds})")
         needed = f"; about {self.subjects_needed} test subjects would tell it" if self.subjects_needed else ""
         return (f"no detectable difference between {self.a} and {self.b} with {subjects} and {seeds} "
@@ -107,8 +112,10 @@ def mean_ci95(scores: Scores, seed: int = BOOTSTRAP_SEED) -> tuple[float, float]
     return float(low), float(high)
 
 
-def paired_difference(a: str, scores_a: Scores, b: str, scores_b: Scores, seed: int = BOOTSTRAP_SEED) -> Difference:
-    """``a`` minus ``b`` over the subjects both were scored on; seeds resampled within each strategy."""
+def paired_difference(a: str, scores_a: Scores, b: str, scores_b: Scores, seed: int = BOOTSTRAP_SEED,
+                      measure: str = "mean Dice") -> Difference:
+    """``a`` minus ``b`` (``measure``: what the scores are) over the subjects both were scored on; seeds resampled
+    within each strategy."""
     subjects = sorted(set(scores_a) & set(scores_b))
     if not subjects:
         raise ValueError(f"{a} and {b} share no scored test subject")
@@ -123,7 +130,7 @@ def paired_difference(a: str, scores_a: Scores, b: str, scores_b: Scores, seed: 
     per_subject = first.mean(axis=1) - second.mean(axis=1)
     mean = float(per_subject.mean())
     result = Difference(a, b, mean, (float(low), float(high)), len(subjects), min(first.shape[1], second.shape[1]),
-                        None)
+                        None, measure)
     if result.detected:
         return result
     return Difference(**{**result.__dict__, "subjects_needed": subjects_needed(per_subject)})
