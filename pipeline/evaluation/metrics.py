@@ -8,7 +8,8 @@ the two files read by the report, ``bench real`` and the tests.
   its SD over seeds and its count, the synthetic slices, the band around the reference level, Dice by height, the
   counts and how the model was trained.
 
-Per case and per height part the Dice are in ``metrics/<combo>-cases.csv`` and ``by_height.csv`` (DVC plots).
+Per case the Dice are in ``metrics/<combo>-cases.csv`` (DVC plots), per case and height part in
+``data/evaluation/<combo>/by_height.csv`` (inside evaluate's output folder: the report draws it).
 """
 
 from __future__ import annotations
