@@ -85,8 +85,14 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 @pytest.hookimpl(optionalhook=True)
 def pytest_configure_node(node) -> None:
     """pytest-xdist, in the controller: where the workers write the tests' groups."""
-    folder = node.config.stash.setdefault(GROUPS_FOLDER, Path(tempfile.mkdtemp(prefix="pytest-groups-")))
-    node.workerinput["study_groups"] = str(folder / "groups.json")
+    if GROUPS_FOLDER not in node.config.stash:
+        node.config.stash[GROUPS_FOLDER] = Path(tempfile.mkdtemp(prefix="pytest-groups-"))
+    node.workerinput["study_groups"] = str(node.config.stash[GROUPS_FOLDER] / "groups.json")
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    if GROUPS_FOLDER in config.stash:
+        shutil.rmtree(config.stash[GROUPS_FOLDER], ignore_errors=True)
 
 
 @pytest.hookimpl(optionalhook=True)
