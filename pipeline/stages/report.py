@@ -244,8 +244,8 @@ def _fmt(value: object) -> str:
 
 
 def subject_scores(combo: str, metrics_dir: Path, kind: Kind, score: str = "mean") -> Scores:
-    """Mean Dice (``score``: or one tissue's) per real test subject (and training seed) of one combo, from its cases
-    table."""
+    """Dice per real test subject (and training seed) of one combo, from its cases table: ``score`` is the mean over
+    tissues or one tissue's column."""
     return cases_scores(metrics_dir / f"{combo}-cases.csv", kind, score)
 
 
@@ -261,8 +261,7 @@ def comparable(a: str, b: str, kind: Kind) -> bool:
 
 def pairwise(combos: list[str], metrics_dir: Path, kind: Kind, score: str = "mean") -> list[Difference]:
     scores = {combo: subject_scores(combo, metrics_dir, kind, score) for combo in combos}
-    measure = "mean Dice" if score == "mean" else f"{score} Dice"
-    return [paired_difference(a, scores[a], b, scores[b], measure=measure) for i, a in enumerate(combos)
+    return [paired_difference(a, scores[a], b, scores[b], measure=f"{score} Dice") for i, a in enumerate(combos)
             for b in combos[i + 1:]
             if comparable(a, b, kind) and scores[a] and scores[b]]
 
