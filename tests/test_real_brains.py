@@ -18,15 +18,16 @@ from pipeline.core.io import read_tsv
 from pipeline.core.labels import WM
 from pipeline.evaluation.dice import dice_per_tissue
 
-from .conftest import TINY_HMRF_ITERATIONS, UPSTREAM_SUBJECTS, copy_study, venv_env
+from .conftest import TINY_SETTINGS, UPSTREAM_SUBJECTS, copy_study, venv_env
 
 pytestmark = pytest.mark.slow
 
 COMBO = "hmrf-deepbet"
 # A CI-sized version of the default CPU profile: the same network at the default batch, a fraction of its iterations.
-PROFILE = {"epochs": 15, "iterations_per_epoch": 20, "val_iterations_per_epoch": 2, "batch_size": 2,
+PROFILE = {"epochs": 10, "iterations_per_epoch": 20, "val_iterations_per_epoch": 2, "batch_size": 2,
            "base_features": 16}
 CONDITIONS = ["clean", "coronal-3mm"]
+TINY_OVERRIDES = [arg for key, value in TINY_SETTINGS.items() for arg in ("-S", f"{key}={value}")]  # the session's
 
 
 @pytest.fixture(scope="module")
@@ -40,8 +41,8 @@ def cross_site(tmp_path_factory, upstream_study: Path, ds000011: Path, oasis: Pa
                              "--train-subjects", *UPSTREAM_SUBJECTS, "--train-test-fraction", "0.5",
                              "--test-root", str(oasis), "--test-subjects", "1000", "--conditions", *CONDITIONS,
                              "--device", "cpu", "--workdir", str(workdir), "-S", "synth.n_train=40",
-                             "-S", "synth.n_test=4", "-S", f"segment.hmrf.max_iterations={TINY_HMRF_ITERATIONS}",
-                             "-S", "train.profile=ci", "-S", f"train.profiles.ci={json.dumps(PROFILE)}"],
+                             "-S", "synth.n_test=4", *TINY_OVERRIDES, "-S", "train.profile=ci",
+                             "-S", f"train.profiles.ci={json.dumps(PROFILE)}"],
                             env=venv_env(), capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-5000:]
     log = (workdir / "bench-real.log").read_text()

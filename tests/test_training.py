@@ -99,6 +99,48 @@ def test_a_trivially_learnable_task_scores_high_and_a_wrong_reference_low(tmp_pa
 
 
 
+def test_planning_with_forked_pools_writes_what_nnunets_own_command_writes(tmp_path: Path, label_maps: Path,
+                                                                          monkeypatch):
+    """``runner.plan_and_preprocess`` (nnU-Net's entry point, its pools forked) and ``nnUNetv2_plan_and_preprocess``
+    itself on the same real cases: the same fingerprint, plans and preprocessed arrays."""
+    import subprocess
+
+    from nnunetv2.training.dataloading.nnunet_dataset import infer_dataset_class
+
+    from pipeline.stages.export import Export
+
+    from .conftest import venv_env
+
+    monkeypatch.chdir(tmp_path)
+    maps = sorted(label_maps.glob("*.nii.gz"))
+    write_cases(maps[:2], 2, tmp_path / "data" / "synthetic" / "hmrf-deepbet" / "train", np.random.default_rng(3))
+    write_cases(maps[2:3], 1, tmp_path / "data" / "synthetic" / "hmrf-deepbet" / "test", np.random.default_rng(4))
+    Path("params.yaml").write_text(yaml.safe_dump({"workers": 2}))
+    assert luigi.build([Export(segmenter="hmrf", stripper="deepbet")], local_scheduler=True, log_level="WARNING")
+    dataset = nnunet_dataset("hmrf", "deepbet")
+    raw = tmp_path / "data" / "nnunet_raw" / "hmrf-deepbet"
+    ours, theirs = tmp_path / "ours", tmp_path / "theirs"
+    runner.plan_and_preprocess(dataset.id, runner.environment(raw, ours, tmp_path / "results", 2), 2)
+    env = venv_env() | runner.environment(raw, theirs, tmp_path / "results", 2) | {"nnUNet_n_proc_DA": "2"}
+    result = subprocess.run([runner.command("nnUNetv2_plan_and_preprocess"), "-d", str(dataset.id), "-c", "2d",
+                             "-np", "2", "-npfp", "2", "--verify_dataset_integrity"], env=env, capture_output=True,
+                            text=True)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    for name in ("dataset_fingerprint.json", "nnUNetPlans.json"):
+        assert json.loads((ours / dataset.name / name).read_text()) == json.loads((theirs / dataset.name / name)
+                                                                                   .read_text()), name
+    folders = [folder / dataset.name / "nnUNetPlans_2d" for folder in (ours, theirs)]
+    identifiers = sorted(path.name.removesuffix("_0000.png") for path in (raw / dataset.name / "imagesTr").glob("*"))
+    assert len(identifiers) == 4  # two slices of two maps
+    cases = [infer_dataset_class(str(folder))(str(folder), identifiers) for folder in folders]
+    for identifier in identifiers:
+        (data, seg, _, properties), (expected_data, expected_seg, _, expected_properties) = (
+            dataset_cases.load_case(identifier) for dataset_cases in cases)
+        assert np.array_equal(np.asarray(data), np.asarray(expected_data)), identifier
+        assert np.array_equal(np.asarray(seg), np.asarray(expected_seg)), identifier
+        assert properties["shape_before_cropping"] == expected_properties["shape_before_cropping"]
+
+
 def test_an_online_case_is_what_nnunet_would_have_read_from_its_png(tmp_path: Path, label_maps: Path,
                                                                      monkeypatch):
     """Online synthesis hands nnU-Net's data loader a sample through nnU-Net's own preprocessing of a PNG case:
