@@ -11,6 +11,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import luigi
@@ -197,21 +198,27 @@ def commit_all(repo: Path, message: str) -> None:
 UPSTREAM_TARGET = "segment@hmrf-deepbet"  # acquire -> harmonize -> strip -> segment
 
 
-@pytest.fixture(scope="session")
-def upstream_study(tmp_path_factory, ds000011: Path) -> Path:
-    """The tiny study of sub-01 and sub-02 (one held out), run by ``dvc repro`` up to segmentation in a git + DVC repo
-    with its dvc.lock committed: built once per test run (the first pytest-xdist worker to need it builds it, the
-    other waits for it). Copy it (``copy_study``, ``copy_outputs``), never change it."""
+def built_once(tmp_path_factory: pytest.TempPathFactory, name: str, build: Callable[[Path], None]) -> Path:
+    """A study that ``build`` makes once per test run, in the run's shared temporary folder: the first
+    pytest-xdist worker to need it builds it, another one waits for it. Copy it (``copy_study``, ``copy_outputs``),
+    never change it."""
     shared = tmp_path_factory.getbasetemp()
     if os.environ.get("PYTEST_XDIST_WORKER"):
         shared = shared.parent  # the run's folder, above each worker's own
-    project, built = shared / "upstream" / "study", shared / "upstream" / "built"
-    with FileLock(shared / "upstream.lock"):
+    project, built = shared / name / "study", shared / name / "built"
+    with FileLock(shared / f"{name}.lock"):
         if not built.exists():
             shutil.rmtree(project, ignore_errors=True)  # a build that failed in the other worker
-            build_upstream_study(project, ds000011)
+            build(project)
             built.touch()
     return project
+
+
+@pytest.fixture(scope="session")
+def upstream_study(tmp_path_factory, ds000011: Path) -> Path:
+    """The tiny study of sub-01 and sub-02 (one held out), run by ``dvc repro`` up to segmentation in a git + DVC repo
+    with its dvc.lock committed."""
+    return built_once(tmp_path_factory, "upstream", lambda project: build_upstream_study(project, ds000011))
 
 
 def build_upstream_study(project: Path, ds000011: Path) -> None:
@@ -226,6 +233,20 @@ def build_upstream_study(project: Path, ds000011: Path) -> None:
     # the heads went through each stage two at a time (params.yaml's workers: 2), as tests comparing against it expect
     assert "2 subject(s), 2 at a time with 1 thread(s) each" in log, log[-3000:]
     commit_all(project, f"dvc repro {UPSTREAM_TARGET}")
+
+
+@pytest.fixture(scope="session")
+def full_study(tmp_path_factory, upstream_study: Path) -> Path:
+    """The upstream study run by ``dvc repro`` to the end (synthesis, training, evaluation, the report), committed:
+    built once per test run, for the tests of a finished study to read or to copy."""
+    return built_once(tmp_path_factory, "full", lambda project: build_full_study(upstream_study, project))
+
+
+def build_full_study(upstream_study: Path, project: Path) -> None:
+    copy_study(upstream_study, project)
+    log = run_checked(["dvc", "repro"], project)
+    assert "Running stage 'acquire'" not in log and "Running stage 'synthesize@hmrf-deepbet'" in log, log[-3000:]
+    commit_all(project, "baseline study")
 
 
 def copy_study(study: Path, destination: Path) -> Path:

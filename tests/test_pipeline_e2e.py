@@ -21,23 +21,24 @@ def _run(args: list[str], cwd: Path) -> str:
     return result.stdout + result.stderr
 
 
-@pytest.fixture(scope="module")
-def project(tmp_path_factory, upstream_study: Path) -> Path:
-    """The session's tiny study, run by DVC up to segmentation (tests/conftest.py), copied and run to the end."""
-    project = copy_study(upstream_study, tmp_path_factory.mktemp("study") / "study")
-    log = _run(["dvc", "repro"], project)
-    assert "Running stage 'acquire'" not in log and "Running stage 'synthesize@hmrf-deepbet'" in log
-    _run(["git", "add", "-A"], project)
-    _run(["git", "commit", "-qm", "baseline study"], project)
-    return project
+@pytest.fixture
+def study(full_study: Path) -> Path:
+    """The session's finished tiny study (tests/conftest.py: ``dvc repro`` to the end on two real heads), to read."""
+    return full_study
 
 
-def test_repro_writes_metrics_with_dice_in_range(project: Path):
+@pytest.fixture
+def project(full_study: Path, tmp_path: Path) -> Path:
+    """A copy of the session's finished study, for a test that runs DVC in it or changes it."""
+    return copy_study(full_study, tmp_path / "study")
+
+
+def test_repro_writes_metrics_with_dice_in_range(study: Path):
     from pipeline.evaluation.metrics import read_metrics
 
-    compared = read_metrics(project / "metrics" / "hmrf-deepbet.json")  # what dvc exp show lists: a few columns
+    compared = read_metrics(study / "metrics" / "hmrf-deepbet.json")  # what dvc exp show lists: a few columns
     assert set(compared.dice) == set(compared.ci95) == {"real"} and compared.n_subjects == 1 and compared.train_s > 0
-    metrics = json.loads((project / "data" / "evaluation" / "hmrf-deepbet" / "evaluation.json").read_text())
+    metrics = json.loads((study / "data" / "evaluation" / "hmrf-deepbet" / "evaluation.json").read_text())
     tissues = {"GM", "WM", "CSF", "mean"}
     for kind in ("synthetic", "real"):
         dice = metrics["dice"][kind]
@@ -56,15 +57,15 @@ def test_repro_writes_metrics_with_dice_in_range(project: Path):
     assert [len(values) for values in metrics["dice_by_height"]["real"].values()] == [5, 5, 5]
 
 
-def test_evaluate_predicts_the_whole_test_head_and_draws_it(project: Path):
+def test_evaluate_predicts_the_whole_test_head_and_draws_it(study: Path):
     import nibabel as nib
     import numpy as np
 
-    split = {row["participant_id"]: row["split"] for row in read_tsv(project / "data/raw/participants.tsv")}
+    split = {row["participant_id"]: row["split"] for row in read_tsv(study / "data/raw/participants.tsv")}
     subject = next(pid for pid, kind in split.items() if kind == "test")
-    evaluation = project / "data/evaluation/hmrf-deepbet"
+    evaluation = study / "data/evaluation/hmrf-deepbet"
     labels = nib.load(evaluation / "volumes" / subject / "anat" / f"{subject}_dseg.nii.gz")
-    mask = nib.load(project / "data/stripped/deepbet" / subject / "anat" / f"{subject}_desc-brain_mask.nii.gz")
+    mask = nib.load(study / "data/stripped/deepbet" / subject / "anat" / f"{subject}_desc-brain_mask.nii.gz")
     assert labels.shape == mask.shape and np.allclose(labels.affine, mask.affine)  # on the stripped brain's grid
     predicted = np.any(np.asarray(labels.dataobj) > 0, axis=(0, 1))
     brain = np.any(np.asarray(mask.dataobj) > 0, axis=(0, 1))
@@ -72,8 +73,8 @@ def test_evaluate_predicts_the_whole_test_head_and_draws_it(project: Path):
     volumes = read_tsv(evaluation / "tissue_volumes.tsv")
     assert [row["participant_id"] for row in volumes] == [subject]
     assert 500 < sum(float(volumes[0][f"teacher_{t}_ml"]) for t in ("GM", "WM", "CSF")) < 2500  # a whole brain
-    panel = project / "data/report/panels/hmrf-deepbet" / f"{subject}.png"  # the report draws it, not evaluate
-    assert panel.is_file() and f'alt="{subject}"' in (project / "data/report/index.html").read_text()
+    panel = study / "data/report/panels/hmrf-deepbet" / f"{subject}.png"  # the report draws it, not evaluate
+    assert panel.is_file() and f'alt="{subject}"' in (study / "data/report/index.html").read_text()
 
 
 def test_dvc_status_is_clean_and_second_repro_runs_nothing(project: Path):
@@ -96,34 +97,34 @@ def test_editing_a_module_only_evaluate_runs_makes_evaluate_stale_and_nothing_up
     assert "up to date" in _run(["dvc", "status"], project)
 
 
-def test_acquired_subjects_follow_the_split(project: Path):
-    rows = (project / "data" / "raw" / "participants.tsv").read_text().splitlines()[1:]
+def test_acquired_subjects_follow_the_split(study: Path):
+    rows = (study / "data" / "raw" / "participants.tsv").read_text().splitlines()[1:]
     splits = sorted(row.split("\t")[-1] for row in rows)
     assert splits == ["test", "train"]
 
 
-def test_every_derivative_folder_is_a_bids_derivative_dataset(project: Path):
+def test_every_derivative_folder_is_a_bids_derivative_dataset(study: Path):
     for folder in ("data/harmonized", "data/stripped/deepbet", "data/segmented/hmrf-deepbet"):
-        description = json.loads((project / folder / "dataset_description.json").read_text())
+        description = json.loads((study / folder / "dataset_description.json").read_text())
         assert description["DatasetType"] == "derivative", folder
         assert description["GeneratedBy"][0]["Name"] == "synthseg-pipeline" and description["BIDSVersion"]
-    assert (project / "data/segmented/hmrf-deepbet/dseg.tsv").read_text().splitlines()[1:] == [
+    assert (study / "data/segmented/hmrf-deepbet/dseg.tsv").read_text().splitlines()[1:] == [
         "0\tbackground", "1\tGM", "2\tWM", "3\tCSF"]
-    columns = json.loads((project / "data/raw/participants.json").read_text())
+    columns = json.loads((study / "data/raw/participants.json").read_text())
     assert set(columns) == {"split"} and set(columns["split"]["Levels"]) == {"train", "test", "both"}
-    for row in read_tsv(project / "data/raw/participants.tsv"):  # each head's source, in its subject's scans table
-        scans = read_tsv(project / "data/raw" / row["participant_id"] / f"{row['participant_id']}_scans.tsv")
+    for row in read_tsv(study / "data/raw/participants.tsv"):  # each head's source, in its subject's scans table
+        scans = read_tsv(study / "data/raw" / row["participant_id"] / f"{row['participant_id']}_scans.tsv")
         assert [scan["filename"] for scan in scans] == [f"anat/{row['participant_id']}_T1w.nii.gz"]
         assert Path(scans[0]["source"]).is_file()
 
 
-def test_every_stage_records_the_package_versions_that_made_it(project: Path):
+def test_every_stage_records_the_package_versions_that_made_it(study: Path):
     import torch
 
     for folder in ("data/harmonized", "data/stripped/deepbet", "data/synthetic/hmrf-deepbet", "models/hmrf-deepbet"):
-        versions = json.loads((project / folder / "versions.json").read_text())
+        versions = json.loads((study / folder / "versions.json").read_text())
         assert versions["packages"]["torch"] == torch.__version__.split("+")[0], folder
-    training = json.loads((project / "models/hmrf-deepbet/training.json").read_text())
+    training = json.loads((study / "models/hmrf-deepbet/training.json").read_text())
     assert training["versions"]["packages"]["nnunetv2"]
 
 
@@ -134,12 +135,12 @@ def test_metrics_and_plots_are_readable_by_dvc(project: Path):
     assert (project / "plots" / "index.html").is_file()
 
 
-def test_predict_on_a_real_head_returns_whole_brain_labels_on_the_input_grid(project: Path, ds000011: Path,
+def test_predict_on_a_real_head_returns_whole_brain_labels_on_the_input_grid(study: Path, ds000011: Path,
                                                                              tmp_path: Path):
     import nibabel as nib
     import numpy as np
 
-    split = {row["participant_id"]: row["split"] for row in read_tsv(project / "data/raw/participants.tsv")}
+    split = {row["participant_id"]: row["split"] for row in read_tsv(study / "data/raw/participants.tsv")}
     test_subject = next(subject for subject, kind in split.items() if kind == "test")
     real = nib.load(ds000011 / test_subject / "anat" / f"{test_subject}_T1w.nii.gz")
     head = tmp_path / "in" / f"{test_subject}_T1w.mgz"  # a FreeSurfer volume, as researchers have them
@@ -147,7 +148,7 @@ def test_predict_on_a_real_head_returns_whole_brain_labels_on_the_input_grid(pro
     nib.save(nib.MGHImage(np.asarray(real.dataobj).astype(np.float32), real.affine), head)
     out = tmp_path / "out"
     log = _run(["python", "-m", "pipeline", "predict", "--model", "models/hmrf-deepbet", "--input", str(head.parent),
-                "--output", str(out)], project)
+                "--output", str(out)], study)
     assert f"predict [1/1] {head.name}:" in log  # a progress line per head
     labels, original = nib.load(out / f"{test_subject}_dseg.nii.gz"), nib.load(head)  # BIDS: entities + _dseg
     assert labels.shape == original.shape and np.allclose(labels.affine, original.affine)
@@ -167,7 +168,7 @@ def test_predict_on_a_real_head_returns_whole_brain_labels_on_the_input_grid(pro
 
     one = tmp_path / "one"  # the seed's protocol: the plane at the reference level only
     _run(["python", "-m", "pipeline", "predict", "--model", "models/hmrf-deepbet", "--input", str(head),
-          "--output", str(one), "--slices", "reference"], project)
+          "--output", str(one), "--slices", "reference"], study)
     data = np.asarray(nib.load(one / f"{test_subject}_dseg.nii.gz").dataobj)
     assert len(np.nonzero(data.reshape(-1, data.shape[2]).any(axis=0))[0]) == 1
     row = read_tsv(one / "tissue_volumes.tsv")[0]
@@ -175,18 +176,18 @@ def test_predict_on_a_real_head_returns_whole_brain_labels_on_the_input_grid(pro
     assert 1.0 < float(row["GM_ml"]) + float(row["WM_ml"]) + float(row["CSF_ml"]) < 25.0  # one 1 mm axial slice
 
 
-def test_predict_on_png_slices_writes_label_pngs(project: Path, tmp_path: Path):
+def test_predict_on_png_slices_writes_label_pngs(study: Path, tmp_path: Path):
     from PIL import Image
 
-    images = next((project / "data/nnunet_raw/hmrf-deepbet").glob("Dataset*/imagesTs"))
+    images = next((study / "data/nnunet_raw/hmrf-deepbet").glob("Dataset*/imagesTs"))
     _run(["python", "-m", "pipeline", "predict", "--model", "models/hmrf-deepbet", "--input", str(images),
-          "--output", str(tmp_path)], project)
+          "--output", str(tmp_path)], study)
     outputs = sorted(tmp_path.glob("*.png"))
     assert [p.name for p in outputs] == [p.name for p in sorted(images.glob("*.png"))]
     assert Image.open(outputs[0]).size == (256, 256)
 
 
-def test_nnunets_own_command_line_predicts_each_plane_as_the_pipeline_does(project: Path, tmp_path: Path):
+def test_nnunets_own_command_line_predicts_each_plane_as_the_pipeline_does(study: Path, tmp_path: Path):
     """A user's nnUNetv2_predict_from_modelfolder, with nothing but nnUNet_extTrainer pointing at the pipeline's
     trainers, on the test head's planes as every model sees them, gives the very labels the pipeline's in-process
     predictor gives each plane (evaluate and predict then fuse the views)."""
@@ -198,12 +199,12 @@ def test_nnunets_own_command_line_predicts_each_plane_as_the_pipeline_does(proje
     from pipeline.imaging.slices import slice_canvas
     from pipeline.nnunet.models import SlicePredictor, TrainingRecord
 
-    models = project / "models/hmrf-deepbet"
+    models = study / "models/hmrf-deepbet"
     model = next(models.glob("Dataset*/nnUNetTrainerPipeline__nnUNetPlans__2d"))
     fold = next(model.glob("fold_*")).name.removeprefix("fold_")  # the one the study trained (train.fold)
-    split = {row["participant_id"]: row["split"] for row in read_tsv(project / "data/raw/participants.tsv")}
+    split = {row["participant_id"]: row["split"] for row in read_tsv(study / "data/raw/participants.tsv")}
     subject = next(pid for pid, kind in split.items() if kind == "test")
-    stripped = project / "data/stripped/deepbet" / subject / "anat"
+    stripped = study / "data/stripped/deepbet" / subject / "anat"
     brain = nib.load(stripped / f"{subject}_desc-brain_T1w.nii.gz").get_fdata(dtype=np.float32)
     mask = np.asarray(nib.load(stripped / f"{subject}_desc-brain_mask.nii.gz").dataobj) > 0
     planes = np.flatnonzero(mask.any(axis=(0, 1)))[::15]  # every 15th plane of the brain: bottom to top
@@ -211,7 +212,7 @@ def test_nnunets_own_command_line_predicts_each_plane_as_the_pipeline_does(proje
     for k, canvas in canvases.items():
         save_png(canvas, tmp_path / "in" / f"plane-{k:03d}_0000.png")
     env = {key: value for key, value in venv_env().items() if not key.startswith("nnUNet_")}
-    env |= {"nnUNet_extTrainer": str(project / "pipeline/nnunet/trainers"), "OMP_NUM_THREADS": "2"}
+    env |= {"nnUNet_extTrainer": str(study / "pipeline/nnunet/trainers"), "OMP_NUM_THREADS": "2"}
     command = ["nnUNetv2_predict_from_modelfolder", "-i", str(tmp_path / "in"), "-o", str(tmp_path / "out"),
                "-m", str(model), "-f", fold, "--disable_tta", "-device", "cpu", "-npp", "1", "-nps", "1"]
     result = subprocess.run(command, env=env, capture_output=True, text=True, cwd=tmp_path)
@@ -223,7 +224,7 @@ def test_nnunets_own_command_line_predicts_each_plane_as_the_pipeline_does(proje
         assert np.array_equal(labels, np.asarray(Image.open(tmp_path / "out" / f"plane-{k:03d}.png"))), k
 
 
-def test_batched_inference_gives_each_planes_labels_as_nnunet_gives_them_one_by_one(project: Path):
+def test_batched_inference_gives_each_planes_labels_as_nnunet_gives_them_one_by_one(study: Path):
     """The planes of a real test head through the network many tiles at a time give, plane for plane, the labels
     nnU-Net's own single-image prediction gives: bit for bit one tile a call, and in batches the same labels but
     where its two likeliest classes tie to the last bits a batched convolution changes."""
@@ -233,11 +234,11 @@ def test_batched_inference_gives_each_planes_labels_as_nnunet_gives_them_one_by_
     from pipeline.imaging.slices import slice_canvas
     from pipeline.nnunet.models import SlicePredictor, TrainingRecord
 
-    models = project / "models/hmrf-deepbet"
+    models = study / "models/hmrf-deepbet"
     record = TrainingRecord.read(models)
-    split = {row["participant_id"]: row["split"] for row in read_tsv(project / "data/raw/participants.tsv")}
+    split = {row["participant_id"]: row["split"] for row in read_tsv(study / "data/raw/participants.tsv")}
     subject = next(pid for pid, kind in split.items() if kind == "test")
-    stripped = project / "data/stripped/deepbet" / subject / "anat"
+    stripped = study / "data/stripped/deepbet" / subject / "anat"
     brain = nib.load(stripped / f"{subject}_desc-brain_T1w.nii.gz").get_fdata(dtype=np.float32)
     mask = np.asarray(nib.load(stripped / f"{subject}_desc-brain_mask.nii.gz").dataobj) > 0
     planes = np.flatnonzero(mask.any(axis=(0, 1)))[::4]
@@ -363,7 +364,6 @@ def test_bench_device_measures_synthesis_prediction_and_training_on_this_machine
 
 
 def test_an_experiment_with_another_segmenter_shows_in_metrics_diff(project: Path):
-    # Last in this file: the experiment changes the workspace's params.yaml.
     _run(["dvc", "exp", "run", "-S", "segment.methods=[atropos]", "-S", "train.seeds=[]"], project)
     diff = json.loads(_run(["dvc", "metrics", "diff", "--all", "--json"], project).strip().splitlines()[-1])
     assert "metrics/hmrf-deepbet.json" in diff and "metrics/atropos-deepbet.json" in diff
