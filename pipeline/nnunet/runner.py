@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from pipeline.core.config import SynthConfig, TrainConfig, TrainProfile
+from pipeline.nnunet import plan_and_preprocess as forked_planning
 from pipeline.runtime.executors import THREAD_VARIABLES
 from pipeline.tools.base import run_command
 
@@ -64,9 +65,9 @@ def plan_and_preprocess(dataset_id: int, env: dict[str, str], processes: int) ->
     # -npfp: the integrity check and the fingerprint start 8 processes by default, each importing nnU-Net (and
     # torch): 20 s more per training on two cores (45 s instead of 24 s for a CI-sized set)
     # nnUNet_n_proc_DA: the planner's torch threads (0, a deterministic training's value, stops it)
-    # pipeline.nnunet.plan_and_preprocess: nnU-Net's command, its pools forked (9 s less per planning on 2 cores)
+    # forked_planning: nnU-Net's command, its pools forked (9 s less per planning on 2 cores)
     env = env | {"nnUNet_n_proc_DA": str(max(1, processes))}
-    run_command([sys.executable, "-m", "pipeline.nnunet.plan_and_preprocess", "-d", dataset_id, "-c", "2d",
+    run_command([sys.executable, "-m", forked_planning.__name__, "-d", dataset_id, "-c", "2d",
                  "-np", processes, "-npfp", processes, "--verify_dataset_integrity"], "nnUNetv2_plan_and_preprocess",
                 env, progress=re.compile(r"^\d+:|Fingerprint|Preprocessing|plans"))
 
