@@ -133,6 +133,10 @@ def test_metrics_and_plots_are_readable_by_dvc(project: Path):
     assert "hmrf-deepbet.json" in shown
     _run(["dvc", "plots", "show", "-o", str(project / "plots")], project)
     assert (project / "plots" / "index.html").is_file()
+    plots = json.loads(_run(["dvc", "plots", "show", "--json"], project).strip().splitlines()[-1])["data"]
+    assert set(plots) == {f"metrics/hmrf-deepbet-{name}.csv" for name in ("training", "cases", "by-height")}
+    by_height = plots["metrics/hmrf-deepbet-by-height.csv"][0]["content"]["data"]["values"]
+    assert {row["part"] for row in by_height} == {"1", "2", "3", "4", "5"}  # fifths of the height, bottom first
 
 
 def test_predict_on_a_real_head_returns_whole_brain_labels_on_the_input_grid(study: Path, ds000011: Path,

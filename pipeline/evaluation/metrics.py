@@ -9,7 +9,7 @@ the two files read by the report, ``bench real`` and the tests.
   counts and how the model was trained.
 
 Per case the Dice are in ``metrics/<combo>-cases.csv`` (DVC plots), per case and height part in
-``data/evaluation/<combo>/by_height.csv`` (inside evaluate's output folder: the report draws it).
+``metrics/<combo>-by-height.csv`` (DVC plots).
 """
 
 from __future__ import annotations

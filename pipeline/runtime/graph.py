@@ -179,8 +179,9 @@ def dvc_stage(stage: type[Stage]) -> dict:
             entry["metrics"] = [declared]
         else:
             entry["outs"].append(declared)
-    if task.plots_path():
-        entry["plots"] = [{str(task.plots_path()): {"cache": False, **task.plot_axes}}]
+    if task.plots:
+        entry["plots"] = [{str(task.plot_path(template)): {"cache": False, **options}}
+                          for template, options in task.plots.items()]
     return entry
 
 

@@ -107,8 +107,8 @@ class Stage(luigi.Task):
     param_keys: ClassVar[tuple[str, ...]] = ()
     out_template: ClassVar[str]
     metrics_template: ClassVar[str | None] = None  # a JSON file: DVC metrics
-    plots_template: ClassVar[str | None] = None  # a CSV file: DVC plots
-    plot_axes: ClassVar[dict[str, str]] = {}  # DVC plot options: x, y, template
+    # CSV files for DVC plots (uncached outs): each path template and its DVC plot options (x, y, template)
+    plots: ClassVar[dict[str, dict[str, str]]] = {}
     resumable: ClassVar[bool] = False  # keep the work folder across a crash (e.g. training checkpoints)
     # The matrix parameter naming the tool wrapper the stage runs (pipeline.tools.registry), imported when it runs:
     # in dvc.yaml each item depends on its own wrapper only.
@@ -125,15 +125,16 @@ class Stage(luigi.Task):
     def metrics_path(self) -> Path | None:
         return Path(self.metrics_template.format(**self.item())) if self.metrics_template else None
 
-    def plots_path(self) -> Path | None:
-        return Path(self.plots_template.format(**self.item())) if self.plots_template else None
+    def plot_path(self, template: str) -> Path:
+        """The file of one of the stage's ``plots`` for this matrix item."""
+        return Path(template.format(**self.item()))
 
     def params(self) -> list[str]:
         """The params.yaml keys this stage (this matrix item) reads: its DVC params."""
         return [key.format(**self.item()) for key in self.param_keys]
 
     def output(self) -> list[luigi.LocalTarget]:
-        files = [self.out_dir(), self.metrics_path(), self.plots_path()]
+        files = [self.out_dir(), self.metrics_path(), *map(self.plot_path, self.plots)]
         return [luigi.LocalTarget(str(path)) for path in files if path is not None]
 
     def input_dir(self, name: str) -> Path:

@@ -6,12 +6,12 @@
   (``evaluate.reference_labels``), and the segmenter's own labels against that reference. Also within the band
   around each head's reference level (``dice_band``) and per fifth of the brain's height (``dice_by_height``).
 
-Writes ``metrics/<combo>.json`` (DVC metrics: what strategies are compared by), ``metrics/<combo>-cases.csv``
-(every case's Dice, DVC plots), and under ``data/evaluation/<combo>/``: ``evaluation.json`` (every summary; both
-JSON files typed in ``pipeline.evaluation.metrics``), the predicted label volumes (``volumes/``), the synthetic
-predictions, ``by_height.csv`` (every case's Dice per height part) and ``tissue_volumes.tsv`` (mL per head: model,
-teacher, reference). The report draws each test head's picture from the volumes: no picture code runs here, so an edit
-to ``pipeline/imaging/overlays.py`` leaves every evaluation up to date.
+Writes ``metrics/<combo>.json`` (DVC metrics: what strategies are compared by), two DVC plots files,
+``metrics/<combo>-cases.csv`` (every case's Dice) and ``metrics/<combo>-by-height.csv`` (every case's Dice per fifth
+of the brain's height), and under ``data/evaluation/<combo>/``: ``evaluation.json`` (every summary; both JSON files
+typed in ``pipeline.evaluation.metrics``), the predicted label volumes (``volumes/``), the synthetic predictions and
+``tissue_volumes.tsv`` (mL per head: model, teacher, reference). The report draws each test head's picture from the
+volumes: no picture code runs here, so an edit to ``pipeline/imaging/overlays.py`` leaves every evaluation up to date.
 """
 
 from __future__ import annotations
@@ -136,13 +136,18 @@ def evaluate_model(results: Path, record: TrainingRecord, dataset: Path, cases: 
     return rows, volumes
 
 
+# DVC plots files (path templates)
+CASES = "metrics/{segmenter}-{stripper}-cases.csv"  # a row per case, kind and seed
+BY_HEIGHT = "metrics/{segmenter}-{stripper}-by-height.csv"  # the same per fifth of the height (part 1: bottom)
+
+
 class Evaluate(ComboStage):
     name = "evaluate"
     out_template = "data/evaluation/{segmenter}-{stripper}"
     param_keys = ("seed", "train", "evaluate")
     metrics_template = "metrics/{segmenter}-{stripper}.json"
-    plots_template = "metrics/{segmenter}-{stripper}-cases.csv"
-    plot_axes = {"x": "mean", "y": "case", "template": "bar_horizontal_sorted"}
+    plots = {CASES: {"x": "mean", "y": "case", "template": "bar_horizontal_sorted"},
+             BY_HEIGHT: {"x": "part", "y": "mean", "template": "scatter"}}
 
     def requires(self) -> dict[str, Stage]:
         combo = self.combo()
@@ -176,9 +181,9 @@ class Evaluate(ComboStage):
         rows = with_mean(rows)
         scopes = [parse_row_kind(row["kind"])[1] for row in rows]
         write_csv([row for row, scope in zip(rows, scopes, strict=True) if scope is not Scope.HEIGHT],
-                  self.plots_path())
+                  self.plot_path(CASES))
         write_csv([row for row, scope in zip(rows, scopes, strict=True) if scope is Scope.HEIGHT],
-                  out / "by_height.csv")
+                  self.plot_path(BY_HEIGHT))
         write_tsv(volumes, out / "tissue_volumes.tsv")
         shared = json.loads((self.input_dir("raw") / "dataset_description.json").read_text())["TrainTestShareSubject"]
         result = evaluation(rows, n_seeds=len(record.seeds),
