@@ -149,7 +149,7 @@ def set_params(project: Path, **sections: dict) -> None:
 
 
 UPSTREAM_SUBJECTS = ["01", "02"]  # the session's study (``upstream_study``)
-# tiny_study's fast settings two levels deep (dvc exp run -S keys): N4 (3 s less per head) and HMRF iterations
+# tiny_study's fast settings, as dvc exp run -S keys: N4 (3 s less per head) and HMRF iterations
 TINY_SETTINGS = {"harmonize.n4_iterations": 10, "segment.hmrf.max_iterations": 3}
 
 

@@ -27,7 +27,8 @@ COMBO = "hmrf-deepbet"
 PROFILE = {"epochs": 10, "iterations_per_epoch": 20, "val_iterations_per_epoch": 2, "batch_size": 2,
            "base_features": 16}
 CONDITIONS = ["clean", "coronal-3mm"]
-TINY_OVERRIDES = [arg for key, value in TINY_SETTINGS.items() for arg in ("-S", f"{key}={value}")]  # the session's
+# the session's study was made with tiny_study's settings: the same ones, so that DVC takes its stages as done
+TINY_OVERRIDES = [arg for key, value in TINY_SETTINGS.items() for arg in ("-S", f"{key}={value}")]
 
 
 @pytest.fixture(scope="module")

@@ -102,14 +102,26 @@ def test_a_trivially_learnable_task_scores_high_and_a_wrong_reference_low(tmp_pa
 def test_planning_with_forked_pools_writes_what_nnunets_own_command_writes(tmp_path: Path, label_maps: Path,
                                                                           monkeypatch):
     """``runner.plan_and_preprocess`` (nnU-Net's entry point, its pools forked) and ``nnUNetv2_plan_and_preprocess``
-    itself on the same real cases: the same fingerprint, plans and preprocessed arrays."""
+    itself on the same real cases: the same fingerprint, plans and preprocessed arrays; and the pools nnU-Net asks
+    for with spawn are the ones forked."""
+    import inspect
+    import multiprocessing
     import subprocess
 
+    from nnunetv2.experiment_planning.dataset_fingerprint.fingerprint_extractor import DatasetFingerprintExtractor
+    from nnunetv2.experiment_planning.verify_dataset_integrity import verify_dataset_integrity
+    from nnunetv2.preprocessing.preprocessors.default_preprocessor import DefaultPreprocessor
     from nnunetv2.training.dataloading.nnunet_dataset import infer_dataset_class
 
+    from pipeline.nnunet.plan_and_preprocess import forking
     from pipeline.stages.export import Export
 
     from .conftest import venv_env
+
+    # what the speed-up hangs on: nnU-Net asks the multiprocessing module for spawn when it starts each pool
+    for pool_starter in (verify_dataset_integrity, DatasetFingerprintExtractor.run, DefaultPreprocessor.run):
+        assert 'multiprocessing.get_context("spawn")' in inspect.getsource(pool_starter), pool_starter
+    assert forking(multiprocessing.get_context)("spawn").get_start_method() == "fork"
 
     monkeypatch.chdir(tmp_path)
     maps = sorted(label_maps.glob("*.nii.gz"))
