@@ -198,3 +198,27 @@ def test_an_online_case_is_what_nnunet_would_have_read_from_its_png(tmp_path: Pa
     assert np.allclose(data, np.asarray(stored[0])) and np.array_equal(seg, np.asarray(stored[1]))
     assert {tuple(map(int, v)) for v in properties["class_locations"][2][:5]} <= {tuple(map(int, v)) for v in
                                                                                   stored[3]["class_locations"][2]}
+
+
+def test_progress_png_is_drawn_after_the_last_epoch_and_at_most_once_an_interval(tmp_path: Path):
+    """nnU-Net redraws progress.png after every epoch (1.3 s of a core); the pipeline's trainers at most once an
+    interval and always after the last epoch, so the finished model's figure shows every epoch."""
+    from nnunetv2.training.logging.nnunet_logger import MetaLogger
+
+    from pipeline.nnunet.trainers.nnUNetTrainerPipeline import SparseProgressLogger
+
+    def drawn_after_each_epoch(epochs: int, interval_s: float) -> list[bool]:
+        logger, png, drawn = SparseProgressLogger(MetaLogger(str(tmp_path), False), epochs - 1, interval_s), \
+            tmp_path / "progress.png", []
+        for epoch in range(epochs):
+            for key, value in {"epoch_start_timestamps": epoch, "train_losses": 1 / (epoch + 1), "val_losses": 1.0,
+                               "lrs": 0.01, "dice_per_class_or_region": [0.5, 0.6, 0.4], "mean_fg_dice": 0.5,
+                               "epoch_end_timestamps": epoch + 1}.items():
+                logger.log(key, value, epoch)
+            png.unlink(missing_ok=True)
+            logger.plot_progress_png(str(tmp_path))
+            drawn.append(png.is_file())
+        return drawn
+
+    assert drawn_after_each_epoch(3, interval_s=3600) == [False, False, True]
+    assert drawn_after_each_epoch(2, interval_s=0) == [True, True]
