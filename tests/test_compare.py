@@ -113,7 +113,7 @@ def test_cases_tables_round_trip_into_scores_per_subject_and_seed(tmp_path):
     """evaluate's rows (one per subject and seed, a subject without a score as n/a) written as the cases CSV,
     read back by the report: the same Scores, and the metrics' interval and SD over seeds from them."""
     from pipeline.core.io import write_csv
-    from pipeline.evaluation.compare import cases_scores
+    from pipeline.evaluation.compare import cases_scores, read_cases
     from pipeline.evaluation.metrics import Kind
     from pipeline.stages.evaluate import kind_summary
 
@@ -122,7 +122,7 @@ def test_cases_tables_round_trip_into_scores_per_subject_and_seed(tmp_path):
             for subject, gm in (("sub-01", 0.5 + shift), ("sub-02", 0.7 + shift))]
     rows.append({"seed": 42, "kind": "real", "case": "sub-03", "GM": np.nan, "WM": np.nan, "CSF": np.nan, "mean": None})
     write_csv(rows, tmp_path / "hmrf-deepbet-cases.csv")
-    scores = cases_scores(tmp_path / "hmrf-deepbet-cases.csv", Kind.REAL)
+    scores = cases_scores(read_cases(tmp_path / "hmrf-deepbet-cases.csv"), Kind.REAL)
     assert sorted(scores) == ["sub-01", "sub-02"]  # sub-03 has no score
     assert scores["sub-01"] == pytest.approx([0.5, 0.6]) and scores["sub-02"] == pytest.approx([0.7, 0.8])
     summary = kind_summary(rows, Kind.REAL)
@@ -135,6 +135,7 @@ def test_the_report_compares_tissue_by_tissue_when_one_tissue_decides_the_mean(r
     names a winner, and the per-tissue comparisons say it is CSF's doing (GM and WM: no difference)."""
     from pipeline.core.io import write_csv
     from pipeline.core.labels import CSF
+    from pipeline.evaluation.compare import read_cases
     from pipeline.evaluation.metrics import Kind, Scope, row_kind
     from pipeline.stages.report import pairwise, tissue_difference_rows
 
@@ -149,10 +150,10 @@ def test_the_report_compares_tissue_by_tissue_when_one_tissue_decides_the_mean(r
             rows.append({"seed": 42, "kind": row_kind(Kind.REAL, Scope.WHOLE), "case": subject, **dice,
                          "mean": float(np.mean(list(dice.values())))})
         write_csv(rows, tmp_path / f"{combo}-cases.csv")
-    combos = ["hmrf-deepbet", "hmrf-robex"]
-    [mean] = pairwise(combos, tmp_path, Kind.REAL)
+    cases = {combo: read_cases(tmp_path / f"{combo}-cases.csv") for combo in ("hmrf-deepbet", "hmrf-robex")}
+    [mean] = pairwise(cases, Kind.REAL)
     assert mean.winner == "hmrf-deepbet"
-    by_tissue = {row["tissue"]: row for row in tissue_difference_rows(combos, tmp_path, Kind.REAL)}
+    by_tissue = {row["tissue"]: row for row in tissue_difference_rows(cases, Kind.REAL)}
     assert list(by_tissue) == ["GM", "WM", "CSF"]
     assert by_tissue["CSF"]["verdict"].startswith("hmrf-deepbet beats hmrf-robex by")
     assert " CSF Dice (95 % CI +" in by_tissue["CSF"]["verdict"]

@@ -40,12 +40,19 @@ def scores_by_subject(rows: list[dict], score: str = "mean") -> Scores:
 MISSING = ("n/a", "nan", "")  # how the cases table writes a Dice that has no value (no tissue, no score)
 
 
-def cases_scores(cases: Path, kind: Kind, score: str = "mean") -> Scores:
-    """The Scores of one kind of whole-head Dice in evaluate's cases table (``metrics/<combo>-cases.csv``):
-    ``score`` is its ``mean`` over tissues, or one tissue's column (``GM``, ``WM``, ``CSF``)."""
-    with open(cases) as handle:
-        rows = [row | {score: None if row[score] in MISSING else row[score]} for row in csv.DictReader(handle)
-                if row["kind"] == row_kind(kind, Scope.WHOLE)]
+CasesTable = list[dict[str, str]]  # evaluate's cases table (``metrics/<combo>-cases.csv``) as read: a row per case
+
+
+def read_cases(path: Path) -> CasesTable:
+    with open(path) as handle:
+        return list(csv.DictReader(handle))
+
+
+def cases_scores(cases: CasesTable, kind: Kind, score: str = "mean") -> Scores:
+    """The Scores of one kind of whole-head Dice in a cases table: ``score`` is its ``mean`` over tissues, or one
+    tissue's column (``GM``, ``WM``, ``CSF``)."""
+    rows = [row | {score: None if row[score] in MISSING else row[score]} for row in cases
+            if row["kind"] == row_kind(kind, Scope.WHOLE)]
     return scores_by_subject(rows, score)
 
 

@@ -136,18 +136,16 @@ def evaluate_model(results: Path, record: TrainingRecord, dataset: Path, cases: 
     return rows, volumes
 
 
-# DVC plots files (path templates)
-CASES = "metrics/{segmenter}-{stripper}-cases.csv"  # a row per case, kind and seed
-BY_HEIGHT = "metrics/{segmenter}-{stripper}-by-height.csv"  # the same per fifth of the height (part 1: bottom)
-
-
 class Evaluate(ComboStage):
     name = "evaluate"
     out_template = "data/evaluation/{segmenter}-{stripper}"
     param_keys = ("seed", "train", "evaluate")
     metrics_template = "metrics/{segmenter}-{stripper}.json"
-    plots = {CASES: {"x": "mean", "y": "case", "template": "bar_horizontal_sorted"},
-             BY_HEIGHT: {"x": "part", "y": "mean", "template": "scatter"}}
+    # DVC plots files: a row per case, kind and seed; the same per fifth of the height (part 1: bottom)
+    cases_template = "metrics/{segmenter}-{stripper}-cases.csv"
+    by_height_template = "metrics/{segmenter}-{stripper}-by-height.csv"
+    plots = {cases_template: {"x": "mean", "y": "case", "template": "bar_horizontal_sorted"},
+             by_height_template: {"x": "part", "y": "mean", "template": "scatter"}}
 
     def requires(self) -> dict[str, Stage]:
         combo = self.combo()
@@ -181,9 +179,9 @@ class Evaluate(ComboStage):
         rows = with_mean(rows)
         scopes = [parse_row_kind(row["kind"])[1] for row in rows]
         write_csv([row for row, scope in zip(rows, scopes, strict=True) if scope is not Scope.HEIGHT],
-                  self.plot_path(CASES))
+                  self.plot_path(self.cases_template))
         write_csv([row for row, scope in zip(rows, scopes, strict=True) if scope is Scope.HEIGHT],
-                  self.plot_path(BY_HEIGHT))
+                  self.plot_path(self.by_height_template))
         write_tsv(volumes, out / "tissue_volumes.tsv")
         shared = json.loads((self.input_dir("raw") / "dataset_description.json").read_text())["TrainTestShareSubject"]
         result = evaluation(rows, n_seeds=len(record.seeds),

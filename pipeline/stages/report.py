@@ -24,7 +24,7 @@ from pipeline.core.bids import Folders, subject_file
 from pipeline.core.config import Config, EvaluateConfig, load_config
 from pipeline.core.io import read_tsv, write_csv, write_text
 from pipeline.core.labels import TISSUES
-from pipeline.evaluation.compare import Difference, Scores, cases_scores, paired_difference
+from pipeline.evaluation.compare import CasesTable, Difference, cases_scores, paired_difference, read_cases
 from pipeline.evaluation.heads import HeldOutHead, load_held_out_head
 from pipeline.evaluation.metrics import NOTES, Evaluation, Kind, TissueDice, read_evaluation
 from pipeline.imaging.overlays import brain_centre, three_planes
@@ -34,6 +34,7 @@ from pipeline.stages.evaluate import Evaluate
 from pipeline.stages.harmonize import Harmonize
 from pipeline.stages.segment_qc import SegmentQC
 from pipeline.stages.strip import Strip
+from pipeline.stages.train import Train
 
 log = logging.getLogger("pipeline")
 
@@ -117,13 +118,14 @@ def save(fig, path: Path) -> None:
     _figure().close(fig)
 
 
-def curves(combos: list[str], metrics_dir: Path, path: Path, fold: int | str) -> None:
-    """Training curves. With fold all, nnU-Net's "validation" batches come from the training cases: say so."""
+def curves(curve_files: dict[str, Path], path: Path, fold: int | str) -> None:
+    """Training curves (each combo's train stage ``curve_template``). With fold all, nnU-Net's "validation" batches
+    come from the training cases: say so."""
     held_out = "training cases (fold all)" if fold == "all" else f"held-out fold {fold}"
     plt = _figure()
     fig, (loss_ax, dice_ax) = plt.subplots(1, 2, figsize=(FIGURE_WIDTH_IN, 3.5))
-    for combo in combos:
-        with open(metrics_dir / f"{combo}-training.csv") as handle:
+    for combo, curve_file in curve_files.items():
+        with open(curve_file) as handle:
             rows = list(csv.DictReader(handle))
         epochs = [int(r["epoch"]) for r in rows]
         loss_ax.plot(epochs, [float(r["train_loss"]) for r in rows], label=f"{combo} train")
@@ -191,12 +193,12 @@ def height_chart(evaluated: dict[str, Evaluation], path: Path) -> bool:
     return drawn
 
 
-def cost_rows(evaluated: dict[str, Evaluation], metrics_dir: Path) -> list[dict]:
+def cost_rows(evaluated: dict[str, Evaluation], qc_metrics: dict[str, Path]) -> list[dict]:
     """What each strategy cost: its segmenter's seconds per head (for the consensus, the fusion's plus those of the
-    segmenters it fuses) and the training's wall time."""
+    segmenters it fuses: each combo's segment_qc metrics) and the training's wall time."""
     rows = []
     for combo, evaluation in evaluated.items():
-        qc = json.loads((metrics_dir / f"qc-{combo}.json").read_text()).get("cost", {})
+        qc = json.loads(qc_metrics[combo].read_text()).get("cost", {})
         fused = qc.get("fused") or {}
         rows.append({"combo": combo, "segmenter s/head": qc.get("mean_seconds_per_head"),
                      "threads per head": qc.get("threads_per_head"),
@@ -243,15 +245,14 @@ def _fmt(value: object) -> str:
     return f"{value:.3f}" if isinstance(value, float) else html.escape(str(value))
 
 
-def subject_scores(combo: str, metrics_dir: Path, kind: Kind, score: str = "mean") -> Scores:
-    """Dice per real test subject (and training seed) of one combo, from its cases table: ``score`` is the mean over
-    tissues or one tissue's column."""
-    return cases_scores(metrics_dir / f"{combo}-cases.csv", kind, score)
+def combo_tasks(config: Config, stage: type[Stage]) -> dict[str, Stage]:
+    """``stage``'s task of every configured combo, by combo name: where the report reads what that stage wrote."""
+    return {f"{seg}-{strip}": stage(segmenter=seg, stripper=strip) for seg, strip in config.combos()}
 
 
-def comparison_kind(combos: list[str], metrics_dir: Path) -> Kind:
+def comparison_kind(cases: dict[str, CasesTable]) -> Kind:
     """external when every combo was scored against the user's reference labels, else real."""
-    return Kind.EXTERNAL if all(subject_scores(c, metrics_dir, Kind.EXTERNAL) for c in combos) else Kind.REAL
+    return Kind.EXTERNAL if all(cases_scores(table, Kind.EXTERNAL) for table in cases.values()) else Kind.REAL
 
 
 def comparable(a: str, b: str, kind: Kind) -> bool:
@@ -259,8 +260,11 @@ def comparable(a: str, b: str, kind: Kind) -> bool:
     return kind is Kind.EXTERNAL or a.split("-")[0] == b.split("-")[0]
 
 
-def pairwise(combos: list[str], metrics_dir: Path, kind: Kind, score: str = "mean") -> list[Difference]:
-    scores = {combo: subject_scores(combo, metrics_dir, kind, score) for combo in combos}
+def pairwise(cases: dict[str, CasesTable], kind: Kind, score: str = "mean") -> list[Difference]:
+    """Every comparable pair of combos, paired over test subjects (and seeds); ``score``: the mean over tissues or
+    one tissue's Dice."""
+    combos = list(cases)
+    scores = {combo: cases_scores(table, kind, score) for combo, table in cases.items()}
     return [paired_difference(a, scores[a], b, scores[b], measure=f"{score} Dice") for i, a in enumerate(combos)
             for b in combos[i + 1:]
             if comparable(a, b, kind) and scores[a] and scores[b]]
@@ -290,18 +294,18 @@ def difference_rows(differences: list[Difference]) -> list[dict]:
              "subjects": d.n_subjects, "seeds": d.n_seeds, "verdict": d.verdict()} for d in differences]
 
 
-def tissue_difference_rows(combos: list[str], metrics_dir: Path, kind: Kind) -> list[dict]:
+def tissue_difference_rows(cases: dict[str, CasesTable], kind: Kind) -> list[dict]:
     """The paired comparisons tissue by tissue: a mean over tissues can be decided by one tissue that the reference
     labels draw only in part (oasis-manual's CSF is the ventricles), while the others say nothing or the opposite."""
     return [{"tissue": tissue, **row} for tissue in TISSUES.values()
-            for row in difference_rows(pairwise(combos, metrics_dir, kind, tissue))]
+            for row in difference_rows(pairwise(cases, kind, tissue))]
 
 
-def per_subject_rows(combos: list[str], metrics_dir: Path, kind: Kind) -> list[dict]:
-    scores = {combo: subject_scores(combo, metrics_dir, kind) for combo in combos}
+def per_subject_rows(cases: dict[str, CasesTable], kind: Kind) -> list[dict]:
+    scores = {combo: cases_scores(table, kind) for combo, table in cases.items()}
     subjects = sorted({subject for combo_scores in scores.values() for subject in combo_scores})
-    return [{"subject": subject, **{combo: float(np.mean(scores[combo][subject])) if subject in scores[combo]
-                                    else None for combo in combos}} for subject in subjects]
+    return [{"subject": subject, **{combo: float(np.mean(combo_scores[subject])) if subject in combo_scores
+                                    else None for combo, combo_scores in scores.items()}} for subject in subjects]
 
 
 def shared_subjects_warning(evaluated: dict[str, Evaluation]) -> str:
@@ -323,14 +327,16 @@ class Report(Stage):
 
     def build(self, out: Path, config: Config) -> None:
         combos = [f"{seg}-{strip}" for seg, strip in config.combos()]
-        metrics = Path("metrics")
         evaluated = evaluations(combos)
         rows = dice_rows(evaluated)
-        kind = comparison_kind(combos, metrics)
-        differences = pairwise(combos, metrics, kind)
+        cases = {combo: read_cases(task.plot_path(task.cases_template))
+                 for combo, task in combo_tasks(config, Evaluate).items()}
+        kind = comparison_kind(cases)
+        differences = pairwise(cases, kind)
         answer = verdict(rows, differences, kind)
         bar_chart(rows, out / "dice.png")
-        curves(combos, metrics, out / "training.png", config.train.fold)
+        curves({combo: task.plot_path(task.curve_template) for combo, task in combo_tasks(config, Train).items()},
+               out / "training.png", config.train.fold)
         heights = height_chart(evaluated, out / "height.png")
         excluded = exclusions(combos, Path("data/qc"))
         drawn = {f"{seg}-{strip}": panels(f"{seg}-{strip}", combo_folders(seg, strip), EVALUATION,
@@ -344,14 +350,15 @@ class Report(Stage):
             table(difference_rows(differences)),
             f"<h2>Paired comparisons per tissue ({kind} Dice; read the tissues your reference labels draw "
             "whole)</h2>",
-            table(tissue_difference_rows(combos, metrics, kind)),
+            table(tissue_difference_rows(cases, kind)),
             f"<h2>Per test subject ({kind} Dice, mean over tissues)</h2>",
-            table(per_subject_rows(combos, metrics, kind)),
+            table(per_subject_rows(cases, kind)),
             "<h2>Dice per tissue (whole real heads, 3D; synthetic test slices)</h2>", table(rows),
             embed(out / "dice.png"),
             "<ul>" + "".join(f"<li><b>{kind}</b>: {html.escape(note)}</li>" for kind, note in NOTES.items()
                              if any(row["kind"] == kind for row in rows)) + "</ul>",
-            "<h2>What each strategy costs</h2>", table(cost_rows(evaluated, metrics)),
+            "<h2>What each strategy costs</h2>", table(cost_rows(evaluated, {
+                combo: task.metrics_path() for combo, task in combo_tasks(config, SegmentQC).items()})),
             "<h2>Training</h2>", embed(out / "training.png"),
             f"<h2>Within {config.evaluate.band_mm:g} mm of the reference level (the slab earlier studies scored)</h2>",
             table(band_rows(evaluated)),

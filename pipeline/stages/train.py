@@ -45,9 +45,6 @@ def training_curve(results: Path, dataset: str) -> list[dict]:
     ]
 
 
-TRAINING_CURVE = "metrics/{segmenter}-{stripper}-training.csv"  # DVC plots: the losses per epoch
-
-
 class Train(ComboStage):
     name = "train"
     # synth: what online synthesis draws with; harmonize and the stripper's: what the record tells predict to do
@@ -55,7 +52,8 @@ class Train(ComboStage):
     out_template = "models/{segmenter}-{stripper}"
     # an interrupted training continues from nnU-Net's latest checkpoint, on the same inputs and params only
     resumable = True
-    plots = {TRAINING_CURVE: {"x": "epoch", "y": "train_loss", "template": "linear"}}
+    curve_template = "metrics/{segmenter}-{stripper}-training.csv"  # DVC plots: the losses per epoch
+    plots = {curve_template: {"x": "epoch", "y": "train_loss", "template": "linear"}}
 
     def requires(self) -> dict[str, Stage]:
         # the label maps, brains and levels: what online synthesis (train.online_synthesis) draws from
@@ -76,7 +74,7 @@ class Train(ComboStage):
             self.record(config, device, dataset.id, seed, seeds, time.monotonic() - start).write(results)
             start = time.monotonic()
         shutil.rmtree(preprocessed)  # an intermediate: the plans travel with each model
-        write_csv(training_curve(out, dataset.name), self.plot_path(TRAINING_CURVE))
+        write_csv(training_curve(out, dataset.name), self.plot_path(self.curve_template))
 
     def train_once(self, results: Path, preprocessed: Path, dataset: NnunetDataset, seed: int, device: str,
                    config: Config) -> None:
