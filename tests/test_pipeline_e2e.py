@@ -10,7 +10,7 @@ import pytest
 
 from pipeline.core.io import read_tsv
 
-from .conftest import copy_study, venv_env
+from .conftest import TINY_SETTINGS, copy_study, venv_env
 
 pytestmark = pytest.mark.slow
 
@@ -174,10 +174,13 @@ def test_predict_on_a_real_head_returns_whole_brain_labels_on_the_input_grid(stu
     _run(["python", "-m", "pipeline", "predict", "--model", "models/hmrf-deepbet", "--input", str(head),
           "--output", str(one), "--slices", "reference"], study)
     data = np.asarray(nib.load(one / f"{test_subject}_dseg.nii.gz").dataobj)
-    assert len(np.nonzero(data.reshape(-1, data.shape[2]).any(axis=0))[0]) == 1
+    # one plane of the harmonized grid, on the input's (axial) planes: one slab no thicker than that plane
+    labelled, spacing = np.nonzero(data.reshape(-1, data.shape[2]).any(axis=0))[0], original.header.get_zooms()[2]
+    plane_mm = TINY_SETTINGS["harmonize.voxel_size_mm"]
+    assert np.all(np.diff(labelled) == 1) and len(labelled) * spacing <= plane_mm + spacing, labelled
     row = read_tsv(one / "tissue_volumes.tsv")[0]
     assert row["slices"] == "reference" and row["planes"] == "1"
-    assert 1.0 < float(row["GM_ml"]) + float(row["WM_ml"]) + float(row["CSF_ml"]) < 25.0  # one 1 mm axial slice
+    assert 1.0 < float(row["GM_ml"]) + float(row["WM_ml"]) + float(row["CSF_ml"]) < 25.0  # one thin axial slab
 
 
 def test_predict_on_png_slices_writes_label_pngs(study: Path, tmp_path: Path):
