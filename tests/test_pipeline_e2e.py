@@ -177,7 +177,8 @@ def test_predict_on_a_real_head_returns_whole_brain_labels_on_the_input_grid(stu
     # one plane of the harmonized grid, on the input's (axial) planes: one slab no thicker than that plane
     labelled, spacing = np.nonzero(data.reshape(-1, data.shape[2]).any(axis=0))[0], original.header.get_zooms()[2]
     plane_mm = TINY_SETTINGS["harmonize.voxel_size_mm"]
-    assert np.all(np.diff(labelled) == 1) and len(labelled) * spacing <= plane_mm + spacing, labelled
+    assert len(labelled) >= 1 and np.all(np.diff(labelled) == 1), labelled  # one slab
+    assert len(labelled) * spacing <= plane_mm + spacing, labelled  # no thicker than the plane
     row = read_tsv(one / "tissue_volumes.tsv")[0]
     assert row["slices"] == "reference" and row["planes"] == "1"
     assert 1.0 < float(row["GM_ml"]) + float(row["WM_ml"]) + float(row["CSF_ml"]) < 25.0  # one thin axial slab

@@ -24,7 +24,7 @@ from pipeline.core.config import (
     parse_config,
 )
 from pipeline.core.io import load_nifti, load_png, read_tsv, save_nifti, write_json
-from pipeline.core.labels import CSF, GM, NON_BRAIN, WM, present_labels, unmapped_labels
+from pipeline.core.labels import CSF, GM, NON_BRAIN, WM, present_labels, unmapped_labels, voxel_volume_ml
 from pipeline.evaluation.dice import dice_per_tissue
 from pipeline.imaging.overlays import three_planes
 from pipeline.imaging.preprocess import crop_to_brain, harmonize_builtin
@@ -77,7 +77,7 @@ def real_runs(head, tmp_path_factory) -> dict:
 def test_real_segmentation_is_plausible_and_passes_qc(head, real_runs, method: str):
     image, mask = head
     labels = real_runs[method]
-    row = measures(labels, image.get_fdata(dtype=np.float32), mask, voxel_ml=np.prod(image.header.get_zooms()) / 1000)
+    row = measures(labels, image.get_fdata(dtype=np.float32), mask, voxel_volume_ml(image.affine))
     assert 0.30 < row["GM_fraction"] < 0.55, row
     assert 0.25 < row["WM_fraction"] < 0.45, row
     assert 0.10 < row["CSF_fraction"] < 0.35, row

@@ -22,6 +22,7 @@ from nibabel.processing import resample_from_to
 from pipeline.core.bids import write_raw_tables
 from pipeline.core.config import HarmonizeConfig, StripConfig, StripMethod, StripQcConfig, parse_config
 from pipeline.core.io import load_nifti, load_png, read_tsv, save_nifti
+from pipeline.core.labels import voxel_volume_ml
 from pipeline.imaging.overlays import mask_outline
 from pipeline.imaging.preprocess import crop_to_brain, harmonize_builtin, normalize_percentiles
 from pipeline.stages.strip import Strip, mask_figures, qc_verdict
@@ -36,10 +37,6 @@ REAL = ("hdbet", "deepbet", "robex")
 
 def dice(a: np.ndarray, b: np.ndarray) -> float:
     return float(2 * (a & b).sum() / (a.sum() + b.sum()))
-
-
-def voxel_ml(image: nib.Nifti1Image) -> float:
-    return abs(np.linalg.det(image.affine[:3, :3])) / 1000.0
 
 
 def rotation(degrees: float) -> np.ndarray:
@@ -102,7 +99,7 @@ def test_real_strippers_agree(real_mask):
 def test_real_brain_volume_is_plausible_and_passes_qc(method: str, harmonized, real_mask):
     mask = real_mask(method)
     assert mask.shape == harmonized.shape and mask.dtype == bool
-    figures = mask_figures(mask, voxel_ml(harmonized))
+    figures = mask_figures(mask, voxel_volume_ml(harmonized.affine))
     assert 900 <= figures["brain_ml"] <= 2000, figures
     assert qc_verdict(figures, StripQcConfig())["qc_pass"], figures
 

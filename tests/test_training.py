@@ -79,6 +79,7 @@ def test_a_trivially_learnable_task_scores_high_and_a_wrong_reference_low(tmp_pa
     plans = json.loads(next(models.glob(f"{dataset.name}/*/plans.json")).read_text())
     assert plans["configurations"]["2d"]["pipeline"] == {**{k: profile[k] for k in (
         "epochs", "iterations_per_epoch", "val_iterations_per_epoch")}, "seed": 42, "online": None}
+    assert list(models.glob(f"{dataset.name}/*/fold_all/progress.png"))  # drawn after the last epoch
     segment = SlicePredictor.from_folder(models, dataset.id, runner.trainer_name(config.train, "cpu"), "all", "cpu",
                                          False)
     predictions = {path.stem: segment(load_png(raw / dataset.name / "imagesTs" / f"{path.stem}_0000.png")[None])[0]
@@ -208,8 +209,8 @@ def test_progress_png_is_drawn_after_the_last_epoch_and_at_most_once_an_interval
     from pipeline.nnunet.trainers.nnUNetTrainerPipeline import SparseProgressLogger
 
     def drawn_after_each_epoch(epochs: int, interval_s: float) -> list[bool]:
-        logger, png, drawn = SparseProgressLogger(MetaLogger(str(tmp_path), False), epochs - 1, interval_s), \
-            tmp_path / "progress.png", []
+        logger = SparseProgressLogger(MetaLogger(str(tmp_path), False), epochs - 1, interval_s)
+        png, drawn = tmp_path / "progress.png", []
         for epoch in range(epochs):
             for key, value in {"epoch_start_timestamps": epoch, "train_losses": 1 / (epoch + 1), "val_losses": 1.0,
                                "lrs": 0.01, "dice_per_class_or_region": [0.5, 0.6, 0.4], "mean_fg_dice": 0.5,
