@@ -164,7 +164,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         config = load_config() if PARAMS_FILE.is_file() else Config()
         executor = ExecutorConfig(kind="slurm", slurm=config.executor.slurm)
     predict(Path(args.model), Path(args.input), Path(args.output), slices=args.slices, device=args.device,
-            tta=args.tta, fold=fold, allow_non_t1=args.allow_non_t1, executor=executor)
+            tta=args.tta, precision=args.precision, fold=fold, allow_non_t1=args.allow_non_t1, executor=executor)
     return 0
 
 
@@ -193,7 +193,8 @@ def cmd_bench_predict(args: argparse.Namespace) -> int:
 
     from pipeline.apps.bench_predict import benchmark
 
-    print(json.dumps(benchmark(Path(args.model), Path(args.input), args.device, args.batch_size), indent=2))
+    print(json.dumps(benchmark(Path(args.model), Path(args.input), args.device, args.batch_size, args.precision),
+                     indent=2))
     return 0
 
 
@@ -237,7 +238,15 @@ def cmd_bench_cross_site(args: argparse.Namespace) -> int:
     return 0
 
 
+PRECISION_HELP = ("the network's arithmetic: auto: mixed (bfloat16 on a CPU, float16 on a GPU) where the device "
+                  "computes it natively, about twice as fast there, else float32; float32: the same labels on every "
+                  "machine (as train.predict_precision)")
+
+
 def parser() -> argparse.ArgumentParser:
+    from typing import get_args
+
+    from pipeline.core.config import Precision
     from pipeline.runtime.graph import BY_NAME
 
     main = argparse.ArgumentParser(prog="synthseg-pipeline", description=__doc__)
@@ -283,6 +292,7 @@ def parser() -> argparse.ArgumentParser:
                          help="auto: the GPU when torch sees one")
     predict.add_argument("--tta", action="store_true", help="nnU-Net's test-time mirroring, over the axes its trainer "
                          "allows (never in sagittal slices)")
+    predict.add_argument("--precision", choices=get_args(Precision), default="auto", help=PRECISION_HELP)
     predict.add_argument("--executor", choices=["local", "slurm"], default="local",
                          help="slurm: each head as a SLURM job with a GPU (executor.slurm of the params.yaml here)")
     predict.add_argument("--fold", choices=["all", "0", "1", "2", "3", "4"],
@@ -315,6 +325,7 @@ def parser() -> argparse.ArgumentParser:
                                help="auto: the GPU when torch sees one")
     bench_predict.add_argument("--batch-size", type=int, help="tiles a network call (default: sized to the device; "
                                                               "1: one at a time, as nnU-Net predicts an image)")
+    bench_predict.add_argument("--precision", choices=get_args(Precision), default="auto", help=PRECISION_HELP)
     bench_predict.set_defaults(func=cmd_bench_predict)
     device = bench.add_parser("device", help="synthesis, prediction and training on this machine's device, "
                                              "about --seconds each")

@@ -140,3 +140,30 @@ def test_test_time_mirroring_is_left_right_only_so_sagittal_slices_are_never_mir
     for view in ("axial", "coronal", "sagittal"):
         assert model.probabilities_in(view).__self__.predictor.use_mirroring is rows_left_right(view)
     assert model.predictor.use_mirroring  # the model itself keeps its mirroring
+
+
+def test_auto_precision_is_mixed_on_a_gpu_and_on_a_cpu_only_where_it_computes_bfloat16_natively():
+    """``train.predict_precision: auto`` runs the network in mixed precision where the device computes it in
+    hardware (a GPU; a CPU with AVX-512 BF16 or AMX, read here from the kernel's CPU flags) and in float32 elsewhere,
+    where torch would emulate bfloat16 more slowly; float32 and mixed are what they say on any device, and the
+    sagittal view's unmirrored copy of a model keeps its precision."""
+    from pathlib import Path
+    from types import SimpleNamespace
+
+    import torch
+
+    from pipeline.nnunet.models import SlicePredictor
+    from pipeline.runtime.devices import native_bfloat16_cpu
+
+    def model(device: str, precision: str) -> SlicePredictor:
+        return SlicePredictor(SimpleNamespace(device=torch.device(device), use_mirroring=True), precision=precision)
+
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        flags = {flag for line in cpuinfo.read_text().splitlines() if line.startswith("flags")
+                 for flag in line.split(":", 1)[1].split()}
+        assert native_bfloat16_cpu() is bool(flags & {"avx512_bf16", "amx_tile"})
+    assert model("cpu", "auto").autocast is native_bfloat16_cpu()
+    assert model("cuda", "auto").autocast
+    assert not model("cuda", "float32").autocast and model("cpu", "mixed").autocast
+    assert model("cpu", "float32").probabilities_in("sagittal").__self__.precision == "float32"

@@ -3,7 +3,8 @@
 Each head goes through ``predict``'s own preparation (acquisition QC, harmonization, the model's stripper, the
 crop), timed apart, then every plane of its brain in each of the model's views through the network, in batches
 of tiles sized to the device (``--batch-size`` sets it; 1 is one tile a network call, as nnU-Net predicts one
-image), the views fused as ``predict`` fuses them: planes per second and seconds per head.
+image) in ``predict``'s precision (``--precision``), the views fused as ``predict`` fuses them: planes per second
+and seconds per head.
 
     python -m pipeline bench predict --model models/hmrf-deepbet --input data/raw/sub-01/anat/sub-01_T1w.nii.gz
 """
@@ -18,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.apps.predict import inputs_of, prepare_head
+from pipeline.core.config import Precision
 from pipeline.imaging.slices import in_view
 from pipeline.nnunet.inference import brain_planes, predict_views
 from pipeline.nnunet.models import SlicePredictor, TrainingRecord
@@ -53,12 +55,13 @@ def time_head(path: Path, model: SlicePredictor, record: TrainingRecord, work: P
             **time_inference(model, brain, head.mask, record, device)}
 
 
-def load_model(model_dir: Path, device: str, batch_size: int | None) -> tuple[SlicePredictor, TrainingRecord, float]:
+def load_model(model_dir: Path, device: str, batch_size: int | None, precision: Precision = "auto"
+               ) -> tuple[SlicePredictor, TrainingRecord, float]:
     """A trained model on ``device``, its record, and the seconds it took to load."""
     record = TrainingRecord.read(model_dir)
     start = time.perf_counter()
     model = SlicePredictor.from_folder(model_dir, record.dataset_id, record.trainer, str(record.fold), device, False,
-                                       batch_size)
+                                       batch_size, precision)
     return model, record, time.perf_counter() - start
 
 
@@ -68,6 +71,7 @@ def summary(model: SlicePredictor, record: TrainingRecord, device: str, load_s: 
 
     planes, inference = sum(row["planes"] for row in rows), sum(row["inference_s"] for row in rows)
     figures = {"device": device, "threads": torch.get_num_threads(), "tiles_per_call": model.batch_size,
+               "precision": model.precision, "mixed_precision": model.autocast,
                "patch_size": list(model.predictor.configuration_manager.patch_size), "views": record.views,
                "model_load_s": round(load_s, 2), "heads": len(rows), "planes_per_s": round(planes / inference, 1),
                "inference_s_per_head": round(statistics.median(row["inference_s"] for row in rows), 3)}
@@ -79,9 +83,10 @@ def summary(model: SlicePredictor, record: TrainingRecord, device: str, load_s: 
     return figures | {"per_head": rows}
 
 
-def benchmark(model_dir: Path, input_path: Path, device: str = "auto", batch_size: int | None = None) -> dict:
+def benchmark(model_dir: Path, input_path: Path, device: str = "auto", batch_size: int | None = None,
+              precision: Precision = "auto") -> dict:
     device = torch_device(device)
-    model, record, load_s = load_model(model_dir, device, batch_size)
+    model, record, load_s = load_model(model_dir, device, batch_size, precision)
     heads = [path for path in inputs_of(input_path) if path.suffix != ".png"]
     with tempfile.TemporaryDirectory(prefix="bench-predict-") as tmp:
         rows = [time_head(path, model, record, Path(tmp), device) for path in heads]

@@ -31,7 +31,7 @@ import numpy as np
 from PIL import Image
 
 from pipeline.core.bids import write_derivative_description, write_dseg_table
-from pipeline.core.config import ExecutorConfig
+from pipeline.core.config import ExecutorConfig, Precision
 from pipeline.core.io import HEAD_SUFFIXES, InputError, image_stem, save_nifti, save_png, write_tsv
 from pipeline.core.labels import TISSUES, tissue_volumes, voxel_volume_ml
 from pipeline.imaging.overlays import brain_centre, three_planes
@@ -182,10 +182,11 @@ def predict_pngs(slices: list[Path], output: Path, segment: Segmenter) -> None:
 
 
 def predict_alone(path: Path, threads: int, model_dir: Path, output: Path, slices: Slices, device: str, tta: bool,
-                  fold: str, allow_non_t1: bool) -> dict:
+                  precision: Precision, fold: str, allow_non_t1: bool) -> dict:
     """One head with a model loaded for it: what a SLURM job of ``predict`` runs."""
     record = TrainingRecord.read(model_dir)
-    model = SlicePredictor.from_folder(model_dir, record.dataset_id, record.trainer, fold, torch_device(device), tta)
+    model = SlicePredictor.from_folder(model_dir, record.dataset_id, record.trainer, fold, torch_device(device), tta,
+                                       precision=precision)
     with tempfile.TemporaryDirectory(prefix="predict-") as tmp:
         return segment_head_file(path, model, record, output, Path(tmp), slices, allow_non_t1)
 
@@ -203,7 +204,7 @@ def predict_on_slurm(heads: list[Path], executor: ExecutorConfig, **arguments: o
 
 
 def predict(model_dir: Path, input_path: Path, output: Path, slices: Slices = "brain", device: str = "auto",
-            tta: bool = False, fold: int | str | None = None, allow_non_t1: bool = False,
+            tta: bool = False, precision: Precision = "auto", fold: int | str | None = None, allow_non_t1: bool = False,
             executor: ExecutorConfig | None = None) -> None:
     """``fold``: None for the fold the model was trained on; ``executor``: where the heads are segmented (here,
     one after the other, or with ``kind: slurm`` each as a SLURM job)."""
@@ -217,13 +218,14 @@ def predict(model_dir: Path, input_path: Path, output: Path, slices: Slices = "b
     fold = str(record.fold if fold is None else fold)
     if executor is not None and executor.kind == "slurm" and heads:
         rows = list(predict_on_slurm(heads, executor, model_dir=model_dir.resolve(), output=output.resolve(),
-                                     slices=slices, device=job_device(device, executor), tta=tta, fold=fold,
+                                     slices=slices, device=job_device(device, executor), tta=tta,
+                                     precision=precision, fold=fold,
                                      allow_non_t1=allow_non_t1))
         heads = []
     else:
         rows = []
-    model = SlicePredictor.from_folder(model_dir, record.dataset_id, record.trainer, fold, torch_device(device), tta) \
-        if heads or any(f.suffix == ".png" for f in files) else None
+    model = SlicePredictor.from_folder(model_dir, record.dataset_id, record.trainer, fold, torch_device(device), tta,
+                                       precision=precision) if heads or any(f.suffix == ".png" for f in files) else None
     with tempfile.TemporaryDirectory(prefix="predict-") as tmp:
         for number, path in enumerate(heads, start=1):
             start = time.monotonic()

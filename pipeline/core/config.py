@@ -19,6 +19,7 @@ StripMethod = Literal["deepbet", "hdbet", "robex", "synthstrip"]
 SegmentMethod = Literal["hmrf", "samseg", "fast", "synthseg", "fastsurfer", "atropos", "consensus"]
 CONSENSUS = "consensus"  # a segmenter of its own kind: the fusion of the others (pipeline/tools/consensus.py)
 View = Literal["axial", "coronal", "sagittal"]
+Precision = Literal["auto", "float32", "mixed"]  # a network's arithmetic at prediction (train.predict_precision)
 Probability = Annotated[float, Field(ge=0.0, le=1.0)]
 Range = tuple[float, float]
 
@@ -378,6 +379,10 @@ class TrainConfig(Strict):
     # ``seed``). The report's intervals then cover the training's own noise as well as the subjects'.
     seeds: list[int] = []
     predict_tta: bool = False  # nnU-Net's mirroring at prediction: better Dice, 4x (2D) the time
+    # the network's arithmetic at prediction: auto: mixed (float16 on a GPU, bfloat16 on a CPU) where the device
+    # computes it natively (GPUs; CPUs with AVX-512 BF16 or AMX: twice as fast there), else float32; float32 gives
+    # the same labels on every machine (mixed moves about 0.04 % of a head's voxels, where two classes all but tie)
+    predict_precision: Precision = "auto"
 
     def profile_name(self, device: str) -> str:
         """The profile that trains on ``device`` ("cuda" or "cpu"): ``profile``, or for auto gpu or quick."""

@@ -14,10 +14,20 @@ from typing import ClassVar, Literal, get_args
 import numpy as np
 from pydantic import ValidationError
 
-from pipeline.core.config import HarmonizeConfig, SegmentMethod, Strict, StripConfig, StripMethod, TrainProfile, View
+from pipeline.core.config import (
+    HarmonizeConfig,
+    Precision,
+    SegmentMethod,
+    Strict,
+    StripConfig,
+    StripMethod,
+    TrainProfile,
+    View,
+)
 from pipeline.core.io import InputError, write_json
 from pipeline.imaging.slices import rows_left_right
 from pipeline.nnunet.runner import TRAINER_DIR
+from pipeline.runtime.devices import inference_autocast
 from pipeline.runtime.environ import scoped_environ
 
 
@@ -101,11 +111,21 @@ class SlicePredictor:
     same slices read from PNGs (``NaturalImage2DIO``'s layout and spacing, nnU-Net's own preprocessing, sliding
     window and export), without a process and a file per slice, and with the tiles of many slices through the
     network at once (``batch_size`` tiles a call: ``tile_batch_size``). nnU-Net's per-tile arithmetic is kept, in its
-    order (Gaussian weights, half-precision sums): a slice's labels do not depend on the batch it was in."""
+    order (Gaussian weights, half-precision sums): a slice's labels do not depend on the batch it was in. In mixed
+    precision (``precision``; by default on a GPU, as nnU-Net's own prediction, and on a CPU that computes bfloat16
+    natively) labels differ from float32's only where two classes all but tie."""
 
-    def __init__(self, predictor, batch_size: int | None = None) -> None:
+    def __init__(self, predictor, batch_size: int | None = None, precision: Precision = "auto") -> None:
         self.predictor = predictor  # an initialised nnUNetPredictor
         self._batch_size = batch_size
+        self.precision = precision
+
+    @property
+    def autocast(self) -> bool:
+        """Whether the network runs in torch's autocast (mixed) precision: ``precision`` "mixed", or "auto" where
+        the device computes it natively (``inference_autocast``)."""
+        return self.precision == "mixed" or (self.precision == "auto"
+                                             and inference_autocast(self.predictor.device.type))
 
     @property
     def batch_size(self) -> int:
@@ -116,7 +136,7 @@ class SlicePredictor:
 
     @classmethod
     def from_folder(cls, models: Path, dataset_id: int, trainer: str, fold: str, device: str, tta: bool,
-                    batch_size: int | None = None) -> SlicePredictor:
+                    batch_size: int | None = None, precision: Precision = "auto") -> SlicePredictor:
         """The model a train stage wrote under ``models`` (nnU-Net's results root)."""
         import torch
         from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
@@ -128,7 +148,7 @@ class SlicePredictor:
             predictor = nnUNetPredictor(use_mirroring=tta, perform_everything_on_device=device == "cuda",
                                         device=torch.device(device), verbose=False, allow_tqdm=False)
             predictor.initialize_from_trained_model_folder(str(model_folder(models, dataset_id, trainer)), (fold,))
-        return cls(predictor, batch_size)
+        return cls(predictor, batch_size, precision)
 
     @classmethod
     def from_trainer(cls, trainer) -> SlicePredictor:
@@ -161,7 +181,7 @@ class SlicePredictor:
             return self.probabilities
         predictor = copy.copy(self.predictor)  # the same network, mirroring off
         predictor.use_mirroring = False
-        return SlicePredictor(predictor, self._batch_size).probabilities
+        return SlicePredictor(predictor, self._batch_size, self.precision).probabilities
 
     def _logits(self, images: np.ndarray) -> list[tuple[object, dict]]:
         """Each image through nnU-Net's preprocessing (crop to its non-zero box, normalisation), then its sliding
@@ -189,7 +209,7 @@ class SlicePredictor:
             classes = predictor.label_manager.num_segmentation_heads
             sums.append((torch.zeros((classes, *data.shape[1:]), dtype=torch.half, device=device),
                          torch.zeros(data.shape[1:], dtype=torch.half, device=device)))
-        with torch.inference_mode(), torch.autocast(device.type, enabled=device.type == "cuda"):
+        with torch.inference_mode(), torch.autocast(device.type, enabled=self.autocast):
             for start in range(0, len(tiles), self.batch_size):
                 chosen = tiles[start:start + self.batch_size]
                 batch = torch.stack([padded[i][0][:, x:x + patch[0], y:y + patch[1]] for i, x, y in chosen])

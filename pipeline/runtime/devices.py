@@ -24,3 +24,19 @@ def job_device(requested: str, executor) -> str:
     if requested == "auto":
         return "cuda" if executor.slurm.gpus else "cpu"
     return requested
+
+
+@cache
+def native_bfloat16_cpu() -> bool:
+    """Whether this CPU computes bfloat16 in hardware (AVX-512 BF16 or AMX): there a network runs about twice as
+    fast in bfloat16; elsewhere torch emulates it, slower than float32."""
+    import torch
+
+    checks = (getattr(torch.cpu, "_is_avx512_bf16_supported", None), getattr(torch.cpu, "_is_amx_tile_supported", None))
+    return any(check is not None and check() for check in checks)
+
+
+def inference_autocast(device: str) -> bool:
+    """Whether ``device`` computes torch's autocast (mixed) precision natively: float16 on a GPU, bfloat16 on a CPU
+    that has it in hardware (``native_bfloat16_cpu``)."""
+    return device == "cuda" or (device == "cpu" and native_bfloat16_cpu())

@@ -124,7 +124,8 @@ def evaluate_model(results: Path, record: TrainingRecord, dataset: Path, cases: 
     ``with_volumes``: the first seed's model) each head's tissue volumes. The predictions go under ``out``. Run where
     the model runs: here, or as a GPU job (``executor``)."""
     model = SlicePredictor.from_folder(results, record.dataset_id, record.trainer, str(train.fold),
-                                       torch_device(train.device), train.predict_tta)
+                                       torch_device(train.device), train.predict_tta,
+                                       precision=train.predict_precision)
     rows, volumes = score_synthetic(model, dataset, out / "synthetic"), []
     for case in cases:
         head = load_held_out_head(case, folders, evaluate)
