@@ -226,7 +226,8 @@ def test_nnunets_own_command_line_predicts_each_plane_as_the_pipeline_does(study
     result = subprocess.run(command, env=env, capture_output=True, text=True, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     record = TrainingRecord.read(models)
-    ours = SlicePredictor.from_folder(models, record.dataset_id, record.trainer, fold, "cpu", False, precision="float32")
+    ours = SlicePredictor.from_folder(models, record.dataset_id, record.trainer, fold, "cpu", False,
+                                      precision="float32")  # nnU-Net's CPU arithmetic
     assert len(planes) > 5
     for k, labels in zip(canvases, ours(np.stack(list(canvases.values()))), strict=True):
         assert np.array_equal(labels, np.asarray(Image.open(tmp_path / "out" / f"plane-{k:03d}.png"))), k
