@@ -122,12 +122,12 @@ def placeholder(path: Path) -> None:
         (path / "placeholder").write_text("placeholder\n")
 
 
-def test_editing_the_picture_module_leaves_every_training_and_evaluation_up_to_date_in_dvc_status(tmp_path: Path):
-    """DVC's own verdict, on a study whose stages DVC has recorded (placeholder outputs, no stage run): after an edit
-    to overlays.py only the stages that draw pictures are stale, the report among them."""
+def recorded_study(folder: Path) -> Path:
+    """A copy of the project whose stages DVC has recorded (placeholder outputs, no stage run): ``dvc status``
+    then reports exactly the stages an edit makes stale."""
     from dvc.repo import Repo
 
-    project = copy_project(tmp_path / "study")
+    project = copy_project(folder)
     subprocess.run(["dvc", "init", "--no-scm", "-q"], cwd=project, env=venv_env(), check=True)
     with Repo(str(project)) as repo:
         for stage in repo.index.stages:
@@ -135,16 +135,39 @@ def test_editing_the_picture_module_leaves_every_training_and_evaluation_up_to_d
                 if not Path(entry.fs_path).exists():
                     placeholder(Path(entry.fs_path))
     subprocess.run(["dvc", "commit", "--force", "-q"], cwd=project, env=venv_env(), check=True)
+    return project
 
-    def stale() -> set[str]:
-        status = subprocess.run(["dvc", "status", "--json"], cwd=project, env=venv_env(), capture_output=True,
-                                text=True, check=True).stdout
-        return set(json.loads(status.strip().splitlines()[-1]))
 
-    assert stale() == set()
+def stale(project: Path) -> set[str]:
+    """The stages ``dvc status`` reports as changed."""
+    status = subprocess.run(["dvc", "status", "--json"], cwd=project, env=venv_env(), capture_output=True,
+                            text=True, check=True).stdout
+    return set(json.loads(status.strip().splitlines()[-1]))
+
+
+def test_editing_the_picture_module_leaves_every_training_and_evaluation_up_to_date_in_dvc_status(tmp_path: Path):
+    """DVC's own verdict: after an edit to overlays.py only the stages that draw pictures are stale, the report
+    among them."""
+    project = recorded_study(tmp_path / "study")
+    assert stale(project) == set()
     with (project / "pipeline" / "imaging" / "overlays.py").open("a") as overlays:
         overlays.write("# a comment\n")
-    assert stale() == {"strip@deepbet", "segment@hmrf-deepbet", "segment_qc@hmrf-deepbet", "report"}
+    assert stale(project) == {"strip@deepbet", "segment@hmrf-deepbet", "segment_qc@hmrf-deepbet", "report"}
+
+
+def test_how_a_model_is_applied_re_scores_it_without_retraining_it(tmp_path: Path):
+    """``train.predict_precision`` and ``train.predict_tta`` are read by the evaluate stage (and predict), not by the
+    training: as ``dvc exp run -S`` writes them, only the evaluation is stale; a training key stales the training."""
+    project = recorded_study(tmp_path / "study")
+    params = project / "params.yaml"
+    original = params.read_text()
+    for line, changed in [("predict_precision: auto", "predict_precision: float32"),
+                          ("predict_tta: false", "predict_tta: true")]:
+        assert line in original
+        params.write_text(original.replace(line, changed))
+        assert stale(project) == {"evaluate@hmrf-deepbet"}, changed
+    params.write_text(original.replace("deterministic: true", "deterministic: false"))
+    assert stale(project) == {"train@hmrf-deepbet", "evaluate@hmrf-deepbet"}
 
 
 def test_a_stage_imports_no_tool_wrapper_and_each_matrix_item_depends_on_the_one_it_runs():

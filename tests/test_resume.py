@@ -46,7 +46,9 @@ def train(tmp_path: Path, monkeypatch) -> Train:
 def test_a_parameter_the_training_does_not_read_keeps_its_fingerprint(train: Train):
     config = config_with()
     assert "evaluate" not in train.params() and "workers" not in train.params()
-    elsewhere = config_with(workers=config.workers + 1, evaluate={"band_mm": config.evaluate.band_mm + 1})
+    assert not any(key.startswith("train.predict_") for key in train.params())  # how the model is applied
+    elsewhere = config_with(workers=config.workers + 1, evaluate={"band_mm": config.evaluate.band_mm + 1},
+                            train={"predict_precision": "float32", "predict_tta": True})
     assert train.fingerprint(elsewhere) == train.fingerprint(config)
 
 

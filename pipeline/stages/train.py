@@ -14,7 +14,7 @@ import shutil
 import time
 from pathlib import Path
 
-from pipeline.core.config import Config
+from pipeline.core.config import Config, TrainConfig
 from pipeline.core.io import write_csv
 from pipeline.nnunet import runner
 from pipeline.nnunet.models import NnunetDataset, TrainingRecord, nnunet_dataset, seed_folders
@@ -45,10 +45,15 @@ def training_curve(results: Path, dataset: str) -> list[dict]:
     ]
 
 
+# ``train`` but how a trained model is applied (``train.predict_*``: the evaluate stage's and predict's): changing
+# those re-scores a model, never retrains it
+TRAINING_KEYS = tuple(f"train.{name}" for name in TrainConfig.model_fields if not name.startswith("predict_"))
+
+
 class Train(ComboStage):
     name = "train"
     # synth: what online synthesis draws with; harmonize and the stripper's: what the record tells predict to do
-    param_keys = ("seed", "train", "synth", "harmonize", "strip.{stripper}", "strip.crop_margin_vox", "strip.qc")
+    param_keys = ("seed", *TRAINING_KEYS, "synth", "harmonize", "strip.{stripper}", "strip.crop_margin_vox", "strip.qc")
     out_template = "models/{segmenter}-{stripper}"
     # an interrupted training continues from nnU-Net's latest checkpoint, on the same inputs and params only
     resumable = True
