@@ -116,6 +116,29 @@ def test_every_combo_has_its_own_nnunet_dataset_id_and_name():
     assert nnunet_dataset("samseg", "hdbet").name == "Dataset111_samseg_hdbet"
 
 
+def params_missing_from(params: dict) -> list[str]:
+    """The DVC params of dvc.yaml's stages (each matrix item's, for the methods ``params`` lists) that ``params``
+    lacks: ``dvc repro`` stops on any of them (MissingParamsError)."""
+    items = {"${item.stripper}": params["strip"]["methods"], "${item.segmenter}": params["segment"]["methods"]}
+    missing = []
+    for stage in yaml.safe_load((PROJECT_ROOT / "dvc.yaml").read_text())["stages"].values():
+        for key in stage.get("params", []):
+            template = next((item for item in items if item in key), None)
+            for dotted in [key.replace(template, method) for method in items[template]] if template else [key]:
+                node = params
+                for part in dotted.split("."):
+                    if not isinstance(node, dict) or part not in node:
+                        missing.append(dotted)
+                        break
+                    node = node[part]
+    return missing
+
+
+def test_the_default_params_hold_every_param_dvc_yaml_names():
+    assert not params_missing_from(yaml.safe_load((PROJECT_ROOT / "params.yaml").read_text()))
+    assert params_missing_from({"strip": {"methods": ["deepbet"]}, "segment": {"methods": ["hmrf"]}})
+
+
 def test_the_original_study_preset_is_valid_and_doctor_names_every_missing_tool_first(tmp_path: Path, monkeypatch,
                                                                                        capsys):
     import shutil
@@ -128,6 +151,7 @@ def test_the_original_study_preset_is_valid_and_doctor_names_every_missing_tool_
     assert config.combos() == [(seg, strip) for seg in ("fastsurfer", "fast", "samseg", "synthseg")
                                for strip in ("synthstrip", "hdbet")]
     assert (config.synth.n_train, config.synth.n_test, config.train.profile) == (600, 60, "standard")
+    assert not params_missing_from(yaml.safe_load(preset.read_text()))  # dvc repro reads each from params.yaml
     shutil.copy(preset, tmp_path / "params.yaml")
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("PATH", "/usr/bin:/bin")  # none of FreeSurfer, FSL, FastSurfer here
