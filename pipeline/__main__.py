@@ -238,9 +238,10 @@ def cmd_bench_cross_site(args: argparse.Namespace) -> int:
     return 0
 
 
-PRECISION_HELP = ("the network's arithmetic: auto: mixed (bfloat16 on a CPU, float16 on a GPU) where the device "
-                  "computes it natively, about twice as fast there, else float32; float32: the same labels on every "
-                  "machine (as train.predict_precision)")
+PRECISION_HELP = ("the network's arithmetic (as train.predict_precision): auto: mixed where the device computes it "
+                  "natively (float16 on a GPU; bfloat16 on a CPU with AVX-512 BF16 or AMX, about twice as fast "
+                  "there), else float32; float32: nnU-Net's own CPU arithmetic; mixed: always (on a CPU without "
+                  "bfloat16, emulated and far slower)")
 
 
 def parser() -> argparse.ArgumentParser:

@@ -46,6 +46,23 @@ def test_help_lists_every_command_and_the_console_script_runs_the_same_main():
     modular = subprocess.run([sys.executable, "-m", "pipeline", "predict", "--help"], env=venv_env(),
                              capture_output=True, text=True, check=True)
     assert "--slices" in modular.stdout and "--allow-non-t1" in modular.stdout and "--tta" in modular.stdout
+    assert "--precision {auto,float32,mixed}" in modular.stdout
+
+
+def test_predict_and_bench_predict_pass_the_precision_they_are_given(monkeypatch, tmp_path: Path):
+    """``--precision`` reaches the function that loads the model, for predict and bench predict alike."""
+    import pipeline.apps.bench_predict
+    import pipeline.apps.predict
+    from pipeline.__main__ import main
+
+    given = []
+    monkeypatch.setattr(pipeline.apps.predict, "predict", lambda *args, **kwargs: given.append(kwargs["precision"]))
+    monkeypatch.setattr(pipeline.apps.bench_predict, "benchmark", lambda *args: given.append(args[-1]) or {})
+    paths = ["--model", str(tmp_path), "--input", str(tmp_path)]
+    assert main(["predict", *paths, "--output", str(tmp_path / "out"), "--precision", "float32"]) == 0
+    assert main(["bench", "predict", *paths, "--precision", "mixed"]) == 0
+    assert main(["predict", *paths, "--output", str(tmp_path / "out")]) == 0
+    assert given == ["float32", "mixed", "auto"]
 
 
 def _run_stage(project: Path, *args: str) -> subprocess.CompletedProcess:

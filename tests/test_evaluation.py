@@ -142,11 +142,13 @@ def test_test_time_mirroring_is_left_right_only_so_sagittal_slices_are_never_mir
     assert model.predictor.use_mirroring  # the model itself keeps its mirroring
 
 
-def test_auto_precision_is_mixed_on_a_gpu_and_on_a_cpu_only_where_it_computes_bfloat16_natively():
+def test_auto_precision_is_mixed_on_a_gpu_and_on_a_cpu_only_where_it_computes_bfloat16_natively(monkeypatch):
     """``train.predict_precision: auto`` runs the network in mixed precision where the device computes it in
     hardware (a GPU; a CPU with AVX-512 BF16 or AMX, read here from the kernel's CPU flags) and in float32 elsewhere,
-    where torch would emulate bfloat16 more slowly; float32 and mixed are what they say on any device, and the
-    sagittal view's unmirrored copy of a model keeps its precision."""
+    where torch would emulate bfloat16 more slowly, or where oneDNN is held below it (``ONEDNN_MAX_CPU_ISA``);
+    float32 and mixed are what they say on any device, the sagittal view's unmirrored copy of a model keeps its
+    precision, and a misspelt one is refused."""
+    import os
     from pathlib import Path
     from types import SimpleNamespace
 
@@ -159,11 +161,19 @@ def test_auto_precision_is_mixed_on_a_gpu_and_on_a_cpu_only_where_it_computes_bf
         return SlicePredictor(SimpleNamespace(device=torch.device(device), use_mirroring=True), precision=precision)
 
     cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.is_file():
+    if cpuinfo.is_file() and "ONEDNN_MAX_CPU_ISA" not in os.environ:
         flags = {flag for line in cpuinfo.read_text().splitlines() if line.startswith("flags")
                  for flag in line.split(":", 1)[1].split()}
         assert native_bfloat16_cpu() is bool(flags & {"avx512_bf16", "amx_tile"})
-    assert model("cpu", "auto").autocast is native_bfloat16_cpu()
-    assert model("cuda", "auto").autocast
-    assert not model("cuda", "float32").autocast and model("cpu", "mixed").autocast
+    assert model("cpu", "auto").mixed_precision is native_bfloat16_cpu()
+    assert model("cuda", "auto").mixed_precision
+    assert not model("cuda", "float32").mixed_precision and model("cpu", "mixed").mixed_precision
     assert model("cpu", "float32").probabilities_in("sagittal").__self__.precision == "float32"
+    with pytest.raises(ValueError, match="fp32"):
+        model("cpu", "fp32")
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
+    native_bfloat16_cpu.cache_clear()
+    try:
+        assert not native_bfloat16_cpu() and not model("cpu", "auto").mixed_precision
+    finally:
+        native_bfloat16_cpu.cache_clear()  # the next caller reads the real environment

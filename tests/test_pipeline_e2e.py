@@ -163,6 +163,10 @@ def test_predict_on_a_real_head_returns_whole_brain_labels_on_the_input_grid(stu
     description = json.loads((out / "dataset_description.json").read_text())
     assert description["DatasetType"] == "derivative"
     assert description["GeneratedBy"][0]["TrainingRecord"]["segmenter"] == "hmrf"
+    from pipeline.runtime.devices import native_bfloat16_cpu  # the arithmetic the labels came from
+
+    assert description["GeneratedBy"][0]["Precision"] == "auto"
+    assert description["GeneratedBy"][0]["MixedPrecision"] is native_bfloat16_cpu()
     assert (out / "dseg.tsv").read_text().splitlines()[1:] == ["0\tbackground", "1\tGM", "2\tWM", "3\tCSF"]
     row = read_tsv(out / "tissue_volumes.tsv")[0]
     assert list(row)[:7] == ["case", "source", "slices", "planes", "GM_ml", "WM_ml", "CSF_ml"]
@@ -293,7 +297,7 @@ def test_mixed_precision_moves_a_real_heads_labels_only_where_two_classes_all_bu
     float32 = SlicePredictor.from_folder(models, record.dataset_id, record.trainer, str(record.fold), "cpu", False,
                                          precision="float32")
     mixed = SlicePredictor(float32.predictor, None, "mixed")
-    assert mixed.autocast and not float32.autocast
+    assert mixed.mixed_precision and not float32.mixed_precision
     exact, reduced = float32.probabilities(canvases), mixed.probabilities(canvases)
     assert 0 < np.abs(reduced - exact).max() < 0.1  # another arithmetic, the same model
     labels, mixed_labels = exact.argmax(axis=1), reduced.argmax(axis=1)

@@ -36,7 +36,7 @@ from scipy import ndimage
 
 from pipeline.apps.bench_real import benchmark as train_study
 from pipeline.apps.predict import segment_head_file
-from pipeline.core.config import parse_config
+from pipeline.core.config import Precision, parse_config
 from pipeline.core.io import save_nifti, write_tsv
 from pipeline.evaluation.compare import mean_ci95
 from pipeline.evaluation.dice import dice_per_tissue
@@ -111,11 +111,11 @@ def degraded_head(path: Path, case: str, condition: str, folder: Path) -> Path:
 
 
 def score_site(model_dir: Path, heads: list[tuple[str, Path, np.ndarray]], conditions: list[str],
-               work: Path, device: str) -> list[dict]:
+               work: Path, device: str, precision: Precision) -> list[dict]:
     """One row per (head, condition): the model's whole-head Dice against the head's reference tissues."""
     record = TrainingRecord.read(model_dir)
     model = SlicePredictor.from_folder(model_dir, record.dataset_id, record.trainer, str(record.fold),
-                                       torch_device(device), False)
+                                       torch_device(device), False, precision=precision)
     rows = []
     with tempfile.TemporaryDirectory(prefix="cross-site-") as tmp:
         for case, path, reference in heads:
@@ -175,7 +175,8 @@ def benchmark(train_root: Path, test_root: Path, reference: Path, workdir: Path,
         combo = f"{segmenter}-{stripper}"
         print(f"bench cross-site: {combo} on {len(heads)} heads of {test_root}, {len(conditions)} conditions",
               file=sys.stderr)
-        rows = score_site(workdir / "models" / combo, heads, conditions, workdir / "cross-site", device)
+        rows = score_site(workdir / "models" / combo, heads, conditions, workdir / "cross-site", device,
+                          params.train.predict_precision)
         write_tsv(rows, workdir / "cross-site" / f"{combo}-cases.tsv")
         strategies[combo] = {"training_site": trained["strategies"][combo], "test_site": summarise(rows, conditions)}
     return {"train_root": str(train_root), "test_root": str(test_root), "reference": str(reference),

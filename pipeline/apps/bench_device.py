@@ -76,7 +76,8 @@ def prediction(study: Path, combo: str, device: str, overrides: list[str]) -> di
     heads = bench_train.held_out_heads(study, bench_train.study_folders(study, combo), config)
     if not heads:
         raise InputError(f"bench device: {study} has no held-out heads of {combo}: run the study first")
-    model, record, load_s = bench_predict.load_model(study / "models" / combo, device, None)
+    model, record, load_s = bench_predict.load_model(study / "models" / combo, device, None,
+                                                     config.train.predict_precision)
     bench_predict.time_inference(model, heads[0].brain.get_fdata(dtype=np.float32), heads[0].mask, record, device)
     rows = [{"head": head.case} | bench_predict.time_inference(model, head.brain.get_fdata(dtype=np.float32),
                                                                head.mask, record, device) for head in heads]

@@ -71,7 +71,7 @@ def summary(model: SlicePredictor, record: TrainingRecord, device: str, load_s: 
 
     planes, inference = sum(row["planes"] for row in rows), sum(row["inference_s"] for row in rows)
     figures = {"device": device, "threads": torch.get_num_threads(), "tiles_per_call": model.batch_size,
-               "precision": model.precision, "mixed_precision": model.autocast,
+               "precision": model.precision, "mixed_precision": model.mixed_precision,
                "patch_size": list(model.predictor.configuration_manager.patch_size), "views": record.views,
                "model_load_s": round(load_s, 2), "heads": len(rows), "planes_per_s": round(planes / inference, 1),
                "inference_s_per_head": round(statistics.median(row["inference_s"] for row in rows), 3)}

@@ -165,12 +165,15 @@ def segment_head_file(path: Path, model: SlicePredictor, record: TrainingRecord,
             "qc_flags": "; ".join(head.flags) or "none"}
 
 
-def write_description(output: Path, model_dir: Path, record: TrainingRecord) -> None:
-    """``output`` as a BIDS derivative: its label table and where the labels came from."""
+def write_description(output: Path, model_dir: Path, record: TrainingRecord, precision: Precision,
+                      mixed_precision: bool | None) -> None:
+    """``output`` as a BIDS derivative: its label table and where the labels came from (the model, and the
+    arithmetic it ran in: ``mixed_precision`` None where SLURM jobs ran it on their own machines)."""
     write_dseg_table(output)
     write_derivative_description(output, "synthseg-pipeline predictions",
                                  f"predict: nnU-Net 2D model {record.segmenter}-{record.stripper}",
-                                 Model=str(model_dir.resolve()), TrainingRecord=record.model_dump(mode="json"))
+                                 Model=str(model_dir.resolve()), TrainingRecord=record.model_dump(mode="json"),
+                                 Precision=precision, MixedPrecision=mixed_precision)
 
 
 def predict_pngs(slices: list[Path], output: Path, segment: Segmenter) -> None:
@@ -240,4 +243,4 @@ def predict(model_dir: Path, input_path: Path, output: Path, slices: Slices = "b
     pngs = [f for f in files if f.suffix == ".png"]
     if pngs:
         predict_pngs(pngs, output, model)
-    write_description(output, model_dir, record)
+    write_description(output, model_dir, record, precision, None if model is None else model.mixed_precision)

@@ -379,9 +379,10 @@ class TrainConfig(Strict):
     # ``seed``). The report's intervals then cover the training's own noise as well as the subjects'.
     seeds: list[int] = []
     predict_tta: bool = False  # nnU-Net's mirroring at prediction: better Dice, 4x (2D) the time
-    # the network's arithmetic at prediction: auto: mixed (float16 on a GPU, bfloat16 on a CPU) where the device
-    # computes it natively (GPUs; CPUs with AVX-512 BF16 or AMX: twice as fast there), else float32; float32 gives
-    # the same labels on every machine (mixed moves about 0.04 % of a head's voxels, where two classes all but tie)
+    # the network's arithmetic at prediction: auto: mixed where the device computes it natively (float16 on a GPU;
+    # bfloat16 on a CPU with AVX-512 BF16 or AMX, twice as fast there), else float32; float32: nnU-Net's own CPU
+    # arithmetic; mixed: always (emulated, far slower, on a CPU without bfloat16). Mixed moves about 0.04 % of a
+    # head's voxels against float32, where two classes all but tie.
     predict_precision: Precision = "auto"
 
     def profile_name(self, device: str) -> str:

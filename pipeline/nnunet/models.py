@@ -27,7 +27,7 @@ from pipeline.core.config import (
 from pipeline.core.io import InputError, write_json
 from pipeline.imaging.slices import rows_left_right
 from pipeline.nnunet.runner import TRAINER_DIR
-from pipeline.runtime.devices import inference_autocast
+from pipeline.runtime.devices import native_mixed_precision
 from pipeline.runtime.environ import scoped_environ
 
 
@@ -118,20 +118,22 @@ class SlicePredictor:
     def __init__(self, predictor, batch_size: int | None = None, precision: Precision = "auto") -> None:
         self.predictor = predictor  # an initialised nnUNetPredictor
         self._batch_size = batch_size
+        if precision not in get_args(Precision):
+            raise ValueError(f"precision {precision!r} is not one of {get_args(Precision)}")
         self.precision = precision
 
     @property
-    def autocast(self) -> bool:
+    def mixed_precision(self) -> bool:
         """Whether the network runs in torch's autocast (mixed) precision: ``precision`` "mixed", or "auto" where
-        the device computes it natively (``inference_autocast``)."""
+        the device computes it natively (``native_mixed_precision``)."""
         return self.precision == "mixed" or (self.precision == "auto"
-                                             and inference_autocast(self.predictor.device.type))
+                                             and native_mixed_precision(self.predictor.device.type))
 
     @property
     def batch_size(self) -> int:
         """Tiles a network call (sized to the device the first time it is asked)."""
         if self._batch_size is None:
-            self._batch_size = tile_batch_size(self.predictor)
+            self._batch_size = tile_batch_size(self.predictor, value_bytes=2 if self.mixed_precision else 4)
         return self._batch_size
 
     @classmethod
@@ -151,7 +153,7 @@ class SlicePredictor:
         return cls(predictor, batch_size, precision)
 
     @classmethod
-    def from_trainer(cls, trainer) -> SlicePredictor:
+    def from_trainer(cls, trainer, precision: Precision = "auto") -> SlicePredictor:
         """A trainer's network as it is now (deep supervision off: call while it is set so)."""
         from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 
@@ -162,7 +164,7 @@ class SlicePredictor:
         predictor.manual_initialization(network, trainer.plans_manager, trainer.configuration_manager,
                                         [network.state_dict()], trainer.dataset_json, type(trainer).__name__,
                                         trainer.inference_allowed_mirroring_axes)
-        return cls(predictor)
+        return cls(predictor, precision=precision)
 
     def __call__(self, images: np.ndarray) -> np.ndarray:
         """The labels (uint8, (N, H, W)) of N 2D uint8 images (N, H, W)."""
@@ -209,7 +211,7 @@ class SlicePredictor:
             classes = predictor.label_manager.num_segmentation_heads
             sums.append((torch.zeros((classes, *data.shape[1:]), dtype=torch.half, device=device),
                          torch.zeros(data.shape[1:], dtype=torch.half, device=device)))
-        with torch.inference_mode(), torch.autocast(device.type, enabled=self.autocast):
+        with torch.inference_mode(), torch.autocast(device.type, enabled=self.mixed_precision):
             for start in range(0, len(tiles), self.batch_size):
                 chosen = tiles[start:start + self.batch_size]
                 batch = torch.stack([padded[i][0][:, x:x + patch[0], y:y + patch[1]] for i, x, y in chosen])
@@ -237,10 +239,11 @@ class SlicePredictor:
         return np.asarray(result[0], dtype=np.uint8)
 
 
-def tile_batch_size(predictor, cpu_tiles: int = 16, share_of_free_memory: float = 0.5) -> int:
+def tile_batch_size(predictor, cpu_tiles: int = 16, share_of_free_memory: float = 0.5, value_bytes: int = 2) -> int:
     """Tiles a network call takes: on a GPU as many as half its free memory holds (every full-resolution
-    activation of a tile, times two for the decoder's, in half precision, with mirroring's extra pass), at most
-    1024; on a CPU ``cpu_tiles`` (larger batches gain nothing there and cost memory)."""
+    activation of a tile, times two for the decoder's, ``value_bytes`` each: 2 in mixed precision, 4 in float32,
+    with mirroring's extra pass), at most 1024; on a CPU ``cpu_tiles`` (larger batches gain nothing there and cost
+    memory)."""
     import torch
 
     if predictor.device.type != "cuda":
@@ -249,6 +252,6 @@ def tile_batch_size(predictor, cpu_tiles: int = 16, share_of_free_memory: float 
     patch = predictor.configuration_manager.patch_size
     features = predictor.configuration_manager.network_arch_init_kwargs["features_per_stage"]
     # per stage: ~6 tensors (convolutions, norms, non-linearities) of features x pixels, halved per stage
-    per_tile = sum(6 * f * int(np.prod(patch)) // 4 ** s for s, f in enumerate(features)) * 2 * 2
+    per_tile = sum(6 * f * int(np.prod(patch)) // 4 ** s for s, f in enumerate(features)) * 2 * value_bytes
     per_tile *= 2 if predictor.use_mirroring else 1
     return int(max(1, min(1024, share_of_free_memory * free // per_tile)))

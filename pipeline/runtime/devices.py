@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from functools import cache
 
 
@@ -28,15 +29,19 @@ def job_device(requested: str, executor) -> str:
 
 @cache
 def native_bfloat16_cpu() -> bool:
-    """Whether this CPU computes bfloat16 in hardware (AVX-512 BF16 or AMX): there a network runs about twice as
-    fast in bfloat16; elsewhere torch emulates it, slower than float32."""
+    """Whether this CPU computes bfloat16 in hardware (AVX-512 BF16 or AMX) and oneDNN may use it: there a network
+    runs about twice as fast in bfloat16; elsewhere torch emulates it, about 40 times slower than float32.
+    ``ONEDNN_MAX_CPU_ISA`` below AVX512_CORE_BF16 (e.g. AVX2) holds oneDNN back, so it counts as no."""
     import torch
 
+    isa = os.environ.get("ONEDNN_MAX_CPU_ISA", "ALL").upper()
+    if isa != "ALL" and "BF16" not in isa and "AMX" not in isa:
+        return False
     checks = (getattr(torch.cpu, "_is_avx512_bf16_supported", None), getattr(torch.cpu, "_is_amx_tile_supported", None))
     return any(check is not None and check() for check in checks)
 
 
-def inference_autocast(device: str) -> bool:
+def native_mixed_precision(device: str) -> bool:
     """Whether ``device`` computes torch's autocast (mixed) precision natively: float16 on a GPU, bfloat16 on a CPU
     that has it in hardware (``native_bfloat16_cpu``)."""
     return device == "cuda" or (device == "cpu" and native_bfloat16_cpu())
