@@ -237,25 +237,33 @@ def test_nnunets_own_command_line_predicts_each_plane_as_the_pipeline_does(study
         assert np.array_equal(labels, np.asarray(Image.open(tmp_path / "out" / f"plane-{k:03d}.png"))), k
 
 
-def test_batched_inference_gives_each_planes_labels_as_nnunet_gives_them_one_by_one(study: Path):
-    """The planes of a real test head through the network many tiles at a time give, plane for plane, the labels
-    nnU-Net's own single-image prediction gives: bit for bit one tile a call, and in batches the same labels but
-    where its two likeliest classes tie to the last bits a batched convolution changes."""
+def held_out_slices(study: Path, every: int):
+    """Every ``every``-th plane with brain of the study's first test head, as the slices every model sees."""
     import nibabel as nib
     import numpy as np
 
     from pipeline.imaging.slices import slice_canvas
-    from pipeline.nnunet.models import SlicePredictor, TrainingRecord
 
-    models = study / "models/hmrf-deepbet"
-    record = TrainingRecord.read(models)
     split = {row["participant_id"]: row["split"] for row in read_tsv(study / "data/raw/participants.tsv")}
     subject = next(pid for pid, kind in split.items() if kind == "test")
     stripped = study / "data/stripped/deepbet" / subject / "anat"
     brain = nib.load(stripped / f"{subject}_desc-brain_T1w.nii.gz").get_fdata(dtype=np.float32)
     mask = np.asarray(nib.load(stripped / f"{subject}_desc-brain_mask.nii.gz").dataobj) > 0
-    planes = np.flatnonzero(mask.any(axis=(0, 1)))[::4]
-    canvases = np.stack([slice_canvas(brain[:, :, k], mask[:, :, k], 256) for k in planes])
+    planes = np.flatnonzero(mask.any(axis=(0, 1)))[::every]
+    return np.stack([slice_canvas(brain[:, :, k], mask[:, :, k], 256) for k in planes])
+
+
+def test_batched_inference_gives_each_planes_labels_as_nnunet_gives_them_one_by_one(study: Path):
+    """The planes of a real test head through the network many tiles at a time give, plane for plane, the labels
+    nnU-Net's own single-image prediction gives: bit for bit one tile a call, and in batches the same labels but
+    where its two likeliest classes tie to the last bits a batched convolution changes."""
+    import numpy as np
+
+    from pipeline.nnunet.models import SlicePredictor, TrainingRecord
+
+    models = study / "models/hmrf-deepbet"
+    record = TrainingRecord.read(models)
+    canvases = held_out_slices(study, every=4)
     one_by_one = SlicePredictor.from_folder(models, record.dataset_id, record.trainer, str(record.fold), "cpu", False,
                                             precision="float32")  # nnU-Net's CPU arithmetic
     nnunet = one_by_one.predictor
@@ -279,21 +287,13 @@ def test_mixed_precision_moves_a_real_heads_labels_only_where_two_classes_all_bu
     computes it natively) on a real test head's planes: its probabilities within 0.1 of float32's, and a label
     changed only where float32's two likeliest classes were within 0.1 of each other (the tests' two-epoch model
     has many such pixels; the default model on an oasis-manual head changed 0.04 % of its voxels, Dice unchanged)."""
-    import nibabel as nib
     import numpy as np
 
-    from pipeline.imaging.slices import slice_canvas
     from pipeline.nnunet.models import SlicePredictor, TrainingRecord
 
     models = study / "models/hmrf-deepbet"
     record = TrainingRecord.read(models)
-    split = {row["participant_id"]: row["split"] for row in read_tsv(study / "data/raw/participants.tsv")}
-    subject = next(pid for pid, kind in split.items() if kind == "test")
-    stripped = study / "data/stripped/deepbet" / subject / "anat"
-    brain = nib.load(stripped / f"{subject}_desc-brain_T1w.nii.gz").get_fdata(dtype=np.float32)
-    mask = np.asarray(nib.load(stripped / f"{subject}_desc-brain_mask.nii.gz").dataobj) > 0
-    planes = np.flatnonzero(mask.any(axis=(0, 1)))[::10]  # emulated bfloat16 (a CPU without it) is slow
-    canvases = np.stack([slice_canvas(brain[:, :, k], mask[:, :, k], 256) for k in planes])
+    canvases = held_out_slices(study, every=10)  # emulated bfloat16 (a CPU without it) is slow
     float32 = SlicePredictor.from_folder(models, record.dataset_id, record.trainer, str(record.fold), "cpu", False,
                                          precision="float32")
     mixed = SlicePredictor(float32.predictor, None, "mixed")
