@@ -203,25 +203,17 @@ def test_nnunets_own_command_line_predicts_each_plane_as_the_pipeline_does(study
     """A user's nnUNetv2_predict_from_modelfolder, with nothing but nnUNet_extTrainer pointing at the pipeline's
     trainers, on the test head's planes as every model sees them, gives the very labels the pipeline's in-process
     predictor gives each plane (evaluate and predict then fuse the views)."""
-    import nibabel as nib
     import numpy as np
     from PIL import Image
 
     from pipeline.core.io import save_png
-    from pipeline.imaging.slices import slice_canvas
     from pipeline.nnunet.models import SlicePredictor, TrainingRecord
 
     models = study / "models/hmrf-deepbet"
     model = next(models.glob("Dataset*/nnUNetTrainerPipeline__nnUNetPlans__2d"))
     fold = next(model.glob("fold_*")).name.removeprefix("fold_")  # the one the study trained (train.fold)
-    split = {row["participant_id"]: row["split"] for row in read_tsv(study / "data/raw/participants.tsv")}
-    subject = next(pid for pid, kind in split.items() if kind == "test")
-    stripped = study / "data/stripped/deepbet" / subject / "anat"
-    brain = nib.load(stripped / f"{subject}_desc-brain_T1w.nii.gz").get_fdata(dtype=np.float32)
-    mask = np.asarray(nib.load(stripped / f"{subject}_desc-brain_mask.nii.gz").dataobj) > 0
-    planes = np.flatnonzero(mask.any(axis=(0, 1)))[::15]  # every 15th plane of the brain: bottom to top
-    canvases = {k: slice_canvas(brain[:, :, k], mask[:, :, k], 256) for k in planes}
-    for k, canvas in canvases.items():
+    canvases = held_out_slices(study, every=15)  # every 15th plane of the brain: bottom to top
+    for k, canvas in enumerate(canvases):
         save_png(canvas, tmp_path / "in" / f"plane-{k:03d}_0000.png")
     env = {key: value for key, value in venv_env().items() if not key.startswith("nnUNet_")}
     env |= {"nnUNet_extTrainer": str(study / "pipeline/nnunet/trainers"), "OMP_NUM_THREADS": "2"}
@@ -232,8 +224,8 @@ def test_nnunets_own_command_line_predicts_each_plane_as_the_pipeline_does(study
     record = TrainingRecord.read(models)
     ours = SlicePredictor.from_folder(models, record.dataset_id, record.trainer, fold, "cpu", False,
                                       precision="float32")  # nnU-Net's CPU arithmetic
-    assert len(planes) > 5
-    for k, labels in zip(canvases, ours(np.stack(list(canvases.values()))), strict=True):
+    assert len(canvases) > 5
+    for k, labels in enumerate(ours(canvases)):
         assert np.array_equal(labels, np.asarray(Image.open(tmp_path / "out" / f"plane-{k:03d}.png"))), k
 
 
