@@ -133,7 +133,7 @@ def test_test_time_mirroring_is_left_right_only_so_sagittal_slices_are_never_mir
     from types import SimpleNamespace
 
     from pipeline.imaging.slices import rows_left_right
-    from pipeline.nnunet.models import SlicePredictor
+    from pipeline.nnunet.predictor import SlicePredictor
 
     assert [rows_left_right(view) for view in ("axial", "coronal", "sagittal")] == [True, True, False]
     model = SlicePredictor(SimpleNamespace(use_mirroring=True))
@@ -154,7 +154,7 @@ def test_auto_precision_is_mixed_on_a_gpu_and_on_a_cpu_only_where_it_computes_bf
 
     import torch
 
-    from pipeline.nnunet.models import SlicePredictor
+    from pipeline.nnunet.predictor import SlicePredictor
     from pipeline.runtime.devices import native_bfloat16_cpu
 
     def model(device: str, precision: str) -> SlicePredictor:

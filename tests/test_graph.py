@@ -170,6 +170,16 @@ def test_how_a_model_is_applied_re_scores_it_without_retraining_it(tmp_path: Pat
     assert stale(project) == {"train@hmrf-deepbet", "evaluate@hmrf-deepbet"}
 
 
+def test_the_code_that_applies_a_model_is_no_dependency_of_its_training():
+    """``SlicePredictor`` (pipeline/nnunet/predictor.py) is how evaluate, predict and the benches apply a model: a change
+    to it re-scores the model and retrains nothing (nor re-exports its dataset)."""
+    stages = yaml.safe_load(dvc_yaml())["stages"]
+    assert "pipeline/nnunet/predictor.py" in stages["evaluate"]["deps"]
+    assert "pipeline/nnunet/models.py" in stages["train"]["deps"]  # the training record it writes
+    for name in ("export", "train"):
+        assert "pipeline/nnunet/predictor.py" not in stages[name]["deps"], name
+
+
 def test_a_stage_imports_no_tool_wrapper_and_each_matrix_item_depends_on_the_one_it_runs():
     """A wrapper (pipeline/tools/<method>.py) is imported when its method runs (pipeline.tools.registry), never by
     a stage module: dvc.yaml names it per matrix item, so changing the FAST wrapper re-runs no HMRF stage."""

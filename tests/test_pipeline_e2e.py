@@ -207,7 +207,8 @@ def test_nnunets_own_command_line_predicts_each_plane_as_the_pipeline_does(study
     from PIL import Image
 
     from pipeline.core.io import save_png
-    from pipeline.nnunet.models import SlicePredictor, TrainingRecord
+    from pipeline.nnunet.models import TrainingRecord
+    from pipeline.nnunet.predictor import SlicePredictor
 
     models = study / "models/hmrf-deepbet"
     model = next(models.glob("Dataset*/nnUNetTrainerPipeline__nnUNetPlans__2d"))
@@ -251,7 +252,8 @@ def test_batched_inference_gives_each_planes_labels_as_nnunet_gives_them_one_by_
     where its two likeliest classes tie to the last bits a batched convolution changes."""
     import numpy as np
 
-    from pipeline.nnunet.models import SlicePredictor, TrainingRecord
+    from pipeline.nnunet.models import TrainingRecord
+    from pipeline.nnunet.predictor import SlicePredictor
 
     models = study / "models/hmrf-deepbet"
     record = TrainingRecord.read(models)
@@ -281,7 +283,8 @@ def test_mixed_precision_moves_a_real_heads_labels_only_where_two_classes_all_bu
     has many such pixels; the default model on an oasis-manual head changed 0.04 % of its voxels, Dice unchanged)."""
     import numpy as np
 
-    from pipeline.nnunet.models import SlicePredictor, TrainingRecord
+    from pipeline.nnunet.models import TrainingRecord
+    from pipeline.nnunet.predictor import SlicePredictor
 
     models = study / "models/hmrf-deepbet"
     record = TrainingRecord.read(models)

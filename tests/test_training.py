@@ -19,7 +19,8 @@ from pipeline.core.labels import GM, WM, remap
 from pipeline.evaluation.dice import dice_per_tissue, summarize
 from pipeline.imaging.slices import center_pad
 from pipeline.nnunet import runner
-from pipeline.nnunet.models import SlicePredictor, nnunet_dataset
+from pipeline.nnunet.models import nnunet_dataset
+from pipeline.nnunet.predictor import SlicePredictor
 from pipeline.stages.train import Train
 
 pytestmark = pytest.mark.slow

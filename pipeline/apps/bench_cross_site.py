@@ -41,7 +41,8 @@ from pipeline.core.io import save_nifti, write_tsv
 from pipeline.evaluation.compare import mean_ci95
 from pipeline.evaluation.dice import dice_per_tissue
 from pipeline.evaluation.references import on_grid, reference_file, reference_tissues
-from pipeline.nnunet.models import SlicePredictor, TrainingRecord
+from pipeline.nnunet.models import TrainingRecord
+from pipeline.nnunet.predictor import SlicePredictor
 from pipeline.runtime.devices import torch_device
 from pipeline.sources.local_bids import bids_scans
 

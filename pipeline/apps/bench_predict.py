@@ -22,7 +22,8 @@ from pipeline.apps.predict import inputs_of, prepare_head
 from pipeline.core.config import Precision
 from pipeline.imaging.slices import in_view
 from pipeline.nnunet.inference import brain_planes, predict_views
-from pipeline.nnunet.models import SlicePredictor, TrainingRecord
+from pipeline.nnunet.models import TrainingRecord
+from pipeline.nnunet.predictor import SlicePredictor
 from pipeline.runtime.devices import torch_device
 
 

@@ -31,7 +31,8 @@ from pipeline.core.io import InputError
 from pipeline.evaluation.dice import summarize
 from pipeline.evaluation.heads import HeldOutHead, held_out_cases, load_held_out_head, predict_head, score_head
 from pipeline.nnunet import runner
-from pipeline.nnunet.models import SlicePredictor, nnunet_dataset
+from pipeline.nnunet.models import nnunet_dataset
+from pipeline.nnunet.predictor import SlicePredictor
 from pipeline.runtime.devices import torch_device
 from pipeline.runtime.environ import scoped_environ
 from pipeline.stages.acquire import Acquire

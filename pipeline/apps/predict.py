@@ -38,7 +38,8 @@ from pipeline.imaging.overlays import brain_centre, three_planes
 from pipeline.imaging.preprocess import crop_to_brain, harmonize
 from pipeline.imaging.slices import level_index
 from pipeline.nnunet.inference import Segmenter, predict_planes, predict_views
-from pipeline.nnunet.models import SlicePredictor, TrainingRecord
+from pipeline.nnunet.models import TrainingRecord
+from pipeline.nnunet.predictor import SlicePredictor
 from pipeline.runtime.devices import job_device, torch_device
 from pipeline.runtime.executors import Slurm
 from pipeline.synth.classes import kmeans_1d

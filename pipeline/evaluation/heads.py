@@ -31,7 +31,7 @@ from pipeline.evaluation.references import on_grid, reference_file, reference_ti
 from pipeline.imaging.preprocess import box_of, uncrop
 from pipeline.imaging.slices import level_index
 from pipeline.nnunet.inference import predict_views
-from pipeline.nnunet.models import SlicePredictor
+from pipeline.nnunet.predictor import SlicePredictor
 from pipeline.runtime.subjects import not_failed
 
 log = logging.getLogger("pipeline")

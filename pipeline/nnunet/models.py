@@ -1,22 +1,17 @@
-"""Trained models: each combo's nnU-Net dataset, the model folders a train stage writes with their training
-record, and a model applied in this process (``SlicePredictor``)."""
+"""Trained models: each combo's nnU-Net dataset, and the model folders a train stage writes with their training
+record. Applying a model is ``pipeline.nnunet.predictor``'s: the train stage does not import it, so a change to how a
+model is applied re-scores it without retraining it."""
 
 from __future__ import annotations
 
-import contextlib
-import copy
-import io
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar, Literal, get_args
 
-import numpy as np
 from pydantic import ValidationError
 
 from pipeline.core.config import (
     HarmonizeConfig,
-    Precision,
     SegmentMethod,
     Strict,
     StripConfig,
@@ -25,10 +20,6 @@ from pipeline.core.config import (
     View,
 )
 from pipeline.core.io import InputError, write_json
-from pipeline.imaging.slices import rows_left_right
-from pipeline.nnunet.runner import TRAINER_DIR
-from pipeline.runtime.devices import native_mixed_precision
-from pipeline.runtime.environ import scoped_environ
 
 
 @dataclass(frozen=True)
@@ -95,163 +86,3 @@ class TrainingRecord(Strict):
 def trained_seeds(models: Path) -> list[tuple[int, Path]]:
     """The (seed, folder) of every model a train stage wrote, from its training record."""
     return seed_folders(models, TrainingRecord.read(models).seeds)
-
-
-def model_folder(models: Path, dataset_id: int, trainer: str) -> Path:
-    """nnU-Net's folder of a trained 2D model under a results root: ``Dataset<id>_*/<trainer>__nnUNetPlans__2d``."""
-    found = sorted(models.glob(f"Dataset{dataset_id:03d}_*/{trainer}__nnUNetPlans__2d"))
-    if len(found) != 1:
-        raise FileNotFoundError(f"{models}: expected one model folder of dataset {dataset_id} and trainer {trainer}, "
-                                f"found {len(found)}")
-    return found[0]
-
-
-class SlicePredictor:
-    """A trained network in this process, segmenting 8-bit slices exactly as ``nnUNetv2_predict`` segments the
-    same slices read from PNGs (``NaturalImage2DIO``'s layout and spacing, nnU-Net's own preprocessing, sliding
-    window and export), without a process and a file per slice, and with the tiles of many slices through the
-    network at once (``batch_size`` tiles a call: ``tile_batch_size``). nnU-Net's per-tile arithmetic is kept, in its
-    order (Gaussian weights, half-precision sums): a slice's labels do not depend on the batch it was in. In mixed
-    precision (``precision``; by default on a GPU, as nnU-Net's own prediction, and on a CPU that computes bfloat16
-    natively) labels differ from float32's only where two classes all but tie."""
-
-    def __init__(self, predictor, batch_size: int | None = None, precision: Precision = "auto") -> None:
-        self.predictor = predictor  # an initialised nnUNetPredictor
-        self._batch_size = batch_size
-        if precision not in get_args(Precision):
-            raise ValueError(f"precision {precision!r} is not one of {get_args(Precision)}")
-        self.precision = precision
-
-    @property
-    def mixed_precision(self) -> bool:
-        """Whether the network runs in torch's autocast (mixed) precision: ``precision`` "mixed", or "auto" where
-        the device computes it natively (``native_mixed_precision``)."""
-        return self.precision == "mixed" or (self.precision == "auto"
-                                             and native_mixed_precision(self.predictor.device.type))
-
-    @property
-    def batch_size(self) -> int:
-        """Tiles a network call (sized to the device the first time it is asked)."""
-        if self._batch_size is None:
-            self._batch_size = tile_batch_size(self.predictor, value_bytes=2 if self.mixed_precision else 4)
-        return self._batch_size
-
-    @classmethod
-    def from_folder(cls, models: Path, dataset_id: int, trainer: str, fold: str, device: str, tta: bool,
-                    batch_size: int | None = None, precision: Precision = "auto") -> SlicePredictor:
-        """The model a train stage wrote under ``models`` (nnU-Net's results root)."""
-        import torch
-        from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
-
-        # nnU-Net prints where it finds the trainer class (by name, in the folders nnUNet_extTrainer names) and, on a
-        # CPU, that it cannot work on the device: not for the user's terminal, nor a benchmark's JSON
-        with scoped_environ({"nnUNet_extTrainer": str(TRAINER_DIR)}), \
-                contextlib.redirect_stdout(io.StringIO()):
-            predictor = nnUNetPredictor(use_mirroring=tta, perform_everything_on_device=device == "cuda",
-                                        device=torch.device(device), verbose=False, allow_tqdm=False)
-            predictor.initialize_from_trained_model_folder(str(model_folder(models, dataset_id, trainer)), (fold,))
-        return cls(predictor, batch_size, precision)
-
-    @classmethod
-    def from_trainer(cls, trainer, precision: Precision = "auto") -> SlicePredictor:
-        """A trainer's network as it is now (deep supervision off: call while it is set so)."""
-        from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
-
-        with contextlib.redirect_stdout(io.StringIO()):  # on a CPU nnU-Net prints that it cannot work on the device
-            predictor = nnUNetPredictor(use_mirroring=False, perform_everything_on_device=trainer.device.type == "cuda",
-                                        device=trainer.device, verbose=False, allow_tqdm=False)
-        network = getattr(trainer.network, "_orig_mod", trainer.network)  # torch.compile's wrapper, if any
-        predictor.manual_initialization(network, trainer.plans_manager, trainer.configuration_manager,
-                                        [network.state_dict()], trainer.dataset_json, type(trainer).__name__,
-                                        trainer.inference_allowed_mirroring_axes)
-        return cls(predictor, precision=precision)
-
-    def __call__(self, images: np.ndarray) -> np.ndarray:
-        """The labels (uint8, (N, H, W)) of N 2D uint8 images (N, H, W)."""
-        return np.stack([self._export(logits, properties)
-                         for logits, properties in self._logits(images)]).astype(np.uint8)
-
-    def probabilities(self, images: np.ndarray) -> np.ndarray:
-        """The class probabilities (float32, (N, classes, H, W)) of N 2D uint8 images (N, H, W)."""
-        return np.stack([self._export(logits, properties, probabilities=True)
-                         for logits, properties in self._logits(images)])
-
-    def probabilities_in(self, view: str) -> Callable[[np.ndarray], np.ndarray]:
-        """``probabilities`` for ``view``'s slices: test-time mirroring (left-right) only where rows run left-right
-        (a sagittal slice mirrored would face backwards)."""
-        if rows_left_right(view) or not self.predictor.use_mirroring:
-            return self.probabilities
-        predictor = copy.copy(self.predictor)  # the same network, mirroring off
-        predictor.use_mirroring = False
-        return SlicePredictor(predictor, self._batch_size, self.precision).probabilities
-
-    def _logits(self, images: np.ndarray) -> list[tuple[object, dict]]:
-        """Each image through nnU-Net's preprocessing (crop to its non-zero box, normalisation), then its sliding
-        window's tiles, every image's together, through the network ``batch_size`` at a time: (logits on the
-        cropped image, nnU-Net's properties) per image."""
-        import torch
-        from acvl_utils.cropping_and_padding.padding import pad_nd_image
-        from nnunetv2.inference.sliding_window_prediction import compute_gaussian, compute_steps_for_sliding_window
-
-        predictor = self.predictor
-        patch = tuple(predictor.configuration_manager.patch_size)
-        preprocessor = predictor.configuration_manager.preprocessor_class(verbose=False)
-        device = predictor.device
-        predictor.network = predictor.network.to(device).eval()  # as nnU-Net's own prediction does
-        gaussian = compute_gaussian(patch, sigma_scale=1. / 8, value_scaling_factor=10, device=device)
-        padded, tiles, sums = [], [], []
-        for index, image in enumerate(images):
-            data, _, properties = preprocessor.run_case_npy(
-                image[None, None].astype(np.float32), None, {"spacing": [999, 1, 1]}, predictor.plans_manager,
-                predictor.configuration_manager, predictor.dataset_json)
-            data, revert = pad_nd_image(torch.from_numpy(data[:, 0]), patch, "constant", {"value": 0}, True, None)
-            padded.append((data.to(device), revert, properties))
-            steps = compute_steps_for_sliding_window(data.shape[1:], patch, predictor.tile_step_size)
-            tiles += [(index, x, y) for x in steps[0] for y in steps[1]]
-            classes = predictor.label_manager.num_segmentation_heads
-            sums.append((torch.zeros((classes, *data.shape[1:]), dtype=torch.half, device=device),
-                         torch.zeros(data.shape[1:], dtype=torch.half, device=device)))
-        with torch.inference_mode(), torch.autocast(device.type, enabled=self.mixed_precision):
-            for start in range(0, len(tiles), self.batch_size):
-                chosen = tiles[start:start + self.batch_size]
-                batch = torch.stack([padded[i][0][:, x:x + patch[0], y:y + patch[1]] for i, x, y in chosen])
-                predictions = predictor._internal_maybe_mirror_and_predict(batch)
-                for (i, x, y), prediction in zip(chosen, predictions, strict=True):
-                    logits, counts = sums[i]
-                    logits[:, x:x + patch[0], y:y + patch[1]] += prediction * gaussian
-                    counts[x:x + patch[0], y:y + patch[1]] += gaussian
-        out = []
-        for (_, revert, properties), (logits, counts) in zip(padded, sums, strict=True):
-            torch.div(logits, counts, out=logits)
-            out.append((logits[(slice(None), *revert[1:])][:, None].cpu(), properties))
-        return out
-
-    def _export(self, logits, properties: dict, probabilities: bool = False) -> np.ndarray:
-        """nnU-Net's own conversion of one image's logits to its labels or probabilities, uncropped."""
-        from nnunetv2.inference.export_prediction import convert_predicted_logits_to_segmentation_with_correct_shape
-
-        predictor = self.predictor
-        result = convert_predicted_logits_to_segmentation_with_correct_shape(
-            logits, predictor.plans_manager, predictor.configuration_manager, predictor.label_manager, properties,
-            return_probabilities=probabilities)
-        if probabilities:
-            return np.asarray(result[1][:, 0], dtype=np.float32)
-        return np.asarray(result[0], dtype=np.uint8)
-
-
-def tile_batch_size(predictor, cpu_tiles: int = 16, share_of_free_memory: float = 0.5, value_bytes: int = 2) -> int:
-    """Tiles a network call takes: on a GPU as many as half its free memory holds (every full-resolution
-    activation of a tile, times two for the decoder's, ``value_bytes`` each: 2 in mixed precision, 4 in float32,
-    with mirroring's extra pass), at most 1024; on a CPU ``cpu_tiles`` (larger batches gain nothing there and cost
-    memory)."""
-    import torch
-
-    if predictor.device.type != "cuda":
-        return cpu_tiles
-    free, _ = torch.cuda.mem_get_info(predictor.device)
-    patch = predictor.configuration_manager.patch_size
-    features = predictor.configuration_manager.network_arch_init_kwargs["features_per_stage"]
-    # per stage: ~6 tensors (convolutions, norms, non-linearities) of features x pixels, halved per stage
-    per_tile = sum(6 * f * int(np.prod(patch)) // 4 ** s for s, f in enumerate(features)) * 2 * value_bytes
-    per_tile *= 2 if predictor.use_mirroring else 1
-    return int(max(1, min(1024, share_of_free_memory * free // per_tile)))

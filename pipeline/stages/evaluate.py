@@ -49,7 +49,8 @@ from pipeline.evaluation.metrics import (
     row_kind,
     write_evaluation,
 )
-from pipeline.nnunet.models import SlicePredictor, TrainingRecord, nnunet_dataset, trained_seeds
+from pipeline.nnunet.models import TrainingRecord, nnunet_dataset, trained_seeds
+from pipeline.nnunet.predictor import SlicePredictor
 from pipeline.runtime.devices import torch_device
 from pipeline.runtime.executors import run_job
 from pipeline.stages.acquire import Acquire
