@@ -171,8 +171,8 @@ def test_how_a_model_is_applied_re_scores_it_without_retraining_it(tmp_path: Pat
 
 
 def test_the_code_that_applies_a_model_is_no_dependency_of_its_training():
-    """``SlicePredictor`` (pipeline/nnunet/predictor.py) is how evaluate, predict and the benches apply a model: a change
-    to it re-scores the model and retrains nothing (nor re-exports its dataset)."""
+    """``SlicePredictor`` (pipeline/nnunet/predictor.py) is how evaluate, predict and the benches apply a model: a
+    change to it re-scores the model and retrains nothing (nor re-exports its dataset)."""
     stages = yaml.safe_load(dvc_yaml())["stages"]
     assert "pipeline/nnunet/predictor.py" in stages["evaluate"]["deps"]
     assert "pipeline/nnunet/models.py" in stages["train"]["deps"]  # the training record it writes

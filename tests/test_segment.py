@@ -24,17 +24,26 @@ from pipeline.core.config import (
     parse_config,
 )
 from pipeline.core.io import load_nifti, load_png, read_tsv, save_nifti, write_json
-from pipeline.core.labels import CSF, GM, NON_BRAIN, WM, present_labels, unmapped_labels, voxel_volume_ml
+from pipeline.core.labels import (
+    CSF,
+    DEEP_GREY,
+    GM,
+    NON_BRAIN,
+    WM,
+    present_labels,
+    unmapped_labels,
+    voxel_volume_ml,
+)
 from pipeline.evaluation.dice import dice_per_tissue
 from pipeline.imaging.overlays import three_planes
 from pipeline.imaging.preprocess import crop_to_brain, harmonize_builtin
 from pipeline.runtime.subjects import read_failures
 from pipeline.stages import synthesize
-from pipeline.stages.segment import tissue_labels
+from pipeline.stages.segment import Segmentation, segmentation
 from pipeline.stages.segment_qc import SegmentQC, agreement, decide, failures, measures
 from pipeline.stages.synthesize import Synthesize, read_decisions
 from pipeline.tools.registry import SEGMENTERS, brain_mask
-from pipeline.tools.segmentation import SegmentJob, tool_image
+from pipeline.tools.segmentation import STRUCTURES, SegmentJob, tool_image
 
 from .conftest import PROJECT_ROOT
 from .phantom import phantom
@@ -54,10 +63,10 @@ def head(ds000011: Path) -> tuple[nib.Nifti1Image, np.ndarray]:
     return brain, np.asarray(mask.dataobj) > 0
 
 
-def run_real(method: str, head, workdir: Path, **section) -> np.ndarray:
+def run_real(method: str, head, workdir: Path, **section) -> Segmentation:
     image, mask = head
     config = parse_config({"segment": {"methods": [method], method: section}}).segment
-    return tissue_labels(method, SegmentJob(tool_image(image, mask), mask, workdir, 2), config)
+    return segmentation(method, SegmentJob(tool_image(image, mask), mask, workdir, 2), config)
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +78,9 @@ def real_runs(head, tmp_path_factory) -> dict:
         samseg = pool.submit(run_real, "samseg", head, workdir, fast=True)
         hmrf = run_real("hmrf", head, tmp_path_factory.mktemp("hmrf"))
         atropos = run_real("atropos", head, tmp_path_factory.mktemp("atropos"))
-        return {"samseg": samseg.result(), "hmrf": hmrf, "atropos": atropos, "seg.mgz": workdir / "samseg" / "seg.mgz"}
+        assert hmrf.structures is None and atropos.structures is None  # intensity segmenters name no structure
+        return {"samseg": samseg.result().tissues, "hmrf": hmrf.tissues, "atropos": atropos.tissues,
+                "structures": samseg.result().structures, "seg.mgz": workdir / "samseg" / "seg.mgz"}
 
 
 @pytest.mark.slow
@@ -96,7 +107,7 @@ def test_real_segmenters_agree_with_hmrf(real_runs, method: str):
 @pytest.mark.slow
 def test_atropos_labels_the_same_head_the_same_way_twice(head, real_runs, tmp_path):
     """Atropos draws its initialization at random unless seeded: the wrapper seeds it."""
-    assert np.array_equal(run_real("atropos", head, tmp_path), real_runs["atropos"])
+    assert np.array_equal(run_real("atropos", head, tmp_path).tissues, real_runs["atropos"])
 
 
 @pytest.mark.slow
@@ -110,6 +121,25 @@ def test_real_samseg_output_labels_are_all_decided(head, real_runs):
     # What SAMSEG calls non-brain inside the stripper's mask (dura, skull edge) is what stays unlabelled.
     non_brain = np.isin(raw[mask], list(NON_BRAIN)).mean()
     assert (labels[mask] == 0).mean() == pytest.approx(non_brain, abs=0.002)
+    # the structures it named are kept as it named them, inside the mask
+    assert np.array_equal(real_runs["structures"], np.where(mask, raw, 0))
+
+
+@pytest.mark.slow
+def test_the_anatomy_consensus_of_real_hmrf_and_samseg_is_hmrf_but_grey_in_samsegs_deep_grey_structures(real_runs):
+    """On a real head HMRF calls much of the deep grey nuclei WM (by brightness); the ``anatomy`` consensus keeps
+    HMRF's labels everywhere else and makes the structures SAMSEG names there GM, as raters draw them."""
+    from pipeline.tools.consensus import fuse
+
+    hmrf, structures = real_runs["hmrf"], real_runs["structures"]
+    fused = fuse([hmrf, real_runs["samseg"]], "anatomy", structures=[None, structures])
+    deep = np.isin(structures, DEEP_GREY)
+    assert deep.sum() * 1.5**3 / 1000 > 30  # mL: the nuclei, hippocampi and amygdalae of a real head
+    assert (hmrf[deep] == WM).mean() > 0.2  # what the fusion is for
+    pallidum = np.isin(structures, (13, 52))
+    assert (hmrf[pallidum] == WM).mean() > 0.5  # WM-bright on T1
+    assert (fused[deep] == GM).all()
+    assert np.array_equal(fused[~deep], hmrf[~deep])
 
 
 def test_segmenter_registry_covers_every_configured_method_and_params_yaml():
@@ -273,6 +303,35 @@ def test_staple_trusts_a_reliable_segmenter_over_two_unreliable_ones_that_happen
     assert min(dice_per_tissue(truth, majority).values()) < min(dice_per_tissue(truth, staple).values())
 
 
+def test_the_anatomy_fusion_takes_the_intensity_segmenters_vote_and_the_atlas_deep_grey_by_hand():
+    from pipeline.tools.consensus import fuse
+
+    hmrf = np.array([[GM, WM, WM, WM, CSF, 0]], np.uint8)
+    atropos = np.array([[GM, GM, WM, WM, CSF, 0]], np.uint8)
+    samseg = np.array([[WM, GM, GM, GM, GM, 0]], np.uint8)
+    # SAMSEG's own names: cortex, thalamus, pallidum, cerebral WM, caudate, unknown
+    structures = np.array([[3, 10, 13, 2, 11, 0]])
+    # the intensity segmenters' vote (a tie: hmrf's, the first), GM where SAMSEG names a deep grey structure
+    expected = np.array([[GM, GM, GM, WM, GM, 0]], np.uint8)
+    fused = fuse([hmrf, samseg, atropos], "anatomy", structures=[None, structures, None])
+    assert np.array_equal(fused, expected)
+    # two atlases: a structure counts where at least half of them name it
+    other = np.array([[3, 2, 2, 2, 11, 0]])
+    fused = fuse([hmrf, samseg, samseg], "anatomy", structures=[None, structures, other])
+    assert np.array_equal(fused, expected)
+    # atlases only: their own vote outside the deep grey structures
+    fused = fuse([samseg, samseg], "anatomy", structures=[structures, other])
+    assert np.array_equal(fused, [[WM, GM, GM, GM, GM, 0]])
+    with pytest.raises(ValueError, match="atlas-based"):
+        fuse([hmrf, atropos], "anatomy", structures=[None, None])
+
+
+def test_the_anatomy_consensus_needs_an_atlas_segmenter_among_those_it_fuses():
+    with pytest.raises(ConfigError, match="anatomy needs an atlas-based segmenter"):
+        parse_config({"segment": {"methods": ["hmrf", "atropos", "consensus"], "consensus": {"fusion": "anatomy"}}})
+    parse_config({"segment": {"methods": ["hmrf", "samseg", "consensus"], "consensus": {"fusion": "anatomy"}}})
+
+
 def test_segment_qc_fuses_the_consensus_of_the_other_segmenters_and_checks_it(study: Path):
     from pipeline.runtime.graph import dvc_yaml
     from pipeline.stages.segment import Segment
@@ -309,3 +368,29 @@ def test_segment_qc_fuses_the_consensus_of_the_other_segmenters_and_checks_it(st
     stages = yaml.safe_load(dvc_yaml())["stages"]  # in DVC: segment_qc depends on every segmenter's labels
     assert "data/segmented" in stages["segment_qc"]["deps"]
     assert "data/qc/${item.segmenter}-${item.stripper}" in stages["synthesize"]["deps"]
+
+
+def test_segment_qc_makes_the_anatomy_consensus_from_the_structures_file_the_atlas_segmenter_left(study: Path):
+    """The segment stage keeps an atlas segmenter's structures beside its tissues (``desc-structures_dseg``); the
+    anatomy consensus reads them there."""
+    (study / "params.yaml").write_text(yaml.safe_dump({"workers": 1, "segment": {
+        "methods": ["hmrf", "samseg", "consensus"], "consensus": {"fusion": "anatomy"}}}))
+    image, mask, truth = phantom()
+    core = np.zeros(truth.shape, bool)
+    core[18:22, 20:24, 16:20] = True  # a "pallidum" inside the phantom's WM
+    assert (truth[core] == WM).all()
+    structures = np.where(core, 13, np.choose(truth, [0, 3, 2, 24])).astype(np.int32)
+    for method in ("hmrf", "samseg"):
+        out = Path(f"data/segmented/{method}-deepbet")
+        for subject in ("01", "02", "03"):
+            save_nifti(truth if method == "hmrf" else np.where(core, GM, truth).astype(np.uint8), image.affine,
+                       subject_file(out, subject, "dseg"))
+            if method == "samseg":
+                save_nifti(structures, image.affine, subject_file(out, subject, STRUCTURES))
+        write_json({"mean_seconds_per_head": 10.0}, Path(f"metrics/segment-{method}-deepbet.json"))
+    assert luigi.build([SegmentQC(segmenter="consensus", stripper="deepbet")], local_scheduler=True,
+                       log_level="WARNING")
+    fused = np.asarray(nib.load(subject_file(Path("data/qc/consensus-deepbet"), "02", "dseg")).dataobj)
+    assert np.array_equal(fused, np.where(core, GM, truth))
+    description = yaml.safe_load(Path("data/qc/consensus-deepbet/dataset_description.json").read_text())
+    assert "consensus (anatomy) of hmrf, samseg" in description["GeneratedBy"][0]["Description"]

@@ -15,7 +15,8 @@ import pytest
 
 from pipeline.core.config import parse_config
 from pipeline.core.labels import CSF, GM, WM, remap
-from pipeline.stages.segment import tissue_labels
+from pipeline.core.labels import DEEP_GREY as DEEP_GREY_LABELS
+from pipeline.stages.segment import Segmentation, segmentation
 from pipeline.tools import samseg
 from pipeline.tools.segmentation import SegmentJob, tool_image
 
@@ -59,7 +60,7 @@ def standin_writing(bin_dir: Path, program: str, expected: list[str], source: Pa
     write_standin(bin_dir, program, expected, body)
 
 
-def run_segmenter(method: str, head: tuple[Path, np.ndarray], tmp_path: Path, monkeypatch) -> np.ndarray:
+def run_segmenter(method: str, head: tuple[Path, np.ndarray], tmp_path: Path, monkeypatch) -> Segmentation:
     path, labels = head
     job = job_on(path, labels, tmp_path / "work")
     bin_dir = tmp_path / "bin"
@@ -82,13 +83,16 @@ def run_segmenter(method: str, head: tuple[Path, np.ndarray], tmp_path: Path, mo
         monkeypatch.setattr(samseg, "run_command", write_seg)
     section = {"device": "cpu"} if method == "fastsurfer" else {}
     config = parse_config({"segment": {"methods": [method], method: section}}).segment
-    return tissue_labels(method, job, config)
+    return segmentation(method, job, config)
 
 
 @pytest.mark.parametrize("method", ["samseg", "synthseg", "fastsurfer"])
 def test_deep_grey_matter_lands_in_grey_matter_for_every_atlas_segmenter(method, head, tmp_path, monkeypatch):
-    tissues = run_segmenter(method, head, tmp_path, monkeypatch)
-    labels = head[1]
+    result = run_segmenter(method, head, tmp_path, monkeypatch)
+    tissues, labels = result.tissues, head[1]
+    # the structures are kept as the tool named them (the anatomy consensus reads its deep grey ones)
+    brain = remap(labels) > 0
+    assert np.array_equal(np.isin(result.structures, DEEP_GREY_LABELS), np.isin(labels, DEEP_GREY_LABELS) & brain)
     for name, numbers in DEEP_GREY.items():
         inside = np.isin(labels, numbers)
         assert inside.sum() > 100, name  # the structure is in the real map

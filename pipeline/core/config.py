@@ -18,6 +18,9 @@ StripMethod = Literal["deepbet", "hdbet", "robex", "synthstrip"]
 # New methods go at the end: a combo's nnU-Net dataset number follows the method's place (pipeline.nnunet.models).
 SegmentMethod = Literal["hmrf", "samseg", "fast", "synthseg", "fastsurfer", "atropos", "consensus"]
 CONSENSUS = "consensus"  # a segmenter of its own kind: the fusion of the others (pipeline/tools/consensus.py)
+# Atlas-based segmenters: they name anatomical structures (FreeSurfer labels, kept beside their tissues by the segment
+# stage); the others find intensity classes.
+ANATOMICAL: tuple[str, ...] = ("samseg", "synthseg", "fastsurfer")
 View = Literal["axial", "coronal", "sagittal"]
 Precision = Literal["auto", "float32", "mixed"]  # a network's arithmetic at prediction (train.predict_precision)
 Probability = Annotated[float, Field(ge=0.0, le=1.0)]
@@ -173,8 +176,10 @@ class ConsensusConfig(Strict):
     """How the ``consensus`` segmenter fuses the others' labels, voxel by voxel."""
 
     # majority: the label most segmenters give (a tie goes to the first of them in ``of``); staple: each
-    # segmenter weighted by how well it agrees with the others (STAPLE, Warfield et al. 2004; SimpleITK)
-    fusion: Literal["majority", "staple"] = "majority"
+    # segmenter weighted by how well it agrees with the others (STAPLE, Warfield et al. 2004; SimpleITK);
+    # anatomy: each where it is reliable: the intensity segmenters' majority, but GM in the deep grey structures
+    # (thalamus, basal ganglia, hippocampus, amygdala) the atlas-based ones name, as raters draw them
+    fusion: Literal["majority", "staple", "anatomy"] = "majority"
     # the segmenters fused (empty: every other one in segment.methods); at least two
     of: list[SegmentMethod] = []
 
@@ -230,6 +235,9 @@ class SegmentConfig(Strict):
         if wrong or len(fused) < 2:
             raise ValueError(f"consensus fuses at least two of the other segment.methods; consensus.of lists "
                              f"{fused} (not configured or not a segmenter: {wrong})")
+        if self.consensus.fusion == "anatomy" and not set(fused) & set(ANATOMICAL):
+            raise ValueError(f"consensus.fusion: anatomy needs an atlas-based segmenter ({', '.join(ANATOMICAL)}) "
+                             f"among the fused {fused}: it names the deep grey structures")
         return self
 
 

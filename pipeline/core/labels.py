@@ -80,6 +80,11 @@ FREESURFER_TO_TISSUE: dict[int, int] = {
     136: CSF, 137: CSF, 163: CSF, 164: CSF,
 }
 
+# The deep grey structures (FreeSurfer labels): grey nuclei, hippocampus and amygdala. Raters draw them GM; intensity
+# segmenters label them by brightness (the pallidum and much of the thalamus WM). The ``anatomy`` consensus takes an
+# atlas segmenter's word inside them (pipeline/tools/consensus.py).
+DEEP_GREY: tuple[int, ...] = (10, 49, 11, 50, 12, 51, 13, 52, 17, 53, 18, 54, 26, 58, 27, 59)
+
 # Labels that are not brain: they become background, on purpose.
 NON_BRAIN: dict[int, str] = {
     165: "Skull (SAMSEG)",

@@ -1,7 +1,8 @@
 """Stage 4 — segment: tissue labels {0 background, 1 GM, 2 WM, 3 CSF} per segmenter x stripper.
 
 Every tool's own labels are remapped to the one scheme in ``pipeline.core.labels``.
-Per subject: ``sub-X_dseg.nii.gz`` on the stripped image's grid and ``qc/sub-X_dseg.png`` (the labels
+Per subject: ``sub-X_dseg.nii.gz`` on the stripped image's grid, for an atlas-based segmenter also the structures
+it named (``sub-X_desc-structures_dseg.nii.gz``, FreeSurfer labels), and ``qc/sub-X_dseg.png`` (the labels
 over the image in three planes); per set: ``volumes.tsv``; the seconds each head took, in
 ``metrics/segment-<combo>.json`` (not in the folder: its bytes must not change from run to run). The
 ``segment_qc`` stage decides who is used. The ``consensus`` segmenter has nothing of its own to segment: its
@@ -14,6 +15,7 @@ import functools
 import logging
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +23,7 @@ import numpy as np
 from pipeline.core.bids import read_cases, subject_file, write_derivative_description, write_dseg_table
 from pipeline.core.config import CONSENSUS, Config, SegmentConfig
 from pipeline.core.io import load_nifti, save_nifti, write_json, write_tsv
-from pipeline.core.labels import tissue_volumes, voxel_volume_ml
+from pipeline.core.labels import remap, tissue_volumes, voxel_volume_ml
 from pipeline.imaging.overlays import three_planes
 from pipeline.runtime.executors import job_threads
 from pipeline.runtime.subjects import for_each_subject, not_failed, plan_budget, read_failures, write_failures
@@ -29,17 +31,30 @@ from pipeline.stages.acquire import Acquire
 from pipeline.stages.base import ComboStage, Stage
 from pipeline.stages.strip import Strip
 from pipeline.tools.registry import SEGMENTERS
-from pipeline.tools.segmentation import SegmentJob, cost, tool_image
+from pipeline.tools.segmentation import STRUCTURES, SegmentJob, cost, tool_image
 
 log = logging.getLogger("pipeline")
 
 
-def tissue_labels(method: str, job: SegmentJob, config: SegmentConfig) -> np.ndarray:
+@dataclass(frozen=True, eq=False)
+class Segmentation:
+    tissues: np.ndarray  # uint8 {0 background, 1 GM, 2 WM, 3 CSF}
+    structures: np.ndarray | None  # int32 FreeSurfer labels: an atlas-based segmenter's own (None: an intensity one's)
+
+
+def segmentation(method: str, job: SegmentJob, config: SegmentConfig) -> Segmentation:
+    """The method's labels of the job's brain: its tissues, and an atlas segmenter's structures as it named them."""
     segmenter = SEGMENTERS[method]
     segmenter.tool.require()
     labels = segmenter.run(job, config)
+    tissues = remap(labels) if segmenter.anatomical else labels
     # The stripper decides what is brain: labels a tool puts outside its mask are dropped.
-    return np.where(job.mask, labels, 0).astype(np.uint8)
+    structures = np.where(job.mask, labels, 0).astype(np.int32) if segmenter.anatomical else None
+    return Segmentation(np.where(job.mask, tissues, 0).astype(np.uint8), structures)
+
+
+def tissue_labels(method: str, job: SegmentJob, config: SegmentConfig) -> np.ndarray:
+    return segmentation(method, job, config).tissues
 
 
 def segment_subject(subject: str, threads: int, method: str, stripped: Path, out: Path,
@@ -49,9 +64,12 @@ def segment_subject(subject: str, threads: int, method: str, stripped: Path, out
     mask = np.asarray(load_nifti(subject_file(stripped, subject, "desc-brain_mask"), subject).dataobj) > 0
     start = time.monotonic()
     with tempfile.TemporaryDirectory(prefix=f"segment-{method}-") as scratch:
-        labels = tissue_labels(method, SegmentJob(tool_image(image, mask), mask, Path(scratch), threads), config)
+        result = segmentation(method, SegmentJob(tool_image(image, mask), mask, Path(scratch), threads), config)
     seconds = time.monotonic() - start
+    labels = result.tissues
     save_nifti(labels, image.affine, subject_file(out, subject, "dseg"))
+    if result.structures is not None:
+        save_nifti(result.structures, image.affine, subject_file(out, subject, STRUCTURES))
     three_planes(image.get_fdata(dtype=np.float32), [(method, labels)], out / "qc" / f"sub-{subject}_dseg.png",
                  f"sub-{subject}  {method}-{stripped.name}")
     log.info("segment sub-%s with %s: %.1f s", subject, method, seconds)

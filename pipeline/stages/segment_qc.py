@@ -26,7 +26,7 @@ import nibabel as nib
 import numpy as np
 
 from pipeline.core.bids import read_cases, subject_file, subject_of, write_derivative_description, write_dseg_table
-from pipeline.core.config import CONSENSUS, Config, SegmentQCConfig, load_config
+from pipeline.core.config import ANATOMICAL, CONSENSUS, Config, SegmentQCConfig, load_config
 from pipeline.core.io import InputError, load_nifti, save_nifti, write_json, write_tsv
 from pipeline.core.labels import CSF, GM, TISSUES, WM, tissue_volumes, voxel_volume_ml
 from pipeline.evaluation.dice import dice_per_tissue
@@ -37,7 +37,7 @@ from pipeline.stages.base import ComboStage, Gathered, Stage
 from pipeline.stages.segment import Segment
 from pipeline.stages.strip import Strip
 from pipeline.tools.consensus import fuse
-from pipeline.tools.segmentation import cost
+from pipeline.tools.segmentation import STRUCTURES, cost
 
 log = logging.getLogger("pipeline")
 
@@ -151,8 +151,10 @@ def fuse_subject(subject: str, threads: int, stripped: Path, segmented: dict[str
     image = load_nifti(subject_file(stripped, subject, "desc-brain_T1w"), subject)
     mask = np.asarray(load_nifti(subject_file(stripped, subject, "desc-brain_mask"), subject).dataobj) > 0
     maps = [read_labels(subject_file(folder, subject, "dseg"), mask.shape) for folder in segmented.values()]
+    structures = [read_labels(subject_file(folder, subject, STRUCTURES), mask.shape)
+                  if fusion == "anatomy" and method in ANATOMICAL else None for method, folder in segmented.items()]
     start = time.monotonic()
-    labels = np.where(mask, fuse(maps, fusion), 0).astype(np.uint8)
+    labels = np.where(mask, fuse(maps, fusion, structures=structures), 0).astype(np.uint8)
     seconds = time.monotonic() - start
     save_nifti(labels, image.affine, subject_file(out, subject, "dseg"))
     three_planes(image.get_fdata(dtype=np.float32), [(f"consensus ({fusion})", labels)],

@@ -9,6 +9,12 @@ dvc.yaml).
   MultiLabelSTAPLEImageFilter): each segmenter weighted by its estimated per-tissue agreement with the hidden
   truth, fitted by EM; voxels it leaves undecided get the majority vote. STAPLE assumes the segmenters err
   independently; two intensity classifiers (HMRF, Atropos) do not, so it tends to side with them.
+- ``anatomy``: each segmenter where it is reliable. An intensity segmenter (HMRF, Atropos, FAST) places the
+  boundaries between tissues where the image has them, but has no anatomy: it calls the WM-bright deep grey nuclei
+  (pallidum, much of the thalamus) WM. An atlas-based one (SAMSEG, SynthSeg, FastSurfer) knows those structures, and
+  raters draw them GM (docs/explanation/tissue-definitions.md). So: the intensity segmenters' majority vote (all the
+  fused ones' if none is an intensity one), and GM in the deep grey structures (``DEEP_GREY``) at least half the
+  atlas-based ones name.
 """
 
 from __future__ import annotations
@@ -17,7 +23,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from pipeline.core.labels import LABEL_NAMES
+from pipeline.core.labels import DEEP_GREY, GM, LABEL_NAMES
 
 LABELS = tuple(LABEL_NAMES)  # 0 background, 1 GM, 2 WM, 3 CSF
 STAPLE_ITERATIONS = 50
@@ -72,6 +78,24 @@ def staple(maps: Sequence[np.ndarray], threads: int = 1) -> np.ndarray:
     return fused
 
 
-def fuse(maps: Sequence[np.ndarray], fusion: str, threads: int = 1) -> np.ndarray:
-    """``maps`` fused as ``segment.consensus.fusion`` says."""
+def by_anatomy(maps: Sequence[np.ndarray], structures: Sequence[np.ndarray | None]) -> np.ndarray:
+    """The ``anatomy`` fusion of tissue ``maps``; ``structures[i]``: map i's segmenter's FreeSurfer structure labels,
+    None for an intensity segmenter."""
+    maps = _checked(maps)
+    if len(structures) != len(maps):
+        raise ValueError(f"{len(maps)} tissue maps but {len(structures)} entries of structures")
+    atlases = [labels for labels in structures if labels is not None]
+    if not atlases:
+        raise ValueError("the anatomy fusion needs the structures of at least one atlas-based segmenter")
+    intensity = [tissues for tissues, labels in zip(maps, structures, strict=True) if labels is None] or maps
+    base = intensity[0] if len(intensity) == 1 else majority_vote(intensity)
+    deep = np.mean([np.isin(labels, DEEP_GREY) for labels in atlases], axis=0) >= 0.5
+    return np.where(deep, GM, base).astype(np.uint8)
+
+
+def fuse(maps: Sequence[np.ndarray], fusion: str, threads: int = 1,
+         structures: Sequence[np.ndarray | None] = ()) -> np.ndarray:
+    """``maps`` fused as ``segment.consensus.fusion`` says (``structures``: ``by_anatomy``'s, for ``anatomy``)."""
+    if fusion == "anatomy":
+        return by_anatomy(maps, structures)
     return staple(maps, threads) if fusion == "staple" else majority_vote(maps)

@@ -8,7 +8,6 @@ import nibabel as nib
 import numpy as np
 
 from pipeline.core.config import SegmentConfig
-from pipeline.core.labels import remap
 from pipeline.imaging.grids import labels_on_grid
 from pipeline.runtime.devices import torch_device
 from pipeline.tools.base import Tool, run_command
@@ -32,7 +31,7 @@ def segment(job: SegmentJob, config: SegmentConfig) -> np.ndarray:
     executable = str(TOOL.find_executable("run_fastsurfer.sh"))
     run_command(command(executable, source, subjects_dir, device, job.threads), "fastsurfer")
     # FastSurfer conforms to 1 mm (LIA); its cortex comes as DKT parcels (1000s/2000s, GM in the table).
-    return remap(labels_on_grid(nib.load(subjects_dir / SUBJECT / OUTPUT), job.image))
+    return labels_on_grid(nib.load(subjects_dir / SUBJECT / OUTPUT), job.image)
 
 
-SEGMENTER = Segmenter(TOOL, segment)
+SEGMENTER = Segmenter(TOOL, segment, anatomical=True)

@@ -14,7 +14,6 @@ import numpy as np
 
 from pipeline.core.config import SegmentConfig
 from pipeline.core.io import write_json
-from pipeline.core.labels import remap
 from pipeline.imaging.grids import labels_on_grid
 from pipeline.tools.base import Tool, run_command
 from pipeline.tools.segmentation import Segmenter, SegmentJob, write_input
@@ -38,7 +37,7 @@ def segment(job: SegmentJob, config: SegmentConfig) -> np.ndarray:
         write_json(FAST_OPTIONS, options)
         args += ["--options", options]
     run_command(args, "samseg", progress=PROGRESS)
-    return remap(labels_on_grid(nib.load(out / "seg.mgz"), job.image))
+    return labels_on_grid(nib.load(out / "seg.mgz"), job.image)
 
 
-SEGMENTER = Segmenter(TOOL, segment)
+SEGMENTER = Segmenter(TOOL, segment, anatomical=True)

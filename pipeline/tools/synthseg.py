@@ -8,7 +8,6 @@ import nibabel as nib
 import numpy as np
 
 from pipeline.core.config import SegmentConfig, SynthSegConfig
-from pipeline.core.labels import remap
 from pipeline.imaging.grids import labels_on_grid
 from pipeline.tools.base import Tool, run_command
 from pipeline.tools.freesurfer import FREESURFER_HINT
@@ -33,7 +32,7 @@ def segment(job: SegmentJob, config: SegmentConfig) -> np.ndarray:
     executable = str(TOOL.find_executable("mri_synthseg"))
     run_command(command(executable, source, target, job.threads, config.synthseg), "mri_synthseg")
     # SynthSeg segments at 1 mm whatever the input: bring its labels back to the stripped image's grid.
-    return remap(labels_on_grid(nib.load(target), job.image))
+    return labels_on_grid(nib.load(target), job.image)
 
 
-SEGMENTER = Segmenter(TOOL, segment)
+SEGMENTER = Segmenter(TOOL, segment, anatomical=True)
