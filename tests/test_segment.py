@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import yaml
 
-from pipeline.core.bids import subject_file, write_raw_tables
+from pipeline.core.bids import STRUCTURES, subject_file, write_raw_tables
 from pipeline.core.config import (
     CONSENSUS,
     ConfigError,
@@ -43,7 +43,7 @@ from pipeline.stages.segment import Segmentation, segmentation
 from pipeline.stages.segment_qc import SegmentQC, agreement, decide, failures, measures
 from pipeline.stages.synthesize import Synthesize, read_decisions
 from pipeline.tools.registry import SEGMENTERS, brain_mask
-from pipeline.tools.segmentation import STRUCTURES, SegmentJob, tool_image
+from pipeline.tools.segmentation import SegmentJob, tool_image
 
 from .conftest import PROJECT_ROOT
 from .phantom import phantom
@@ -392,5 +392,8 @@ def test_segment_qc_makes_the_anatomy_consensus_from_the_structures_file_the_atl
                        log_level="WARNING")
     fused = np.asarray(nib.load(subject_file(Path("data/qc/consensus-deepbet"), "02", "dseg")).dataobj)
     assert np.array_equal(fused, np.where(core, GM, truth))
+    # the structures it took GM from go with its labels, for synthesis (synth.structure_classes)
+    kept = nib.load(subject_file(Path("data/qc/consensus-deepbet"), "02", STRUCTURES)).dataobj
+    assert np.array_equal(np.asarray(kept), np.where(mask, structures, 0))
     description = yaml.safe_load(Path("data/qc/consensus-deepbet/dataset_description.json").read_text())
     assert "consensus (anatomy) of hmrf, samseg" in description["GeneratedBy"][0]["Description"]

@@ -21,10 +21,10 @@ from scipy import ndimage
 
 from pipeline.__main__ import main
 from pipeline.apps.bench_synth import load_tissue_labels, run_benchmark
-from pipeline.core.bids import Folders, subject_file, write_raw_tables
+from pipeline.core.bids import STRUCTURES, Folders, subject_file, write_raw_tables
 from pipeline.core.config import Config, ConfigError, SynthConfig
 from pipeline.core.io import save_nifti, save_png, write_json, write_tsv
-from pipeline.core.labels import CSF, GM, WM
+from pipeline.core.labels import CSF, DEEP_GREY, GM, WM, remap
 from pipeline.imaging.slices import center_pad, in_view, to_uint8
 from pipeline.nnunet.inference import predict_planes
 from pipeline.stages.synthesize import Synthesize
@@ -785,6 +785,44 @@ def test_subclasses_split_each_tissue_by_intensity_and_train_on_tissues(small):
     assert set(np.unique(labels)) <= {0, 1, 2, 3}
     inside = labels[0] == WM
     assert len(np.unique(images[0][inside])) == 3  # one Gaussian per class, σ = 0: three greys in WM
+
+
+def test_structure_classes_draw_each_deep_grey_structure_from_its_own_intensity_and_train_it_as_grey(
+        label_maps, tmp_path):
+    """A real FreeSurfer label map as an atlas segmenter leaves it (its structures beside its tissues), and a T1 where
+    the pallidum is as bright as WM (as on real scans): with ``synth.structure_classes`` each deep grey structure is a
+    class of its own, centred on its own brightness, trained as GM; without it, or without structures, nothing
+    changes."""
+    image = nib.load(label_maps / "training_seg_01.nii.gz")
+    orientation = nib.orientations.io_orientation(image.affine)
+    structures = nib.orientations.apply_orientation(np.asarray(image.dataobj), orientation)[::2, ::2, ::2]
+    structures = np.ascontiguousarray(structures, dtype=np.int32)
+    tissues = remap(structures)
+    pallidum, deep = np.isin(structures, (13, 52)), np.isin(structures, DEEP_GREY)
+    rng = np.random.default_rng(2)
+    brain = np.array([0.0, 0.45, 0.8, 0.15])[tissues] + rng.normal(0, 0.05, tissues.shape) * (tissues > 0)
+    brain[pallidum] = 0.8 + rng.normal(0, 0.02, pallidum.sum())
+    folders = Folders(tmp_path / "segmented", tmp_path / "stripped", tmp_path / "harmonized")
+    save_nifti(tissues, np.eye(4), subject_file(folders.segmented, "01", "dseg"), dtype=np.uint8)
+    save_nifti(brain.astype(np.float32), np.eye(4), subject_file(folders.stripped, "01", "desc-brain_T1w"))
+    write_json({"ReferenceLevelMM": tissues.shape[2] // 2},
+               subject_file(folders.harmonized, "01", "desc-harmonized_T1w").with_suffix("").with_suffix(".json"))
+    plain = subject_model("01", folders, SynthConfig(structure_classes=True))  # no structures file: as before
+    save_nifti(structures, np.eye(4), subject_file(folders.segmented, "01", STRUCTURES))
+    assert np.array_equal(subject_model("01", folders, SynthConfig()).classes.labels, plain.classes.labels)
+    model = subject_model("01", folders, SynthConfig(structure_classes=True))
+    classes = model.classes
+    present = [label for label in DEEP_GREY if (structures == label).any()]
+    assert len(present) >= 12 and classes.n_classes == plain.classes.n_classes + len(present)
+    assert np.array_equal(classes.targets[classes.labels], tissues)  # what the model is trained on is unchanged
+    assert np.array_equal(classes.labels[~deep], plain.classes.labels[~deep])
+    own = np.unique(classes.labels[pallidum])
+    assert len(own) == 2 and (own >= plain.classes.n_classes).all()  # left and right, each its own class
+    # the pallidum's classes are centred on its own WM-like brightness; in the tissue-wise split it shared a GM class
+    assert np.allclose(model.priors.means[0, own], 0.8 * 255, atol=2)
+    shared = np.unique(plain.classes.labels[pallidum])
+    assert (plain.classes.labels[~pallidum & (tissues == GM)][:, None] == shared).any()
+    assert (plain.priors.means[0, shared] < 0.8 * 255 - 10).all()
 
 
 def test_reference_levels_cut_the_reference_plane_or_within_the_band_around_it(small):

@@ -50,6 +50,9 @@ def case_dir(root: Path, case: str) -> Path:
     return folder / f"ses-{session}" if session else folder
 
 
+STRUCTURES = "desc-structures_dseg"  # an atlas segmenter's own labels (FreeSurfer numbers), beside its tissues (dseg)
+
+
 def subject_file(root: Path, case: str, suffix: str) -> Path:
     """A case's image in a BIDS(-derivative) tree: ROOT/sub-X[/ses-Y]/anat/sub-<case>_SUFFIX.nii.gz."""
     return case_dir(root, case) / "anat" / f"sub-{case}_{suffix}.nii.gz"

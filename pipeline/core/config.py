@@ -292,6 +292,11 @@ class SynthConfig(Strict):
     priors: Literal["uniform", "t1", "subject"] = "subject"
     subject_prior_spread: Annotated[float, Field(ge=0.0, le=1.0)] = 0.05  # sd of a class mean / intensity range
     subclasses: Annotated[int, Field(ge=1, le=8)] = 3  # Gaussian classes per tissue, by k-means of the image
+    # true: the deep grey structures an atlas segmenter named (its structures beside its labels, or the anatomy
+    # consensus's) are generation classes of their own, each with its own Gaussian as SynthSeg draws one per
+    # structure, their training label GM: a WM-bright pallidum is drawn WM-bright and labelled GM, as in the real
+    # scan. Label maps without structures (intensity segmenters) are drawn as before.
+    structure_classes: bool = False
     # Which plane (along its view's axis) each sample is cut from (pipeline/synth/levels.py): brain, any plane
     # of the brain, spread by level_spread (uniform over the brain's extent, or area: in proportion to the tissue
     # in the plane);

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.core.bids import read_cases, subject_file, write_derivative_description, write_dseg_table
+from pipeline.core.bids import STRUCTURES, read_cases, subject_file, write_derivative_description, write_dseg_table
 from pipeline.core.config import CONSENSUS, Config, SegmentConfig
 from pipeline.core.io import load_nifti, save_nifti, write_json, write_tsv
 from pipeline.core.labels import remap, tissue_volumes, voxel_volume_ml
@@ -31,7 +31,7 @@ from pipeline.stages.acquire import Acquire
 from pipeline.stages.base import ComboStage, Stage
 from pipeline.stages.strip import Strip
 from pipeline.tools.registry import SEGMENTERS
-from pipeline.tools.segmentation import STRUCTURES, SegmentJob, cost, tool_image
+from pipeline.tools.segmentation import SegmentJob, cost, tool_image
 
 log = logging.getLogger("pipeline")
 

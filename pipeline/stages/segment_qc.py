@@ -25,7 +25,14 @@ import luigi
 import nibabel as nib
 import numpy as np
 
-from pipeline.core.bids import read_cases, subject_file, subject_of, write_derivative_description, write_dseg_table
+from pipeline.core.bids import (
+    STRUCTURES,
+    read_cases,
+    subject_file,
+    subject_of,
+    write_derivative_description,
+    write_dseg_table,
+)
 from pipeline.core.config import ANATOMICAL, CONSENSUS, Config, SegmentQCConfig, load_config
 from pipeline.core.io import InputError, load_nifti, save_nifti, write_json, write_tsv
 from pipeline.core.labels import CSF, GM, TISSUES, WM, tissue_volumes, voxel_volume_ml
@@ -37,7 +44,7 @@ from pipeline.stages.base import ComboStage, Gathered, Stage
 from pipeline.stages.segment import Segment
 from pipeline.stages.strip import Strip
 from pipeline.tools.consensus import fuse
-from pipeline.tools.segmentation import STRUCTURES, cost
+from pipeline.tools.segmentation import cost
 
 log = logging.getLogger("pipeline")
 
@@ -157,6 +164,9 @@ def fuse_subject(subject: str, threads: int, stripped: Path, segmented: dict[str
     labels = np.where(mask, fuse(maps, fusion, structures=structures), 0).astype(np.uint8)
     seconds = time.monotonic() - start
     save_nifti(labels, image.affine, subject_file(out, subject, "dseg"))
+    atlas = next((named for named in structures if named is not None), None)
+    if atlas is not None:  # the structures it took GM from, for synthesis (synth.structure_classes)
+        save_nifti(np.where(mask, atlas, 0).astype(np.int32), image.affine, subject_file(out, subject, STRUCTURES))
     three_planes(image.get_fdata(dtype=np.float32), [(f"consensus ({fusion})", labels)],
                  out / "qc" / f"sub-{subject}_dseg.png", f"sub-{subject}  consensus-{stripped.name}")
     return seconds

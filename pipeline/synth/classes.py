@@ -5,6 +5,10 @@ surface than at the white matter, white matter varies with myelination, CSF mixe
 edges. ``synth.subclasses`` splits each tissue into that many classes by 1D k-means of the subject's own
 intensities inside it (SynthSeg draws one Gaussian per anatomical label for the same reason), so the
 generated texture follows the real one. The training targets stay the tissues: ``targets[c]``.
+
+``synth.structure_classes`` goes one step further where an atlas segmenter named the deep grey structures
+(``with_structures``): each structure's GM is a class of its own, so it is drawn with its own intensity, whatever
+the tissue's other classes look like. SynthSeg teaches anatomy so: one Gaussian per structure, the target its tissue.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pipeline.core.labels import TISSUES
+from pipeline.core.labels import DEEP_GREY, GM, TISSUES
 
 KMEANS_ITERATIONS = 20
 
@@ -62,3 +66,16 @@ def split_tissues(labels: np.ndarray, image: np.ndarray, subclasses: int) -> Gen
             classes[inside] = first
     targets = np.concatenate([[0], np.repeat(list(TISSUES), subclasses)])
     return GenerationClasses(classes, targets)
+
+
+def with_structures(classes: GenerationClasses, structures: np.ndarray) -> GenerationClasses:
+    """``classes`` with the GM of each deep grey structure in ``structures`` (FreeSurfer labels, same grid) as a class
+    of its own, numbered after the others in ``DEEP_GREY``'s order; its target GM."""
+    labels, targets = classes.labels.copy(), list(classes.targets)
+    grey = np.asarray(classes.targets)[classes.labels] == GM
+    for structure in DEEP_GREY:
+        inside = grey & (structures == structure)
+        if inside.any():
+            labels[inside] = len(targets)
+            targets.append(GM)
+    return GenerationClasses(labels, np.asarray(targets))

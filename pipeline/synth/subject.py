@@ -8,11 +8,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pipeline.core.bids import Folders, reference_level, subject_file
+from pipeline.core.bids import STRUCTURES, Folders, reference_level, subject_file
 from pipeline.core.config import SynthConfig
 from pipeline.core.io import load_nifti
 from pipeline.imaging.slices import level_index
-from pipeline.synth.classes import GenerationClasses, one_class_per_label, split_tissues
+from pipeline.synth.classes import GenerationClasses, one_class_per_label, split_tissues, with_structures
 from pipeline.synth.levels import Levels, case_levels
 from pipeline.synth.priors import IntensityPriors, priors_for
 
@@ -35,6 +35,9 @@ def subject_model(subject: str, folders: Folders, cfg: SynthConfig) -> SubjectMo
         brain = load_nifti(subject_file(folders.stripped, subject, "desc-brain_T1w"), subject)
         image = brain.get_fdata(dtype=np.float32)
     classes = split_tissues(labels, image, cfg.subclasses) if image is not None else one_class_per_label(labels)
+    structures = subject_file(folders.segmented, subject, STRUCTURES)
+    if cfg.structure_classes and structures.is_file():
+        classes = with_structures(classes, np.asarray(load_nifti(structures, subject).dataobj))
     priors = priors_for(cfg, image, classes.labels, classes.targets)
     reference = level_index(dseg, reference_level(folders.harmonized, subject))
     return SubjectModel(classes, priors, case_levels(labels, reference, cfg))

@@ -3,7 +3,7 @@
 A segmenter is a Tool plus a run function ``run(job, config) -> labels`` on the grid of ``job.image``: tissue labels
 {0 background, 1 GM, 2 WM, 3 CSF} (``pipeline.core.labels``), or for an atlas-based segmenter (``anatomical``) the
 anatomical structures it names, as FreeSurfer lookup-table labels, which the segment stage maps to tissues and keeps
-beside them (``STRUCTURES``: the ``anatomy`` consensus reads them).
+beside them (``pipeline.core.bids.STRUCTURES``: the ``anatomy`` consensus reads them).
 """
 
 from __future__ import annotations
@@ -18,8 +18,6 @@ import numpy as np
 from pipeline.core.config import SegmentConfig
 from pipeline.core.io import save_nifti
 from pipeline.tools.base import Tool
-
-STRUCTURES = "desc-structures_dseg"  # an atlas segmenter's own labels (FreeSurfer numbers), beside its tissues
 
 # Tools read 0 as "outside the head", but the strip stage's percentile normalization sets the darkest
 # 0.5 % of the brain (CSF) to exactly 0: lift the brain off zero so those voxels get a class too.
