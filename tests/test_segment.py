@@ -23,7 +23,7 @@ from pipeline.core.config import (
     StripConfig,
     parse_config,
 )
-from pipeline.core.io import load_nifti, load_png, read_tsv, save_nifti, write_json
+from pipeline.core.io import InputError, load_nifti, load_png, read_tsv, save_nifti, write_json
 from pipeline.core.labels import (
     CSF,
     DEEP_GREY,
@@ -397,3 +397,45 @@ def test_segment_qc_makes_the_anatomy_consensus_from_the_structures_file_the_atl
     assert np.array_equal(np.asarray(kept), np.where(mask, structures, 0))
     description = yaml.safe_load(Path("data/qc/consensus-deepbet/dataset_description.json").read_text())
     assert "consensus (anatomy) of hmrf, samseg" in description["GeneratedBy"][0]["Description"]
+
+
+def test_the_atlas_segmenters_are_the_ones_whose_wrappers_return_structures():
+    from pipeline.core.config import ANATOMICAL
+
+    assert {method for method in SEGMENTERS if SEGMENTERS[method].anatomical} == set(ANATOMICAL)
+
+
+def test_segment_stage_keeps_an_atlas_segmenters_structures_beside_its_tissues_with_a_standin(study: Path, monkeypatch):
+    """A stand-in atlas segmenter (SAMSEG's place, hmrf's tool check) naming the phantom's structures: the stage writes
+    the tissues they map to and the structures themselves, and says so in the derivative's description."""
+    from pipeline.stages.segment import Segment
+    from pipeline.tools.segmentation import Segmenter
+
+    def name_structures(job: SegmentJob, config) -> np.ndarray:
+        truth = phantom()[2]
+        return np.choose(truth, [0, 3, 2, 24]).astype(np.int64) + 10 * (truth == GM)  # 13: the "pallidum"
+
+    monkeypatch.setitem(SEGMENTERS, "samseg", Segmenter(SEGMENTERS["hmrf"].tool, name_structures, anatomical=True))
+    (study / "params.yaml").write_text(yaml.safe_dump({"workers": 1, "segment": {"methods": ["samseg"]}}))
+    assert luigi.build([Segment(segmenter="samseg", stripper="deepbet")], local_scheduler=True, log_level="WARNING")
+    out, (_, mask, truth) = Path("data/segmented/samseg-deepbet"), phantom()
+    tissues = np.asarray(nib.load(subject_file(out, "02", "dseg")).dataobj)
+    structures = np.asarray(nib.load(subject_file(out, "02", STRUCTURES)).dataobj)
+    assert np.array_equal(tissues, truth)  # 13 (pallidum) is GM, 2 WM, 24 CSF
+    assert np.array_equal(structures, np.where(mask, np.choose(truth, [0, 13, 2, 24]), 0))
+    description = yaml.safe_load((out / "dataset_description.json").read_text())
+    assert STRUCTURES in description["GeneratedBy"][0]["Description"]
+
+
+def test_the_anatomy_consensus_of_labels_made_without_structures_stops_naming_them_and_what_to_rerun(study: Path):
+    (study / "params.yaml").write_text(yaml.safe_dump({"workers": 1, "segment": {
+        "methods": ["hmrf", "samseg", "consensus"], "consensus": {"fusion": "anatomy"}}}))
+    image, _, truth = phantom()
+    for method in ("hmrf", "samseg"):
+        for subject in ("01", "02", "03"):
+            save_nifti(truth, image.affine, subject_file(Path(f"data/segmented/{method}-deepbet"), subject, "dseg"))
+        write_json({"mean_seconds_per_head": 10.0}, Path(f"metrics/segment-{method}-deepbet.json"))
+    with pytest.raises(InputError, match=r"no structures beside 3 label map\(s\), e\.g\. .*sub-01_desc-structures_dseg"
+                                         r".*dvc repro -f segment@samseg-deepbet"):
+        SegmentQC(segmenter="consensus", stripper="deepbet").build(Path("data/qc/consensus-deepbet"),
+                                                                    parse_config(yaml.safe_load(Path("params.yaml").read_text())))

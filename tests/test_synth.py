@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.machinery
+import logging
 import os
 import subprocess
 import sys
@@ -576,6 +577,12 @@ def test_synthesize_stage_writes_samples_and_a_montage(stage, tmp_path):
         assert png.format == "PNG" and png.size[0] >= 800
     expected = write_montage(out / "train", tmp_path / "again.png", 42, "synthetic hmrf-deepbet")
     assert (tmp_path / "again.png").read_bytes() == (out / "montage.png").read_bytes() and len(expected) == 16
+
+
+def test_structure_classes_on_label_maps_without_structures_say_so(stage, tmp_path, caplog):
+    with caplog.at_level(logging.WARNING, logger="pipeline"):
+        stage.build(tmp_path / "out", Config(synth=SynthConfig(n_train=2, n_test=1, size=64, structure_classes=True)))
+    assert "synth.structure_classes is set, but its label maps name no structures" in caplog.text
 
 
 # --- synth.real_fraction: real slices of the training heads among the samples ----------------------------------

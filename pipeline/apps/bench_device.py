@@ -88,7 +88,8 @@ def benchmark(study: Path, combo: str, seconds: float, overrides: list[str]) -> 
     import torch
 
     device = torch_device("auto")
-    labels = sorted(bench_train.study_folders(study, combo).segmented.glob("sub-*/**/*_dseg.nii.gz"))
+    labels = sorted(path for path in bench_train.study_folders(study, combo).segmented.glob("sub-*/**/*_dseg.nii.gz")
+                    if "_desc-" not in path.name)  # the tissues, not an atlas segmenter's structures
     if not labels:
         raise InputError(f"bench device: {study} has no label maps of {combo}: run the study first")
     machine = {"device": device, "gpu": torch.cuda.get_device_name() if device == "cuda" else None,

@@ -178,7 +178,8 @@ class ConsensusConfig(Strict):
     # majority: the label most segmenters give (a tie goes to the first of them in ``of``); staple: each
     # segmenter weighted by how well it agrees with the others (STAPLE, Warfield et al. 2004; SimpleITK);
     # anatomy: each where it is reliable: the intensity segmenters' majority, but GM in the deep grey structures
-    # (thalamus, basal ganglia, hippocampus, amygdala) the atlas-based ones name, as raters draw them
+    # (labels.DEEP_GREY: thalamus, basal ganglia, hippocampus, amygdala) at least half the atlas-based ones name,
+    # as raters draw them
     fusion: Literal["majority", "staple", "anatomy"] = "majority"
     # the segmenters fused (empty: every other one in segment.methods); at least two
     of: list[SegmentMethod] = []
@@ -294,8 +295,9 @@ class SynthConfig(Strict):
     subclasses: Annotated[int, Field(ge=1, le=8)] = 3  # Gaussian classes per tissue, by k-means of the image
     # true: the deep grey structures an atlas segmenter named (its structures beside its labels, or the anatomy
     # consensus's) are generation classes of their own, each with its own Gaussian as SynthSeg draws one per
-    # structure, their training label GM: a WM-bright pallidum is drawn WM-bright and labelled GM, as in the real
-    # scan. Label maps without structures (intensity segmenters) are drawn as before.
+    # structure, their training label GM: with priors: subject, a WM-bright pallidum is drawn WM-bright and
+    # labelled GM, as in the real scan (t1 and uniform priors draw them as any GM class). Label maps without
+    # structures (intensity segmenters, a majority or staple consensus) are drawn as before, with a warning.
     structure_classes: bool = False
     # Which plane (along its view's axis) each sample is cut from (pipeline/synth/levels.py): brain, any plane
     # of the brain, spread by level_spread (uniform over the brain's extent, or area: in proportion to the tissue

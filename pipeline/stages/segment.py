@@ -54,6 +54,7 @@ def segmentation(method: str, job: SegmentJob, config: SegmentConfig) -> Segment
 
 
 def tissue_labels(method: str, job: SegmentJob, config: SegmentConfig) -> np.ndarray:
+    """The method's tissues of the job's brain (``segmentation`` without the structures)."""
     return segmentation(method, job, config).tissues
 
 
@@ -104,7 +105,9 @@ class Segment(ComboStage):
         write_failures(read_failures(stripped) + failures, out)
         write_dseg_table(out)
         write_derivative_description(out, f"synthseg-pipeline tissues ({self.segmenter}-{self.stripper})",
-                                     f"segment: {self.segmenter} on {self.stripper} brains, as GM/WM/CSF (dseg.tsv)",
+                                     f"segment: {self.segmenter} on {self.stripper} brains, as GM/WM/CSF (dseg.tsv)"
+                                     + (f"; {STRUCTURES}: the structures it named, FreeSurfer lookup-table numbers"
+                                        if SEGMENTERS[self.segmenter].anatomical else ""),
                                      Parameters=getattr(config.segment, self.segmenter).model_dump(mode="json"))
         threads = job_threads(config.executor, plan_budget(config.workers, len(subjects)).threads)
         write_json(cost({row["participant_id"]: row["seconds"] for row in rows.values()}, threads),

@@ -165,11 +165,22 @@ def fuse_subject(subject: str, threads: int, stripped: Path, segmented: dict[str
     seconds = time.monotonic() - start
     save_nifti(labels, image.affine, subject_file(out, subject, "dseg"))
     atlas = next((named for named in structures if named is not None), None)
-    if atlas is not None:  # the structures it took GM from, for synthesis (synth.structure_classes)
+    if atlas is not None:  # the first atlas segmenter's structures, for synthesis (synth.structure_classes)
         save_nifti(np.where(mask, atlas, 0).astype(np.int32), image.affine, subject_file(out, subject, STRUCTURES))
     three_planes(image.get_fdata(dtype=np.float32), [(f"consensus ({fusion})", labels)],
                  out / "qc" / f"sub-{subject}_dseg.png", f"sub-{subject}  consensus-{stripped.name}")
     return seconds
+
+
+def check_structures(cases: list, atlases: dict[str, Path], lost: dict, stripper: str) -> None:
+    """The anatomy consensus reads the structures the atlas segmenters left beside their labels: labels made before
+    the segment stage kept them have none, and the consensus stops naming the files and what to re-run."""
+    missing = [subject_file(folder, case.label, STRUCTURES) for method, folder in atlases.items() for case in cases
+               if f"sub-{case.label}" not in lost and not subject_file(folder, case.label, STRUCTURES).is_file()]
+    if missing:
+        rerun = " ".join(f"segment@{method}-{stripper}" for method in atlases)
+        raise InputError(f"consensus (anatomy): no structures beside {len(missing)} label map(s), e.g. {missing[0]}; "
+                         f"they were made before the segment stage kept them: re-run them (dvc repro -f {rerun})")
 
 
 def segmenter_cost(metrics: Path) -> dict:
@@ -223,6 +234,9 @@ class SegmentQC(ComboStage):
         are lost here too (``failures.tsv``). Returns the cost: the fusion's seconds per head, and the fused
         segmenters' own."""
         lost = {row["participant_id"]: row for folder in fused.values() for row in read_failures(folder)}
+        if config.segment.consensus.fusion == "anatomy":
+            check_structures(cases, {method: folder for method, folder in fused.items() if method in ANATOMICAL},
+                             lost, self.stripper)
         work = functools.partial(fuse_subject, stripped=stripped, segmented=fused, out=out,
                                  fusion=config.segment.consensus.fusion)
         done, failed = for_each_subject("consensus", [case.label for case in cases if f"sub-{case.label}" not in lost],

@@ -17,7 +17,7 @@ import functools
 import logging
 from pathlib import Path
 
-from pipeline.core.bids import Case, Folders, read_cases, subject_file
+from pipeline.core.bids import STRUCTURES, Case, Folders, read_cases, subject_file
 from pipeline.core.config import Config
 from pipeline.core.io import read_tsv, save_png
 from pipeline.runtime.devices import torch_device
@@ -85,6 +85,11 @@ class Synthesize(ComboStage):
                 splits[case.label] = case.split
             else:
                 log.warning("synthesize: sub-%s skipped, excluded by segmentation QC: %s", case.label, reason)
+        if config.synth.structure_classes and not any(subject_file(folders.segmented, subject, STRUCTURES).is_file()
+                                                      for subject in splits):
+            log.warning("synthesize %s-%s: synth.structure_classes is set, but its label maps name no structures (an "
+                        "intensity segmenter's, or a majority or staple consensus): drawn by tissue only",
+                        self.segmenter, self.stripper)
         work = functools.partial(write_subject, splits=splits, folders=folders, out=out, config=config)
         files = {subject: subject_file(folders.segmented, subject, "dseg") for subject in splits}
         _, failures = for_each_subject(f"synthesize {self.segmenter}-{self.stripper}", list(splits), work, out,
