@@ -16,7 +16,7 @@ from nibabel.processing import resample_from_to
 from pipeline.__main__ import main
 from pipeline.core.config import parse_config
 from pipeline.evaluation.dice import dice_per_tissue
-from pipeline.stages.segment import tissue_labels
+from pipeline.stages.segment import segmentation
 from pipeline.tools import samseg
 from pipeline.tools.base import ToolFailed, ToolMissing
 from pipeline.tools.segmentation import SegmentJob, tool_image
@@ -116,7 +116,7 @@ def test_standin_fast_command_and_permuted_classes(job: SegmentJob, bin_dir: Pat
     expected = ["-t", "1", "-n", "3", "-H", "0.1", "-I", "4", "-o", str(job.workdir / "fast"),
                 str(job.workdir / "t1.nii.gz")]
     write_standin(bin_dir, "fast", expected, FAST_BODY, SAMPLE_ON_GRID)
-    assert_matches_truth(tissue_labels("fast", job, segment_config("fast")))
+    assert_matches_truth(segmentation("fast", job, segment_config("fast")).tissues)
 
 
 def test_standin_fast_found_under_fsldir_without_bias_correction(job: SegmentJob, tmp_path: Path,
@@ -127,14 +127,14 @@ def test_standin_fast_found_under_fsldir_without_bias_correction(job: SegmentJob
     monkeypatch.setenv("FSLDIR", str(tmp_path / "fsl"))
     monkeypatch.setenv("PATH", str(tmp_path / "empty"))
     config = segment_config("fast", mrf_beta=0.2, bias_correction=False)
-    assert_matches_truth(tissue_labels("fast", job, config))
+    assert_matches_truth(segmentation("fast", job, config).tissues)
 
 
 def test_standin_synthseg_command_and_1mm_output_resampled(job: SegmentJob, bin_dir: Path):
     expected = ["--i", str(job.workdir / "t1.nii.gz"), "--o", str(job.workdir / "synthseg.mgz"),
                 "--threads", str(THREADS), "--cpu"]
     write_standin(bin_dir, "mri_synthseg", expected, SYNTHSEG_BODY, SAMPLE_ON_GRID)
-    assert_matches_truth(tissue_labels("synthseg", job, segment_config("synthseg")))
+    assert_matches_truth(segmentation("synthseg", job, segment_config("synthseg")).tissues)
 
 
 def test_standin_synthseg_rejects_an_unexpected_command_line(job: SegmentJob, bin_dir: Path):
@@ -142,7 +142,7 @@ def test_standin_synthseg_rejects_an_unexpected_command_line(job: SegmentJob, bi
                 "--threads", str(THREADS), "--cpu"]
     write_standin(bin_dir, "mri_synthseg", expected, SYNTHSEG_BODY, SAMPLE_ON_GRID)
     with pytest.raises(ToolFailed, match="--robust"):
-        tissue_labels("synthseg", job, segment_config("synthseg", robust=True))
+        segmentation("synthseg", job, segment_config("synthseg", robust=True))
 
 
 def test_standin_fastsurfer_command_and_parcellated_lia_output(job: SegmentJob, bin_dir: Path):
@@ -150,7 +150,7 @@ def test_standin_fastsurfer_command_and_parcellated_lia_output(job: SegmentJob, 
                 "--sd", str(job.workdir / "fastsurfer"), "--seg_only",
                 "--device", "cpu", "--threads", str(THREADS)]
     write_standin(bin_dir, "run_fastsurfer.sh", expected, FASTSURFER_BODY, SAMPLE_ON_GRID)
-    assert_matches_truth(tissue_labels("fastsurfer", job, segment_config("fastsurfer", device="cpu")))
+    assert_matches_truth(segmentation("fastsurfer", job, segment_config("fastsurfer", device="cpu")).tissues)
 
 
 def test_standin_samseg_fast_options_and_output_on_another_grid(job: SegmentJob, monkeypatch):
@@ -172,7 +172,7 @@ def test_standin_samseg_fast_options_and_output_on_another_grid(job: SegmentJob,
         nib.MGHImage(np.asarray(seg.dataobj, dtype=np.int32), grid).to_filename(out / "seg.mgz")
 
     monkeypatch.setattr(samseg, "run_command", fake_run)
-    labels = tissue_labels("samseg", job, segment_config("samseg", fast=True))
+    labels = segmentation("samseg", job, segment_config("samseg", fast=True)).tissues
     assert calls[0][1:] == ["-m", "samseg.cli.run_samseg", "-i", str(job.workdir / "t1.nii.gz"),
                             "-o", str(job.workdir / "samseg"), "--threads", str(THREADS),
                             "--options", str(job.workdir / "samseg_fast.json")]
@@ -191,7 +191,7 @@ def test_missing_tool_stops_with_what_to_install(job: SegmentJob, tmp_path: Path
         monkeypatch.delenv(variable, raising=False)
     message = rf"{method} was requested but is missing \(not found: {program}; {hint}"
     with pytest.raises(ToolMissing, match=message):
-        tissue_labels(method, job, segment_config(method))
+        segmentation(method, job, segment_config(method))
     assert list(job.workdir.iterdir()) == []  # nothing ran, nothing substituted
 
 

@@ -53,11 +53,6 @@ def segmentation(method: str, job: SegmentJob, config: SegmentConfig) -> Segment
     return Segmentation(np.where(job.mask, tissues, 0).astype(np.uint8), structures)
 
 
-def tissue_labels(method: str, job: SegmentJob, config: SegmentConfig) -> np.ndarray:
-    """The method's tissues of the job's brain (``segmentation`` without the structures)."""
-    return segmentation(method, job, config).tissues
-
-
 def segment_subject(subject: str, threads: int, method: str, stripped: Path, out: Path,
                     config: SegmentConfig) -> dict:
     """The subject's tissue labels and overlay; returns its ``volumes.tsv`` row and the tool's ``seconds``."""
