@@ -77,6 +77,32 @@ def test_train_seeds_lists_every_training_run_and_defaults_to_the_one_seed():
     assert parse_config({"train": {"seeds": [3, 1, 2]}}).train.training_seeds(42) == [3, 1, 2]
 
 
+def test_the_training_runs_in_bfloat16_on_a_cpu_only_where_asked_or_native_and_a_gpu_never_in_float32():
+    """train.precision: auto trains in mixed precision where the CPU computes bfloat16 natively (float32 elsewhere);
+    the trainer's autocast turns a real convolution's arithmetic to bfloat16 on a CPU in mixed precision only, and
+    float32 on a GPU (which nnU-Net trains in float16 whatever it is asked) is refused with what to set."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from pipeline.nnunet.trainers.nnUNetTrainerPipeline import nnUNetTrainerPipeline
+    from pipeline.runtime.devices import native_bfloat16_cpu, training_mixed_precision
+
+    assert training_mixed_precision("auto", "cpu") is native_bfloat16_cpu()
+    assert training_mixed_precision("mixed", "cpu") and not training_mixed_precision("float32", "cpu")
+    assert training_mixed_precision("auto", "cuda") and training_mixed_precision("mixed", "cuda")
+    with pytest.raises(ValueError, match="set train.precision to auto or mixed"):
+        training_mixed_precision("float32", "cuda")
+    assert parse_config({}).train.precision == "auto"
+
+    conv, image = torch.nn.Conv2d(1, 4, 3), torch.rand(1, 1, 16, 16)
+    for mixed, device, dtype in [(True, "cpu", torch.bfloat16), (False, "cpu", torch.float32),
+                                 (True, "cuda", torch.float32)]:  # a GPU: nnU-Net's own float16 autocast, not this
+        trainer = SimpleNamespace(mixed_precision=mixed, device=torch.device(device))
+        with nnUNetTrainerPipeline.cpu_autocast(trainer):
+            assert conv(image).dtype == dtype, (mixed, device)
+
+
 def test_the_auto_profile_is_quick_without_a_gpu_and_the_gpu_profile_with_one():
     """train.profile: auto (the default) trains the quick schedule on this machine, which has no GPU, and the gpu
     profile's network, batch and augmentation on one; naming a profile overrides it on either."""

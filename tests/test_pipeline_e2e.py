@@ -126,6 +126,13 @@ def test_every_stage_records_the_package_versions_that_made_it(study: Path):
         assert versions["packages"]["torch"] == torch.__version__.split("+")[0], folder
     training = json.loads((study / "models/hmrf-deepbet/training.json").read_text())
     assert training["versions"]["packages"]["nnunetv2"]
+    # the arithmetic it trained in: train.precision auto, resolved by the trainer, in the plans beside the model
+    from pipeline.runtime.devices import native_bfloat16_cpu
+
+    plans = json.loads(next((study / "models/hmrf-deepbet").glob("Dataset*/*__2d/plans.json")).read_text())
+    schedule = plans["configurations"]["2d"]["pipeline"]
+    assert (schedule["precision"], schedule["mixed_precision"]) == ("auto", native_bfloat16_cpu())
+    assert training["mixed_precision"] is native_bfloat16_cpu()
 
 
 def test_metrics_and_plots_are_readable_by_dvc(project: Path):

@@ -194,7 +194,7 @@ def benchmark(study: Path, combo: str, overrides: list[str], eval_every: int, co
                                     config.seed) \
             if config.train.online_synthesis else None
         plan = runner.adapt_plans(work / "preprocessed" / dataset.name / "nnUNetPlans.json",
-                                  config.train.active_profile(device), seed, online)
+                                  config.train.active_profile(device), seed, config.train.precision, online)
         # nnU-Net's variables (read when its modules load) for the training in this process only: the caller's
         # later commands keep their own environment
         with scoped_environ(env | {"nnUNet_n_proc_DA": str(loaders)}):
@@ -205,7 +205,7 @@ def benchmark(study: Path, combo: str, overrides: list[str], eval_every: int, co
         "study": str(study), "combo": combo, "overrides": overrides, "device": device,
         "threads": config.workers, "loader_processes": loaders, "profile": config.train.profile_name(device),
         **config.train.active_profile(device).model_dump(), "augmentation": config.train.trainer_augmentation(device),
-        "compiled": compile_network, "patch_size": plan["patch_size"],
+        "compiled": compile_network, "mixed_precision": trainer.mixed_precision, "patch_size": plan["patch_size"],
         "features_per_stage": plan["architecture"]["arch_kwargs"]["features_per_stage"],
         "batch_size": plan["batch_size"], **timings(trainer), "peak_rss_mb": round(peak),
         "peak_gpu_mb": round(torch.cuda.max_memory_allocated() / 2**20) if device == "cuda" else None,

@@ -22,7 +22,7 @@ CONSENSUS = "consensus"  # a segmenter of its own kind: the fusion of the others
 # stage); the others find intensity classes.
 ANATOMICAL: tuple[str, ...] = ("samseg", "synthseg", "fastsurfer")
 View = Literal["axial", "coronal", "sagittal"]
-Precision = Literal["auto", "float32", "mixed"]  # a network's arithmetic at prediction (train.predict_precision)
+Precision = Literal["auto", "float32", "mixed"]  # a network's arithmetic (train.precision, train.predict_precision)
 Probability = Annotated[float, Field(ge=0.0, le=1.0)]
 Range = tuple[float, float]
 
@@ -397,6 +397,11 @@ class TrainConfig(Strict):
     # Train and evaluate each strategy once per seed, on the same synthetic set and split (empty: once, with
     # ``seed``). The report's intervals then cover the training's own noise as well as the subjects'.
     seeds: list[int] = []
+    # the training's arithmetic: auto: mixed where the device computes it natively (nnU-Net's float16 on a GPU;
+    # bfloat16 on a CPU with AVX-512 BF16 or AMX, where an iteration takes about 30 % less time), else float32;
+    # float32 (a CPU only: nnU-Net trains on a GPU in float16 always); mixed: always (emulated, far slower, on a
+    # CPU without bfloat16). The model folder's plans.json records the arithmetic that ran.
+    precision: Precision = "auto"
     predict_tta: bool = False  # nnU-Net's mirroring at prediction: better Dice, 4x (2D) the time
     # the network's arithmetic at prediction: auto: mixed where the device computes it natively (float16 on a GPU;
     # bfloat16 on a CPU with AVX-512 BF16 or AMX, twice as fast there), else float32; float32: nnU-Net's own CPU

@@ -4,6 +4,7 @@ model is applied re-scores it without retraining it."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar, Literal, get_args
@@ -36,6 +37,21 @@ def nnunet_dataset(segmenter: str, stripper: str) -> NnunetDataset:
     return NnunetDataset(dataset_id, f"Dataset{dataset_id:03d}_{segmenter}_{stripper}")
 
 
+def model_folder(models: Path, dataset_id: int, trainer: str) -> Path:
+    """nnU-Net's folder of a trained 2D model under a results root: ``Dataset<id>_*/<trainer>__nnUNetPlans__2d``."""
+    found = sorted(models.glob(f"Dataset{dataset_id:03d}_*/{trainer}__nnUNetPlans__2d"))
+    if len(found) != 1:
+        raise FileNotFoundError(f"{models}: expected one model folder of dataset {dataset_id} and trainer {trainer}, "
+                                f"found {len(found)}")
+    return found[0]
+
+
+def trained_mixed_precision(results: Path, dataset_id: int, trainer: str) -> bool:
+    """The arithmetic a training ran in, as its trainer recorded it in the plans beside the model."""
+    plans = json.loads((model_folder(results, dataset_id, trainer) / "plans.json").read_text())
+    return bool(plans["configurations"]["2d"]["pipeline"]["mixed_precision"])
+
+
 def seed_folders(models: Path, seeds: list[int]) -> list[tuple[int, Path]]:
     """Where each seed's model lives: the first seed's in the model folder itself (what ``predict`` uses),
     every other one in ``seed-<seed>/`` inside it."""
@@ -57,6 +73,9 @@ class TrainingRecord(Strict):
     seeds: list[int]  # every seed the train stage trained: the first one's model holds this record
     wall_s: float
     trainer: str
+    # whether it trained in mixed precision, as the trainer resolved train.precision on the machine that trained
+    # (None: a record from before it was kept)
+    mixed_precision: bool | None = None
     dataset_id: int
     segmenter: str
     stripper: str

@@ -14,18 +14,10 @@ import numpy as np
 
 from pipeline.core.config import Precision
 from pipeline.imaging.slices import rows_left_right
+from pipeline.nnunet.models import model_folder
 from pipeline.nnunet.runner import TRAINER_DIR
-from pipeline.runtime.devices import native_mixed_precision
+from pipeline.runtime.devices import uses_mixed_precision
 from pipeline.runtime.environ import scoped_environ
-
-
-def model_folder(models: Path, dataset_id: int, trainer: str) -> Path:
-    """nnU-Net's folder of a trained 2D model under a results root: ``Dataset<id>_*/<trainer>__nnUNetPlans__2d``."""
-    found = sorted(models.glob(f"Dataset{dataset_id:03d}_*/{trainer}__nnUNetPlans__2d"))
-    if len(found) != 1:
-        raise FileNotFoundError(f"{models}: expected one model folder of dataset {dataset_id} and trainer {trainer}, "
-                                f"found {len(found)}")
-    return found[0]
 
 
 class SlicePredictor:
@@ -48,8 +40,7 @@ class SlicePredictor:
     def mixed_precision(self) -> bool:
         """Whether the network runs in torch's autocast (mixed) precision: ``precision`` "mixed", or "auto" where
         the device computes it natively (``native_mixed_precision``)."""
-        return self.precision == "mixed" or (self.precision == "auto"
-                                             and native_mixed_precision(self.predictor.device.type))
+        return uses_mixed_precision(self.precision, self.predictor.device.type)
 
     @property
     def batch_size(self) -> int:

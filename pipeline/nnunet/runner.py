@@ -8,7 +8,7 @@ import re
 import sys
 from pathlib import Path
 
-from pipeline.core.config import SynthConfig, TrainConfig, TrainProfile
+from pipeline.core.config import Precision, SynthConfig, TrainConfig, TrainProfile
 from pipeline.nnunet import plan_and_preprocess as forked_planning
 from pipeline.runtime.executors import THREAD_VARIABLES
 from pipeline.tools.base import run_command
@@ -72,10 +72,12 @@ def plan_and_preprocess(dataset_id: int, env: dict[str, str], processes: int) ->
                 env, progress=re.compile(r"^\d+:|Fingerprint|Preprocessing|plans"))
 
 
-def adapt_plans(plans_file: Path, profile: TrainProfile, seed: int | None, online: dict | None = None) -> dict:
-    """Apply a profile to nnU-Net's 2D plan: its batch size and network width, and its schedule and training
-    seed (``pipeline``, read by ``pipeline/nnunet/trainers``; None: an unseeded run); with online synthesis,
-    the label maps and synthesis parameters its samples are drawn from (``online_plan``).
+def adapt_plans(plans_file: Path, profile: TrainProfile, seed: int | None, precision: Precision = "auto",
+                online: dict | None = None) -> dict:
+    """Apply a profile to nnU-Net's 2D plan: its batch size and network width, and its schedule, training
+    seed (``pipeline``, read by ``pipeline/nnunet/trainers``; None: an unseeded run) and arithmetic (``precision``:
+    the trainer resolves it on the machine that trains, and records the result as ``mixed_precision``); with
+    online synthesis, the label maps and synthesis parameters its samples are drawn from (``online_plan``).
 
     Done between planning and training, so the plans copied beside the model (and used
     at prediction) describe the network that was really trained, and how.
@@ -84,7 +86,7 @@ def adapt_plans(plans_file: Path, profile: TrainProfile, seed: int | None, onlin
     configuration = plans["configurations"]["2d"]
     configuration["pipeline"] = {"epochs": profile.epochs, "iterations_per_epoch": profile.iterations_per_epoch,
                                  "val_iterations_per_epoch": profile.val_iterations_per_epoch, "seed": seed,
-                                 "online": online}
+                                 "precision": precision, "online": online}
     if profile.batch_size:
         configuration["batch_size"] = profile.batch_size
     if profile.base_features:

@@ -45,3 +45,17 @@ def native_mixed_precision(device: str) -> bool:
     """Whether ``device`` computes torch's autocast (mixed) precision natively: float16 on a GPU, bfloat16 on a CPU
     that has it in hardware (``native_bfloat16_cpu``)."""
     return device == "cuda" or (device == "cpu" and native_bfloat16_cpu())
+
+
+def uses_mixed_precision(precision: str, device: str) -> bool:
+    """Whether a network runs in torch's autocast (mixed) precision on ``device`` for a ``Precision`` setting:
+    "mixed" always, "float32" never, "auto" where the device computes it natively (``native_mixed_precision``)."""
+    return precision == "mixed" or (precision == "auto" and native_mixed_precision(device))
+
+
+def training_mixed_precision(precision: str, device: str) -> bool:
+    """``uses_mixed_precision`` for a training, which nnU-Net runs in float16 on a GPU whatever it is asked."""
+    if device == "cuda" and precision == "float32":
+        raise ValueError("train.precision float32: nnU-Net trains on a GPU in mixed precision (float16) always; "
+                         "set train.precision to auto or mixed")
+    return uses_mixed_precision(precision, device)

@@ -15,10 +15,16 @@ import time
 from pathlib import Path
 
 from pipeline.core.config import Config, TrainConfig
-from pipeline.core.io import write_csv
+from pipeline.core.io import InputError, write_csv
 from pipeline.nnunet import runner
-from pipeline.nnunet.models import NnunetDataset, TrainingRecord, nnunet_dataset, seed_folders
-from pipeline.runtime.devices import job_device
+from pipeline.nnunet.models import (
+    NnunetDataset,
+    TrainingRecord,
+    nnunet_dataset,
+    seed_folders,
+    trained_mixed_precision,
+)
+from pipeline.runtime.devices import job_device, training_mixed_precision
 from pipeline.runtime.executors import job_threads, run_job
 from pipeline.stages.base import ComboStage, Stage, package_versions
 from pipeline.stages.export import Export
@@ -67,6 +73,10 @@ class Train(ComboStage):
 
     def build(self, out: Path, config: Config) -> None:
         device = job_device(config.train.device, config.executor)
+        try:  # refused before planning; the trainer resolves it where it trains
+            training_mixed_precision(config.train.precision, device)
+        except ValueError as error:
+            raise InputError(str(error)) from None
         preprocessed = out / "preprocessed"
         start = time.monotonic()
         log.info("train %s-%s: planning and preprocessing", self.segmenter, self.stripper)
@@ -76,7 +86,7 @@ class Train(ComboStage):
         seeds = config.train.training_seeds(config.seed)
         for seed, results in seed_folders(out, seeds):  # the first seed's wall time includes the planning
             self.train_once(results, preprocessed, dataset, seed, device, config)
-            self.record(config, device, dataset.id, seed, seeds, time.monotonic() - start).write(results)
+            self.record(config, device, dataset.id, seed, seeds, time.monotonic() - start, results).write(results)
             start = time.monotonic()
         shutil.rmtree(preprocessed)  # an intermediate: the plans travel with each model
         write_csv(training_curve(out, dataset.name), self.plot_path(self.curve_template))
@@ -92,7 +102,7 @@ class Train(ComboStage):
                                     self.input_dir("harmonized"), config.synth,
                                     config.seed) if config.train.online_synthesis else None
         plan = runner.adapt_plans(preprocessed / dataset.name / "nnUNetPlans.json", profile,
-                                  seed if config.train.deterministic else None, online)
+                                  seed if config.train.deterministic else None, config.train.precision, online)
         log.info("train %s-%s: batch %d, patch %s, features %s", self.segmenter, self.stripper, plan["batch_size"],
                  plan["patch_size"], plan["architecture"]["arch_kwargs"]["features_per_stage"])
         log.info("train %s-%s: profile %s (%d epochs x %d iterations), seed %d, on %s, %d loader processes",
@@ -101,13 +111,15 @@ class Train(ComboStage):
         run_job(config.executor, f"train {self.segmenter}-{self.stripper} seed {seed}", runner.train, dataset.id,
                 str(config.train.fold), device, env, loaders, runner.trainer_name(config.train, device))
 
-    def record(self, config: Config, device: str, dataset_id: int, seed: int, seeds: list[int], wall_s: float
-               ) -> TrainingRecord:
+    def record(self, config: Config, device: str, dataset_id: int, seed: int, seeds: list[int], wall_s: float,
+               results: Path) -> TrainingRecord:
+        trainer = runner.trainer_name(config.train, device)
         return TrainingRecord(
             profile=config.train.profile_name(device), schedule=config.train.active_profile(device),
             fold=config.train.fold,
             device=device, deterministic=config.train.deterministic, seed=seed, seeds=seeds, wall_s=round(wall_s, 1),
-            trainer=runner.trainer_name(config.train, device), dataset_id=dataset_id, segmenter=self.segmenter,
+            trainer=trainer, mixed_precision=trained_mixed_precision(results, dataset_id, trainer),
+            dataset_id=dataset_id, segmenter=self.segmenter,
             stripper=self.stripper, harmonize=config.harmonize, strip=stripper_config(config.strip, self.stripper),
             size=config.synth.size,
             levels=config.synth.levels, views=config.synth.views, versions=package_versions())

@@ -11,11 +11,15 @@ into the model folder: the folder records how it was trained, and nnU-Net's own 
   left-right flips, bias field, gamma and blur (``pipeline.synth``), fresh for every sample; repeating that on
   the CPU per batch costs more than the network's forward and backward pass at these sizes. At test time
   (``train.predict_tta``) it mirrors left-right only: a brain seen upside down is not a brain.
+- Each trains in mixed precision where ``train.precision`` asks for it (``auto``: where the device computes it
+  natively): nnU-Net's float16 on a GPU, and bfloat16 on a CPU, which nnU-Net leaves in float32 (its
+  ``train_step`` autocasts a GPU only). The plans beside the model record the arithmetic that ran.
 - ``...Online`` of each (``train.online_synthesis: true``): every training case nnU-Net loads is a fresh
   synthetic sample of that case (``pipeline.synth.online``), drawn from the label maps the plans name
   (``pipeline.online``, written by ``pipeline.nnunet.runner.adapt_plans``). Validation keeps the exported set's cases.
 """
 
+import contextlib
 import time
 from pathlib import Path
 
@@ -27,6 +31,7 @@ from nnunetv2.training.nnUNetTrainer.variants.data_augmentation.nnUNetTrainerNoD
 
 from pipeline.core.bids import Folders
 from pipeline.core.config import SynthConfig
+from pipeline.runtime.devices import training_mixed_precision
 from pipeline.synth.online import OnlineSampler
 from pipeline.synth.subject import case_of
 
@@ -35,7 +40,7 @@ PROGRESS_PLOT_INTERVAL_S = 60.0  # progress.png redrawn at most this often, and 
 
 
 # The training schedule ``runner.adapt_plans`` writes into the plans (``config.SCHEDULE_KEYS``: how a stage runs).
-PLAN_SCHEDULE_KEYS = ("epochs", "iterations_per_epoch", "val_iterations_per_epoch", "seed", "online")
+PLAN_SCHEDULE_KEYS = ("epochs", "iterations_per_epoch", "val_iterations_per_epoch", "seed", "precision", "online")
 
 
 class SparseProgressLogger(MetaLogger):
@@ -79,6 +84,22 @@ class nnUNetTrainerPipeline(nnUNetTrainer):  # noqa: N801 - nnU-Net looks traine
         self.num_val_iterations_per_epoch = schedule["val_iterations_per_epoch"]
         self.save_every = max(1, min(self.save_every, self.num_epochs // 2 or 1))
         self.logger = SparseProgressLogger(self.logger, self.num_epochs - 1)
+        self.mixed_precision = training_mixed_precision(schedule["precision"], self.device.type)
+        # the plans.json nnU-Net saves beside the model records the arithmetic that ran (resolved on this machine)
+        schedule["mixed_precision"] = self.mixed_precision
+
+    def cpu_autocast(self) -> contextlib.AbstractContextManager:
+        """bfloat16 autocast on a CPU in mixed precision (nnU-Net autocasts only a GPU, in float16)."""
+        enabled = self.mixed_precision and self.device.type == "cpu"
+        return torch.autocast("cpu", dtype=torch.bfloat16) if enabled else contextlib.nullcontext()
+
+    def train_step(self, batch: dict) -> dict:
+        with self.cpu_autocast():
+            return super().train_step(batch)
+
+    def validation_step(self, batch: dict) -> dict:
+        with self.cpu_autocast():
+            return super().validation_step(batch)
 
     def perform_actual_validation(self, save_probabilities: bool = False) -> None:
         # The pipeline's evaluate stage measures Dice on held-out synthetic slices and real heads;
