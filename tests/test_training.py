@@ -21,6 +21,7 @@ from pipeline.imaging.slices import center_pad
 from pipeline.nnunet import runner
 from pipeline.nnunet.models import nnunet_dataset
 from pipeline.nnunet.predictor import SlicePredictor
+from pipeline.runtime.devices import native_bfloat16_cpu
 from pipeline.stages.train import Train
 
 pytestmark = pytest.mark.slow
@@ -78,8 +79,10 @@ def test_a_trivially_learnable_task_scores_high_and_a_wrong_reference_low(tmp_pa
     assert (dataset.id, dataset.name) == (100, "Dataset100_hmrf_deepbet")
     # nnU-Net copies the plans into the model folder: the schedule and the seed travel with the model
     plans = json.loads(next(models.glob(f"{dataset.name}/*/plans.json")).read_text())
+    # ... and the arithmetic, as the trainer resolved train.precision (auto) on this CPU
     assert plans["configurations"]["2d"]["pipeline"] == {**{k: profile[k] for k in (
-        "epochs", "iterations_per_epoch", "val_iterations_per_epoch")}, "seed": 42, "online": None}
+        "epochs", "iterations_per_epoch", "val_iterations_per_epoch")}, "seed": 42, "precision": "auto",
+        "mixed_precision": native_bfloat16_cpu(), "online": None}
     assert list(models.glob(f"{dataset.name}/*/fold_all/progress.png"))  # drawn after the last epoch
     segment = SlicePredictor.from_folder(models, dataset.id, runner.trainer_name(config.train, "cpu"), "all", "cpu",
                                          False)
