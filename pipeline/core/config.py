@@ -398,7 +398,7 @@ class TrainConfig(Strict):
     # ``seed``). The report's intervals then cover the training's own noise as well as the subjects'.
     seeds: list[int] = []
     # the training's arithmetic: auto: mixed where the device computes it natively (nnU-Net's float16 on a GPU;
-    # bfloat16 on a CPU with AVX-512 BF16 or AMX, where an iteration takes about 30 % less time), else float32;
+    # bfloat16 on a CPU with AVX-512 BF16 or AMX, where an iteration takes about 12 % less time), else float32;
     # float32 (a CPU only: nnU-Net trains on a GPU in float16 always); mixed: always (emulated, far slower, on a
     # CPU without bfloat16). The model folder's plans.json records the arithmetic that ran.
     precision: Precision = "auto"
