@@ -85,13 +85,14 @@ def test_the_training_runs_in_bfloat16_on_a_cpu_only_where_asked_or_native_and_a
 
     import torch
 
+    from pipeline.core.io import InputError
     from pipeline.nnunet.trainers.nnUNetTrainerPipeline import nnUNetTrainerPipeline
     from pipeline.runtime.devices import native_bfloat16_cpu, training_mixed_precision
 
     assert training_mixed_precision("auto", "cpu") is native_bfloat16_cpu()
     assert training_mixed_precision("mixed", "cpu") and not training_mixed_precision("float32", "cpu")
     assert training_mixed_precision("auto", "cuda") and training_mixed_precision("mixed", "cuda")
-    with pytest.raises(ValueError, match="set train.precision to auto or mixed"):
+    with pytest.raises(InputError, match="set train.precision to auto or mixed"):  # one line, no traceback
         training_mixed_precision("float32", "cuda")
     assert parse_config({}).train.precision == "auto"
 

@@ -33,7 +33,7 @@ from pipeline.evaluation.heads import HeldOutHead, held_out_cases, load_held_out
 from pipeline.nnunet import runner
 from pipeline.nnunet.models import nnunet_dataset
 from pipeline.nnunet.predictor import SlicePredictor
-from pipeline.runtime.devices import torch_device
+from pipeline.runtime.devices import torch_device, training_mixed_precision
 from pipeline.runtime.environ import scoped_environ
 from pipeline.stages.acquire import Acquire
 from pipeline.stages.harmonize import Harmonize
@@ -183,6 +183,7 @@ def benchmark(study: Path, combo: str, overrides: list[str], eval_every: int, co
     folders = study_folders(study, combo)
     heads = held_out_heads(study, folders, config)
     device = torch_device(config.train.device)
+    training_mixed_precision(config.train.precision, device)  # refused before planning, as the train stage does
     with tempfile.TemporaryDirectory(prefix="bench-train-") as tmp:
         work = Path(tmp)
         loaders = runner.loader_processes(config.train, device, config.workers)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 from functools import cache
 
+from pipeline.core.io import InputError
+
 
 @cache
 def torch_device(requested: str = "auto") -> str:
@@ -56,6 +58,6 @@ def uses_mixed_precision(precision: str, device: str) -> bool:
 def training_mixed_precision(precision: str, device: str) -> bool:
     """``uses_mixed_precision`` for a training, which nnU-Net runs in float16 on a GPU whatever it is asked."""
     if device == "cuda" and precision == "float32":
-        raise ValueError("train.precision float32: nnU-Net trains on a GPU in mixed precision (float16) always; "
+        raise InputError("train.precision float32: nnU-Net trains on a GPU in mixed precision (float16) always; "
                          "set train.precision to auto or mixed")
     return uses_mixed_precision(precision, device)

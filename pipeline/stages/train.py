@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 from pipeline.core.config import Config, TrainConfig
-from pipeline.core.io import InputError, write_csv
+from pipeline.core.io import write_csv
 from pipeline.nnunet import runner
 from pipeline.nnunet.models import (
     NnunetDataset,
@@ -73,10 +73,7 @@ class Train(ComboStage):
 
     def build(self, out: Path, config: Config) -> None:
         device = job_device(config.train.device, config.executor)
-        try:  # refused before planning; the trainer resolves it where it trains
-            training_mixed_precision(config.train.precision, device)
-        except ValueError as error:
-            raise InputError(str(error)) from None
+        training_mixed_precision(config.train.precision, device)  # refused before planning; resolved where it trains
         preprocessed = out / "preprocessed"
         start = time.monotonic()
         log.info("train %s-%s: planning and preprocessing", self.segmenter, self.stripper)
