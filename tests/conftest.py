@@ -273,3 +273,13 @@ def copy_outputs(study: Path, project: Path, through: luigi.Task | None = None) 
         (project / output).parent.mkdir(parents=True, exist_ok=True)
         copy = shutil.copytree if (study / output).is_dir() else shutil.copy2
         copy(study / output, project / output)
+
+
+def first_and_last_rates(models: Path, dataset: str, flag: str) -> tuple[float, float]:
+    """The learning rates of a trained model's first and last epochs, as its final checkpoint logged them; the
+    optimizer's ``flag`` (SGD's nesterov, AdamW's amsgrad) must be set in its saved state."""
+    import torch
+
+    checkpoint = torch.load(next(models.glob(f"{dataset}/*/fold_all/checkpoint_final.pth")), weights_only=False)
+    assert checkpoint["optimizer_state"]["param_groups"][0][flag] is True
+    return checkpoint["logging"]["lrs"][0], checkpoint["logging"]["lrs"][-1]

@@ -104,6 +104,29 @@ def test_the_training_runs_in_bfloat16_on_a_cpu_only_where_asked_or_native_and_a
             assert conv(image).dtype == dtype, (mixed, device)
 
 
+def test_the_cpu_profiles_train_with_nnunets_adamw_and_the_gpu_and_standard_ones_with_its_sgd():
+    """The profiles measured on CPUs (ci, quick, thorough) train with nnU-Net's AdamW at 0.001; gpu and standard
+    keep nnU-Net's own SGD. The trainer builds the optimizer the plans name, through nnU-Net's own code."""
+    import torch
+
+    from pipeline.nnunet.trainers.nnUNetTrainerPipeline import nnUNetTrainerPipeline
+
+    profiles = parse_config({}).train.profiles
+    assert {name: profile.optimizer for name, profile in profiles.items()} == {
+        "ci": "adam", "quick": "adam", "thorough": "adam", "gpu": "sgd", "standard": "sgd"}
+    assert load_config(PROJECT_ROOT / "params.yaml").train.profiles == profiles
+    trainer = object.__new__(nnUNetTrainerPipeline)  # its optimizer alone: no plans, no network planning
+    trainer.network, trainer.weight_decay, trainer.num_epochs = torch.nn.Conv2d(1, 4, 3), 3e-5, 4
+    for name, rate, kind in [("adam", 1e-3, torch.optim.AdamW), ("sgd", 1e-2, torch.optim.SGD)]:
+        trainer.optimizer_name, trainer.initial_lr = name, rate
+        optimizer, schedule = trainer.configure_optimizers()
+        group = optimizer.param_groups[0]
+        assert type(optimizer) is kind and group["lr"] == rate, (name, optimizer)
+        assert group.get("amsgrad", False) == (name == "adam") and group.get("nesterov", False) == (name == "sgd")
+        schedule.step(3)
+        assert optimizer.param_groups[0]["lr"] < rate  # nnU-Net's poly decay, both
+
+
 def test_the_auto_profile_is_quick_without_a_gpu_and_the_gpu_profile_with_one():
     """train.profile: auto (the default) trains the quick schedule on this machine, which has no GPU, and the gpu
     profile's network, batch and augmentation on one; naming a profile overrides it on either."""

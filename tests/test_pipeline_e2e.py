@@ -10,7 +10,7 @@ import pytest
 
 from pipeline.core.io import read_tsv
 
-from .conftest import TINY_SETTINGS, copy_study, venv_env
+from .conftest import TINY_SETTINGS, copy_study, first_and_last_rates, venv_env
 
 pytestmark = pytest.mark.slow
 
@@ -133,6 +133,9 @@ def test_every_stage_records_the_package_versions_that_made_it(study: Path):
     schedule = plans["configurations"]["2d"]["pipeline"]
     assert (schedule["precision"], schedule["mixed_precision"]) == ("auto", native_bfloat16_cpu())
     assert training["mixed_precision"] is native_bfloat16_cpu()
+    # the ci profile's optimizer (as quick's): nnU-Net's AdamW from 0.001
+    assert schedule["optimizer"] == "adam"
+    assert first_and_last_rates(study / "models/hmrf-deepbet", "Dataset*", "amsgrad")[0] == 1e-3
 
 
 def test_metrics_and_plots_are_readable_by_dvc(project: Path):

@@ -24,6 +24,8 @@ from pipeline.nnunet.predictor import SlicePredictor
 from pipeline.runtime.devices import native_bfloat16_cpu
 from pipeline.stages.train import Train
 
+from .conftest import first_and_last_rates
+
 pytestmark = pytest.mark.slow
 
 SIZE = 128  # the middle of the brain: a small patch trains quickly on CPU
@@ -63,7 +65,7 @@ def test_a_trivially_learnable_task_scores_high_and_a_wrong_reference_low(tmp_pa
     write_cases(maps[:3], 6, synthetic / "train", rng)
     write_cases(maps[3:], 3, synthetic / "test", rng)
     profile = {"epochs": 12, "iterations_per_epoch": 25, "val_iterations_per_epoch": 2, "batch_size": 4,
-               "base_features": 8}
+               "base_features": 8}  # no optimizer named: nnU-Net's own SGD
     params = {"workers": 2, "train": {"profile": "ci", "profiles": {"ci": profile}}}
     Path("params.yaml").write_text(yaml.safe_dump(params))
     for upstream in ("data/segmented/hmrf-deepbet", "data/stripped/deepbet", "data/harmonized", "data/qc/hmrf-deepbet",
@@ -82,7 +84,10 @@ def test_a_trivially_learnable_task_scores_high_and_a_wrong_reference_low(tmp_pa
     # ... and the arithmetic, as the trainer resolved train.precision (auto) on this CPU
     assert plans["configurations"]["2d"]["pipeline"] == {**{k: profile[k] for k in (
         "epochs", "iterations_per_epoch", "val_iterations_per_epoch")}, "seed": 42, "precision": "auto",
-        "mixed_precision": native_bfloat16_cpu(), "online": None}
+        "optimizer": "sgd", "mixed_precision": native_bfloat16_cpu(), "online": None}
+    # a profile that names no optimizer trains with nnU-Net's own: SGD (Nesterov) from 0.01, decayed
+    first, last = first_and_last_rates(models, dataset.name, "nesterov")
+    assert first == 1e-2 and last < first / 5
     assert list(models.glob(f"{dataset.name}/*/fold_all/progress.png"))  # drawn after the last epoch
     segment = SlicePredictor.from_folder(models, dataset.id, runner.trainer_name(config.train, "cpu"), "all", "cpu",
                                          False)

@@ -357,6 +357,10 @@ class TrainProfile(Strict):
     # processes loading (and augmenting) batches beside the training: None: none when train.deterministic (a
     # CPU run repeats exactly), else one per core; a number: that many, however train.deterministic is set
     loader_processes: Annotated[int, Field(ge=0)] | None = None
+    # sgd: nnU-Net's own optimizer (SGD, Nesterov momentum 0.99, learning rate 0.01), tuned for its 250,000
+    # iterations; adam: nnU-Net's nnUNetTrainerAdam1en3 (AdamW with AMSGrad, learning rate 0.001), which learns
+    # faster in the CPU profiles' few thousand (docs/benchmarks.md). Both decay the rate as nnU-Net's poly schedule.
+    optimizer: Literal["sgd", "adam"] = "sgd"
 
 
 class TrainConfig(Strict):
@@ -369,11 +373,12 @@ class TrainConfig(Strict):
     # large batches with the synthesis's own augmentation, sized for a GPU's minutes; standard, nnU-Net's own plan
     # and schedule (hours on a GPU)
     profiles: dict[str, TrainProfile] = {
-        "ci": TrainProfile(epochs=2, iterations_per_epoch=5, val_iterations_per_epoch=2, batch_size=4, base_features=8),
+        "ci": TrainProfile(epochs=2, iterations_per_epoch=5, val_iterations_per_epoch=2, batch_size=4, base_features=8,
+                           optimizer="adam"),
         "quick": TrainProfile(epochs=40, iterations_per_epoch=25, val_iterations_per_epoch=5, batch_size=2,
-                              base_features=16),
+                              base_features=16, optimizer="adam"),
         "thorough": TrainProfile(epochs=100, iterations_per_epoch=40, val_iterations_per_epoch=5, batch_size=2,
-                                 base_features=16),
+                                 base_features=16, optimizer="adam"),
         "gpu": TrainProfile(epochs=40, iterations_per_epoch=100, val_iterations_per_epoch=5, batch_size=64,
                             augmentation="synthesis", loader_processes=12),
         "standard": TrainProfile(epochs=1000, iterations_per_epoch=250, val_iterations_per_epoch=50),
