@@ -106,7 +106,9 @@ def test_the_training_runs_in_bfloat16_on_a_cpu_only_where_asked_or_native_and_a
 
 def test_the_cpu_profiles_train_with_nnunets_adamw_and_the_gpu_and_standard_ones_with_its_sgd():
     """The profiles measured on CPUs (ci, quick, thorough) train with nnU-Net's AdamW at 0.001; gpu and standard
-    keep nnU-Net's own SGD. The trainer builds the optimizer the plans name, through nnU-Net's own code."""
+    keep nnU-Net's own SGD. The trainer's ``configure_optimizers`` builds the named one through nnU-Net's own code
+    (the rate the plans make the trainer start from is checked on trained checkpoints: test_training, the e2e
+    study)."""
     import torch
 
     from pipeline.nnunet.trainers.nnUNetTrainerPipeline import nnUNetTrainerPipeline
