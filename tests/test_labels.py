@@ -54,7 +54,7 @@ def test_samseg_atlas_labels_are_all_decided():
 
 def test_remap_follows_the_scheme_for_key_structures():
     source = np.array([2, 41, 3, 42, 4, 24, 16, 13, 28, 31, 63, 10, 1003, 2035, 165, 258, 0])
-    expected = [WM, WM, GM, GM, CSF, CSF, WM, GM, WM, CSF, CSF, GM, GM, GM, 0, 0, 0]  # pallidum (13): GM
+    expected = [WM, WM, GM, GM, CSF, CSF, WM, GM, GM, CSF, CSF, GM, GM, GM, 0, 0, 0]  # pallidum (13), ventral DC (28)
     assert remap(source).tolist() == expected
 
 

@@ -24,9 +24,9 @@ from .standins import write_standin
 
 THREADS = 2
 DEEP_GREY = {"thalamus": (10, 49), "caudate": (11, 50), "putamen": (12, 51), "pallidum": (13, 52),
-             "hippocampus": (17, 53), "amygdala": (18, 54), "accumbens": (26, 58)}
+             "hippocampus": (17, 53), "amygdala": (18, 54), "accumbens": (26, 58), "ventral DC": (28, 60)}
 OTHERS = {"cerebral cortex": ((3, 42), GM), "cerebellar cortex": ((8, 47), GM), "cerebral WM": ((2, 41), WM),
-          "cerebellar WM": ((7, 46), WM), "brainstem": ((16,), WM), "ventral DC": ((28, 60), WM),
+          "cerebellar WM": ((7, 46), WM), "brainstem": ((16,), WM),
           "lateral ventricles": ((4, 43), CSF)}
 # FastSurfer's aparc.DKTatlas+aseg has the cortex as DKT parcels: one per hemisphere stands for them all.
 FASTSURFER_CORTEX = "labels = np.where(labels == 3, 1028, np.where(labels == 42, 2003, labels))\n"

@@ -3,13 +3,13 @@
 Tissues: 0 background, 1 grey matter (GM), 2 white matter (WM), 3 CSF.
 
 Principle: a structure gets the tissue manual raters give it (``docs/explanation/tissue-definitions.md``,
-one table for every segmenter): the deep grey nuclei (thalamus, caudate, putamen, pallidum, accumbens) and the
-hippocampus and amygdala are grey matter, whatever their brightness on T1, because the reference labels people
-draw count them so and a model can only learn the definitions its teacher's labels show. Structures that are
-mostly fibre tracts (brainstem, ventral diencephalon, optic chiasm) are white matter; CSF is the ventricles and
-the extra-cerebral fluid. Intensity-based 3-class segmenters (hmrf, atropos, FSL FAST) have no anatomy and call
-the WM-bright nuclei (pallidum, much of the thalamus) WM: only atlas-based ones (SAMSEG, SynthSeg, FastSurfer)
-can follow these definitions.
+one table for every segmenter): the deep grey nuclei (thalamus, caudate, putamen, pallidum, accumbens), the
+hippocampus, the amygdala and the ventral diencephalon are grey matter, whatever their brightness on T1, because the
+reference labels people draw count them so and a model can only learn the definitions its teacher's labels show.
+Structures that are fibre tracts (brainstem, optic chiasm) are white matter; CSF is the ventricles and the
+extra-cerebral fluid. Intensity-based 3-class segmenters (hmrf, atropos, FSL FAST) have no anatomy and call the
+WM-bright ones (pallidum, much of the thalamus, the ventral diencephalon) WM: only atlas-based ones (SAMSEG,
+SynthSeg, FastSurfer) can follow these definitions.
 
 Every label our segmenters emit or the SynthSeg training maps hold is in ``FREESURFER_TO_TISSUE`` or
 in ``NON_BRAIN``; ``remap`` refuses any other label, so nothing becomes background by accident.
@@ -46,6 +46,10 @@ FREESURFER_TO_TISSUE: dict[int, int] = {
     18: GM, 54: GM,  # amygdala
     26: GM, 58: GM,  # accumbens
     27: GM, 59: GM,  # substantia nigra
+    # Ventral diencephalon: the hypothalamus, subthalamic nucleus, red nucleus and substantia nigra among the
+    # cerebral peduncles. WM-bright on T1 (hmrf: 98 % WM), but the manual labels count it GM: 82-95 % of SAMSEG's
+    # ventral DC (its brainstem: 5-16 %) is GM in oasis-manual's (Neuromorphometrics) labels, head by head.
+    28: GM, 60: GM,
     80: GM, 81: GM, 82: GM,  # non-WM hypointensities: spots inside grey matter
     **CORTICAL_PARCELS,
     # white matter
@@ -59,9 +63,6 @@ FREESURFER_TO_TISSUE: dict[int, int] = {
     # Brainstem: mostly white-matter tracts, WM-bright on T1 (hmrf: 96 % WM); SAMSEG models it with
     # its global WM Gaussian and FAST-style 3-class segmenters label it WM.
     16: WM,
-    # Ventral diencephalon: mostly the cerebral peduncles and optic tracts, with the small hypothalamus; WM-bright
-    # on T1 (hmrf: 98 % WM); SAMSEG models it with global WM.
-    28: WM, 60: WM,
     # CSF: ventricles and extra-cerebral CSF
     4: CSF, 43: CSF,  # lateral ventricles
     5: CSF, 44: CSF,  # inferior lateral ventricles
@@ -80,10 +81,10 @@ FREESURFER_TO_TISSUE: dict[int, int] = {
     136: CSF, 137: CSF, 163: CSF, 164: CSF,
 }
 
-# The deep grey structures (FreeSurfer labels): grey nuclei, hippocampus and amygdala. Raters draw them GM; intensity
-# segmenters label them by brightness (the pallidum and much of the thalamus WM). The ``anatomy`` consensus takes an
-# atlas segmenter's word inside them (pipeline/tools/consensus.py).
-DEEP_GREY: tuple[int, ...] = (10, 49, 11, 50, 12, 51, 13, 52, 17, 53, 18, 54, 26, 58, 27, 59)
+# The deep grey structures (FreeSurfer labels): grey nuclei, hippocampus, amygdala and the ventral diencephalon. Raters
+# draw them GM; intensity segmenters label them by brightness (the pallidum, much of the thalamus and the ventral
+# diencephalon WM). The ``anatomy`` consensus takes an atlas segmenter's word inside them (pipeline/tools/consensus.py).
+DEEP_GREY: tuple[int, ...] = (10, 49, 11, 50, 12, 51, 13, 52, 17, 53, 18, 54, 26, 58, 27, 59, 28, 60)
 
 # Labels that are not brain: they become background, on purpose.
 NON_BRAIN: dict[int, str] = {
