@@ -143,9 +143,7 @@ def test_the_auto_profile_is_quick_without_a_gpu_and_the_gpu_profile_with_one():
     device = torch_device(config.train.device)
     assert (config.train.profile, device, config.train.profile_name(device)) == ("auto", "cpu", "quick")
     assert config.train.active_profile(device) == config.train.profiles["quick"]
-    # the quick profile's augmentation: the synthesis's own, as the gpu profile's
-    assert (trainer_name(config.train, "cpu"), loader_processes(config.train, "cpu", 2)) == (
-        "nnUNetTrainerPipelineSynthAug", 0)
+    assert (trainer_name(config.train, "cpu"), loader_processes(config.train, "cpu", 2)) == ("nnUNetTrainerPipeline", 0)
     assert config.train.profile_name("cuda") == "gpu"
     assert trainer_name(config.train, "cuda") == "nnUNetTrainerPipelineSynthAug"  # the gpu profile's augmentation
     chosen = parse_config({"train": {"augmentation": "nnunet"}})  # one place to choose: it wins over the profile

@@ -353,7 +353,7 @@ def test_bench_train_times_every_iteration_and_scores_the_real_test_heads_each_e
     assert [point["epoch"] for point in report["time_to_dice"]] == [1, 2]
     assert report["time_to_dice"][0]["training_minutes"] < report["time_to_dice"][1]["training_minutes"]
     assert set(report["time_to_dice"][0]["dice_real"]) == {"GM", "WM", "CSF", "mean"}  # whole heads, as evaluate
-    assert report["peak_rss_mb"] > 100 and report["patch_size"] and report["augmentation"] == "synthesis"
+    assert report["peak_rss_mb"] > 100 and report["patch_size"] and report["augmentation"] == "nnunet"
 
 
 def _real_rows(project: Path) -> list[dict]:
@@ -408,7 +408,7 @@ def test_bench_device_measures_synthesis_prediction_and_training_on_this_machine
     assert training["profile"] == "ci" and training["iterations"] >= 5 and training["gpu_busy"] is None
     assert training["data_and_augmentation_s"] > 0 and training["forward_backward_s"] > 0
     assert training["iteration_s"] >= max(training["data_and_augmentation_s"], training["forward_backward_s"])
-    assert training["peak_rss_mb"] > 100 and training["patch_size"] and training["augmentation"] == "synthesis"
+    assert training["peak_rss_mb"] > 100 and training["patch_size"] and training["augmentation"] == "nnunet"
     scored = training["time_to_dice"][-1]  # the last epoch's model, on the whole real test head, as evaluate scores
     assert scored["training_minutes"] > 0 and set(scored["dice_real"]) == {"GM", "WM", "CSF", "mean"}
     assert 0 < scored["dice_real"]["mean"] <= 1

@@ -350,10 +350,9 @@ class TrainProfile(Strict):
     val_iterations_per_epoch: Annotated[int, Field(ge=1)]
     batch_size: Annotated[int, Field(ge=1)] | None = None  # None: nnU-Net's plan
     base_features: Annotated[int, Field(ge=1)] | None = None  # first-stage width; None: nnU-Net's plan (32)
-    # the augmentation this schedule was measured with, used when train.augmentation is auto (None: nnunet). The
-    # synthetic samples are already deformed and re-textured (``synthesis``): a GPU outruns nnU-Net's CPU
-    # augmentation many times over, and the CPU profiles' few thousand iterations learn more without it
-    # (docs/benchmarks.md)
+    # the augmentation this schedule was measured with, used when train.augmentation is auto (None: nnunet). A GPU
+    # outruns nnU-Net's CPU augmentation many times over; the synthetic samples are already deformed and
+    # re-textured (``synthesis``)
     augmentation: Literal["nnunet", "synthesis"] | None = None
     # processes loading (and augmenting) batches beside the training: None: none when train.deterministic (a
     # CPU run repeats exactly), else one per core; a number: that many, however train.deterministic is set
@@ -375,11 +374,11 @@ class TrainConfig(Strict):
     # and schedule (hours on a GPU)
     profiles: dict[str, TrainProfile] = {
         "ci": TrainProfile(epochs=2, iterations_per_epoch=5, val_iterations_per_epoch=2, batch_size=4, base_features=8,
-                           augmentation="synthesis", optimizer="adam"),
+                           optimizer="adam"),
         "quick": TrainProfile(epochs=40, iterations_per_epoch=25, val_iterations_per_epoch=5, batch_size=2,
-                              base_features=16, augmentation="synthesis", optimizer="adam"),
+                              base_features=16, optimizer="adam"),
         "thorough": TrainProfile(epochs=100, iterations_per_epoch=40, val_iterations_per_epoch=5, batch_size=2,
-                                 base_features=16, augmentation="synthesis", optimizer="adam"),
+                                 base_features=16, optimizer="adam"),
         "gpu": TrainProfile(epochs=40, iterations_per_epoch=100, val_iterations_per_epoch=5, batch_size=64,
                             augmentation="synthesis", loader_processes=12),
         "standard": TrainProfile(epochs=1000, iterations_per_epoch=250, val_iterations_per_epoch=50),
