@@ -178,8 +178,7 @@ class ConsensusConfig(Strict):
     # majority: the label most segmenters give (a tie goes to the first of them in ``of``); staple: each
     # segmenter weighted by how well it agrees with the others (STAPLE, Warfield et al. 2004; SimpleITK);
     # anatomy: each where it is reliable: the intensity segmenters' majority, but GM in the deep grey structures
-    # (labels.DEEP_GREY: thalamus, basal ganglia, hippocampus, amygdala, ventral diencephalon) at least half the
-    # atlas-based ones name, as raters draw them
+    # (labels.DEEP_GREY) at least half the atlas-based ones name, as raters draw them
     fusion: Literal["majority", "staple", "anatomy"] = "majority"
     # the segmenters fused (empty: every other one in segment.methods); at least two
     of: list[SegmentMethod] = []
