@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import luigi
 import nibabel as nib
@@ -167,8 +168,6 @@ def test_an_online_case_is_what_nnunet_would_have_read_from_its_png(tmp_path: Pa
                                                                      monkeypatch):
     """Online synthesis hands nnU-Net's data loader a sample through nnU-Net's own preprocessing of a PNG case:
     the same arrays as nnU-Net's preprocessor makes from the PNG files, and as it stored for training."""
-    from types import SimpleNamespace
-
     from batchgenerators.utilities.file_and_folder_operations import load_json
     from nnunetv2.preprocessing.preprocessors.default_preprocessor import DefaultPreprocessor
     from nnunetv2.training.dataloading.nnunet_dataset import infer_dataset_class
@@ -232,3 +231,54 @@ def test_progress_png_is_drawn_after_the_last_epoch_and_at_most_once_an_interval
 
     assert drawn_after_each_epoch(3, interval_s=3600) == [False, False, True]
     assert drawn_after_each_epoch(2, interval_s=0) == [True, True]
+
+
+def configured_augmentation(trainer_class: type):
+    """A ``trainer_class`` holding only what its augmentation's configuration reads (the planned patch), and that
+    configuration: rotation range, dummy 2D, the patch loaded for the spatial transform, mirrored axes."""
+    trainer = object.__new__(trainer_class)
+    trainer.configuration_manager = SimpleNamespace(patch_size=(SIZE, SIZE))
+    trainer.print_to_log_file = lambda *args, **kwargs: None
+    return trainer, trainer.configure_rotation_dummyDA_mirroring_and_inital_patch_size()
+
+
+def marker_quadrants(trainer_class: type, draws: int) -> set[tuple[bool, bool]]:
+    """The quadrants (before the centre along axis 0?, along axis 1?) where a marker placed between a patch's centre
+    and its first corner lands in ``draws`` training samples augmented as ``trainer_class`` configures nnU-Net's
+    augmentation."""
+    import torch
+
+    trainer, (rotation, dummy_2d, initial, mirror_axes) = configured_augmentation(trainer_class)
+    transforms = trainer.get_training_transforms((SIZE, SIZE), rotation, None, mirror_axes, dummy_2d, [False],
+                                                 foreground_labels=[1, 2, 3])
+    centre = [n // 2 for n in initial]
+    labels = torch.zeros((1, *initial), dtype=torch.int16)
+    labels[0, centre[0] - 40:centre[0] - 20, centre[1] - 40:centre[1] - 20] = GM
+    torch.manual_seed(0)
+    np.random.seed(0)
+    quadrants = set()
+    for _ in range(draws):
+        out = transforms(image=labels.float() * 100, segmentation=labels.clone())["segmentation"][0]
+        rows, columns = np.argwhere(out.numpy() == GM).mean(axis=0)
+        quadrants.add((bool(rows < SIZE / 2), bool(columns < SIZE / 2)))
+    return quadrants
+
+
+def test_nnunet_augmentation_keeps_every_brain_slice_upright():
+    """nnU-Net rotates a square 2D patch by up to 180 degrees and mirrors both its axes; the pipeline's trainer
+    keeps a slice's anatomy where it is (rotations within 15 degrees, no mirroring), so a structure in one quadrant of
+    the patch stays there in every augmented sample, while nnU-Net's own trainer moves it about. The
+    no-augmentation trainer (``train.augmentation: synthesis``) still crops the planned patch, unrotated."""
+    from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+
+    from pipeline.nnunet.trainers.nnUNetTrainerPipeline import (
+        LEFT_RIGHT,
+        nnUNetTrainerPipeline,
+        nnUNetTrainerPipelineSynthAug,
+    )
+
+    assert marker_quadrants(nnUNetTrainerPipeline, 30) == {(True, True)}
+    assert len(marker_quadrants(nnUNetTrainer, 30)) > 1
+    trainer, (_, _, initial, mirror_axes) = configured_augmentation(nnUNetTrainerPipelineSynthAug)
+    assert tuple(initial) == (SIZE, SIZE) and mirror_axes is None
+    assert trainer.inference_allowed_mirroring_axes == LEFT_RIGHT
