@@ -6,10 +6,10 @@ plans (``configurations.2d.pipeline``, written by ``pipeline.nnunet.runner.adapt
 into the model folder: the folder records how it was trained, and nnU-Net's own command lines work on it.
 
 - ``nnUNetTrainerPipeline``: nnU-Net's own data augmentation, with the brain kept upright: rotations within
-  ``UPRIGHT_ROTATION_DEG`` and no mirroring. nnU-Net rotates a square 2D patch by up to 180 degrees and mirrors
-  both its axes, as for images that have no up; every slice here is a brain in its view's fixed orientation
-  (RAS), and the synthesis already flips its samples left-right. On real brains: about +0.004 GM and WM against
-  manual labels in the ``quick`` profile's 1,000 iterations (docs/benchmarks.md).
+  ``UPRIGHT_ROTATION_DEG`` and no mirroring. For a square 2D patch nnU-Net rotates a fifth of the samples by up
+  to 180 degrees and mirrors each axis of half of them, as for images that have no up; every slice here is a
+  brain in its view's fixed orientation (RAS), and the synthesis already flips its samples left-right. Measured
+  on real brains at ``quick``: a little closer to manual labels, no worse at another site (docs/benchmarks.md).
 - ``nnUNetTrainerPipelineSynthAug`` (``train.augmentation: synthesis``): nnU-Net's ``nnUNetTrainerNoDA``, none
   beyond cropping the patch. The synthetic samples are already drawn with random affine and elastic deformation,
   left-right flips, bias field, gamma and blur (``pipeline.synth``), fresh for every sample; repeating that on
