@@ -133,9 +133,9 @@ def test_every_stage_records_the_package_versions_that_made_it(study: Path):
     schedule = plans["configurations"]["2d"]["pipeline"]
     assert (schedule["precision"], schedule["mixed_precision"]) == ("auto", native_bfloat16_cpu())
     assert training["mixed_precision"] is native_bfloat16_cpu()
-    # the ci profile's optimizer (as quick's): nnU-Net's AdamW from 0.001
-    assert schedule["optimizer"] == "adam"
-    assert first_and_last_rates(study / "models/hmrf-deepbet", "Dataset*", "amsgrad")[0] == 1e-3
+    # the ci profile's optimizer and rate (as quick's): nnU-Net's AdamW from 0.002
+    assert (schedule["optimizer"], schedule["learning_rate"]) == ("adam", 0.002)
+    assert first_and_last_rates(study / "models/hmrf-deepbet", "Dataset*", "amsgrad")[0] == 2e-3
 
 
 def test_metrics_and_plots_are_readable_by_dvc(project: Path):

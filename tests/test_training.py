@@ -85,8 +85,8 @@ def test_a_trivially_learnable_task_scores_high_and_a_wrong_reference_low(tmp_pa
     # ... and the arithmetic, as the trainer resolved train.precision (auto) on this CPU
     assert plans["configurations"]["2d"]["pipeline"] == {**{k: profile[k] for k in (
         "epochs", "iterations_per_epoch", "val_iterations_per_epoch")}, "seed": 42, "precision": "auto",
-        "optimizer": "sgd", "mixed_precision": native_bfloat16_cpu(), "online": None}
-    # a profile that names no optimizer trains with nnU-Net's own: SGD (Nesterov) from 0.01, decayed
+        "optimizer": "sgd", "learning_rate": None, "mixed_precision": native_bfloat16_cpu(), "online": None}
+    # a profile that names no optimizer nor rate trains with nnU-Net's own: SGD (Nesterov) from 0.01, decayed
     first, last = first_and_last_rates(models, dataset.name, "nesterov")
     assert first == 1e-2 and last < first / 5
     assert list(models.glob(f"{dataset.name}/*/fold_all/progress.png"))  # drawn after the last epoch

@@ -357,9 +357,13 @@ class TrainProfile(Strict):
     # CPU run repeats exactly), else one per core; a number: that many, however train.deterministic is set
     loader_processes: Annotated[int, Field(ge=0)] | None = None
     # sgd: nnU-Net's own optimizer (SGD, Nesterov momentum 0.99, learning rate 0.01), tuned for its 250,000
-    # iterations; adam: nnU-Net's nnUNetTrainerAdam1en3 (AdamW with AMSGrad, learning rate 0.001), which learns
-    # faster in the CPU profiles' few thousand (docs/benchmarks.md). Both decay the rate as nnU-Net's poly schedule.
+    # iterations; adam: nnU-Net's nnUNetTrainerAdam (AdamW with AMSGrad), which learns faster in the CPU profiles'
+    # few thousand (docs/benchmarks.md). Both decay the rate as nnU-Net's poly schedule.
     optimizer: Literal["sgd", "adam"] = "sgd"
+    # the rate the schedule starts from; None: the optimizer's in nnU-Net (sgd 0.01, adam nnUNetTrainerAdam1en3's
+    # 0.001). The CPU profiles' 0.002: in quick's 1,000 iterations, closer to manual labels than 0.001 on real
+    # brains (and than 0.005 or 0.01: docs/benchmarks.md)
+    learning_rate: Annotated[float, Field(gt=0)] | None = None
 
 
 class TrainConfig(Strict):
@@ -373,11 +377,11 @@ class TrainConfig(Strict):
     # and schedule (hours on a GPU)
     profiles: dict[str, TrainProfile] = {
         "ci": TrainProfile(epochs=2, iterations_per_epoch=5, val_iterations_per_epoch=2, batch_size=4, base_features=8,
-                           optimizer="adam"),
+                           optimizer="adam", learning_rate=0.002),
         "quick": TrainProfile(epochs=40, iterations_per_epoch=25, val_iterations_per_epoch=5, batch_size=2,
-                              base_features=16, optimizer="adam"),
+                              base_features=16, optimizer="adam", learning_rate=0.002),
         "thorough": TrainProfile(epochs=100, iterations_per_epoch=40, val_iterations_per_epoch=5, batch_size=2,
-                                 base_features=16, optimizer="adam"),
+                                 base_features=16, optimizer="adam", learning_rate=0.002),
         "gpu": TrainProfile(epochs=40, iterations_per_epoch=100, val_iterations_per_epoch=5, batch_size=64,
                             augmentation="synthesis", loader_processes=12),
         "standard": TrainProfile(epochs=1000, iterations_per_epoch=250, val_iterations_per_epoch=50),
@@ -385,8 +389,8 @@ class TrainConfig(Strict):
     # nnU-Net's fold: all (train on every synthetic training case) or 0-4 (a fifth held out for nnU-Net's validation)
     fold: Literal[0, 1, 2, 3, 4, "all"] = "all"
     # auto: the profile's (train.profiles.<name>.augmentation; nnunet where it names none); nnunet: nnU-Net's own
-    # data augmentation; synthesis: only the synthesis's (which already deforms, flips and re-textures every
-    # sample), with left-right mirroring only (pipeline/nnunet/trainers)
+    # data augmentation with the brain kept upright (rotations within 15 degrees, no mirroring); synthesis: only
+    # the synthesis's (which already deforms, flips and re-textures every sample) (pipeline/nnunet/trainers)
     augmentation: Literal["auto", "nnunet", "synthesis"] = "auto"
     # Online synthesis: every training sample nnU-Net loads is drawn afresh from the case's label map
     # (pipeline.synth.online), as SynthSeg trains, instead of read from the synthesize stage's fixed PNG set.
@@ -406,7 +410,9 @@ class TrainConfig(Strict):
     # float32 (a CPU only: nnU-Net trains on a GPU in float16 always); mixed: always (emulated, far slower, on a
     # CPU without bfloat16). The model folder's plans.json records the arithmetic that ran.
     precision: Precision = "auto"
-    predict_tta: bool = False  # nnU-Net's mirroring at prediction: better Dice, 4x (2D) the time
+    # nnU-Net's mirroring at prediction: left-right, 2x the time (models trained before the upright trainer: both
+    # in-plane axes, 4x); on real brains +0.0005 Dice (docs/benchmarks.md)
+    predict_tta: bool = False
     # the network's arithmetic at prediction: auto: mixed where the device computes it natively (float16 on a GPU;
     # bfloat16 on a CPU with AVX-512 BF16 or AMX, twice as fast there), else float32; float32: nnU-Net's own CPU
     # arithmetic; mixed: always (emulated, far slower, on a CPU without bfloat16). Mixed moves about 0.04 % of a

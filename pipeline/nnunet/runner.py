@@ -74,10 +74,11 @@ def plan_and_preprocess(dataset_id: int, env: dict[str, str], processes: int) ->
 
 def adapt_plans(plans_file: Path, profile: TrainProfile, seed: int | None, precision: Precision = "auto",
                 online: dict | None = None) -> dict:
-    """Apply a profile to nnU-Net's 2D plan: its batch size and network width, and its schedule, optimizer, training
-    seed (``pipeline``, read by ``pipeline/nnunet/trainers``; None: an unseeded run) and arithmetic (``precision``:
-    the trainer resolves it on the machine that trains, and records the result as ``mixed_precision``); with
-    online synthesis, the label maps and synthesis parameters its samples are drawn from (``online_plan``).
+    """Apply a profile to nnU-Net's 2D plan: its batch size and network width, and its schedule, optimizer and
+    learning rate, training seed (``pipeline``, read by ``pipeline/nnunet/trainers``; None: an unseeded run) and
+    arithmetic (``precision``: the trainer resolves it on the machine that trains, and records the result as
+    ``mixed_precision``); with online synthesis, the label maps and synthesis parameters its samples are drawn
+    from (``online_plan``).
 
     Done between planning and training, so the plans copied beside the model (and used
     at prediction) describe the network that was really trained, and how.
@@ -86,7 +87,8 @@ def adapt_plans(plans_file: Path, profile: TrainProfile, seed: int | None, preci
     configuration = plans["configurations"]["2d"]
     configuration["pipeline"] = {"epochs": profile.epochs, "iterations_per_epoch": profile.iterations_per_epoch,
                                  "val_iterations_per_epoch": profile.val_iterations_per_epoch, "seed": seed,
-                                 "precision": precision, "optimizer": profile.optimizer, "online": online}
+                                 "precision": precision, "optimizer": profile.optimizer,
+                                 "learning_rate": profile.learning_rate, "online": online}
     if profile.batch_size:
         configuration["batch_size"] = profile.batch_size
     if profile.base_features:

@@ -15,7 +15,8 @@ into the model folder: the folder records how it was trained, and nnU-Net's own 
   left-right flips, bias field, gamma and blur (``pipeline.synth``), fresh for every sample; repeating that on
   the CPU per batch costs more than the network's forward and backward pass at these sizes. At test time
   (``train.predict_tta``) it mirrors left-right only: a brain seen upside down is not a brain.
-- Each optimizes as the profile names (``optimizer``: nnU-Net's SGD, or its AdamW at 0.001).
+- Each optimizes as the profile names (``optimizer``: nnU-Net's SGD, or its AdamW; ``learning_rate``: where None,
+  nnU-Net's for that optimizer).
 - Each trains in mixed precision where ``train.precision`` asks for it (``auto``: where the device computes it
   natively): nnU-Net's float16 on a GPU, and bfloat16 on a CPU, which nnU-Net leaves in float32 (its
   ``train_step`` autocasts a GPU only). The plans beside the model record the arithmetic that ran.
@@ -51,7 +52,7 @@ PROGRESS_PLOT_INTERVAL_S = 60.0  # progress.png redrawn at most this often, and 
 
 # The training schedule ``runner.adapt_plans`` writes into the plans (``config.SCHEDULE_KEYS``: how a stage runs).
 PLAN_SCHEDULE_KEYS = ("epochs", "iterations_per_epoch", "val_iterations_per_epoch", "seed", "precision", "optimizer",
-                      "online")
+                      "learning_rate", "online")
 ADAM_LEARNING_RATE = 1e-3  # nnU-Net's nnUNetTrainerAdam1en3's
 
 
@@ -96,8 +97,9 @@ class nnUNetTrainerPipeline(nnUNetTrainer):  # noqa: N801 - nnU-Net looks traine
         self.num_val_iterations_per_epoch = schedule["val_iterations_per_epoch"]
         self.save_every = max(1, min(self.save_every, self.num_epochs // 2 or 1))
         self.optimizer_name = schedule["optimizer"]
-        if self.optimizer_name == "adam":
-            self.initial_lr = ADAM_LEARNING_RATE
+        # the profile's rate, else the optimizer's own in nnU-Net (its trainer's SGD rate is already set)
+        self.initial_lr = schedule["learning_rate"] or (ADAM_LEARNING_RATE if self.optimizer_name == "adam"
+                                                        else self.initial_lr)
         self.logger = SparseProgressLogger(self.logger, self.num_epochs - 1)
         self.mixed_precision = training_mixed_precision(schedule["precision"], self.device.type)
         # the plans.json nnU-Net saves beside the model records the arithmetic that ran (resolved on this machine)
@@ -115,9 +117,8 @@ class nnUNetTrainerPipeline(nnUNetTrainer):  # noqa: N801 - nnU-Net looks traine
         return rotation, dummy_2d, initial_patch_size, None
 
     def configure_optimizers(self):
-        """nnU-Net's own SGD, or for ``adam`` its ``nnUNetTrainerAdam``'s AdamW (AMSGrad) at ``nnUNetTrainerAdam1en3``'s
-        rate: in the ``quick`` profile's 1,000 iterations, about 0.01 more Dice against manual labels
-        (docs/benchmarks.md)."""
+        """nnU-Net's own SGD, or for ``adam`` its ``nnUNetTrainerAdam``'s AdamW (AMSGrad): in the ``quick`` profile's
+        1,000 iterations, about 0.01 more Dice against manual labels (docs/benchmarks.md)."""
         if self.optimizer_name == "adam":
             return nnUNetTrainerAdam.configure_optimizers(self)
         return super().configure_optimizers()
