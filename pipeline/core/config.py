@@ -361,8 +361,8 @@ class TrainProfile(Strict):
     # few thousand (docs/benchmarks.md). Both decay the rate as nnU-Net's poly schedule.
     optimizer: Literal["sgd", "adam"] = "sgd"
     # the rate the schedule starts from; None: the optimizer's in nnU-Net (sgd 0.01, adam nnUNetTrainerAdam1en3's
-    # 0.001). The CPU profiles' 0.002: in quick's 1,000 iterations, closer to manual labels than 0.001 on real
-    # brains (and than 0.005 or 0.01: docs/benchmarks.md)
+    # 0.001). quick's 0.002: in its 1,000 iterations closer to manual labels on real brains than 0.001, 0.003,
+    # 0.005 or 0.01; thorough's 4,000 gain nothing from it (docs/benchmarks.md)
     learning_rate: Annotated[float, Field(gt=0)] | None = None
 
 
@@ -381,7 +381,7 @@ class TrainConfig(Strict):
         "quick": TrainProfile(epochs=40, iterations_per_epoch=25, val_iterations_per_epoch=5, batch_size=2,
                               base_features=16, optimizer="adam", learning_rate=0.002),
         "thorough": TrainProfile(epochs=100, iterations_per_epoch=40, val_iterations_per_epoch=5, batch_size=2,
-                                 base_features=16, optimizer="adam", learning_rate=0.002),
+                                 base_features=16, optimizer="adam"),
         "gpu": TrainProfile(epochs=40, iterations_per_epoch=100, val_iterations_per_epoch=5, batch_size=64,
                             augmentation="synthesis", loader_processes=12),
         "standard": TrainProfile(epochs=1000, iterations_per_epoch=250, val_iterations_per_epoch=50),
