@@ -111,13 +111,16 @@ def test_the_cpu_profiles_train_with_nnunets_adamw_and_the_gpu_and_standard_ones
     start from is checked on trained checkpoints: test_training, the e2e study)."""
     import torch
 
-    from pipeline.nnunet.trainers.nnUNetTrainerPipeline import nnUNetTrainerPipeline
+    from pipeline.nnunet.trainers.nnUNetTrainerPipeline import nnUNetTrainerPipeline, starting_rate
 
     profiles = parse_config({}).train.profiles
     assert {name: profile.optimizer for name, profile in profiles.items()} == {
         "ci": "adam", "quick": "adam", "thorough": "adam", "gpu": "sgd", "standard": "sgd"}
     assert {name: profile.learning_rate for name, profile in profiles.items()} == {
         "ci": 0.002, "quick": 0.002, "thorough": None, "gpu": None, "standard": None}
+    # the rate each starts from, as the trainer resolves it (nnU-Net's own where the profile names none)
+    assert {name: starting_rate(profile.model_dump(), 1e-2) for name, profile in profiles.items()} == {
+        "ci": 2e-3, "quick": 2e-3, "thorough": 1e-3, "gpu": 1e-2, "standard": 1e-2}
     assert load_config(PROJECT_ROOT / "params.yaml").train.profiles == profiles
     trainer = object.__new__(nnUNetTrainerPipeline)  # its optimizer alone: no plans, no network planning
     trainer.network, trainer.weight_decay, trainer.num_epochs = torch.nn.Conv2d(1, 4, 3), 3e-5, 4

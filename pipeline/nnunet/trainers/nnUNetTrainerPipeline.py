@@ -73,6 +73,12 @@ class SparseProgressLogger(MetaLogger):
             self.drawn_at = time.monotonic()
 
 
+def starting_rate(schedule: dict, sgd_rate: float) -> float:
+    """The rate a schedule's optimizer starts from: the profile's ``learning_rate``, else nnU-Net's for that optimizer
+    (AdamW: ``nnUNetTrainerAdam1en3``'s; SGD: ``sgd_rate``, its trainer's own)."""
+    return schedule["learning_rate"] or (ADAM_LEARNING_RATE if schedule["optimizer"] == "adam" else sgd_rate)
+
+
 def pipeline_schedule(plans: dict, configuration: str) -> dict:
     """The schedule ``pipeline.nnunet.runner.adapt_plans`` wrote into the plans: all of it, or a clear error (a plan
     without it would train nnU-Net's own 1000 epochs)."""
@@ -97,9 +103,7 @@ class nnUNetTrainerPipeline(nnUNetTrainer):  # noqa: N801 - nnU-Net looks traine
         self.num_val_iterations_per_epoch = schedule["val_iterations_per_epoch"]
         self.save_every = max(1, min(self.save_every, self.num_epochs // 2 or 1))
         self.optimizer_name = schedule["optimizer"]
-        # the profile's rate, else the optimizer's own in nnU-Net (its trainer's SGD rate is already set)
-        self.initial_lr = schedule["learning_rate"] or (ADAM_LEARNING_RATE if self.optimizer_name == "adam"
-                                                        else self.initial_lr)
+        self.initial_lr = starting_rate(schedule, self.initial_lr)  # nnU-Net's trainer has set its SGD rate
         self.logger = SparseProgressLogger(self.logger, self.num_epochs - 1)
         self.mixed_precision = training_mixed_precision(schedule["precision"], self.device.type)
         # the plans.json nnU-Net saves beside the model records the arithmetic that ran (resolved on this machine)
