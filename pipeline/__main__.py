@@ -180,10 +180,11 @@ def cmd_bench_synth(args: argparse.Namespace) -> int:
 def cmd_bench_train(args: argparse.Namespace) -> int:
     import json
 
-    from pipeline.apps.bench_train import benchmark
+    from pipeline.apps.bench_train import benchmark, study_combo
 
     max_seconds = args.minutes * 60 if args.minutes else None
-    print(json.dumps(benchmark(Path(args.study), args.combo, args.set, args.eval_every, args.compile, max_seconds),
+    combo = study_combo(Path(args.study), args.set, args.combo)
+    print(json.dumps(benchmark(Path(args.study), combo, args.set, args.eval_every, args.compile, max_seconds),
                      indent=2))
     return 0
 
@@ -202,8 +203,10 @@ def cmd_bench_device(args: argparse.Namespace) -> int:
     import json
 
     from pipeline.apps.bench_device import benchmark
+    from pipeline.apps.bench_train import study_combo
 
-    print(json.dumps(benchmark(Path(args.study), args.combo, args.seconds, args.set), indent=2))
+    combo = study_combo(Path(args.study), args.set, args.combo)
+    print(json.dumps(benchmark(Path(args.study), combo, args.seconds, args.set), indent=2))
     return 0
 
 
@@ -309,7 +312,8 @@ def parser() -> argparse.ArgumentParser:
     synth.set_defaults(func=cmd_bench_synth)
     train = bench.add_parser("train", help="seconds per training iteration, and real Dice against training time")
     train.add_argument("--study", default=".", help="a study folder after dvc repro (default: here)")
-    train.add_argument("--combo", default="hmrf-deepbet", help="segmenter-stripper: which exported set to train on")
+    train.add_argument("--combo", help="segmenter-stripper: which exported set to train on (default: the study's "
+                                        "first, as its params.yaml lists the methods)")
     train.add_argument("--eval-every", type=int, default=2,
                        help="score the real test heads (whole brains, 3D) every N epochs")
     train.add_argument("-S", "--set", action="append", default=[], metavar="KEY=VALUE",
@@ -331,7 +335,7 @@ def parser() -> argparse.ArgumentParser:
     device = bench.add_parser("device", help="synthesis, prediction and training on this machine's device, "
                                              "about --seconds each")
     device.add_argument("--study", default=".", help="a study folder after dvc repro (default: here)")
-    device.add_argument("--combo", default="hmrf-deepbet", help="segmenter-stripper: the model and set to use")
+    device.add_argument("--combo", help="segmenter-stripper: the model and set to use (default: the study's first)")
     device.add_argument("--seconds", type=float, default=60.0, help="about how long each benchmark runs")
     device.add_argument("-S", "--set", action="append", default=[], metavar="KEY=VALUE",
                         help="a params.yaml override for the training, as dvc exp run -S (repeatable)")

@@ -151,8 +151,9 @@ def set_params(project: Path, **sections: dict) -> None:
 UPSTREAM_SUBJECTS = ["01", "02"]  # the session's study (``upstream_study``)
 # tiny_study's fast settings, as dvc exp run -S keys: heads at 1.5 mm (a third of the voxels for every stage and
 # prediction: what these studies check is how heads flow through the stages, not 1 mm anatomy), N4 (3 s less per
-# head) and HMRF iterations
-TINY_SETTINGS = {"harmonize.voxel_size_mm": 1.5, "harmonize.n4_iterations": 10, "segment.hmrf.max_iterations": 3}
+# head), and HMRF with few iterations as the segmenter (the cheapest; the default, Atropos, has its own tests)
+TINY_SETTINGS = {"harmonize.voxel_size_mm": 1.5, "harmonize.n4_iterations": 10, "segment.methods": ["hmrf"],
+                 "segment.hmrf.max_iterations": 3}
 
 
 def tiny_study(project: Path, ds000011: Path, subjects: list[str], test_fraction: float = 0.5) -> None:

@@ -152,7 +152,7 @@ def test_editing_the_picture_module_leaves_every_training_and_evaluation_up_to_d
     assert stale(project) == set()
     with (project / "pipeline" / "imaging" / "overlays.py").open("a") as overlays:
         overlays.write("# a comment\n")
-    assert stale(project) == {"strip@deepbet", "segment@hmrf-deepbet", "segment_qc@hmrf-deepbet", "report"}
+    assert stale(project) == {"strip@deepbet", "segment@atropos-deepbet", "segment_qc@atropos-deepbet", "report"}
 
 
 def test_how_a_model_is_applied_re_scores_it_without_retraining_it(tmp_path: Path):
@@ -165,9 +165,9 @@ def test_how_a_model_is_applied_re_scores_it_without_retraining_it(tmp_path: Pat
                           ("predict_tta: false", "predict_tta: true")]:
         assert line in original
         params.write_text(original.replace(line, changed))
-        assert stale(project) == {"evaluate@hmrf-deepbet"}, changed
+        assert stale(project) == {"evaluate@atropos-deepbet"}, changed
     params.write_text(original.replace("deterministic: true", "deterministic: false"))
-    assert stale(project) == {"train@hmrf-deepbet", "evaluate@hmrf-deepbet"}
+    assert stale(project) == {"train@atropos-deepbet", "evaluate@atropos-deepbet"}
 
 
 def test_the_code_that_applies_a_model_is_no_dependency_of_its_training():

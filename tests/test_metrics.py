@@ -164,7 +164,7 @@ def test_bench_real_reports_the_strategies_this_run_configured_not_stale_ones(tm
     from pipeline.apps.bench_real import PROJECT_ROOT, read_strategies
 
     params = yaml.safe_load((PROJECT_ROOT / "params.yaml").read_text())
-    params["strip"]["methods"] = ["deepbet"]
+    params["strip"]["methods"], params["segment"]["methods"] = ["deepbet"], ["hmrf"]
     evaluated = scored_study(tmp_path, ["hmrf-deepbet", "hmrf-robex"])  # robex: left by an earlier run
     strategies = read_strategies(tmp_path, params)
     assert list(strategies) == ["hmrf-deepbet"]

@@ -3,7 +3,7 @@ one JSON: synthesis (slices per second), prediction (planes per second, seconds 
 (iterations per second, the GPU's busy share sampled while it trains, peak memory, Dice on the real test heads
 when the time is up), each for about ``--seconds``.
 
-    python -m pipeline bench device --study . --combo hmrf-deepbet --seconds 60
+    python -m pipeline bench device --study . --combo atropos-deepbet --seconds 60
 
 The study must have run (``dvc repro``): its label maps feed the synthesis, its model the prediction, its
 exported set the training (``train.profile: auto``: the gpu profile on a GPU, quick on a CPU; ``-S`` changes it).

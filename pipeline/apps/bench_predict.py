@@ -6,7 +6,7 @@ of tiles sized to the device (``--batch-size`` sets it; 1 is one tile a network 
 image) in ``predict``'s precision (``--precision``), the views fused as ``predict`` fuses them: planes per second
 and seconds per head.
 
-    python -m pipeline bench predict --model models/hmrf-deepbet --input data/raw/sub-01/anat/sub-01_T1w.nii.gz
+    python -m pipeline bench predict --model models/atropos-deepbet --input data/raw/sub-01/anat/sub-01_T1w.nii.gz
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ augmentation apart from its forward and backward pass. After every ``--eval-ever
 study's real test heads with the network as it is, whole brains as the evaluate stage does
 (``pipeline.evaluation``), and scores them against their labels: a time-to-Dice curve.
 
-    python -m pipeline bench train --study . --combo hmrf-deepbet [-S train.augmentation=synthesis]
+    python -m pipeline bench train --study . --combo atropos-deepbet [-S train.augmentation=synthesis]
 """
 
 from __future__ import annotations
@@ -49,6 +49,11 @@ TRAINERS_MODULE = "pipeline.nnunet.trainers.nnUNetTrainerPipeline"  # the module
 def study_config(study: Path, overrides: list[str]) -> Config:
     params = apply_overrides(yaml.safe_load((study / "params.yaml").read_text()), overrides)
     return parse_config(params, f"{study / 'params.yaml'} with {overrides}")
+
+
+def study_combo(study: Path, overrides: list[str], combo: str | None) -> str:
+    """``combo``, or by default the study's first strategy (``segmenter-stripper``, as its params.yaml lists them)."""
+    return combo or "-".join(study_config(study, overrides).combos()[0])
 
 
 def study_folders(study: Path, combo: str) -> Folders:

@@ -209,8 +209,10 @@ class SegmentQCConfig(Strict):
 
 class SegmentConfig(Strict):
     # the tissue segmenters to compare: hmrf | samseg | fast (FSL) | synthseg (FreeSurfer) | fastsurfer | atropos
-    # (ANTs) | consensus (the others' labels fused, voxel by voxel: segment.consensus)
-    methods: list[SegmentMethod] = ["hmrf"]
+    # (ANTs) | consensus (the others' labels fused, voxel by voxel: segment.consensus). Default atropos: on manual
+    # labels (oasis-manual, 4 held-out heads) its labels beat HMRF's in GM by 0.045 and its model HMRF's by 0.025,
+    # WM level, at about 1.5x HMRF's seconds a head (docs/benchmarks.md, 2026-12-06, seventh)
+    methods: list[SegmentMethod] = ["atropos"]
     hmrf: HmrfConfig = HmrfConfig()
     samseg: SamsegConfig = SamsegConfig()
     fast: FastConfig = FastConfig()
