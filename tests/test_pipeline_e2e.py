@@ -347,6 +347,7 @@ def test_bench_train_times_every_iteration_and_scores_the_real_test_heads_each_e
                             env=venv_env(), capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-5000:]
     report = json.loads(result.stdout)  # stdout is the JSON alone: progress goes to stderr
+    assert report["combo"] == "hmrf-deepbet"  # no --combo: the study's first strategy (its params.yaml lists hmrf)
     assert report["iterations"] == 2 * 5  # the ci profile: 2 epochs of 5 iterations
     assert report["data_and_augmentation_s"] > 0 and report["forward_backward_s"] > 0
     assert report["iteration_s"] >= max(report["data_and_augmentation_s"], report["forward_backward_s"])
