@@ -169,6 +169,30 @@ def test_hdbet_sees_las_zyx_and_gives_the_mask_back_on_the_input_grid():
         assert np.array_equal(hdbet.from_hdbet(array, image), image.get_fdata(dtype=np.float32))
 
 
+def test_hdbet_reads_subnormal_weights_as_zero_only_while_it_runs():
+    """HD-BET's shipped weights hold millions of subnormal floats (30 times slower arithmetic on a CPU): while
+    the wrapper runs, every module's subnormal parameters are 0 when it computes, normal ones untouched, and the
+    output is the zeroed network's; after it, modules are left alone."""
+    import torch
+
+    torch.manual_seed(0)
+    conv = torch.nn.Conv3d(1, 4, 3)
+    with torch.no_grad():
+        conv.weight[0, 0, 0, 0, :2] = torch.tensor([1e-40, -3e-39])  # subnormal (float32's smallest normal: 1.2e-38)
+    weights = conv.weight.detach().clone()
+    zeroed = torch.where(weights.abs() < torch.finfo(torch.float32).tiny, 0.0, weights)
+    x = torch.rand(1, 1, 6, 6, 6)
+    expected = torch.nn.functional.conv3d(x, zeroed, conv.bias)
+    with hdbet.subnormals_as_zero():
+        out = conv(x)
+    assert torch.equal(conv.weight.detach(), zeroed) and torch.equal(out, expected)
+    assert int((weights != zeroed).sum()) == 2
+    with torch.no_grad():
+        conv.weight[0, 0, 0, 0, 0] = 1e-40
+    conv(x)
+    assert conv.weight[0, 0, 0, 0, 0].item() == pytest.approx(1e-40, rel=1e-3)  # the hook went with the block
+
+
 # --- QC ------------------------------------------------------------------------------------------------
 
 
