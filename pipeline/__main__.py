@@ -199,6 +199,15 @@ def cmd_bench_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench_strip(args: argparse.Namespace) -> int:
+    import json
+
+    from pipeline.apps.bench_strip import benchmark
+
+    print(json.dumps(benchmark(Path(args.input), args.method), indent=2))
+    return 0
+
+
 def cmd_bench_device(args: argparse.Namespace) -> int:
     import json
 
@@ -250,7 +259,7 @@ PRECISION_HELP = ("the network's arithmetic (as train.predict_precision): auto: 
 def parser() -> argparse.ArgumentParser:
     from typing import get_args
 
-    from pipeline.core.config import Precision
+    from pipeline.core.config import Precision, StripMethod
     from pipeline.runtime.graph import BY_NAME
 
     main = argparse.ArgumentParser(prog="synthseg-pipeline", description=__doc__)
@@ -332,6 +341,11 @@ def parser() -> argparse.ArgumentParser:
                                                               "1: one at a time, as nnU-Net predicts an image)")
     bench_predict.add_argument("--precision", choices=get_args(Precision), default="auto", help=PRECISION_HELP)
     bench_predict.set_defaults(func=cmd_bench_predict)
+    bench_strip = bench.add_parser("strip", help="each skull stripper's seconds, brain volume and agreement on heads")
+    bench_strip.add_argument("--input", required=True, help="a T1 head, or a folder of them")
+    bench_strip.add_argument("--method", action="append", choices=sorted(get_args(StripMethod)), required=True,
+                             help="a stripper (repeat for several)")
+    bench_strip.set_defaults(func=cmd_bench_strip)
     device = bench.add_parser("device", help="synthesis, prediction and training on this machine's device, "
                                              "about --seconds each")
     device.add_argument("--study", default=".", help="a study folder after dvc repro (default: here)")

@@ -321,3 +321,27 @@ def test_reference_mask_beside_the_source(tmp_path: Path):
     assert reference_mask(tmp_path / "atlas.nii.gz") == tmp_path / "atlas_mask.nii.gz"
     assert reference_mask(tmp_path / "sub-01_T1w.nii.gz") == tmp_path / "sub-01_desc-brain_mask.nii.gz"
     assert reference_mask(tmp_path / "sub-02_T1w.nii.gz") is None
+
+
+@pytest.mark.slow
+def test_bench_strip_times_each_stripper_on_a_real_head_and_compares_their_masks(ds000011: Path, capsys):
+    from pipeline.__main__ import main
+
+    head = ds000011 / "sub-01" / "anat" / "sub-01_T1w.nii.gz"
+    assert main(["bench", "strip", "--input", str(head), "--method", "deepbet", "--method", "hdbet"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    (case,) = result["cases"]
+    assert result["heads"] == 1 and case["head"] == head.name
+    for method in ("deepbet", "hdbet"):
+        assert case[method]["seconds"] > 0 and 900 <= case[method]["brain_ml"] <= 2000, case
+        assert result["seconds_per_head"][method] == case[method]["seconds"]
+    assert case["agreement_dice"]["deepbet-hdbet"] >= 0.9, case
+
+
+def test_bench_strip_says_when_a_folder_holds_no_head(tmp_path: Path, capsys):
+    from pipeline.__main__ import main
+
+    (tmp_path / "notes.txt").write_text("no head here")
+    (tmp_path / "slice.png").write_bytes(b"")
+    assert main(["bench", "strip", "--input", str(tmp_path), "--method", "deepbet"]) == 2
+    assert f"{tmp_path}: no .nii, .nii.gz, .mgz or .mgh heads to strip" in capsys.readouterr().err
