@@ -334,7 +334,6 @@ def test_bench_strip_times_each_stripper_on_a_real_head_and_compares_their_masks
     assert result["heads"] == 1 and case["head"] == head.name
     for method in ("deepbet", "hdbet"):
         assert case[method]["seconds"] > 0 and 900 <= case[method]["brain_ml"] <= 2000, case
-        assert case[method]["components"] <= 3 and case[method]["border_fraction"] < 0.01, case
         assert result["seconds_per_head"][method] == case[method]["seconds"]
     assert case["agreement_dice"]["deepbet-hdbet"] >= 0.9, case
 

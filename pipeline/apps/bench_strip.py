@@ -25,23 +25,19 @@ from pipeline.core.labels import voxel_volume_ml
 from pipeline.evaluation.dice import dice
 from pipeline.imaging.preprocess import harmonize_builtin
 from pipeline.runtime.devices import torch_device
-from pipeline.stages.strip import mask_figures
 from pipeline.tools.registry import brain_mask
 
 
 def strip_head(path: Path, methods: Sequence[str]) -> dict:
-    """One head harmonized, then each stripper's seconds and mask figures (brain volume, components, share on the
-    image's faces, as the strip stage's QC counts them), and the masks' pairwise Dice."""
+    """One head harmonized, then each stripper's seconds and brain volume, and the masks' pairwise Dice."""
     image, _ = harmonize_builtin(load_nifti(path, image_stem(path)), HarmonizeConfig())
     row: dict = {"head": path.name}
     masks = {}
     for method in methods:
         start = time.perf_counter()
         masks[method] = brain_mask(method, image, StripConfig())
-        seconds = time.perf_counter() - start
-        figures = mask_figures(masks[method], voxel_volume_ml(image.affine))  # the strip stage's QC figures
-        row[method] = {"seconds": round(seconds, 2), "brain_ml": round(figures["brain_ml"], 1),
-                       "components": figures["components"], "border_fraction": round(figures["border_fraction"], 4)}
+        row[method] = {"seconds": round(time.perf_counter() - start, 2),
+                       "brain_ml": round(float(masks[method].sum()) * voxel_volume_ml(image.affine), 1)}
     row["agreement_dice"] = {f"{a}-{b}": round(dice(masks[a], masks[b], True), 4)
                              for a, b in itertools.combinations(methods, 2)}
     return row
