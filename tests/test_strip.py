@@ -344,4 +344,4 @@ def test_bench_strip_says_when_a_folder_holds_no_head(tmp_path: Path, capsys):
     (tmp_path / "notes.txt").write_text("no head here")
     (tmp_path / "slice.png").write_bytes(b"")
     assert main(["bench", "strip", "--input", str(tmp_path), "--method", "deepbet"]) == 2
-    assert f"{tmp_path}: no .nii, .nii.gz, .mgz or .mgh heads to strip" in capsys.readouterr().err
+    assert f"{tmp_path}: no .nii.gz, .nii, .mgz or .mgh files" in capsys.readouterr().err

@@ -20,6 +20,7 @@ import numpy as np
 
 from pipeline.apps.predict import inputs_of, prepare_head
 from pipeline.core.config import Precision
+from pipeline.core.io import HEAD_SUFFIXES
 from pipeline.imaging.slices import in_view
 from pipeline.nnunet.inference import brain_planes, predict_views
 from pipeline.nnunet.models import TrainingRecord
@@ -88,7 +89,7 @@ def benchmark(model_dir: Path, input_path: Path, device: str = "auto", batch_siz
               precision: Precision = "auto") -> dict:
     device = torch_device(device)
     model, record, load_s = load_model(model_dir, device, batch_size, precision)
-    heads = [path for path in inputs_of(input_path) if path.suffix != ".png"]
+    heads = inputs_of(input_path, HEAD_SUFFIXES)
     with tempfile.TemporaryDirectory(prefix="bench-predict-") as tmp:
         rows = [time_head(path, model, record, Path(tmp), device) for path in heads]
     return {"model": str(model_dir)} | summary(model, record, device, load_s, rows)

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from pipeline.apps.predict import inputs_of
 from pipeline.core.config import HarmonizeConfig, StripConfig
-from pipeline.core.io import HEAD_SUFFIXES, InputError, image_stem, load_nifti
+from pipeline.core.io import HEAD_SUFFIXES, image_stem, load_nifti
 from pipeline.core.labels import voxel_volume_ml
 from pipeline.evaluation.dice import dice
 from pipeline.imaging.preprocess import harmonize_builtin
@@ -46,10 +46,7 @@ def strip_head(path: Path, methods: Sequence[str]) -> dict:
 def benchmark(input_path: Path, methods: Sequence[str]) -> dict:
     import torch
 
-    heads = [path for path in inputs_of(input_path) if path.name.endswith(HEAD_SUFFIXES)]
-    if not heads:
-        raise InputError(f"{input_path}: no .nii, .nii.gz, .mgz or .mgh heads to strip")
-    rows = [strip_head(path, methods) for path in heads]
+    rows = [strip_head(path, methods) for path in inputs_of(input_path, HEAD_SUFFIXES)]
     return {"device": torch_device(), "threads": torch.get_num_threads(), "heads": len(rows),
             "seconds_per_head": {method: statistics.median(row[method]["seconds"] for row in rows)
                                  for method in methods},

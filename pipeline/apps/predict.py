@@ -52,11 +52,13 @@ BIDS_NAME = re.compile(r"^(sub-[A-Za-z0-9]+(?:_[a-z]+-[A-Za-z0-9]+)*)_[A-Za-z0-9
 Slices = Literal["brain", "reference"]
 
 
-def inputs_of(path: Path) -> list[Path]:
+def inputs_of(path: Path, suffixes: tuple[str, ...] = (*HEAD_SUFFIXES, ".png")) -> list[Path]:
+    """``path`` itself, or the files of the folder ``path`` whose names end in one of ``suffixes`` (heads, and by
+    default PNG slices too)."""
     if path.is_dir():
-        found = sorted(p for p in path.iterdir() if p.name.endswith((*HEAD_SUFFIXES, ".png")))
+        found = sorted(p for p in path.iterdir() if p.name.endswith(suffixes))
         if not found:
-            raise InputError(f"{path}: no .nii, .nii.gz, .mgz, .mgh or .png files to predict")
+            raise InputError(f"{path}: no {', '.join(suffixes[:-1])} or {suffixes[-1]} files")
         return found
     if not path.is_file():
         raise InputError(f"{path}: no such file or folder")
