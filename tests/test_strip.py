@@ -338,10 +338,13 @@ def test_bench_strip_times_each_stripper_on_a_real_head_and_compares_their_masks
     assert case["agreement_dice"]["deepbet-hdbet"] >= 0.9, case
 
 
-def test_bench_strip_says_when_a_folder_holds_no_head(tmp_path: Path, capsys):
+def test_bench_strip_says_when_a_folder_holds_no_head_or_the_file_is_none(tmp_path: Path, capsys):
     from pipeline.__main__ import main
 
     (tmp_path / "notes.txt").write_text("no head here")
     (tmp_path / "slice.png").write_bytes(b"")
     assert main(["bench", "strip", "--input", str(tmp_path), "--method", "deepbet"]) == 2
     assert f"{tmp_path}: no .nii.gz, .nii, .mgz or .mgh files" in capsys.readouterr().err
+    # a file given by name is held to the same suffixes, before anything loads it
+    assert main(["bench", "strip", "--input", str(tmp_path / "slice.png"), "--method", "deepbet"]) == 2
+    assert f"{tmp_path / 'slice.png'}: not a .nii.gz, .nii, .mgz or .mgh file" in capsys.readouterr().err

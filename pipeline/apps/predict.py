@@ -53,15 +53,18 @@ Slices = Literal["brain", "reference"]
 
 
 def inputs_of(path: Path, suffixes: tuple[str, ...] = (*HEAD_SUFFIXES, ".png")) -> list[Path]:
-    """``path`` itself, or the files of the folder ``path`` whose names end in one of ``suffixes`` (heads, and by
+    """``path`` itself, or the files of the folder ``path``, whose names end in one of ``suffixes`` (heads, and by
     default PNG slices too)."""
+    kinds = " or ".join(filter(None, (", ".join(suffixes[:-1]), suffixes[-1])))
     if path.is_dir():
         found = sorted(p for p in path.iterdir() if p.name.endswith(suffixes))
         if not found:
-            raise InputError(f"{path}: no {', '.join(suffixes[:-1])} or {suffixes[-1]} files")
+            raise InputError(f"{path}: no {kinds} files")
         return found
     if not path.is_file():
         raise InputError(f"{path}: no such file or folder")
+    if not path.name.endswith(suffixes):
+        raise InputError(f"{path}: not a {kinds} file")
     return [path]
 
 
