@@ -138,8 +138,8 @@ def test_the_cpu_profiles_train_with_nnunets_adamw_and_the_gpu_and_standard_ones
 
 def test_a_fused_optimizer_keeps_nnunets_settings_and_steps_as_its_per_tensor_loop():
     """``fused`` rebuilds nnU-Net's AdamW (AMSGrad) and SGD (Nesterov momentum) in torch's fused kernel: every
-    setting kept, and after steps on a convolution's real gradients the weights equal the per-tensor loop's to
-    float rounding (the two differ only in the order of their arithmetic)."""
+    setting and parameter group kept, and after steps on a convolution's real gradients the weights equal the
+    per-tensor loop's to float rounding (the two differ only in the order of their arithmetic)."""
     import torch
 
     from pipeline.nnunet.trainers.nnUNetTrainerPipeline import fused
@@ -151,10 +151,14 @@ def test_a_fused_optimizer_keeps_nnunets_settings_and_steps_as_its_per_tensor_lo
         looped_net = torch.nn.Conv2d(1, 4, 3)
         fused_net = torch.nn.Conv2d(1, 4, 3)
         fused_net.load_state_dict(looped_net.state_dict())
-        looped = kind(looped_net.parameters(), **settings)
-        rebuilt = fused(kind(fused_net.parameters(), **settings))
+        # two parameter groups, the bias without weight decay: each group's own settings survive the rebuild
+        looped = kind([{"params": [looped_net.weight]}, {"params": [looped_net.bias], "weight_decay": 0.0}],
+                      **settings)
+        rebuilt = fused(kind([{"params": [fused_net.weight]}, {"params": [fused_net.bias], "weight_decay": 0.0}],
+                             **settings))
+        assert [group["weight_decay"] for group in rebuilt.param_groups] == [3e-5, 0.0]
         start = looped_net.weight.detach().clone()
-        assert rebuilt.param_groups[0]["fused"] and not looped.param_groups[0]["fused"]
+        assert all(group["fused"] for group in rebuilt.param_groups) and not looped.param_groups[0]["fused"]
         assert {k: v for k, v in rebuilt.defaults.items() if k not in ("fused", "foreach")} == \
             {k: v for k, v in looped.defaults.items() if k not in ("fused", "foreach")}, kind
         for _ in range(5):

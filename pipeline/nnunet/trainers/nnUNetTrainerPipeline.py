@@ -60,12 +60,15 @@ FUSED_OPTIMIZER_DEVICES = ("cpu", "cuda")  # where torch has fused AdamW and SGD
 
 
 def fused(optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
-    """The same optimizer, settings and parameters, stepping all its tensors in one fused kernel (the same
+    """The same optimizer, settings and parameter groups, stepping all its tensors in one fused kernel (the same
     arithmetic: AdamW's weights within 2e-9 of the per-tensor loop's after 5 steps; 6 times faster on a CPU)."""
     kind = type(optimizer)
     accepted = inspect.signature(kind).parameters
     settings = {name: value for name, value in optimizer.defaults.items() if name in accepted}
-    return kind(optimizer.param_groups[0]["params"], **settings | {"foreach": None, "fused": True})
+    implementation = ("foreach", "fused")  # each group's own choice of kernel would override the one asked for
+    groups = [{key: value for key, value in group.items() if key not in implementation}
+              for group in optimizer.param_groups]
+    return kind(groups, **settings | {"foreach": None, "fused": True})
 
 
 class SparseProgressLogger(MetaLogger):
