@@ -131,44 +131,12 @@ def test_the_cpu_profiles_train_with_nnunets_adamw_and_the_gpu_and_standard_ones
         group = optimizer.param_groups[0]
         assert type(optimizer) is kind and group["lr"] == rate, (name, optimizer)
         assert group.get("amsgrad", False) == (name == "adam") and group.get("nesterov", False) == (name == "sgd")
-        assert group["fused"] and group["params"] == list(trainer.network.parameters())  # torch's fused kernel
+        assert group["fused"]  # torch's fused kernel, on the network's own weights
+        assert all(a is b for a, b in zip(group["params"], trainer.network.parameters(), strict=True))
         schedule.step(3)
         assert optimizer.param_groups[0]["lr"] < rate  # nnU-Net's poly decay, both
-
-
-def test_a_fused_optimizer_keeps_nnunets_settings_and_steps_as_its_per_tensor_loop():
-    """``fused`` rebuilds nnU-Net's AdamW (AMSGrad) and SGD (Nesterov momentum) in torch's fused kernel: every
-    setting and parameter group kept, and after steps on a convolution's real gradients the weights equal the
-    per-tensor loop's to float rounding (the two differ only in the order of their arithmetic)."""
-    import torch
-
-    from pipeline.nnunet.trainers.nnUNetTrainerPipeline import fused
-
-    torch.manual_seed(0)
-    image, target = torch.rand(2, 1, 16, 16), torch.rand(2, 4, 14, 14)
-    for kind, settings in [(torch.optim.AdamW, {"lr": 2e-3, "weight_decay": 3e-5, "amsgrad": True}),
-                           (torch.optim.SGD, {"lr": 1e-2, "weight_decay": 3e-5, "momentum": 0.99, "nesterov": True})]:
-        looped_net = torch.nn.Conv2d(1, 4, 3)
-        fused_net = torch.nn.Conv2d(1, 4, 3)
-        fused_net.load_state_dict(looped_net.state_dict())
-        # two parameter groups, the bias without weight decay: each group's own settings survive the rebuild
-        looped = kind([{"params": [looped_net.weight]}, {"params": [looped_net.bias], "weight_decay": 0.0}],
-                      **settings)
-        rebuilt = fused(kind([{"params": [fused_net.weight]}, {"params": [fused_net.bias], "weight_decay": 0.0}],
-                             **settings))
-        assert [group["weight_decay"] for group in rebuilt.param_groups] == [3e-5, 0.0]
-        start = looped_net.weight.detach().clone()
-        assert all(group["fused"] for group in rebuilt.param_groups) and not looped.param_groups[0]["fused"]
-        assert {k: v for k, v in rebuilt.defaults.items() if k not in ("fused", "foreach")} == \
-            {k: v for k, v in looped.defaults.items() if k not in ("fused", "foreach")}, kind
-        for _ in range(5):
-            for net, optimizer in [(looped_net, looped), (fused_net, rebuilt)]:
-                optimizer.zero_grad()
-                torch.nn.functional.mse_loss(net(image), target).backward()
-                optimizer.step()
-        assert (looped_net.weight - start).abs().max() > 1e-4  # the steps moved the weights
-        for a, b in zip(looped_net.parameters(), fused_net.parameters(), strict=True):
-            torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+    trainer.device = torch.device("mps")  # a device the fused optimizer was not measured on: nnU-Net's as it is
+    assert not trainer.configure_optimizers()[0].param_groups[0]["fused"]
 
 
 def test_the_auto_profile_is_quick_without_a_gpu_and_the_gpu_profile_with_one():

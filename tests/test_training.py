@@ -282,3 +282,46 @@ def test_nnunet_augmentation_keeps_every_brain_slice_upright():
     trainer, (_, _, initial, mirror_axes) = configured_augmentation(nnUNetTrainerPipelineSynthAug)
     assert tuple(initial) == (SIZE, SIZE) and mirror_axes is None
     assert trainer.inference_allowed_mirroring_axes == LEFT_RIGHT
+
+
+def test_a_fused_optimizer_keeps_nnunets_settings_steps_as_its_loop_and_stays_fused_when_resumed():
+    """``fused`` rebuilds nnU-Net's AdamW (AMSGrad) and SGD (Nesterov momentum) in torch's fused kernel: every
+    setting and parameter group kept, and after steps on a convolution's real gradients the weights equal the
+    per-tensor loop's to float rounding (the two differ only in the order of their arithmetic). A checkpoint's
+    optimizer state saved unfused (a training interrupted before the change, resumed with ``--c``) loads into it
+    without switching the fused kernel off."""
+    import copy
+
+    import torch
+
+    from pipeline.nnunet.trainers.nnUNetTrainerPipeline import fused
+
+    torch.manual_seed(0)
+    image, target = torch.rand(2, 1, 16, 16), torch.rand(2, 4, 14, 14)
+
+    def groups(net: torch.nn.Conv2d) -> list[dict]:  # the bias without weight decay: a group of its own settings
+        return [{"params": [net.weight]}, {"params": [net.bias], "weight_decay": 0.0}]
+
+    for kind, settings in [(torch.optim.AdamW, {"lr": 2e-3, "weight_decay": 3e-5, "amsgrad": True}),
+                           (torch.optim.SGD, {"lr": 1e-2, "weight_decay": 3e-5, "momentum": 0.99, "nesterov": True})]:
+        looped_net, fused_net = torch.nn.Conv2d(1, 4, 3), torch.nn.Conv2d(1, 4, 3)
+        fused_net.load_state_dict(looped_net.state_dict())
+        start = looped_net.weight.detach().clone()
+        looped, rebuilt = kind(groups(looped_net), **settings), fused(kind(groups(fused_net), **settings))
+        assert all(group["fused"] for group in rebuilt.param_groups)
+        assert [group["weight_decay"] for group in rebuilt.param_groups] == [3e-5, 0.0]
+        kernel_choice = ("fused", "foreach")
+        assert {key: value for key, value in rebuilt.defaults.items() if key not in kernel_choice} == \
+            {key: value for key, value in looped.defaults.items() if key not in kernel_choice}, kind
+        for step in range(5):
+            if step == 3:  # resumed from the per-tensor loop's state, as from an old checkpoint (a copy, as on disk)
+                rebuilt.load_state_dict(copy.deepcopy(looped.state_dict()))
+                fused_net.load_state_dict(looped_net.state_dict())
+                assert all(group["fused"] for group in rebuilt.param_groups), kind
+            for net, optimizer in [(looped_net, looped), (fused_net, rebuilt)]:
+                optimizer.zero_grad()
+                torch.nn.functional.mse_loss(net(image), target).backward()
+                optimizer.step()
+        assert (looped_net.weight - start).abs().max() > 1e-4  # the steps moved the weights
+        for looped_weights, fused_weights in zip(looped_net.parameters(), fused_net.parameters(), strict=True):
+            torch.testing.assert_close(looped_weights, fused_weights, rtol=1e-6, atol=1e-7)

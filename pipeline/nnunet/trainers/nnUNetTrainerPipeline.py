@@ -56,19 +56,28 @@ PROGRESS_PLOT_INTERVAL_S = 60.0  # progress.png redrawn at most this often, and 
 PLAN_SCHEDULE_KEYS = ("epochs", "iterations_per_epoch", "val_iterations_per_epoch", "seed", "precision", "optimizer",
                       "learning_rate", "online")
 ADAM_LEARNING_RATE = 1e-3  # nnU-Net's nnUNetTrainerAdam1en3's
-FUSED_OPTIMIZER_DEVICES = ("cpu", "cuda")  # where torch has fused AdamW and SGD kernels
+FUSED_OPTIMIZER_DEVICES = ("cpu", "cuda")  # where the fused optimizer was measured and tested
+KERNEL_CHOICE = ("foreach", "fused")  # an optimizer group's keys that choose its kernel
 
 
 def fused(optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
-    """The same optimizer, settings and parameter groups, stepping all its tensors in one fused kernel (the same
-    arithmetic: AdamW's weights within 2e-9 of the per-tensor loop's after 5 steps; 6 times faster on a CPU)."""
+    """The same optimizer, settings and parameter groups, stepping all its tensors in one fused kernel: the same
+    arithmetic up to float rounding (docs/benchmarks.md). A state it loads (a checkpoint resumed, even one saved
+    unfused) keeps the fused kernel: torch would otherwise restore the saved groups' choice with the rest."""
     kind = type(optimizer)
     accepted = inspect.signature(kind).parameters
     settings = {name: value for name, value in optimizer.defaults.items() if name in accepted}
-    implementation = ("foreach", "fused")  # each group's own choice of kernel would override the one asked for
-    groups = [{key: value for key, value in group.items() if key not in implementation}
-              for group in optimizer.param_groups]
-    return kind(groups, **settings | {"foreach": None, "fused": True})
+    groups = [without_kernel_choice(group) for group in optimizer.param_groups]
+    rebuilt = kind(groups, **settings | {"foreach": None, "fused": True})
+    rebuilt.register_load_state_dict_pre_hook(
+        lambda _, state: state | {"param_groups": [without_kernel_choice(group) | {"foreach": None, "fused": True}
+                                                   for group in state["param_groups"]]})
+    return rebuilt
+
+
+def without_kernel_choice(group: dict) -> dict:
+    """An optimizer group's settings and parameters, without the keys that would override the kernel asked for."""
+    return {key: value for key, value in group.items() if key not in KERNEL_CHOICE}
 
 
 class SparseProgressLogger(MetaLogger):
@@ -138,8 +147,8 @@ class nnUNetTrainerPipeline(nnUNetTrainer):  # noqa: N801 - nnU-Net looks traine
     def configure_optimizers(self):
         """nnU-Net's own SGD, or for ``adam`` its ``nnUNetTrainerAdam``'s AdamW (AMSGrad): in the ``quick`` profile's
         1,000 iterations, about 0.01 more Dice against manual labels (docs/benchmarks.md). Either in torch's fused
-        kernel where the device has one: nnU-Net's builds step each of the network's 108 tensors apart, a fifth
-        of a ``quick`` iteration on 2 CPU cores."""
+        kernel on a CPU or a GPU: nnU-Net's builds step the network's tensors one by one, about a fifth of a
+        ``quick`` iteration on 2 CPU cores."""
         if self.optimizer_name == "adam":
             optimizer, _ = nnUNetTrainerAdam.configure_optimizers(self)
         else:
