@@ -294,7 +294,7 @@ def test_a_fused_optimizer_keeps_nnunets_settings_steps_as_its_loop_and_stays_fu
 
     import torch
 
-    from pipeline.nnunet.trainers.nnUNetTrainerPipeline import fused
+    from pipeline.nnunet.trainers.nnUNetTrainerPipeline import FUSED_KERNEL, fused
 
     torch.manual_seed(0)
     image, target = torch.rand(2, 1, 16, 16), torch.rand(2, 4, 14, 14)
@@ -310,9 +310,8 @@ def test_a_fused_optimizer_keeps_nnunets_settings_steps_as_its_loop_and_stays_fu
         looped, rebuilt = kind(groups(looped_net), **settings), fused(kind(groups(fused_net), **settings))
         assert all(group["fused"] for group in rebuilt.param_groups)
         assert [group["weight_decay"] for group in rebuilt.param_groups] == [3e-5, 0.0]
-        kernel_choice = ("fused", "foreach")
-        assert {key: value for key, value in rebuilt.defaults.items() if key not in kernel_choice} == \
-            {key: value for key, value in looped.defaults.items() if key not in kernel_choice}, kind
+        assert {key: value for key, value in rebuilt.defaults.items() if key not in FUSED_KERNEL} == \
+            {key: value for key, value in looped.defaults.items() if key not in FUSED_KERNEL}, kind
         for step in range(5):
             if step == 3:  # resumed from the per-tensor loop's state, as from an old checkpoint (a copy, as on disk)
                 rebuilt.load_state_dict(copy.deepcopy(looped.state_dict()))

@@ -57,7 +57,7 @@ PLAN_SCHEDULE_KEYS = ("epochs", "iterations_per_epoch", "val_iterations_per_epoc
                       "learning_rate", "online")
 ADAM_LEARNING_RATE = 1e-3  # nnU-Net's nnUNetTrainerAdam1en3's
 FUSED_OPTIMIZER_DEVICES = ("cpu", "cuda")  # where the fused optimizer was measured and tested
-KERNEL_CHOICE = ("foreach", "fused")  # an optimizer group's keys that choose its kernel
+FUSED_KERNEL = {"foreach": None, "fused": True}  # an optimizer's (or group's) choice of torch's fused kernel
 
 
 def fused(optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
@@ -67,17 +67,10 @@ def fused(optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
     kind = type(optimizer)
     accepted = inspect.signature(kind).parameters
     settings = {name: value for name, value in optimizer.defaults.items() if name in accepted}
-    groups = [without_kernel_choice(group) for group in optimizer.param_groups]
-    rebuilt = kind(groups, **settings | {"foreach": None, "fused": True})
+    rebuilt = kind([group | FUSED_KERNEL for group in optimizer.param_groups], **settings | FUSED_KERNEL)
     rebuilt.register_load_state_dict_pre_hook(
-        lambda _, state: state | {"param_groups": [without_kernel_choice(group) | {"foreach": None, "fused": True}
-                                                   for group in state["param_groups"]]})
+        lambda _, state: state | {"param_groups": [group | FUSED_KERNEL for group in state["param_groups"]]})
     return rebuilt
-
-
-def without_kernel_choice(group: dict) -> dict:
-    """An optimizer group's settings and parameters, without the keys that would override the kernel asked for."""
-    return {key: value for key, value in group.items() if key not in KERNEL_CHOICE}
 
 
 class SparseProgressLogger(MetaLogger):
