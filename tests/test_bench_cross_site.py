@@ -60,3 +60,19 @@ def test_bias_and_noise_degrade_as_documented(head):
     assert np.array_equal(noisy, again)  # seeded
     with pytest.raises(ValueError, match="unknown condition"):
         degrade(head, "sagittal-3mm", np.random.default_rng(1))
+
+
+def test_a_degraded_copy_belongs_to_its_source_head_not_to_its_subject_label(head, tmp_path: Path):
+    """Two test sites with a sub-1000 each, scored from one work folder: each gets its own head's copy."""
+    from pipeline.apps.bench_cross_site import degraded_head
+    from pipeline.core.io import save_nifti
+
+    data = head.get_fdata(dtype=np.float32)
+    first, second = tmp_path / "site-a" / "sub-1000_T1w.nii.gz", tmp_path / "site-b" / "sub-1000_T1w.nii.gz"
+    save_nifti(data, head.affine, first)
+    save_nifti(data[::-1].copy(), head.affine, second)  # another head under the same label
+    copies = [degraded_head(path, "1000", "axial-3mm", tmp_path / "heads") for path in (first, second, first)]
+    assert copies[0] != copies[1] and copies[2] == copies[0]  # written once per source
+    thick = [nib.load(copy).get_fdata(dtype=np.float32) for copy in copies[:2]]
+    assert np.allclose(thick[0], degrade(nib.load(first), "axial-3mm", np.random.default_rng(0)), atol=1e-4)
+    assert slice_axis(head.affine, "axial") != 0 and np.allclose(thick[1][::-1], thick[0])  # of its own head

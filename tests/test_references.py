@@ -93,3 +93,53 @@ def test_a_reference_on_the_raw_head_lands_where_it_was_on_the_cropped_ras_grid(
     found = nib.affines.apply_affine(affine, np.argwhere(moved == WM).mean(axis=0))
     assert np.linalg.norm(found - expected) < 1.0  # mm
     assert abs((moved == WM).sum() - 10 * 10 * 10 * np.prod(head.header.get_zooms()[:3])) < 120  # 1 mm voxels
+
+
+def test_table_names_match_whatever_their_case_punctuation_or_usual_synonym(tmp_path: Path):
+    """Tables as raters and spreadsheets write them: other spellings, a byte-order mark, indices as decimals."""
+    labels = blocks()
+    labels[18:] = 9
+    path = derivative(tmp_path, "01", labels, np.eye(4), None)
+    rows = ["index\tname", "0\tUnlabeled", "5.0\tGray-Matter", "6\tCerebral_White_Matter", "7\tVentricles",
+            "9\tdeep grey matter"]
+    (tmp_path / "dseg.tsv").write_text("\ufeff" + "\n".join(rows) + "\n", encoding="utf-8")
+    tissues = np.asarray(reference_tissues(path, tmp_path, "table", "01").dataobj)
+    assert [int(tissues[k, 0, 0]) for k in (0, 3, 9, 15, 19)] == [0, GM, WM, CSF, GM]
+    (tmp_path / "dseg.tsv").write_text("index\tname\n5.5\tGM\n", encoding="utf-8")
+    with pytest.raises(InputError, match=r"index '5.5' is not a whole number"):
+        reference_tissues(path, tmp_path, "table", "01")
+
+
+def test_a_freesurfer_mgz_reference_is_found_and_read(tmp_path: Path, label_maps: Path):
+    image = nib.load(sorted(label_maps.glob("*.nii.gz"))[0])
+    data = np.asarray(image.dataobj).astype(np.int32)
+    path = tmp_path / "sub-07" / "anat" / "sub-07_dseg.mgz"
+    path.parent.mkdir(parents=True)
+    nib.save(nib.MGHImage(data, image.affine), path)
+    assert reference_file(tmp_path, "07") == path
+    assert np.array_equal(np.asarray(reference_tissues(path, tmp_path, "freesurfer", "07").dataobj), remap(data))
+
+
+def test_a_reference_folder_that_gives_no_external_dice_stops_before_training(tmp_path: Path, caplog):
+    from pipeline.evaluation.references import check_references
+
+    labels = tmp_path / "manual" / "sub-01" / "anat"  # the raw heads have sessions, these labels do not
+    derivative(tmp_path / "manual", "01", blocks(), np.eye(4), {0: "background", 5: "GM", 6: "WM", 7: "CSF"})
+    with pytest.raises(InputError, match=r"none of the 2 head\(s\) has a label map .*sub-01_ses-A_dseg.nii.gz"):
+        check_references(tmp_path / "manual", ["01_ses-A", "01_ses-B"], "table")
+    with caplog.at_level("WARNING", logger="pipeline"):
+        check_references(tmp_path / "manual", ["01", "02"], "table")  # one of two found: a warning names sub-02
+    assert "1 of 2 head(s) have none" in caplog.text and "sub-02" in caplog.text
+    write_tsv([{"index": 5, "name": "GM"}, {"index": 6, "name": "Left-Hippocampus"}], labels / "sub-01_dseg.tsv")
+    with pytest.raises(InputError, match="Left-Hippocampus"):
+        check_references(tmp_path / "manual", ["01"], "table")
+
+
+def test_bench_real_refuses_a_reference_folder_without_the_datasets_label_maps_before_it_runs(oasis: Path,
+                                                                                              tmp_path: Path):
+    from pipeline.apps.bench_real import benchmark
+
+    derivative(tmp_path / "manual", "01", blocks(), np.eye(4), {5: "GM", 6: "WM", 7: "CSF"})  # not oasis' subjects
+    with pytest.raises(InputError, match=r"none of the 10 head\(s\) has a label map .*sub-1000_dseg.nii.gz"):
+        benchmark(oasis, tmp_path / "manual", [], 0.4, tmp_path / "work", [])
+    assert not (tmp_path / "work").exists()  # nothing prepared, nothing run

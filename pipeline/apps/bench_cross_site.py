@@ -23,6 +23,7 @@ Degradations are seeded by the head: the same heads always get the same fields a
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import sys
 import tempfile
@@ -100,10 +101,12 @@ def degrade(image: nib.Nifti1Image, condition: str, rng: np.random.Generator) ->
 
 
 def degraded_head(path: Path, case: str, condition: str, folder: Path) -> Path:
-    """The head file ``condition`` scores: the clean one itself, or its degraded copy (written once)."""
+    """The head file ``condition`` scores: the clean one itself, or its degraded copy (written once, under the
+    source file's digest: a work folder reused for another test site never scores a copy of the first's)."""
     if condition == "clean":
         return path
-    target = folder / condition / f"sub-{case}_T1w.nii.gz"
+    source = hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:12]
+    target = folder / condition / source / f"sub-{case}_T1w.nii.gz"
     if not target.is_file():
         image = nib.load(path)
         rng = np.random.default_rng([*condition.encode(), 0, *case.encode()])

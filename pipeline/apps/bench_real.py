@@ -29,6 +29,8 @@ import yaml
 from pipeline.core.config import apply_overrides, parse_config
 from pipeline.core.labels import TISSUES
 from pipeline.evaluation.metrics import Evaluation, Kind, TissueDice, read_evaluation
+from pipeline.evaluation.references import check_references
+from pipeline.sources.local_bids import bids_scans
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 COPIED = ("pipeline", "dvc.yaml", "params.yaml", "luigi.cfg", ".dvcignore", "requirements.lock")
@@ -105,6 +107,10 @@ def read_strategies(workdir: Path, params: dict) -> dict[str, dict]:
 def benchmark(bids_root: Path, reference: Path | None, subjects: list[str], test_fraction: float, workdir: Path,
               overrides: list[str]) -> dict:
     params = study_params(bids_root, reference, subjects, test_fraction, overrides)
+    if reference:  # before the study: a folder that would give no dice.external stops here, not after training
+        acquire = params["acquire"]
+        cases = [scan.case for scan in bids_scans(bids_root, acquire["subjects"], acquire["runs"])]
+        check_references(reference, cases, params["evaluate"]["reference_scheme"])
     prepare(workdir, params)
     log = workdir / "bench-real.log"
     print(f"bench real: running the study in {workdir} (log: {log})", file=sys.stderr)

@@ -178,7 +178,7 @@ def write_csv(rows: list[dict], path: Path) -> None:
 
 
 def read_tsv(path: Path) -> list[dict[str, str]]:
-    header, *lines = Path(path).read_text().splitlines()
+    header, *lines = Path(path).read_text(encoding="utf-8-sig").splitlines()  # a spreadsheet may write a BOM
     columns = header.split("\t")
     return [dict(zip(columns, line.split("\t"), strict=False)) for line in lines if line.strip()]
 

@@ -11,6 +11,8 @@ resampled in world space), and a label table: ``<file>.tsv`` beside the image or
 
 from __future__ import annotations
 
+import logging
+import re
 from pathlib import Path
 
 import nibabel as nib
@@ -21,13 +23,26 @@ from pipeline.core.io import InputError, load_nifti, read_tsv
 from pipeline.core.labels import BACKGROUND, CSF, GM, WM, UnknownLabel, remap
 from pipeline.imaging.grids import labels_on_grid
 
-TISSUE_NAMES: dict[str, int] = {
-    **dict.fromkeys(("background", "bg", "unknown", "none", "outside"), BACKGROUND),
-    **dict.fromkeys(("gm", "grey matter", "gray matter", "grey", "gray", "cortical grey matter",
-                     "cortical gray matter", "cgm"), GM),
-    **dict.fromkeys(("wm", "white matter", "white"), WM),
-    **dict.fromkeys(("csf", "cerebrospinal fluid"), CSF),
-}
+log = logging.getLogger("pipeline")
+
+def name_key(name: str) -> str:
+    """A label's name as the table of tissue names holds it: lower case, words joined by one space
+    ("Gray-Matter", "gray_matter" and "Gray matter" are one name)."""
+    return " ".join(re.sub(r"[^a-z0-9]+", " ", name.lower()).split())
+
+
+# the usual spellings of tissue names in label tables (fMRIPrep's dseg, ITK-SNAP, raters' own); deep grey matter
+# is GM and a ventricles-only CSF label is CSF, as the pipeline's tissues define them
+# (docs/explanation/tissue-definitions.md)
+TISSUE_NAMES: dict[str, int] = {name_key(name): tissue for names, tissue in (
+    (("background", "bg", "unknown", "none", "outside", "unlabeled", "unlabelled", "clear label"), BACKGROUND),
+    (("gm", "grey matter", "gray matter", "grey", "gray", "cortical grey matter", "cortical gray matter", "cgm",
+      "cortical gm", "cortex", "cerebral cortex", "deep grey matter", "deep gray matter", "deep gm", "dgm",
+      "subcortical grey matter", "subcortical gray matter", "subcortical gm"), GM),
+    (("wm", "white matter", "white", "cerebral white matter"), WM),
+    (("csf", "cerebrospinal fluid", "ventricles", "ventricle", "lateral ventricles"), CSF),
+) for name in names}
+REFERENCE_SUFFIXES = ("dseg.nii.gz", "dseg.nii", "dseg.mgz", "dseg.mgh")
 
 
 def reference_file(root: Path, case: str) -> Path | None:
@@ -35,10 +50,9 @@ def reference_file(root: Path, case: str) -> Path | None:
     ``desc-`` entity; for one of several runs, the session's own when there is none for the run; None when
     absent."""
     anat = case_dir(root, case) / "anat"
-    found = sorted(anat.glob(f"sub-{case}_*dseg.nii*"))
+    found = dseg_images(anat, f"sub-{case}")
     if not found and "run" in entities(f"sub-{case}"):
-        session = case_dir(Path(), case)
-        found = sorted(anat.glob(f"{'_'.join(session.parts)}_*dseg.nii*"))
+        found = dseg_images(anat, "_".join(case_dir(Path(), case).parts))
     if len(found) > 1:
         plain = [path for path in found if "_desc-" not in path.name]
         if len(plain) != 1:
@@ -48,8 +62,13 @@ def reference_file(root: Path, case: str) -> Path | None:
     return found[0] if found else None
 
 
+def dseg_images(anat: Path, prefix: str) -> list[Path]:
+    """The label map images (NIfTI or FreeSurfer's .mgz/.mgh) in ``anat`` whose names start with ``prefix``_."""
+    return sorted(path for suffix in REFERENCE_SUFFIXES for path in anat.glob(f"{prefix}_*{suffix}"))
+
+
 def label_table(image: Path, root: Path) -> Path | None:
-    beside = image.with_name(image.name.removesuffix(".gz").removesuffix(".nii") + ".tsv")
+    beside = image.with_name(image.name.split(".", 1)[0] + ".tsv")
     return next((path for path in (beside, root / "dseg.tsv") if path.is_file()), None)
 
 
@@ -58,11 +77,22 @@ def tissues_by_name(table: Path) -> dict[int, int]:
     rows = read_tsv(table)
     if not rows or not {"index", "name"} <= set(rows[0]):
         raise InputError(f"{table}: a label table needs the columns 'index' and 'name'")
-    unknown = [row["name"] for row in rows if row["name"].strip().lower() not in TISSUE_NAMES]
+    unknown = [row["name"] for row in rows if name_key(row["name"]) not in TISSUE_NAMES]
     if unknown:
         raise InputError(f"{table}: labels {unknown} are not GM, WM, CSF or background; rename them, or set "
                          "evaluate.reference_scheme: freesurfer if the numbers are FreeSurfer labels")
-    return {int(row["index"]): TISSUE_NAMES[row["name"].strip().lower()] for row in rows}
+    return {label_index(row["index"], table): TISSUE_NAMES[name_key(row["name"])] for row in rows}
+
+
+def label_index(text: str, table: Path) -> int:
+    """A label table's index ("3", or "3.0" as a spreadsheet writes it)."""
+    try:
+        number = float(text)
+    except ValueError:
+        number = None
+    if number is None or not number.is_integer():
+        raise InputError(f"{table}: index {text!r} is not a whole number")
+    return int(number)
 
 
 def reference_tissues(path: Path, root: Path, scheme: str, subject: str) -> nib.Nifti1Image:
@@ -77,8 +107,9 @@ def reference_tissues(path: Path, root: Path, scheme: str, subject: str) -> nib.
     else:
         table = label_table(path, root)
         if table is None:
-            raise InputError(f"subject {subject}, file {path}: no label table ({path.name[:-7]}.tsv beside it "
-                             f"or {root / 'dseg.tsv'})")
+            beside = path.name.split(".", 1)[0] + ".tsv"
+            raise InputError(f"subject {subject}, file {path}: no label table ({beside} beside it or "
+                             f"{root / 'dseg.tsv'})")
         lookup = tissues_by_name(table)
         missing = sorted(set(np.unique(labels).tolist()) - set(lookup) - {0})
         if missing:
@@ -87,6 +118,25 @@ def reference_tissues(path: Path, root: Path, scheme: str, subject: str) -> nib.
         for index, tissue in lookup.items():
             tissues[labels == index] = tissue
     return nib.Nifti1Image(tissues.astype(np.uint8), image.affine)
+
+
+def check_references(root: Path, cases: list[str], scheme: str) -> None:
+    """Each of ``cases``' reference found and read as tissues, before a benchmark trains: a folder that would give
+    no ``dice.external``, or stop the evaluation, stops here; cases without one are named in a warning."""
+    if not root.is_dir():
+        raise InputError(f"reference labels: {root} is not a folder")
+    found = {case: reference_file(root, case) for case in cases}
+    missing = [f"sub-{case}" for case, path in found.items() if path is None]
+    if len(missing) == len(cases):
+        raise InputError(f"reference labels: none of the {len(cases)} head(s) has a label map under {root} (e.g. "
+                         f"{case_dir(root, cases[0]) / 'anat' / f'sub-{cases[0]}_dseg.nii.gz'}; "
+                         "docs/how-to/reference-labels.md)")
+    if missing:
+        log.warning("reference labels: %d of %d head(s) have none under %s (%s): they get no dice.external",
+                    len(missing), len(cases), root, ", ".join(missing))
+    for case, path in found.items():
+        if path is not None:
+            reference_tissues(path, root, scheme, case)
 
 
 def on_grid(tissues: nib.Nifti1Image, reference_grid: nib.Nifti1Image) -> np.ndarray:
