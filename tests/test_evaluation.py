@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import nibabel as nib
 import numpy as np
 import pytest
@@ -177,3 +179,20 @@ def test_auto_precision_is_mixed_on_a_gpu_and_on_a_cpu_only_where_it_computes_bf
         assert not native_bfloat16_cpu() and not model("cpu", "auto").mixed_precision
     finally:
         native_bfloat16_cpu.cache_clear()  # the next caller reads the real environment
+
+
+def test_a_heads_sparse_reference_scores_the_model_and_the_teacher_on_its_planes_only():
+    reference = np.zeros((10, 12, 14), np.uint8)
+    reference[2:8, 3:9, 4:8], reference[2:8, 3:9, 8:12] = GM, WM
+    scored = np.zeros(reference.shape, bool)
+    scored[:, :, 5] = scored[:, :, 9] = True  # a rater drew planes 5 and 9 of the head
+    head = dataclasses.replace(made_up_head(np.where(scored, reference, 0)), scored=scored)
+    prediction = head.teacher.copy()
+    prediction[:, :, 3][prediction[:, :, 3] == GM] = WM  # head plane 7 wrong: undrawn, so it does not count
+    rows = {row["kind"]: row for row in score_head(head, prediction, EvaluateConfig()) if "part" not in row}
+    # on planes 5 and 9: GM 32 of 36 voxels in both (the CSF column), WM the same
+    assert rows["external"]["GM"] == pytest.approx(2 * 32 / (36 + 32))
+    assert rows["external"]["WM"] == pytest.approx(2 * 32 / (36 + 32))
+    assert rows["real"]["GM"] < 1.0  # against the teacher, every plane still counts
+    teacher = {row["kind"]: row for row in score_teacher(head, EvaluateConfig()) if "part" not in row}
+    assert teacher["teacher"]["GM"] == rows["external"]["GM"]

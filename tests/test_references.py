@@ -143,3 +143,27 @@ def test_bench_real_refuses_a_reference_folder_without_the_datasets_label_maps_b
     with pytest.raises(InputError, match=r"none of the 10 head\(s\) has a label map .*sub-1000_dseg.nii.gz"):
         benchmark(oasis, tmp_path / "manual", [], 0.4, tmp_path / "work", [])
     assert not (tmp_path / "work").exists()  # nothing prepared, nothing run
+
+
+def test_a_reference_labelled_every_fourth_plane_is_scored_on_those_planes_only(oasis: Path):
+    """A rater who labels every fourth coronal plane of a real OASIS head: a prediction equal to the whole manual
+    map scores 1 on the planes drawn, not the ~0.4 that counting the undrawn planes as background would give."""
+    from pipeline.evaluation.dice import dice_per_tissue
+    from pipeline.evaluation.references import labelled_planes, within
+
+    root = oasis / "derivatives" / "manual"
+    whole = reference_tissues(root / "sub-1000" / "anat" / "sub-1000_dseg.nii.gz", root, "table", "1000")
+    assert labelled_planes(whole) is None  # a whole-volume reference: everything scored, as before
+    full = np.asarray(whole.dataobj)
+    axis = int(np.argmax(np.abs(whole.affine[1, :3])))  # the voxel axis along anterior-posterior
+    sparse = np.zeros_like(full)
+    drawn = [slice(None)] * 3
+    drawn[axis] = slice(None, None, 4)
+    sparse[tuple(drawn)] = full[tuple(drawn)]
+    planes = labelled_planes(nib.Nifti1Image(sparse, whole.affine))
+    scored = np.asarray(planes.dataobj) > 0
+    assert np.array_equal(scored.any(axis=tuple(a for a in range(3) if a != axis)),
+                          sparse.any(axis=tuple(a for a in range(3) if a != axis)))  # the drawn planes, no others
+    assert dice_per_tissue(sparse, full)["GM"] < 0.5
+    assert dice_per_tissue(*within(scored, sparse, full))["GM"] == 1.0
+    assert dice_per_tissue(*within(scored, sparse, full))["WM"] == 1.0

@@ -41,7 +41,8 @@ from pipeline.core.config import Precision, parse_config
 from pipeline.core.io import save_nifti, write_tsv
 from pipeline.evaluation.compare import mean_ci95
 from pipeline.evaluation.dice import dice_per_tissue
-from pipeline.evaluation.references import on_grid, reference_file, reference_tissues
+from pipeline.evaluation.heads import sparse_scored
+from pipeline.evaluation.references import on_grid, reference_file, reference_tissues, within
 from pipeline.nnunet.models import TrainingRecord
 from pipeline.nnunet.predictor import SlicePredictor
 from pipeline.runtime.devices import torch_device
@@ -114,7 +115,7 @@ def degraded_head(path: Path, case: str, condition: str, folder: Path) -> Path:
     return target
 
 
-def score_site(model_dir: Path, heads: list[tuple[str, Path, np.ndarray]], conditions: list[str],
+def score_site(model_dir: Path, heads: list[tuple[str, Path, np.ndarray, np.ndarray | None]], conditions: list[str],
                work: Path, device: str, precision: Precision) -> list[dict]:
     """One row per (head, condition): the model's whole-head Dice against the head's reference tissues."""
     record = TrainingRecord.read(model_dir)
@@ -122,14 +123,14 @@ def score_site(model_dir: Path, heads: list[tuple[str, Path, np.ndarray]], condi
                                        torch_device(device), False, precision=precision)
     rows = []
     with tempfile.TemporaryDirectory(prefix="cross-site-") as tmp:
-        for case, path, reference in heads:
+        for case, path, reference, scored in heads:
             for condition in conditions:
                 start = time.monotonic()
                 source = degraded_head(path, case, condition, work / "heads")
                 output = work / f"{record.segmenter}-{record.stripper}" / condition
                 predicted = segment_head_file(source, model, record, output, Path(tmp), "brain", allow_non_t1=True)
                 labels = np.asarray(nib.load(output / f"{predicted['case']}_dseg.nii.gz").dataobj)
-                dice = dice_per_tissue(reference, labels)
+                dice = dice_per_tissue(*within(scored, reference, labels))
                 rows.append({"case": case, "condition": condition, **{k: round(v, 4) for k, v in dice.items()},
                              "seconds": round(time.monotonic() - start, 1)})
                 log.info("cross-site sub-%s %s: %s", case, condition, rows[-1])
@@ -152,16 +153,18 @@ def summarise(rows: list[dict], conditions: list[str]) -> dict:
     return summary
 
 
-def site_heads(root: Path, reference: Path, scheme: str, subjects: list[str]) -> list[tuple[str, Path, np.ndarray]]:
-    """(case, head file, reference tissues on the head's grid) of every test-site head with reference labels."""
+def site_heads(root: Path, reference: Path, scheme: str, subjects: list[str]
+               ) -> list[tuple[str, Path, np.ndarray, np.ndarray | None]]:
+    """(case, head file, reference tissues on the head's grid, where they are scored: None for all) of every
+    test-site head with reference labels."""
     heads = []
     for scan in bids_scans(root, subjects):
         labels = reference_file(reference, scan.case)
         if labels is None:
             log.warning("bench cross-site: sub-%s has no reference labels under %s; skipped", scan.case, reference)
             continue
-        tissues = reference_tissues(labels, reference, scheme, scan.case)
-        heads.append((scan.case, scan.path, on_grid(tissues, nib.load(scan.path))))
+        tissues, grid = reference_tissues(labels, reference, scheme, scan.case), nib.load(scan.path)
+        heads.append((scan.case, scan.path, on_grid(tissues, grid), sparse_scored(tissues, grid, scan.case, labels)))
     if not heads:
         raise SystemExit(f"bench cross-site: no head under {root} has reference labels under {reference}")
     return heads

@@ -27,7 +27,7 @@ from pipeline.core.config import EvaluateConfig
 from pipeline.core.io import InputError, load_nifti
 from pipeline.core.labels import TISSUES, tissue_volumes, voxel_volume_ml
 from pipeline.evaluation.dice import dice_per_tissue
-from pipeline.evaluation.references import on_grid, reference_file, reference_tissues
+from pipeline.evaluation.references import labelled_planes, on_grid, reference_file, reference_tissues, within
 from pipeline.imaging.preprocess import box_of, uncrop
 from pipeline.imaging.slices import level_index
 from pipeline.nnunet.inference import predict_views
@@ -55,6 +55,7 @@ class HeldOutHead:
     grid: nib.Nifti1Image  # the harmonized head: the frame everything is scored in
     reference: np.ndarray | None  # reference tissues on the head's grid (None: no reference for this head)
     level_mm: float  # the reference axial level (world z)
+    scored: np.ndarray | None = None  # where a sparse reference labelled planes, on the head's grid (None: all)
 
     def on_head(self, labels: np.ndarray) -> np.ndarray:
         """Labels on the brain's grid, put back on the head's."""
@@ -76,7 +77,7 @@ def load_held_out_head(case: str, folders: Folders, config: EvaluateConfig) -> H
     mask = np.asarray(load_nifti(subject_file(folders.stripped, case, "desc-brain_mask"), case).dataobj) > 0
     teacher = np.asarray(load_nifti(subject_file(folders.segmented, case, "dseg"), case).dataobj, dtype=np.uint8)
     grid = load_nifti(subject_file(folders.harmonized, case, "desc-harmonized_T1w"), case)
-    reference = None
+    reference = scored = None
     if config.reference_labels:
         root = Path(config.reference_labels).expanduser()
         if not root.is_dir():
@@ -85,8 +86,19 @@ def load_held_out_head(case: str, folders: Folders, config: EvaluateConfig) -> H
         if path is None:
             log.warning("evaluate: sub-%s has no reference labels under %s", case, root)
         else:
-            reference = on_grid(reference_tissues(path, root, config.reference_scheme, case), grid)
-    return HeldOutHead(case, brain, mask, teacher, grid, reference, reference_level(folders.harmonized, case))
+            tissues = reference_tissues(path, root, config.reference_scheme, case)
+            reference, scored = on_grid(tissues, grid), sparse_scored(tissues, grid, case, path)
+    return HeldOutHead(case, brain, mask, teacher, grid, reference, reference_level(folders.harmonized, case), scored)
+
+
+def sparse_scored(tissues: nib.Nifti1Image, grid: nib.Nifti1Image, case: str, path: Path) -> np.ndarray | None:
+    """Where a reference that labels only some planes is scored, on the head's grid (None: a whole volume)."""
+    planes = labelled_planes(tissues)
+    if planes is None:
+        return None
+    log.info("reference labels: sub-%s's (%s) label only some planes: the reference Dice is scored on those",
+             case, path)
+    return on_grid(planes, grid) > 0
 
 
 def predict_head(model: SlicePredictor, head: HeldOutHead, size: int, views: Sequence[str]) -> np.ndarray:
@@ -105,9 +117,11 @@ def height_parts(tissue: np.ndarray, parts: int = HEIGHT_PARTS) -> list[slice]:
 
 
 def scores(kind: str, case: str, truth: np.ndarray, labels: np.ndarray, band: np.ndarray,
-           parts: list[slice]) -> list[dict]:
+           parts: list[slice], scored: np.ndarray | None = None) -> list[dict]:
     """Dice of ``labels`` against ``truth`` (same grid) over the whole volume (``kind``), on the band's planes
-    (``kind_band``) and per height part (``kind_height``, with ``part``: 1 the lowest)."""
+    (``kind_band``) and per height part (``kind_height``, with ``part``: 1 the lowest); only within ``scored``
+    where it is given."""
+    truth, labels = within(scored, truth, labels)
     rows = [{"kind": kind, "case": case, **dice_per_tissue(truth, labels)},
             {"kind": f"{kind}_band", "case": case, **dice_per_tissue(truth[..., band], labels[..., band])}]
     rows += [{"kind": f"{kind}_height", "case": case, "part": number,
@@ -123,7 +137,8 @@ def score_head(head: HeldOutHead, labels: np.ndarray, config: EvaluateConfig) ->
     band = head.band_planes(config)
     rows = scores("real", head.case, teacher, predicted, band, height_parts(teacher))
     if head.reference is not None:
-        rows += scores("external", head.case, head.reference, predicted, band, height_parts(head.reference))
+        rows += scores("external", head.case, head.reference, predicted, band, height_parts(head.reference),
+                       head.scored)
     return rows
 
 
@@ -132,7 +147,7 @@ def score_teacher(head: HeldOutHead, config: EvaluateConfig) -> list[dict]:
     if head.reference is None:
         return []
     return scores("teacher", head.case, head.reference, head.on_head(head.teacher), head.band_planes(config),
-                  height_parts(head.reference))
+                  height_parts(head.reference), head.scored)
 
 
 def volumes_row(head: HeldOutHead, labels: np.ndarray) -> dict:

@@ -139,6 +139,27 @@ def check_references(root: Path, cases: list[str], scheme: str) -> None:
             reference_tissues(path, root, scheme, case)
 
 
+def labelled_planes(tissues: nib.Nifti1Image) -> nib.Nifti1Image | None:
+    """Where a reference labels only some of its planes (every k-th slice, as raters who label sparsely do):
+    those planes, on its own grid (1: scored). None where its labelled planes follow one another along every
+    axis (a reference of the whole volume: everything is scored)."""
+    labelled = np.asarray(tissues.dataobj) > 0
+    scored, sparse = np.ones(labelled.shape, bool), False
+    for axis in range(labelled.ndim):
+        planes = labelled.any(axis=tuple(other for other in range(labelled.ndim) if other != axis))
+        found = np.flatnonzero(planes)
+        if found.size and found[-1] - found[0] + 1 > found.size:  # a gap between labelled planes
+            sparse = True
+            scored &= np.expand_dims(planes, tuple(other for other in range(labelled.ndim) if other != axis))
+    return nib.Nifti1Image(scored.astype(np.uint8), tissues.affine) if sparse else None
+
+
+def within(scored: np.ndarray | None, *maps: np.ndarray) -> tuple[np.ndarray, ...]:
+    """``maps`` (labels on one grid) with every voxel outside ``scored`` made background: unscored planes count
+    for no tissue, on either side of a Dice. None scores everything."""
+    return maps if scored is None else tuple(np.where(scored, labels, 0) for labels in maps)
+
+
 def on_grid(tissues: nib.Nifti1Image, reference_grid: nib.Nifti1Image) -> np.ndarray:
     """Tissues carried onto another image's grid in world space (nearest neighbour; 0 outside)."""
     return labels_on_grid(tissues, reference_grid).astype(np.uint8)
