@@ -25,6 +25,7 @@ from pipeline.imaging.grids import labels_on_grid
 
 log = logging.getLogger("pipeline")
 
+
 def name_key(name: str) -> str:
     """A label's name as the table of tissue names holds it: lower case, words joined by one space
     ("Gray-Matter", "gray_matter" and "Gray matter" are one name)."""
