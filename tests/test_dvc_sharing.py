@@ -83,7 +83,11 @@ def sweep(project: Path) -> dict[str, str]:
     for name, threshold in zip(names, THRESHOLDS, strict=True):
         _run(["dvc", "exp", "run", "--queue", TARGET, "--name", name, "-S", f"strip.deepbet.threshold={threshold}"],
              project)
-    _run(["dvc", "queue", "start", "-j", "2"], project)
+    # its workers are daemons that may keep the command's stdout: a file, not a pipe that never reaches its end
+    with open(project.parent / "queue-start.log", "w") as log:
+        started = subprocess.run(["dvc", "queue", "start", "-j", "2"], cwd=project, env=venv_env(), stdout=log,
+                                 stderr=subprocess.STDOUT)
+    assert started.returncode == 0, (project.parent / "queue-start.log").read_text()[-3000:]
     try:
         return _wait_for_queue(project, names)
     finally:

@@ -120,16 +120,13 @@ def test_a_freesurfer_mgz_reference_is_found_and_read(tmp_path: Path, label_maps
     assert np.array_equal(np.asarray(reference_tissues(path, tmp_path, "freesurfer", "07").dataobj), remap(data))
 
 
-def test_a_reference_folder_that_gives_no_external_dice_stops_before_training(tmp_path: Path, caplog):
+def test_the_reference_check_reads_every_table_and_lists_the_cases_without_a_map(tmp_path: Path):
     from pipeline.evaluation.references import check_references
 
     labels = tmp_path / "manual" / "sub-01" / "anat"  # the raw heads have sessions, these labels do not
     derivative(tmp_path / "manual", "01", blocks(), np.eye(4), {0: "background", 5: "GM", 6: "WM", 7: "CSF"})
-    with pytest.raises(InputError, match=r"none of the 2 head\(s\) has a label map .*sub-01_ses-A_dseg.nii.gz"):
-        check_references(tmp_path / "manual", ["01_ses-A", "01_ses-B"], "table")
-    with caplog.at_level("WARNING", logger="pipeline"):
-        check_references(tmp_path / "manual", ["01", "02"], "table")  # one of two found: a warning names sub-02
-    assert "1 of 2 head(s) have none" in caplog.text and "sub-02" in caplog.text
+    assert check_references(tmp_path / "manual", ["01_ses-A", "01_ses-B"], "table") == ["01_ses-A", "01_ses-B"]
+    assert check_references(tmp_path / "manual", ["01", "02"], "table") == ["02"]
     write_tsv([{"index": 5, "name": "GM"}, {"index": 6, "name": "Left-Hippocampus"}], labels / "sub-01_dseg.tsv")
     with pytest.raises(InputError, match="Left-Hippocampus"):
         check_references(tmp_path / "manual", ["01"], "table")
@@ -140,30 +137,42 @@ def test_bench_real_refuses_a_reference_folder_without_the_datasets_label_maps_b
     from pipeline.apps.bench_real import benchmark
 
     derivative(tmp_path / "manual", "01", blocks(), np.eye(4), {5: "GM", 6: "WM", 7: "CSF"})  # not oasis' subjects
-    with pytest.raises(InputError, match=r"none of the 10 head\(s\) has a label map .*sub-1000_dseg.nii.gz"):
+    with pytest.raises(InputError, match=r"none of the 10 head\(s\) .* has a reference label map .*sub-1000_dseg"):
         benchmark(oasis, tmp_path / "manual", [], 0.4, tmp_path / "work", [])
     assert not (tmp_path / "work").exists()  # nothing prepared, nothing run
 
 
-def test_a_reference_labelled_every_fourth_plane_is_scored_on_those_planes_only(oasis: Path):
-    """A rater who labels every fourth coronal plane of a real OASIS head: a prediction equal to the whole manual
-    map scores 1 on the planes drawn, not the ~0.4 that counting the undrawn planes as background would give."""
+def test_a_reference_drawn_every_fourth_plane_is_scored_on_those_planes_only(oasis: Path, tmp_path: Path):
+    """A rater who draws every fourth coronal plane of a real OASIS head: a prediction equal to the whole manual
+    map scores 1 on the planes drawn, not the ~0.4 that counting the undrawn planes as background would give,
+    also once carried onto the pipeline's cropped 1 mm RAS grid as evaluation carries it."""
     from pipeline.evaluation.dice import dice_per_tissue
-    from pipeline.evaluation.references import labelled_planes, within
+    from pipeline.evaluation.references import drawn_planes, reference_on_grid, within
 
     root = oasis / "derivatives" / "manual"
     whole = reference_tissues(root / "sub-1000" / "anat" / "sub-1000_dseg.nii.gz", root, "table", "1000")
-    assert labelled_planes(whole) is None  # a whole-volume reference: everything scored, as before
     full = np.asarray(whole.dataobj)
+    assert drawn_planes(whole) is None  # a whole-volume reference: everything scored, as before
+    stray = full.copy()
+    stray[0, 0, 0] = stray[-1, -1, -1] = GM  # two stray clicks far from the brain ...
+    stray[:, :, full.shape[2] // 2] = 0  # ... and an erased plane: still a whole-volume reference
+    assert drawn_planes(nib.Nifti1Image(stray, whole.affine)) is None
     axis = int(np.argmax(np.abs(whole.affine[1, :3])))  # the voxel axis along anterior-posterior
+    others = tuple(a for a in range(3) if a != axis)
+    every_fourth = tuple(slice(None, None, 4) if a == axis else slice(None) for a in range(3))
     sparse = np.zeros_like(full)
-    drawn = [slice(None)] * 3
-    drawn[axis] = slice(None, None, 4)
-    sparse[tuple(drawn)] = full[tuple(drawn)]
-    planes = labelled_planes(nib.Nifti1Image(sparse, whole.affine))
-    scored = np.asarray(planes.dataobj) > 0
-    assert np.array_equal(scored.any(axis=tuple(a for a in range(3) if a != axis)),
-                          sparse.any(axis=tuple(a for a in range(3) if a != axis)))  # the drawn planes, no others
+    sparse[every_fourth] = full[every_fourth]
+    scored = np.asarray(drawn_planes(nib.Nifti1Image(sparse, whole.affine)).dataobj) > 0
+    assert np.array_equal(scored.any(axis=others), sparse.any(axis=others))  # the drawn planes, no others
     assert dice_per_tissue(sparse, full)["GM"] < 0.5
     assert dice_per_tissue(*within(scored, sparse, full))["GM"] == 1.0
-    assert dice_per_tissue(*within(scored, sparse, full))["WM"] == 1.0
+
+    path = derivative(tmp_path, "1000", sparse, whole.affine, {0: "background", 1: "GM", 2: "WM", 3: "CSF"})
+    ras = to_ras_isotropic(nib.load(oasis / "sub-1000" / "anat" / "sub-1000_T1w.nii.gz"), 1.0)
+    grid = nib.Nifti1Image(*crop(ras.get_fdata(dtype=np.float32), ras.affine,
+                                 tuple(slice(10, n - 10) for n in ras.shape)))
+    reference, scored_on_grid = reference_on_grid(path, tmp_path, "table", "1000", grid)
+    truth = on_grid(whole, grid)
+    assert dice_per_tissue(reference, truth)["GM"] < 0.5
+    for tissue in ("GM", "WM"):
+        assert dice_per_tissue(*within(scored_on_grid, reference, truth))[tissue] > 0.99

@@ -29,6 +29,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import nibabel as nib
 import numpy as np
@@ -41,8 +42,7 @@ from pipeline.core.config import Precision, parse_config
 from pipeline.core.io import save_nifti, write_tsv
 from pipeline.evaluation.compare import mean_ci95
 from pipeline.evaluation.dice import dice_per_tissue
-from pipeline.evaluation.heads import sparse_scored
-from pipeline.evaluation.references import on_grid, reference_file, reference_tissues, within
+from pipeline.evaluation.references import reference_file, reference_on_grid, within
 from pipeline.nnunet.models import TrainingRecord
 from pipeline.nnunet.predictor import SlicePredictor
 from pipeline.runtime.devices import torch_device
@@ -102,12 +102,12 @@ def degrade(image: nib.Nifti1Image, condition: str, rng: np.random.Generator) ->
 
 
 def degraded_head(path: Path, case: str, condition: str, folder: Path) -> Path:
-    """The head file ``condition`` scores: the clean one itself, or its degraded copy (written once, under the
-    source file's digest: a work folder reused for another test site never scores a copy of the first's)."""
+    """The head file ``condition`` scores: the clean one itself, or its degraded copy (written once, in a folder
+    named by a digest of its path: a work folder reused for another test site never scores the first's copy)."""
     if condition == "clean":
         return path
-    source = hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:12]
-    target = folder / condition / source / f"sub-{case}_T1w.nii.gz"
+    path_digest = hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:12]
+    target = folder / condition / path_digest / f"sub-{case}_T1w.nii.gz"
     if not target.is_file():
         image = nib.load(path)
         rng = np.random.default_rng([*condition.encode(), 0, *case.encode()])
@@ -115,9 +115,10 @@ def degraded_head(path: Path, case: str, condition: str, folder: Path) -> Path:
     return target
 
 
-def score_site(model_dir: Path, heads: list[tuple[str, Path, np.ndarray, np.ndarray | None]], conditions: list[str],
-               work: Path, device: str, precision: Precision) -> list[dict]:
-    """One row per (head, condition): the model's whole-head Dice against the head's reference tissues."""
+def score_site(model_dir: Path, heads: list[SiteHead], conditions: list[str], work: Path, device: str,
+               precision: Precision) -> list[dict]:
+    """One row per (head, condition): the model's whole-head Dice against the head's reference tissues (on its
+    drawn planes where it is sparse)."""
     record = TrainingRecord.read(model_dir)
     model = SlicePredictor.from_folder(model_dir, record.dataset_id, record.trainer, str(record.fold),
                                        torch_device(device), False, precision=precision)
@@ -153,18 +154,25 @@ def summarise(rows: list[dict], conditions: list[str]) -> dict:
     return summary
 
 
-def site_heads(root: Path, reference: Path, scheme: str, subjects: list[str]
-               ) -> list[tuple[str, Path, np.ndarray, np.ndarray | None]]:
-    """(case, head file, reference tissues on the head's grid, where they are scored: None for all) of every
-    test-site head with reference labels."""
+class SiteHead(NamedTuple):
+    """A test-site head and what it is scored against."""
+
+    case: str
+    path: Path  # the head file
+    reference: np.ndarray  # its reference tissues, on the head's grid
+    scored: np.ndarray | None  # where they are scored (a sparse reference's drawn planes; None: every voxel)
+
+
+def site_heads(root: Path, reference: Path, scheme: str, subjects: list[str]) -> list[SiteHead]:
+    """Every test-site head with reference labels."""
     heads = []
     for scan in bids_scans(root, subjects):
         labels = reference_file(reference, scan.case)
         if labels is None:
             log.warning("bench cross-site: sub-%s has no reference labels under %s; skipped", scan.case, reference)
             continue
-        tissues, grid = reference_tissues(labels, reference, scheme, scan.case), nib.load(scan.path)
-        heads.append((scan.case, scan.path, on_grid(tissues, grid), sparse_scored(tissues, grid, scan.case, labels)))
+        heads.append(SiteHead(scan.case, scan.path, *reference_on_grid(labels, reference, scheme, scan.case,
+                                                                      nib.load(scan.path))))
     if not heads:
         raise SystemExit(f"bench cross-site: no head under {root} has reference labels under {reference}")
     return heads

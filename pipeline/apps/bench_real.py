@@ -26,7 +26,9 @@ from pathlib import Path
 
 import yaml
 
+from pipeline.core.bids import case_dir
 from pipeline.core.config import apply_overrides, parse_config
+from pipeline.core.io import InputError
 from pipeline.core.labels import TISSUES
 from pipeline.evaluation.metrics import Evaluation, Kind, TissueDice, read_evaluation
 from pipeline.evaluation.references import check_references
@@ -104,13 +106,27 @@ def read_strategies(workdir: Path, params: dict) -> dict[str, dict]:
     return {combo: summary(read_evaluation(workdir / "data" / "evaluation" / combo)) for combo in combos}
 
 
+def check_dataset_references(bids_root: Path, reference: Path, params: dict) -> None:
+    """Every head's reference read (a table that is not tissues stops here); none for any head stops here too,
+    with the file it looked for; the heads without one are named (held out, they get no ``dice.external``)."""
+    acquire = params["acquire"]
+    cases = [scan.case for scan in bids_scans(bids_root, acquire["subjects"], acquire["runs"])]
+    missing = check_references(reference, cases, params["evaluate"]["reference_scheme"])
+    if len(missing) == len(cases):
+        expected = case_dir(reference, cases[0]) / "anat" / f"sub-{cases[0]}_dseg.nii.gz"
+        raise InputError(f"bench real: none of the {len(cases)} head(s) under {bids_root} has a reference label map "
+                         f"under {reference} (e.g. {expected}; docs/how-to/reference-labels.md)")
+    if missing:
+        print(f"bench real: {len(missing)} of {len(cases)} head(s) have no reference labels under {reference} "
+              f"({', '.join(f'sub-{case}' for case in missing)}): held out, they get no dice.external",
+              file=sys.stderr)
+
+
 def benchmark(bids_root: Path, reference: Path | None, subjects: list[str], test_fraction: float, workdir: Path,
               overrides: list[str]) -> dict:
     params = study_params(bids_root, reference, subjects, test_fraction, overrides)
     if reference:  # before the study: a folder that would give no dice.external stops here, not after training
-        acquire = params["acquire"]
-        cases = [scan.case for scan in bids_scans(bids_root, acquire["subjects"], acquire["runs"])]
-        check_references(reference, cases, params["evaluate"]["reference_scheme"])
+        check_dataset_references(bids_root, reference, params)
     prepare(workdir, params)
     log = workdir / "bench-real.log"
     print(f"bench real: running the study in {workdir} (log: {log})", file=sys.stderr)

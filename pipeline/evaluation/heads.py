@@ -27,7 +27,7 @@ from pipeline.core.config import EvaluateConfig
 from pipeline.core.io import InputError, load_nifti
 from pipeline.core.labels import TISSUES, tissue_volumes, voxel_volume_ml
 from pipeline.evaluation.dice import dice_per_tissue
-from pipeline.evaluation.references import labelled_planes, on_grid, reference_file, reference_tissues, within
+from pipeline.evaluation.references import reference_file, reference_on_grid, within
 from pipeline.imaging.preprocess import box_of, uncrop
 from pipeline.imaging.slices import level_index
 from pipeline.nnunet.inference import predict_views
@@ -55,7 +55,7 @@ class HeldOutHead:
     grid: nib.Nifti1Image  # the harmonized head: the frame everything is scored in
     reference: np.ndarray | None  # reference tissues on the head's grid (None: no reference for this head)
     level_mm: float  # the reference axial level (world z)
-    scored: np.ndarray | None = None  # where a sparse reference labelled planes, on the head's grid (None: all)
+    scored: np.ndarray | None = None  # a sparse reference's drawn planes on the head's grid (None: every voxel)
 
     def on_head(self, labels: np.ndarray) -> np.ndarray:
         """Labels on the brain's grid, put back on the head's."""
@@ -86,19 +86,8 @@ def load_held_out_head(case: str, folders: Folders, config: EvaluateConfig) -> H
         if path is None:
             log.warning("evaluate: sub-%s has no reference labels under %s", case, root)
         else:
-            tissues = reference_tissues(path, root, config.reference_scheme, case)
-            reference, scored = on_grid(tissues, grid), sparse_scored(tissues, grid, case, path)
+            reference, scored = reference_on_grid(path, root, config.reference_scheme, case, grid)
     return HeldOutHead(case, brain, mask, teacher, grid, reference, reference_level(folders.harmonized, case), scored)
-
-
-def sparse_scored(tissues: nib.Nifti1Image, grid: nib.Nifti1Image, case: str, path: Path) -> np.ndarray | None:
-    """Where a reference that labels only some planes is scored, on the head's grid (None: a whole volume)."""
-    planes = labelled_planes(tissues)
-    if planes is None:
-        return None
-    log.info("reference labels: sub-%s's (%s) label only some planes: the reference Dice is scored on those",
-             case, path)
-    return on_grid(planes, grid) > 0
 
 
 def predict_head(model: SlicePredictor, head: HeldOutHead, size: int, views: Sequence[str]) -> np.ndarray:

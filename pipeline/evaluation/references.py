@@ -19,7 +19,7 @@ import nibabel as nib
 import numpy as np
 
 from pipeline.core.bids import case_dir, entities
-from pipeline.core.io import InputError, load_nifti, read_tsv
+from pipeline.core.io import HEAD_SUFFIXES, InputError, load_nifti, read_tsv
 from pipeline.core.labels import BACKGROUND, CSF, GM, WM, UnknownLabel, remap
 from pipeline.imaging.grids import labels_on_grid
 
@@ -43,7 +43,8 @@ TISSUE_NAMES: dict[str, int] = {name_key(name): tissue for names, tissue in (
     (("wm", "white matter", "white", "cerebral white matter"), WM),
     (("csf", "cerebrospinal fluid", "ventricles", "ventricle", "lateral ventricles"), CSF),
 ) for name in names}
-REFERENCE_SUFFIXES = ("dseg.nii.gz", "dseg.nii", "dseg.mgz", "dseg.mgh")
+SPARSE_MIN_RUNS = 3  # a reference drawn every k-th plane: at least this many runs of drawn planes along an axis ...
+SPARSE_MAX_COVER = 2 / 3  # ... covering at most this share of their span (a stray voxel or an erased plane: no)
 
 
 def reference_file(root: Path, case: str) -> Path | None:
@@ -65,12 +66,16 @@ def reference_file(root: Path, case: str) -> Path | None:
 
 def dseg_images(anat: Path, prefix: str) -> list[Path]:
     """The label map images (NIfTI or FreeSurfer's .mgz/.mgh) in ``anat`` whose names start with ``prefix``_."""
-    return sorted(path for suffix in REFERENCE_SUFFIXES for path in anat.glob(f"{prefix}_*{suffix}"))
+    return sorted(path for suffix in HEAD_SUFFIXES for path in anat.glob(f"{prefix}_*dseg{suffix}"))
+
+
+def table_beside(image: Path) -> Path:
+    """The label table BIDS puts beside a label map: its name with ``.tsv`` for the image's extension."""
+    return image.with_name(image.name.split(".", 1)[0] + ".tsv")
 
 
 def label_table(image: Path, root: Path) -> Path | None:
-    beside = image.with_name(image.name.split(".", 1)[0] + ".tsv")
-    return next((path for path in (beside, root / "dseg.tsv") if path.is_file()), None)
+    return next((path for path in (table_beside(image), root / "dseg.tsv") if path.is_file()), None)
 
 
 def tissues_by_name(table: Path) -> dict[int, int]:
@@ -90,8 +95,8 @@ def label_index(text: str, table: Path) -> int:
     try:
         number = float(text)
     except ValueError:
-        number = None
-    if number is None or not number.is_integer():
+        raise InputError(f"{table}: index {text!r} is not a whole number") from None
+    if not number.is_integer():
         raise InputError(f"{table}: index {text!r} is not a whole number")
     return int(number)
 
@@ -108,9 +113,8 @@ def reference_tissues(path: Path, root: Path, scheme: str, subject: str) -> nib.
     else:
         table = label_table(path, root)
         if table is None:
-            beside = path.name.split(".", 1)[0] + ".tsv"
-            raise InputError(f"subject {subject}, file {path}: no label table ({beside} beside it or "
-                             f"{root / 'dseg.tsv'})")
+            raise InputError(f"subject {subject}, file {path}: no label table ({table_beside(path).name} beside it "
+                             f"or {root / 'dseg.tsv'})")
         lookup = tissues_by_name(table)
         missing = sorted(set(np.unique(labels).tolist()) - set(lookup) - {0})
         if missing:
@@ -121,37 +125,47 @@ def reference_tissues(path: Path, root: Path, scheme: str, subject: str) -> nib.
     return nib.Nifti1Image(tissues.astype(np.uint8), image.affine)
 
 
-def check_references(root: Path, cases: list[str], scheme: str) -> None:
-    """Each of ``cases``' reference found and read as tissues, before a benchmark trains: a folder that would give
-    no ``dice.external``, or stop the evaluation, stops here; cases without one are named in a warning."""
+def check_references(root: Path, cases: list[str], scheme: str) -> list[str]:
+    """Each of ``cases``' reference read as tissues, so that a table with a name that is not a tissue stops a
+    benchmark or an evaluation before it trains or predicts; the cases without a reference."""
     if not root.is_dir():
         raise InputError(f"reference labels: {root} is not a folder")
     found = {case: reference_file(root, case) for case in cases}
-    missing = [f"sub-{case}" for case, path in found.items() if path is None]
-    if len(missing) == len(cases):
-        raise InputError(f"reference labels: none of the {len(cases)} head(s) has a label map under {root} (e.g. "
-                         f"{case_dir(root, cases[0]) / 'anat' / f'sub-{cases[0]}_dseg.nii.gz'}; "
-                         "docs/how-to/reference-labels.md)")
-    if missing:
-        log.warning("reference labels: %d of %d head(s) have none under %s (%s): they get no dice.external",
-                    len(missing), len(cases), root, ", ".join(missing))
     for case, path in found.items():
         if path is not None:
             reference_tissues(path, root, scheme, case)
+    return [case for case, path in found.items() if path is None]
 
 
-def labelled_planes(tissues: nib.Nifti1Image) -> nib.Nifti1Image | None:
-    """Where a reference labels only some of its planes (every k-th slice, as raters who label sparsely do):
-    those planes, on its own grid (1: scored). None where its labelled planes follow one another along every
-    axis (a reference of the whole volume: everything is scored)."""
+def reference_on_grid(path: Path, root: Path, scheme: str, case: str, grid: nib.Nifti1Image
+                      ) -> tuple[np.ndarray, np.ndarray | None]:
+    """A case's reference tissues on ``grid``, and where they are scored there (None: everywhere; a reference
+    drawn on some planes only: those planes, ``drawn_planes``)."""
+    tissues = reference_tissues(path, root, scheme, case)
+    drawn = drawn_planes(tissues)
+    if drawn is not None:
+        log.warning("reference labels: sub-%s's %s are drawn on some planes only: its Dice is scored on those",
+                    case, path)
+    return on_grid(tissues, grid), None if drawn is None else on_grid(drawn, grid) > 0
+
+
+def drawn_planes(tissues: nib.Nifti1Image) -> nib.Nifti1Image | None:
+    """Where a reference is drawn on some of its planes only (every k-th slice, as raters who label sparsely do):
+    those planes, on its own grid (1: scored). None for a reference of the whole volume, and for one with a stray
+    voxel beyond the brain or an erased plane: sparse means ``SPARSE_MIN_RUNS`` or more runs of drawn planes along
+    an axis, covering at most ``SPARSE_MAX_COVER`` of their span."""
     labelled = np.asarray(tissues.dataobj) > 0
     scored, sparse = np.ones(labelled.shape, bool), False
     for axis in range(labelled.ndim):
-        planes = labelled.any(axis=tuple(other for other in range(labelled.ndim) if other != axis))
-        found = np.flatnonzero(planes)
-        if found.size and found[-1] - found[0] + 1 > found.size:  # a gap between labelled planes
+        others = tuple(other for other in range(labelled.ndim) if other != axis)
+        drawn = labelled.any(axis=others)
+        indices = np.flatnonzero(drawn)
+        if indices.size == 0:
+            continue
+        runs = 1 + int(np.count_nonzero(np.diff(indices) > 1))
+        if runs >= SPARSE_MIN_RUNS and indices.size <= SPARSE_MAX_COVER * (indices[-1] - indices[0] + 1):
             sparse = True
-            scored &= np.expand_dims(planes, tuple(other for other in range(labelled.ndim) if other != axis))
+            scored &= np.expand_dims(drawn, others)
     return nib.Nifti1Image(scored.astype(np.uint8), tissues.affine) if sparse else None
 
 

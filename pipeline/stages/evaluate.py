@@ -164,7 +164,7 @@ class Evaluate(ComboStage):
         if not cases:
             log.warning("evaluate %s-%s: no test subject left (keep_going): no real-head Dice", self.segmenter,
                         self.stripper)
-        if cases and config.evaluate.reference_labels:  # a reference no test head has stops before predicting
+        if config.evaluate.reference_labels:  # a table that is not tissues stops here, before predicting
             check_references(Path(config.evaluate.reference_labels).expanduser(), cases,
                              config.evaluate.reference_scheme)
         record = TrainingRecord.read(models)
