@@ -127,7 +127,7 @@ def reference_tissues(path: Path, root: Path, scheme: str, subject: str) -> nib.
 
 def check_references(root: Path, cases: list[str], scheme: str) -> list[str]:
     """Each of ``cases``' reference read as tissues, so that a table with a name that is not a tissue stops a
-    benchmark or an evaluation before it trains or predicts; the cases without a reference."""
+    benchmark before it trains (the evaluation reads each as it scores it); the cases without a reference."""
     if not root.is_dir():
         raise InputError(f"reference labels: {root} is not a folder")
     found = {case: reference_file(root, case) for case in cases}

@@ -49,7 +49,6 @@ from pipeline.evaluation.metrics import (
     row_kind,
     write_evaluation,
 )
-from pipeline.evaluation.references import check_references
 from pipeline.nnunet.models import TrainingRecord, nnunet_dataset, trained_seeds
 from pipeline.nnunet.predictor import SlicePredictor
 from pipeline.runtime.devices import torch_device
@@ -164,9 +163,6 @@ class Evaluate(ComboStage):
         if not cases:
             log.warning("evaluate %s-%s: no test subject left (keep_going): no real-head Dice", self.segmenter,
                         self.stripper)
-        if config.evaluate.reference_labels:  # a table that is not tissues stops here, before predicting
-            check_references(Path(config.evaluate.reference_labels).expanduser(), cases,
-                             config.evaluate.reference_scheme)
         record = TrainingRecord.read(models)
         rows, volumes = [], []
         for number, (seed, results) in enumerate(trained_seeds(models)):
