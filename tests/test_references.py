@@ -74,9 +74,33 @@ def test_the_reference_without_desc_is_chosen_and_two_plain_ones_are_refused(tmp
     plain = derivative(tmp_path, "01", blocks(), np.eye(4), None)
     assert reference_file(tmp_path, "01") == plain
     assert reference_file(tmp_path, "02") is None
-    derivative(tmp_path, "01", blocks(), np.eye(4), None, name="run-2_dseg")
+    derivative(tmp_path, "02", blocks(), np.eye(4), None, name="acq-mprage_dseg")
+    derivative(tmp_path, "02", blocks(), np.eye(4), None, name="acq-spgr_dseg")
     with pytest.raises(InputError, match="several reference label maps"):
-        reference_file(tmp_path, "01")
+        reference_file(tmp_path, "02")  # which head each is drawn on is known, this head's is not
+
+
+def test_of_a_sessions_several_maps_the_one_named_like_the_heads_t1_is_chosen(tmp_path: Path):
+    """Raters who labelled each T1w of a session (acq-, run- entities): the case's map is the one named like the file
+    its head was copied from, or like the case itself (acquire.runs: all); the session's own map serves a head that
+    has none; a map named for another head or in a template space is never this head's."""
+    mprage = derivative(tmp_path, "01", blocks(), np.eye(4), None, name="acq-mprage_dseg")
+    spgr = derivative(tmp_path, "01", blocks(), np.eye(4), None, name="acq-spgr_dseg")
+    derivative(tmp_path, "01", blocks(), np.eye(4), None, name="space-MNI152NLin2009cAsym_dseg")
+    source = Path("/bids/sub-01/anat")
+    assert reference_file(tmp_path, "01", source / "sub-01_acq-spgr_T1w.nii.gz") == spgr  # acquire.runs: first
+    assert reference_file(tmp_path, "01_acq-mprage") == mprage  # acquire.runs: all
+    assert reference_file(tmp_path, "01", source / "sub-01_acq-tse_T1w.nii.gz") is None  # none is this head's
+    session = derivative(tmp_path, "01", blocks(), np.eye(4), None, name="space-orig_dseg")
+    assert reference_file(tmp_path, "01", source / "sub-01_acq-tse_T1w.nii.gz") == session
+    assert reference_file(tmp_path, "01_acq-tse_run-2") == session
+    assert reference_file(tmp_path, "01", source / "sub-01_acq-mprage_run-1_T1w.nii.gz") == mprage
+    assert reference_file(tmp_path, "01") == session
+    run = derivative(tmp_path, "03", blocks(), np.eye(4), None, name="run-1_dseg")
+    assert reference_file(tmp_path, "03", source / "sub-03_T1w.nii.gz") == run  # a session's only T1w, run-1
+    derivative(tmp_path, "01", blocks(), np.eye(4), None, name="acq-mprage_run-1_dseg")
+    assert reference_file(tmp_path, "01", source / "sub-01_acq-mprage_run-1_T1w.nii.gz").name == \
+        "sub-01_acq-mprage_run-1_dseg.nii.gz"
 
 
 def test_a_reference_on_the_raw_head_lands_where_it_was_on_the_cropped_ras_grid(ds000011: Path, tmp_path: Path):
@@ -125,11 +149,12 @@ def test_the_reference_check_reads_every_table_and_lists_the_cases_without_a_map
 
     labels = tmp_path / "manual" / "sub-01" / "anat"  # the raw heads have sessions, these labels do not
     derivative(tmp_path / "manual", "01", blocks(), np.eye(4), {0: "background", 5: "GM", 6: "WM", 7: "CSF"})
-    assert check_references(tmp_path / "manual", ["01_ses-A", "01_ses-B"], "table") == ["01_ses-A", "01_ses-B"]
-    assert check_references(tmp_path / "manual", ["01", "02"], "table") == ["02"]
+    assert check_references(tmp_path / "manual", {"01_ses-A": None, "01_ses-B": None}, "table") == ["01_ses-A",
+                                                                                                   "01_ses-B"]
+    assert check_references(tmp_path / "manual", {"01": None, "02": None}, "table") == ["02"]
     write_tsv([{"index": 5, "name": "GM"}, {"index": 6, "name": "Left-Hippocampus"}], labels / "sub-01_dseg.tsv")
     with pytest.raises(InputError, match="Left-Hippocampus"):
-        check_references(tmp_path / "manual", ["01"], "table")
+        check_references(tmp_path / "manual", {"01": None}, "table")
 
 
 def test_bench_real_refuses_a_reference_folder_without_the_datasets_label_maps_before_it_runs(oasis: Path,

@@ -167,7 +167,7 @@ def site_heads(root: Path, reference: Path, scheme: str, subjects: list[str]) ->
     """Every test-site head with reference labels."""
     heads = []
     for scan in bids_scans(root, subjects):
-        labels = reference_file(reference, scan.case)
+        labels = reference_file(reference, scan.case, scan.path)
         if labels is None:
             log.warning("bench cross-site: sub-%s has no reference labels under %s; skipped", scan.case, reference)
             continue

@@ -110,8 +110,9 @@ def check_dataset_references(bids_root: Path, reference: Path, params: dict) -> 
     """Every head's reference read (a table that is not tissues stops here); none for any head stops here too,
     with the file it looked for; the heads without one are named (held out, they get no ``dice.external``)."""
     acquire = params["acquire"]
-    cases = [scan.case for scan in bids_scans(bids_root, acquire["subjects"], acquire["runs"])]
-    missing = check_references(reference, cases, params["evaluate"]["reference_scheme"])
+    sources = {scan.case: scan.path for scan in bids_scans(bids_root, acquire["subjects"], acquire["runs"])}
+    cases = list(sources)
+    missing = check_references(reference, sources, params["evaluate"]["reference_scheme"])
     if len(missing) == len(cases):
         expected = case_dir(reference, cases[0]) / "anat" / f"sub-{cases[0]}_dseg.nii.gz"
         raise InputError(f"bench real: none of the {len(cases)} head(s) under {bids_root} has a reference label map "

@@ -60,7 +60,7 @@ def study_folders(study: Path, combo: str) -> Folders:
     """Where a study keeps a combo's labels, brains and reference levels (the stages' outputs)."""
     segmenter, stripper = combo.split("-")
     return Folders(study / SegmentQC.labels(segmenter, stripper).out_dir(), study / Strip(stripper=stripper).out_dir(),
-                   study / Harmonize().out_dir())
+                   study / Harmonize().out_dir(), study / Acquire().out_dir())
 
 
 def held_out_heads(study: Path, folders: Folders, config: Config) -> list[HeldOutHead]:

@@ -24,6 +24,8 @@ CODE_URL = "https://github.com/synthseg-pipeline/synthseg-pipeline"
 LABEL = re.compile(r"^[A-Za-z0-9]+$")  # a BIDS label: letters and digits, no separators, no '..'
 CASE = re.compile(r"^[A-Za-z0-9]+(?:_[a-z]+-[A-Za-z0-9]+)*$")  # a subject label, then entities
 ENTITY = re.compile(r"^([a-z]+)-([A-Za-z0-9]+)$")
+# The entities a T1w head's name may carry that tell one of a session's heads from another (and its labels).
+RUN_ENTITIES = ("acq", "ce", "rec", "run", "echo", "part", "chunk")
 # participants.json and scans.json: what the custom columns of the raw tables hold (BIDS asks for it)
 PARTICIPANT_COLUMNS = {
     "split": {"Description": "the subject's role in the study", "Levels": {
@@ -41,6 +43,12 @@ def subject_of(case: str) -> str:
 def entities(name: str) -> dict[str, str]:
     """The key-value entities of a BIDS file name or case id (``sub-01_ses-A_run-2_T1w.nii.gz``)."""
     return dict(match.groups() for part in name.split(".", 1)[0].split("_") if (match := ENTITY.match(part)))
+
+
+def run_entities(name: str) -> dict[str, str]:
+    """The entities of a file name or case id that tell one of a session's heads from another (``RUN_ENTITIES``)."""
+    found = entities(name)
+    return {key: found[key] for key in RUN_ENTITIES if key in found}
 
 
 def case_dir(root: Path, case: str) -> Path:
@@ -182,8 +190,14 @@ def write_dseg_table(folder: Path) -> None:
 @dataclass(frozen=True)
 class Folders:
     """Where a study keeps what one strategy's subjects are made from: their labels (a segmenter's), their stripped
-    brains (a stripper's) and their harmonized heads with the reference levels."""
+    brains (a stripper's) and their harmonized heads with the reference levels; for scoring against reference
+    labels, the raw dataset whose scans tables name the file each head was copied from."""
 
     segmented: Path
     stripped: Path
     harmonized: Path
+    raw: Path | None = None
+
+    def source(self, case: str) -> Path | None:
+        """The file the case's head was copied from (None: no raw dataset here, or not listed)."""
+        return read_sources(self.raw).get(f"sub-{case}") if self.raw else None

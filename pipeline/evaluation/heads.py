@@ -82,7 +82,7 @@ def load_held_out_head(case: str, folders: Folders, config: EvaluateConfig) -> H
         root = Path(config.reference_labels).expanduser()
         if not root.is_dir():
             raise InputError(f"evaluate.reference_labels: {root} is not a folder")
-        path = reference_file(root, case)
+        path = reference_file(root, case, folders.source(case))
         if path is None:
             log.warning("evaluate: sub-%s has no reference labels under %s", case, root)
         else:

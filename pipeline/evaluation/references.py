@@ -18,7 +18,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from pipeline.core.bids import case_dir, entities
+from pipeline.core.bids import case_dir, entities, run_entities
 from pipeline.core.io import HEAD_SUFFIXES, InputError, load_nifti, read_tsv
 from pipeline.core.labels import BACKGROUND, CSF, GM, WM, UnknownLabel, remap
 from pipeline.imaging.grids import labels_on_grid
@@ -47,14 +47,22 @@ SPARSE_MIN_RUNS = 3  # a reference drawn every k-th plane: at least this many ru
 SPARSE_MAX_COVER = 2 / 3  # ... covering at most this share of their span (a stray voxel or an erased plane: no)
 
 
-def reference_file(root: Path, case: str) -> Path | None:
-    """The case's dseg image (``pipeline.core.bids``: a subject, or its session): the only one, or the one without a
-    ``desc-`` entity; for one of several runs, the session's own when there is none for the run; None when
-    absent."""
+NATIVE_SPACES = {"orig", "T1w", "scanner", "individual", "native"}  # space- labels of a map on the head's own grid
+
+
+def reference_file(root: Path, case: str, source: Path | None = None) -> Path | None:
+    """The case's label map (``pipeline.core.bids``: a subject, a session, or one head of it), None when absent:
+
+    - named for the case, or, for one of a session's heads (``acquire.runs: all``), the session's when it has none;
+    - of several, those of the head the case was copied from (``source``, else the case label, by their acq-, ce-,
+      rec-, run-... entities: the same ones, else none), then the one without a ``desc-`` entity;
+    - a map named for another head of the session, or in a template space (``space-MNI...``), is not this head's.
+    """
     anat = case_dir(root, case) / "anat"
     found = dseg_images(anat, f"sub-{case}")
-    if not found and "run" in entities(f"sub-{case}"):
+    if not found and run_entities(f"sub-{case}"):
         found = dseg_images(anat, "_".join(case_dir(Path(), case).parts))
+    found = of_head(in_native_space(found, case), run_entities(source.name if source else f"sub-{case}"))
     if len(found) > 1:
         plain = [path for path in found if "_desc-" not in path.name]
         if len(plain) != 1:
@@ -62,6 +70,27 @@ def reference_file(root: Path, case: str) -> Path | None:
             raise InputError(f"sub-{case}: several reference label maps ({names}) under {root}; keep one")
         found = plain
     return found[0] if found else None
+
+
+def in_native_space(found: list[Path], case: str) -> list[Path]:
+    """The label maps on the head's own grid: a template space's are left out, and said."""
+    native = [path for path in found if entities(path.name).get("space", "orig") in NATIVE_SPACES]
+    for path in sorted(set(found) - set(native)):
+        log.warning("reference labels: sub-%s: %s is in a template space, not on the head: not used", case, path)
+    return native
+
+
+def of_head(found: list[Path], wanted: dict[str, str]) -> list[Path]:
+    """The label maps of the head whose acq-/ce-/rec-/run-... entities are ``wanted``: of those named with some of
+    them and no other (the session's own: none), the most specific; else any not named for another head (a map
+    named run-1 for a session's only T1w)."""
+    named = {path: run_entities(path.name) for path in found}
+    within_head = [path for path, given in named.items() if given.items() <= wanted.items()]
+    if within_head:
+        most = max(len(named[path]) for path in within_head)
+        return [path for path in within_head if len(named[path]) == most]
+    return [path for path, given in named.items() if all(wanted.get(key, value) == value
+                                                          for key, value in given.items())]
 
 
 def dseg_images(anat: Path, prefix: str) -> list[Path]:
@@ -125,12 +154,13 @@ def reference_tissues(path: Path, root: Path, scheme: str, subject: str) -> nib.
     return nib.Nifti1Image(tissues.astype(np.uint8), image.affine)
 
 
-def check_references(root: Path, cases: list[str], scheme: str) -> list[str]:
-    """Each of ``cases``' reference read as tissues, so that a table with a name that is not a tissue stops a
-    benchmark before it trains (the evaluation reads each as it scores it); the cases without a reference."""
+def check_references(root: Path, sources: dict[str, Path], scheme: str) -> list[str]:
+    """Each case's reference (case -> the file its head is copied from) read as tissues, so that a table with a name
+    that is not a tissue stops a benchmark before it trains (the evaluation reads each as it scores it); the cases
+    without a reference."""
     if not root.is_dir():
         raise InputError(f"reference labels: {root} is not a folder")
-    found = {case: reference_file(root, case) for case in cases}
+    found = {case: reference_file(root, case, source) for case, source in sources.items()}
     for case, path in found.items():
         if path is not None:
             reference_tissues(path, root, scheme, case)

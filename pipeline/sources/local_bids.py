@@ -6,22 +6,18 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from pipeline.core.bids import entities, session_dirs, t1w_images
+from pipeline.core.bids import RUN_ENTITIES, run_entities, session_dirs, t1w_images
 from pipeline.core.config import AcquireConfig
 from pipeline.core.io import InputError
 from pipeline.sources import SourceScan, found
 
 log = logging.getLogger("pipeline")
 
-# The entities a raw T1w head's name may carry that tell one of a session's heads from another.
-RUN_ENTITIES = ("acq", "ce", "rec", "run", "echo", "part", "chunk")
-
 
 def run_label(case: str, path: Path) -> str:
     """The case label of one of several heads of a subject or session: the case, then the entities of the
     file's name that tell it from the others (``sub-01_ses-A_run-2_T1w.nii.gz`` -> ``01_ses-A_run-2``)."""
-    found = entities(path.name)
-    return "_".join([case, *(f"{key}-{found[key]}" for key in RUN_ENTITIES if key in found)])
+    return "_".join([case, *(f"{key}-{value}" for key, value in run_entities(path.name).items())])
 
 
 def session_scans(case: str, anat: Path, runs: str, origin: str) -> list[SourceScan]:

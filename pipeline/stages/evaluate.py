@@ -157,7 +157,7 @@ class Evaluate(ComboStage):
 
     def build(self, out: Path, config: Config) -> None:
         models, segmented = self.input_dir("models"), self.input_dir("segmented")
-        folders = Folders(segmented, self.input_dir("stripped"), self.input_dir("harmonized"))
+        folders = Folders(segmented, self.input_dir("stripped"), self.input_dir("harmonized"), self.input_dir("raw"))
         dataset = self.input_dir("nnunet_raw") / nnunet_dataset(self.segmenter, self.stripper).name
         cases = held_out_cases(self.input_dir("raw"), segmented)
         if not cases:

@@ -29,6 +29,7 @@ from pipeline.evaluation.heads import HeldOutHead, load_held_out_head
 from pipeline.evaluation.metrics import NOTES, Evaluation, Kind, TissueDice, read_evaluation
 from pipeline.imaging.overlays import brain_centre, three_planes
 from pipeline.imaging.slices import level_index
+from pipeline.stages.acquire import Acquire
 from pipeline.stages.base import Gathered, Stage
 from pipeline.stages.evaluate import Evaluate
 from pipeline.stages.harmonize import Harmonize
@@ -167,7 +168,7 @@ def panels(combo: str, folders: Folders, evaluation: Path, out: Path, config: Ev
 def combo_folders(segmenter: str, stripper: str) -> Folders:
     """Where a combo's test heads are: its labels, its stripped brains, the harmonized heads."""
     return Folders(SegmentQC.labels(segmenter, stripper).out_dir(), Strip(stripper=stripper).out_dir(),
-                   Harmonize().out_dir())
+                   Harmonize().out_dir(), Acquire().out_dir())
 
 
 def height_chart(evaluated: dict[str, Evaluation], path: Path) -> bool:
