@@ -196,3 +196,6 @@ def test_a_heads_sparse_reference_scores_the_model_and_the_teacher_on_its_planes
     assert rows["real"]["GM"] < 1.0  # against the teacher, every plane still counts
     teacher = {row["kind"]: row for row in score_teacher(head, EvaluateConfig()) if "part" not in row}
     assert teacher["teacher"]["GM"] == rows["external"]["GM"]
+    volumes = volumes_row(head, prediction)  # the drawn planes' volume is not the reference's whole-brain volume
+    assert volumes["reference_GM_ml"] is None and volumes["model_GM_ml"] > 0
+    assert volumes_row(dataclasses.replace(head, scored=None), prediction)["reference_GM_ml"] is not None

@@ -140,13 +140,15 @@ def score_teacher(head: HeldOutHead, config: EvaluateConfig) -> list[dict]:
 
 
 def volumes_row(head: HeldOutHead, labels: np.ndarray) -> dict:
-    """Whole-brain tissue volumes (mL) of the model's labels beside the teacher's and the reference's."""
+    """Whole-brain tissue volumes (mL) of the model's labels beside the teacher's and the reference's (n/a for a
+    reference drawn on some planes only: its whole-brain volume is not known)."""
     voxel_ml = voxel_volume_ml(head.brain.affine)
     row = {"participant_id": f"sub-{head.case}"}
     sources = [("model", labels, voxel_ml), ("teacher", head.teacher, voxel_ml)]
     if head.reference is not None:
-        sources.append(("reference", head.reference, voxel_volume_ml(head.grid.affine)))
+        sources.append(("reference", None if head.scored is not None else head.reference,
+                        voxel_volume_ml(head.grid.affine)))
     for source, volume, ml in sources:
-        volumes = tissue_volumes(volume, ml)
-        row |= {f"{source}_{name}_ml": round(volumes[f"{name}_ml"], 1) for name in TISSUES.values()}
+        volumes = None if volume is None else tissue_volumes(volume, ml)
+        row |= {f"{source}_{name}_ml": volumes and round(volumes[f"{name}_ml"], 1) for name in TISSUES.values()}
     return row

@@ -116,6 +116,7 @@ class Evaluation(Strict):
     n_test: int  # synthetic test samples
     n_real: int  # real test heads scored against the segmenter's labels
     n_external: int  # real test heads scored against the reference
+    n_external_sparse: int = 0  # of those, references drawn on some planes only: scored on those planes
     band_mm: float
     train_test_share_subject: bool
     profile: str

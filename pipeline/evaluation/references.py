@@ -11,6 +11,7 @@ resampled in world space), and a label table: ``<file>.tsv`` beside the image or
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 from pathlib import Path
@@ -174,9 +175,15 @@ def reference_on_grid(path: Path, root: Path, scheme: str, case: str, grid: nib.
     tissues = reference_tissues(path, root, scheme, case)
     drawn = drawn_planes(tissues)
     if drawn is not None:
-        log.warning("reference labels: sub-%s's %s are drawn on some planes only: its Dice is scored on those",
-                    case, path)
+        warn_sparse(case, path)
     return on_grid(tissues, grid), None if drawn is None else on_grid(drawn, grid) > 0
+
+
+@functools.cache
+def warn_sparse(case: str, path: Path) -> None:
+    """Said once a run, however often the head is loaded (per seed, for the teacher, for the report)."""
+    log.warning("reference labels: sub-%s's %s are drawn on some planes only: its Dice is scored on those, and "
+                "its tissue volumes are n/a", case, path)
 
 
 def drawn_planes(tissues: nib.Nifti1Image) -> nib.Nifti1Image | None:

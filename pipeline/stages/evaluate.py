@@ -174,10 +174,11 @@ class Evaluate(ComboStage):
             seed_rows, seed_volumes = run_job(config.executor, label, evaluate_model, *arguments)
             rows += with_seed(seed_rows, seed)
             volumes += seed_volumes
-        if cases:
-            rows += [row for case in cases for row in score_teacher(load_held_out_head(case, folders,
-                                                                                       config.evaluate),
-                                                                   config.evaluate)]
+        sparse = []  # the heads whose reference is drawn on some planes only
+        for case in cases:
+            head = load_held_out_head(case, folders, config.evaluate)
+            rows += score_teacher(head, config.evaluate)
+            sparse += [case] if head.scored is not None else []
         rows = with_mean(rows)
         scopes = [parse_row_kind(row["kind"])[1] for row in rows]
         write_csv([row for row, scope in zip(rows, scopes, strict=True) if scope is not Scope.HEIGHT],
@@ -186,7 +187,7 @@ class Evaluate(ComboStage):
                   self.plot_path(self.by_height_template))
         write_tsv(volumes, out / "tissue_volumes.tsv")
         shared = json.loads((self.input_dir("raw") / "dataset_description.json").read_text())["TrainTestShareSubject"]
-        result = evaluation(rows, n_seeds=len(record.seeds),
+        result = evaluation(rows, n_seeds=len(record.seeds), n_external_sparse=len(sparse),
                             n_train=json.loads((dataset / "dataset.json").read_text())["numTraining"],
                             band_mm=config.evaluate.band_mm, train_test_share_subject=shared, profile=record.profile,
                             device=record.device, train_wall_s=record.wall_s)
@@ -196,7 +197,7 @@ class Evaluate(ComboStage):
 
 
 def evaluation(rows: list[dict], *, n_seeds: int, n_train: int, band_mm: float, train_test_share_subject: bool,
-               profile: str, device: str, train_wall_s: float | None) -> Evaluation:
+               profile: str, device: str, train_wall_s: float | None, n_external_sparse: int = 0) -> Evaluation:
     """Every Dice of one strategy, summarized from its scored rows (every seed's), with how its model was trained."""
     scored = [kind for kind in WHOLE_HEAD if of_kind(rows, kind)]
     real = of_kind(rows, Kind.REAL)
@@ -209,7 +210,7 @@ def evaluation(rows: list[dict], *, n_seeds: int, n_train: int, band_mm: float, 
         n_subjects=len({subject_of(row["case"]) for row in real}),
         n_test=len({row["case"] for row in of_kind(rows, Kind.SYNTHETIC)}),
         n_real=len({row["case"] for row in real}),
-        n_external=len({row["case"] for row in of_kind(rows, Kind.EXTERNAL)}),
+        n_external=len({row["case"] for row in of_kind(rows, Kind.EXTERNAL)}), n_external_sparse=n_external_sparse,
         n_seeds=n_seeds, n_train=n_train, band_mm=band_mm, train_test_share_subject=train_test_share_subject,
         profile=profile, device=device, train_wall_s=train_wall_s,
     )
