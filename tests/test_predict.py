@@ -1,6 +1,7 @@
 import numpy as np
 
-from pipeline.apps.predict import planes_on_grid
+from pipeline.apps.predict import plane_on_grid
+from pipeline.imaging.grids import scores_on_grid
 
 
 def test_a_single_1mm_plane_reaches_a_thicker_flipped_input_grid():
@@ -8,7 +9,7 @@ def test_a_single_1mm_plane_reaches_a_thicker_flipped_input_grid():
     labels[5:35, 5:45, 30] = 2
     ras_1mm = np.array([[1.0, 0, 0, -20], [0, 1, 0, -25], [0, 0, 1, -30], [0, 0, 0, 1]])
     las_thick = np.array([[-1.0, 0, 0, 20], [0, 4 / 3, 0, -25], [0, 0, 4 / 3, -29.5], [0, 0, 0, 1]])
-    out = planes_on_grid(labels, ras_1mm, 30, (40, 38, 45), las_thick)
+    out = plane_on_grid(labels, ras_1mm, 30, (40, 38, 45), las_thick)
     planes = np.nonzero(out.any(axis=(0, 1)))[0]
     # target slice 22 is centred at z = -29.5 + 22 * 4/3 = -0.17 mm and 1.33 mm thick: the labelled
     # plane z = 0 lies inside it, and inside no other.
@@ -16,10 +17,33 @@ def test_a_single_1mm_plane_reaches_a_thicker_flipped_input_grid():
     assert (out == 2).sum() == 30 * len(range(4, 34))  # x flipped, y resampled at 4/3 mm
 
 
-def test_every_plane_maps_with_nearest_neighbour_when_all_were_predicted():
-    labels = np.broadcast_to(np.arange(60, dtype=np.uint8) % 4, (40, 50, 60)).copy()
-    affine = np.eye(4)
-    assert np.array_equal(planes_on_grid(labels, affine, None, labels.shape, affine), labels)
+def one_hot(labels: np.ndarray, classes: int = 4) -> np.ndarray:
+    return np.stack([labels == c for c in range(classes)], axis=-1).astype(np.float32)
+
+
+def test_scores_reach_the_inputs_own_grid_unchanged_from_a_reoriented_brain_grid(oasis):
+    """A real OASIS head's manual tissues as a model's scores on the RAS grid the pipeline predicts on: carried back
+    to the head's own LAS grid, every voxel keeps its label."""
+    import nibabel as nib
+
+    image = nib.load(oasis / "derivatives/manual/sub-1000/anat/sub-1000_dseg.nii.gz")
+    labels = np.asarray(image.dataobj).astype(np.uint8)
+    ras = nib.as_closest_canonical(nib.Nifti1Image(labels, image.affine))
+    assert not np.allclose(ras.affine, image.affine)  # a flip: the test moves labels between grids
+    out = scores_on_grid(one_hot(np.asarray(ras.dataobj)), ras.affine, labels.shape, image.affine)
+    assert np.array_equal(out, labels)
+
+
+def test_a_thick_input_slice_takes_the_tissue_that_fills_it_most_not_the_one_at_its_centre():
+    """1 mm planes alternating WM, GM, WM along y, predicted on a 1 mm grid; the input's slices are 3 mm thick,
+    each centred on a GM plane. Nearest-neighbour would call every slice GM; two thirds of each is WM."""
+    labels = np.broadcast_to(np.array([2, 1, 2], np.uint8)[np.arange(60) % 3][None, :, None], (20, 60, 20)).copy()
+    thick = np.diag([1.0, 3.0, 1.0, 1.0])
+    thick[1, 3] = 1.0  # slice k centred on plane 3k + 1: a GM plane
+    out = scores_on_grid(one_hot(labels), np.eye(4), (20, 19, 20), thick)
+    assert np.all(out[:, 1:-1] == 2)  # away from the field of view's edge
+    assert np.array_equal(scores_on_grid(one_hot(labels), np.eye(4), (20, 20, 20), np.diag([1.0, 3.0, 1.0, 1.0])),
+                          labels[:, ::3])  # slices centred on WM planes: WM either way
 
 
 def test_a_command_error_is_one_message_naming_the_file_and_debug_shows_the_traceback(tmp_path, capsys):
@@ -105,3 +129,21 @@ def test_predict_refuses_a_non_t1_head_naming_the_file_and_flags_thick_slices(oa
     prepared = predict.prepare_head(path, record, tmp_path / "work", allow_non_t1=True)
     assert any("voxels of 5.0 mm" in flag for flag in prepared.flags)  # the harmonize stage's own flag
     assert any("not T1-like" in flag for flag in prepared.flags)
+
+
+def test_a_real_heads_tissues_on_3mm_slices_follow_each_slices_majority(oasis):
+    """A real OASIS manual map as scores, carried onto 3 mm coronal slices that each cover three of its planes:
+    the label of a slice agrees with the tissue that fills most of it more often than the label at its centre."""
+    import nibabel as nib
+
+    image = nib.load(oasis / "derivatives/manual/sub-1000/anat/sub-1000_dseg.nii.gz")
+    labels = np.asarray(image.dataobj).astype(np.uint8)
+    n = labels.shape[1] // 3
+    blocks = labels[:, : 3 * n].reshape(labels.shape[0], n, 3, labels.shape[2])  # y: anterior-posterior
+    counts = np.stack([(blocks == c).sum(axis=2) for c in range(4)], axis=-1)
+    majority, centre = np.argmax(counts, axis=-1), blocks[:, :, 1]
+    judged = ((majority > 0) | (centre > 0)) & (counts.max(axis=-1) >= 2)  # brain, with a two-of-three tissue
+    thick = image.affine @ np.array([[1.0, 0, 0, 0], [0, 3, 0, 1], [0, 0, 1, 0], [0, 0, 0, 1]])
+    out = scores_on_grid(one_hot(labels), image.affine, majority.shape, thick)
+    agree, agree_centre = (out == majority)[judged].mean(), (centre == majority)[judged].mean()
+    assert agree > 0.99 and agree > agree_centre + 0.005, (agree, agree_centre)

@@ -34,10 +34,11 @@ from pipeline.core.bids import write_derivative_description, write_dseg_table
 from pipeline.core.config import ExecutorConfig, Precision
 from pipeline.core.io import HEAD_SUFFIXES, InputError, image_stem, save_nifti, save_png, write_tsv
 from pipeline.core.labels import TISSUES, tissue_volumes, voxel_volume_ml
+from pipeline.imaging.grids import scores_on_grid
 from pipeline.imaging.overlays import brain_centre, three_planes
 from pipeline.imaging.preprocess import crop_to_brain, harmonize
 from pipeline.imaging.slices import level_index
-from pipeline.nnunet.inference import Segmenter, predict_planes, predict_views
+from pipeline.nnunet.inference import Segmenter, predict_planes, view_scores
 from pipeline.nnunet.models import TrainingRecord
 from pipeline.nnunet.predictor import SlicePredictor
 from pipeline.runtime.devices import job_device, torch_device
@@ -126,24 +127,22 @@ def prepare_head(path: Path, record: TrainingRecord, work: Path, allow_non_t1: b
     return PreparedHead(nib.load(path), brain, inside, head.level_mm, flags)
 
 
-def planes_on_grid(labels: np.ndarray, affine: np.ndarray, plane: int | None, shape: tuple[int, ...],
-                   target_affine: np.ndarray) -> np.ndarray:
-    """Predicted axial plane(s) of ``labels`` carried onto another grid (the input's), nearest neighbour.
-
-    ``plane``: the one predicted axial plane, or None when every plane was predicted. A target voxel
-    takes the label of the nearest predicted plane that passes through it: plain nearest-neighbour
-    resampling would miss a single 1 mm plane lying between two thicker input slices.
+def plane_on_grid(labels: np.ndarray, affine: np.ndarray, plane: int, shape: tuple[int, ...],
+                  target_affine: np.ndarray) -> np.ndarray:
+    """The one predicted axial plane of ``labels`` carried onto another grid (the input's), nearest neighbour:
+    the target voxels it passes through take its labels, as plain nearest-neighbour resampling would miss a 1 mm
+    plane lying between two thicker input slices. (A whole prediction goes to the input's grid as its scores:
+    ``scores_on_grid``.)
     """
     to_labels = np.linalg.inv(affine) @ target_affine
     thickness = float(np.abs(to_labels[2, :3]).sum())  # a target voxel's depth, in label-grid slices
     reach = max(0.5, thickness / 2)
     ijk = np.indices(shape, dtype=np.float32).reshape(3, -1)
     x, y, z = (to_labels[:3, :3] @ ijk + to_labels[:3, 3:]).astype(np.float32)
-    nearest = np.clip(np.round(z), 0, labels.shape[2] - 1).astype(int) if plane is None else np.full(len(z), plane)
     xi, yi = np.round(x).astype(int), np.round(y).astype(int)
-    inside = (np.abs(z - nearest) <= reach) & (xi >= 0) & (xi < labels.shape[0]) & (yi >= 0) & (yi < labels.shape[1])
+    inside = (np.abs(z - plane) <= reach) & (xi >= 0) & (xi < labels.shape[0]) & (yi >= 0) & (yi < labels.shape[1])
     out = np.zeros(len(z), np.uint8)
-    out[inside] = labels[xi[inside], yi[inside], nearest[inside]]
+    out[inside] = labels[xi[inside], yi[inside], plane]
     return out.reshape(shape)
 
 
@@ -153,14 +152,15 @@ def segment_head_file(path: Path, model: SlicePredictor, record: TrainingRecord,
     head = prepare_head(path, record, work, allow_non_t1)
     plane = level_index(head.brain, head.level_mm)
     brain = head.brain.get_fdata(dtype=np.float32)
+    original = head.original
     if slices == "reference":
         labels = predict_planes(model, brain, head.mask, record.size, [plane])
-    else:
-        labels = predict_views(model, model.probabilities_in, brain, head.mask, record.size, record.views,
-                               label=f"predict {path.name}")
-    original = head.original
-    on_input = planes_on_grid(labels, head.brain.affine, plane if slices == "reference" else None,
-                              original.shape[:3], original.affine)
+        on_input = plane_on_grid(labels, head.brain.affine, plane, original.shape[:3], original.affine)
+    else:  # the scores, not the labels, go to the input's grid: a thick slice takes the tissue that fills it most
+        scores = view_scores(model.probabilities_in, brain, head.mask, record.size, record.views,
+                             label=f"predict {path.name}")
+        labels = np.argmax(scores, axis=-1).astype(np.uint8)
+        on_input = scores_on_grid(scores, head.brain.affine, original.shape[:3], original.affine)
     save_nifti(on_input, original.affine, output / f"{case_name(path)}_dseg.nii.gz", dtype=np.uint8)
     three_planes(brain, [(f"{record.segmenter}-{record.stripper} model", labels)],
                  output / f"{case_name(path)}_dseg.png", case_name(path), brain_centre(head.mask, plane))

@@ -1,7 +1,8 @@
 """Labels carried from one image's grid onto another's in world space: a tool's output onto its input, a
-reference onto a prediction's grid, a brain mask onto a grid that holds two masks.
+reference onto a prediction's grid, a brain mask onto a grid that holds two masks (``labels_on_grid``); a model's
+class scores onto the input head's grid (``scores_on_grid``).
 
-``predict`` writes its predicted planes onto the input's grid with its own rule (``planes_on_grid``): a thick
+``predict`` writes a single predicted plane onto the input's grid with its own rule (``plane_on_grid``): a thick
 input slice must take the label of a thin predicted plane that lies inside it, which nearest-neighbour
 resampling misses.
 """
@@ -11,6 +12,9 @@ from __future__ import annotations
 import nibabel as nib
 import numpy as np
 from nibabel.processing import resample_from_to
+from scipy import ndimage
+
+TARGET_PLANES_PER_PASS = 16  # scores_on_grid samples this many of the target's planes at a time (bounded memory)
 
 Grid = tuple[tuple[int, ...], np.ndarray]  # a volume's shape and affine
 
@@ -27,3 +31,32 @@ def labels_on_grid(labels: nib.spatialimages.SpatialImage, grid: nib.spatialimag
                                      out_class=nib.Nifti1Image)
         data = np.asarray(resampled.dataobj)
     return data.astype(np.int64) if np.issubdtype(data.dtype, np.integer) else np.rint(data).astype(np.int64)
+
+
+def scores_on_grid(scores: np.ndarray, affine: np.ndarray, shape: tuple[int, ...], target_affine: np.ndarray
+                   ) -> np.ndarray:
+    """The likeliest class (uint8) of each voxel of another grid (``shape``, ``target_affine``), from class scores
+    ``(X, Y, Z, C)`` on ``affine``'s grid: each class's scores averaged over the target voxel's footprint, then
+    the largest; 0 outside the scores' field of view. As nnU-Net and SynthSeg bring probabilities, not labels,
+    back to the input's resolution: a 1.5 mm slice takes the tissue that fills most of it, not the one at its
+    centre. The footprint is a Gaussian with a box's variance, the target voxel's extent less the score voxel's
+    own, along each axis where a target voxel is the wider; then linear interpolation at its centre. On a grid
+    that is the scores' own, flipped or shifted by whole voxels, every label is the scores' own argmax."""
+    shape = tuple(int(n) for n in shape)
+    to_scores = np.linalg.inv(affine) @ target_affine
+    extent = np.abs(to_scores[:3, :3]).sum(axis=1)  # a target voxel's extent along each score axis, in voxels
+    sigma = np.sqrt(np.maximum(extent**2 - 1.0, 0.0) / 12.0)
+    classes = [ndimage.gaussian_filter(scores[..., c], sigma) if sigma.any() else scores[..., c]
+               for c in range(scores.shape[-1])]
+    out = np.zeros(shape, np.uint8)
+    for first in range(0, shape[2], TARGET_PLANES_PER_PASS):
+        planes = np.arange(first, min(first + TARGET_PLANES_PER_PASS, shape[2]))
+        ijk = np.stack(np.meshgrid(np.arange(shape[0]), np.arange(shape[1]), planes, indexing="ij")).reshape(3, -1)
+        coords = to_scores[:3, :3] @ ijk + to_scores[:3, 3:]
+        inside = np.all((coords > -1) & (coords < np.array(scores.shape[:3])[:, None]), axis=0)
+        sampled = np.stack([ndimage.map_coordinates(scores_c, coords[:, inside], order=1, mode="constant", cval=0.0)
+                            for scores_c in classes], axis=-1)
+        block = np.zeros(inside.shape, np.uint8)
+        block[inside] = np.argmax(sampled, axis=-1)
+        out[:, :, planes] = block.reshape(shape[0], shape[1], len(planes))
+    return out

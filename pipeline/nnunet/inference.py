@@ -60,9 +60,16 @@ def predict_views(labels: Segmenter, probabilities: Callable[[str], Segmenter], 
         return predict_planes(labels, brain, mask, size, label=label)
     if not mask.any():
         return np.zeros(brain.shape, np.uint8)
+    return np.argmax(view_scores(probabilities, brain, mask, size, views, label), axis=-1).astype(np.uint8)
+
+
+def view_scores(probabilities: Callable[[str], Segmenter], brain: np.ndarray, mask: np.ndarray, size: int,
+                views: Sequence[str], label: str = "") -> np.ndarray:
+    """The class probabilities of every plane of the brain in each of ``views``, summed: the brain's RAS grid x
+    classes (float32; 0 on planes without brain)."""
     total = None
     for view in views:
         scores = from_view(predict_planes(probabilities(view), in_view(brain, view), in_view(mask, view), size,
                                           label=f"{label} {view}".strip()), view)
         total = scores if total is None else total + scores
-    return np.argmax(total, axis=-1).astype(np.uint8)
+    return total
