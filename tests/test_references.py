@@ -122,13 +122,14 @@ def test_a_reference_on_the_raw_head_lands_where_it_was_on_the_cropped_ras_grid(
 def test_table_names_match_whatever_their_case_punctuation_or_usual_synonym(tmp_path: Path):
     """Tables as raters and spreadsheets write them: other spellings, a byte-order mark, indices as decimals."""
     labels = blocks()
-    labels[18:] = 9
+    labels[18:], labels[1, 1], labels[1, 2], labels[1, 3] = 9, 10, 11, 12  # MRBrainS-style labels too
     path = derivative(tmp_path, "01", labels, np.eye(4), None)
     rows = ["index\tname", "0\tUnlabeled", "5.0\tGray-Matter", "6\tCerebral_White_Matter", "7\tVentricles",
-            "9\tdeep grey matter"]
+            "9\tdeep grey matter", "10\tBasal ganglia", "11\tBrain stem", "12\tWhite matter lesions"]
     (tmp_path / "dseg.tsv").write_text("\ufeff" + "\n".join(rows) + "\n", encoding="utf-8")
     tissues = np.asarray(reference_tissues(path, tmp_path, "table", "01").dataobj)
     assert [int(tissues[k, 0, 0]) for k in (0, 3, 9, 15, 19)] == [0, GM, WM, CSF, GM]
+    assert [int(tissues[1, j, 0]) for j in (1, 2, 3)] == [GM, WM, WM]  # basal ganglia, brainstem, WM lesions
     (tmp_path / "dseg.tsv").write_text("index\tname\n5.5\tGM\n", encoding="utf-8")
     with pytest.raises(InputError, match=r"index '5.5' is not a whole number"):
         reference_tissues(path, tmp_path, "table", "01")

@@ -33,16 +33,21 @@ def name_key(name: str) -> str:
     return " ".join(re.sub(r"[^a-z0-9]+", " ", name.lower()).split())
 
 
-# the usual spellings of tissue names in label tables (fMRIPrep's dseg, ITK-SNAP, raters' own); deep grey matter
-# is GM and a ventricles-only CSF label is CSF, as the pipeline's tissues define them
-# (docs/explanation/tissue-definitions.md)
+# the usual spellings of tissue names in label tables (fMRIPrep's dseg, ITK-SNAP, MRBrainS, raters' own), mapped
+# as the pipeline's tissues define them and as pipeline.core.labels maps FreeSurfer's: deep grey matter (basal
+# ganglia) and cerebellar cortex are GM; cerebellar WM, brainstem and WM lesions are WM; ventricles are CSF
+# (docs/explanation/tissue-definitions.md). A mixed label ("cerebellum") or a structure's name is not here.
 TISSUE_NAMES: dict[str, int] = {name_key(name): tissue for names, tissue in (
     (("background", "bg", "unknown", "none", "outside", "unlabeled", "unlabelled", "clear label"), BACKGROUND),
     (("gm", "grey matter", "gray matter", "grey", "gray", "cortical grey matter", "cortical gray matter", "cgm",
       "cortical gm", "cortex", "cerebral cortex", "deep grey matter", "deep gray matter", "deep gm", "dgm",
-      "subcortical grey matter", "subcortical gray matter", "subcortical gm"), GM),
-    (("wm", "white matter", "white", "cerebral white matter"), WM),
-    (("csf", "cerebrospinal fluid", "ventricles", "ventricle", "lateral ventricles"), CSF),
+      "subcortical grey matter", "subcortical gray matter", "subcortical gm", "basal ganglia",
+      "cerebellar grey matter", "cerebellar gray matter", "cerebellar cortex", "cerebellum cortex"), GM),
+    (("wm", "white matter", "white", "cerebral white matter", "cerebellar white matter", "cerebellum white matter",
+      "brainstem", "brain stem", "white matter lesions", "white matter lesion", "wm lesions", "wmh",
+      "white matter hyperintensities"), WM),
+    (("csf", "cerebrospinal fluid", "ventricles", "ventricle", "lateral ventricles", "extra cerebral csf",
+      "external csf", "sulcal csf"), CSF),
 ) for name in names}
 SPARSE_MIN_RUNS = 3  # a reference drawn every k-th plane: at least this many runs of drawn planes along an axis ...
 SPARSE_MAX_COVER = 2 / 3  # ... covering at most this share of their span (a stray voxel or an erased plane: no)
