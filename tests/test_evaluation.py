@@ -11,6 +11,7 @@ import pytest
 from pipeline.core.config import EvaluateConfig
 from pipeline.core.labels import CSF, GM, WM
 from pipeline.evaluation.heads import HeldOutHead, height_parts, score_head, score_teacher, volumes_row
+from pipeline.evaluation.references import Reference
 from pipeline.imaging.preprocess import crop, uncrop
 from pipeline.nnunet.inference import brain_planes, predict_planes
 
@@ -26,8 +27,9 @@ def made_up_head(reference: np.ndarray | None) -> HeldOutHead:
     teacher[2:4, 2:4, :] = CSF
     brain_data, brain_affine = crop(np.ones((10, 12, 14), np.float32), HEAD, box)
     grid = nib.Nifti1Image(np.zeros((10, 12, 14), np.float32), HEAD)
+    native = None if reference is None else Reference(nib.Nifti1Image(reference.astype(np.uint8), HEAD), None)
     return HeldOutHead("01", nib.Nifti1Image(brain_data, brain_affine), np.ones(teacher.shape, bool), teacher, grid,
-                    reference, 0.0)
+                       reference, 0.0, native=native)
 
 
 def test_crop_and_uncrop_put_a_box_back_where_it_was():
@@ -186,7 +188,9 @@ def test_a_heads_sparse_reference_scores_the_model_and_the_teacher_on_its_planes
     reference[2:8, 3:9, 4:8], reference[2:8, 3:9, 8:12] = GM, WM
     scored = np.zeros(reference.shape, bool)
     scored[:, :, 5] = scored[:, :, 9] = True  # a rater drew planes 5 and 9 of the head
-    head = dataclasses.replace(made_up_head(np.where(scored, reference, 0)), scored=scored)
+    drawn = np.where(scored, reference, 0).astype(np.uint8)
+    head = dataclasses.replace(made_up_head(drawn), scored=scored, native=Reference(
+        nib.Nifti1Image(drawn, HEAD), nib.Nifti1Image(scored.astype(np.uint8), HEAD)))
     prediction = head.teacher.copy()
     prediction[:, :, 3][prediction[:, :, 3] == GM] = WM  # head plane 7 wrong: undrawn, so it does not count
     rows = {row["kind"]: row for row in score_head(head, prediction, EvaluateConfig()) if "part" not in row}
@@ -198,4 +202,5 @@ def test_a_heads_sparse_reference_scores_the_model_and_the_teacher_on_its_planes
     assert teacher["teacher"]["GM"] == rows["external"]["GM"]
     volumes = volumes_row(head, prediction)  # the drawn planes' volume is not the reference's whole-brain volume
     assert volumes["reference_GM_ml"] is None and volumes["model_GM_ml"] > 0
-    assert volumes_row(dataclasses.replace(head, scored=None), prediction)["reference_GM_ml"] is not None
+    whole = dataclasses.replace(head, scored=None, native=head.native._replace(drawn=None))
+    assert volumes_row(whole, prediction)["reference_GM_ml"] is not None

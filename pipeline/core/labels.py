@@ -23,6 +23,11 @@ BACKGROUND, GM, WM, CSF = 0, 1, 2, 3
 TISSUES: dict[int, str] = {GM: "GM", WM: "WM", CSF: "CSF"}
 LABEL_NAMES: dict[int, str] = {BACKGROUND: "background", **TISSUES}
 
+
+def one_hot(labels: np.ndarray) -> np.ndarray:
+    """Tissue labels as class scores (float32, the labels' shape x classes): 1 for the label's class."""
+    return np.stack([labels == label for label in LABEL_NAMES], axis=-1).astype(np.float32)
+
 # Display colours of the tissues (colour-blind safe: Okabe-Ito), by label: background, GM, WM, CSF.
 TISSUE_RGB = np.array([[0, 0, 0], [230, 159, 0], [86, 180, 233], [0, 158, 115]], dtype=np.uint8)
 

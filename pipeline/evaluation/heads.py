@@ -25,12 +25,13 @@ import numpy as np
 from pipeline.core.bids import Folders, read_cases, reference_level, subject_file
 from pipeline.core.config import EvaluateConfig
 from pipeline.core.io import InputError, load_nifti
-from pipeline.core.labels import TISSUES, tissue_volumes, voxel_volume_ml
+from pipeline.core.labels import TISSUES, one_hot, tissue_volumes, voxel_volume_ml
 from pipeline.evaluation.dice import dice_per_tissue
-from pipeline.evaluation.references import reference_file, reference_on_grid, within
+from pipeline.evaluation.references import Reference, read_reference, reference_file, within
+from pipeline.imaging.grids import scores_on_grid
 from pipeline.imaging.preprocess import box_of, uncrop
 from pipeline.imaging.slices import level_index
-from pipeline.nnunet.inference import predict_views
+from pipeline.nnunet.inference import view_scores
 from pipeline.nnunet.predictor import SlicePredictor
 from pipeline.runtime.subjects import not_failed
 
@@ -56,6 +57,7 @@ class HeldOutHead:
     reference: np.ndarray | None  # reference tissues on the head's grid (None: no reference for this head)
     level_mm: float  # the reference axial level (world z)
     scored: np.ndarray | None = None  # a sparse reference's drawn planes on the head's grid (None: every voxel)
+    native: Reference | None = None  # the reference on its own grid, where its whole-volume Dice is scored
 
     def on_head(self, labels: np.ndarray) -> np.ndarray:
         """Labels on the brain's grid, put back on the head's."""
@@ -64,6 +66,13 @@ class HeldOutHead:
     def on_brain(self, labels: np.ndarray) -> np.ndarray:
         """Labels on the head's grid, cut to the brain's."""
         return labels[box_of(self.brain.affine, self.brain.shape, self.grid)]
+
+    def on_reference(self, prediction: np.ndarray) -> np.ndarray:
+        """A prediction on the brain's grid (labels, or class scores) on the reference's own grid: each class's
+        score averaged over a reference voxel, then the likeliest (``scores_on_grid``), as ``predict`` brings its
+        labels to the input's grid. On a 1 mm reference drawn on the raw head, each voxel's own label."""
+        scores = prediction if prediction.ndim == 4 else one_hot(prediction)
+        return scores_on_grid(scores, self.brain.affine, self.native.tissues.shape, self.native.tissues.affine)
 
     def band_planes(self, config: EvaluateConfig) -> np.ndarray:
         """The head grid's planes within ``config.band_mm`` of the reference level, every ``step_mm``."""
@@ -77,7 +86,7 @@ def load_held_out_head(case: str, folders: Folders, config: EvaluateConfig) -> H
     mask = np.asarray(load_nifti(subject_file(folders.stripped, case, "desc-brain_mask"), case).dataobj) > 0
     teacher = np.asarray(load_nifti(subject_file(folders.segmented, case, "dseg"), case).dataobj, dtype=np.uint8)
     grid = load_nifti(subject_file(folders.harmonized, case, "desc-harmonized_T1w"), case)
-    reference = scored = None
+    reference = scored = native = None
     if config.reference_labels:
         root = Path(config.reference_labels).expanduser()
         if not root.is_dir():
@@ -86,14 +95,22 @@ def load_held_out_head(case: str, folders: Folders, config: EvaluateConfig) -> H
         if path is None:
             log.warning("evaluate: sub-%s has no reference labels under %s", case, root)
         else:
-            reference, scored = reference_on_grid(path, root, config.reference_scheme, case, grid)
-    return HeldOutHead(case, brain, mask, teacher, grid, reference, reference_level(folders.harmonized, case), scored)
+            native = read_reference(path, root, config.reference_scheme, case)
+            reference, scored = native.on_grid(grid)
+    return HeldOutHead(case, brain, mask, teacher, grid, reference, reference_level(folders.harmonized, case), scored,
+                       native)
 
 
 def predict_head(model: SlicePredictor, head: HeldOutHead, size: int, views: Sequence[str]) -> np.ndarray:
-    """The model's labels of every plane of the head's brain in each of ``views``, fused, on the brain's grid."""
-    return predict_views(model, model.probabilities_in, head.brain.get_fdata(dtype=np.float32), head.mask, size, views,
-                         label=f"sub-{head.case}")
+    """The model's class scores of every plane of the head's brain in each of ``views``, summed, on the brain's
+    grid (x classes; ``as_labels``: the labels)."""
+    return view_scores(model.probabilities_in, head.brain.get_fdata(dtype=np.float32), head.mask, size, views,
+                       label=f"sub-{head.case}")
+
+
+def as_labels(prediction: np.ndarray) -> np.ndarray:
+    """Labels as they are, or the likeliest class of class scores."""
+    return prediction if prediction.ndim == 3 else np.argmax(prediction, axis=-1).astype(np.uint8)
 
 
 def height_parts(tissue: np.ndarray, parts: int = HEIGHT_PARTS) -> list[slice]:
@@ -111,23 +128,28 @@ def scores(kind: str, case: str, truth: np.ndarray, labels: np.ndarray, band: np
     (``kind_band``) and per height part (``kind_height``, with ``part``: 1 the lowest); only within ``scored``
     where it is given."""
     truth, labels = within(scored, truth, labels)
-    rows = [{"kind": kind, "case": case, **dice_per_tissue(truth, labels)},
-            {"kind": f"{kind}_band", "case": case, **dice_per_tissue(truth[..., band], labels[..., band])}]
+    return [{"kind": kind, "case": case, **dice_per_tissue(truth, labels)},
+            *part_scores(kind, case, truth, labels, band, parts)]
+
+
+def part_scores(kind: str, case: str, truth: np.ndarray, labels: np.ndarray, band: np.ndarray,
+                parts: list[slice]) -> list[dict]:
+    """``scores`` on the band's planes and per height part only."""
+    rows = [{"kind": f"{kind}_band", "case": case, **dice_per_tissue(truth[..., band], labels[..., band])}]
     rows += [{"kind": f"{kind}_height", "case": case, "part": number,
               **dice_per_tissue(truth[..., planes], labels[..., planes])}
              for number, planes in enumerate(parts, start=1)]
     return rows
 
 
-def score_head(head: HeldOutHead, labels: np.ndarray, config: EvaluateConfig) -> list[dict]:
-    """A prediction (on the brain's grid) scored against the segmenter's labels and, where the head has one,
-    the reference."""
-    predicted, teacher = head.on_head(labels), head.on_head(head.teacher)
+def score_head(head: HeldOutHead, prediction: np.ndarray, config: EvaluateConfig) -> list[dict]:
+    """A prediction on the brain's grid (labels, or the model's class scores) scored against the segmenter's
+    labels and, where the head has one, the reference."""
+    predicted, teacher = head.on_head(as_labels(prediction)), head.on_head(head.teacher)
     band = head.band_planes(config)
     rows = scores("real", head.case, teacher, predicted, band, height_parts(teacher))
     if head.reference is not None:
-        rows += scores("external", head.case, head.reference, predicted, band, height_parts(head.reference),
-                       head.scored)
+        rows += against_reference("external", head, prediction, band)
     return rows
 
 
@@ -135,8 +157,18 @@ def score_teacher(head: HeldOutHead, config: EvaluateConfig) -> list[dict]:
     """The segmenter's own labels against the reference (none without one)."""
     if head.reference is None:
         return []
-    return scores("teacher", head.case, head.reference, head.on_head(head.teacher), head.band_planes(config),
-                  height_parts(head.reference), head.scored)
+    return against_reference("teacher", head, head.teacher, head.band_planes(config))
+
+
+def against_reference(kind: str, head: HeldOutHead, prediction: np.ndarray, band: np.ndarray) -> list[dict]:
+    """A prediction on the brain's grid against the head's reference: the whole volume on the reference's own grid,
+    where the raters drew it (a coarser grid than the model's takes each voxel's likeliest tissue); the band and
+    the height parts on the head's grid (the reference carried there, nearest neighbour)."""
+    tissues = np.asarray(head.native.tissues.dataobj)
+    whole = {"kind": kind, "case": head.case,
+             **dice_per_tissue(*within(head.native.scored, tissues, head.on_reference(prediction)))}
+    on_head = within(head.scored, head.reference, head.on_head(as_labels(prediction)))
+    return [whole, *part_scores(kind, head.case, *on_head, band, height_parts(head.reference))]
 
 
 def volumes_row(head: HeldOutHead, labels: np.ndarray) -> dict:
@@ -145,9 +177,9 @@ def volumes_row(head: HeldOutHead, labels: np.ndarray) -> dict:
     voxel_ml = voxel_volume_ml(head.brain.affine)
     row = {"participant_id": f"sub-{head.case}"}
     sources = [("model", labels, voxel_ml), ("teacher", head.teacher, voxel_ml)]
-    if head.reference is not None:
-        sources.append(("reference", None if head.scored is not None else head.reference,
-                        voxel_volume_ml(head.grid.affine)))
+    if head.native is not None:
+        sources.append(("reference", None if head.native.drawn is not None else np.asarray(head.native.tissues.dataobj),
+                        voxel_volume_ml(head.native.tissues.affine)))
     for source, volume, ml in sources:
         volumes = None if volume is None else tissue_volumes(volume, ml)
         row |= {f"{source}_{name}_ml": volumes and round(volumes[f"{name}_ml"], 1) for name in TISSUES.values()}

@@ -15,6 +15,7 @@ import functools
 import logging
 import re
 from pathlib import Path
+from typing import NamedTuple
 
 import nibabel as nib
 import numpy as np
@@ -173,15 +174,36 @@ def check_references(root: Path, sources: dict[str, Path], scheme: str) -> list[
     return [case for case, path in found.items() if path is None]
 
 
-def reference_on_grid(path: Path, root: Path, scheme: str, case: str, grid: nib.Nifti1Image
-                      ) -> tuple[np.ndarray, np.ndarray | None]:
-    """A case's reference tissues on ``grid``, and where they are scored there (None: everywhere; a reference
-    drawn on some planes only: those planes, ``drawn_planes``)."""
+class Reference(NamedTuple):
+    """A case's reference tissues on their own grid (the raters'), and where they are scored."""
+
+    tissues: nib.Nifti1Image
+    drawn: nib.Nifti1Image | None  # a sparse reference's drawn planes (``drawn_planes``; None: every voxel)
+
+    @property
+    def scored(self) -> np.ndarray | None:
+        """Where the tissues are scored on their own grid (None: everywhere)."""
+        return None if self.drawn is None else np.asarray(self.drawn.dataobj) > 0
+
+    def on_grid(self, grid: nib.Nifti1Image) -> tuple[np.ndarray, np.ndarray | None]:
+        """The tissues on another grid (nearest neighbour), and where they are scored there."""
+        return on_grid(self.tissues, grid), None if self.drawn is None else on_grid(self.drawn, grid) > 0
+
+
+def read_reference(path: Path, root: Path, scheme: str, case: str) -> Reference:
+    """A case's reference tissues, and where they are drawn (a sparse reference: said once)."""
     tissues = reference_tissues(path, root, scheme, case)
     drawn = drawn_planes(tissues)
     if drawn is not None:
         warn_sparse(case, path)
-    return on_grid(tissues, grid), None if drawn is None else on_grid(drawn, grid) > 0
+    return Reference(tissues, drawn)
+
+
+def reference_on_grid(path: Path, root: Path, scheme: str, case: str, grid: nib.Nifti1Image
+                      ) -> tuple[np.ndarray, np.ndarray | None]:
+    """A case's reference tissues on ``grid``, and where they are scored there (None: everywhere; a reference
+    drawn on some planes only: those planes, ``drawn_planes``)."""
+    return read_reference(path, root, scheme, case).on_grid(grid)
 
 
 @functools.cache

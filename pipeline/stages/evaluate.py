@@ -30,6 +30,7 @@ from pipeline.evaluation.compare import mean_ci95, scores_by_subject
 from pipeline.evaluation.dice import dice_per_tissue, summarize
 from pipeline.evaluation.heads import (
     HEIGHT_PARTS,
+    as_labels,
     held_out_cases,
     load_held_out_head,
     predict_head,
@@ -130,9 +131,10 @@ def evaluate_model(results: Path, record: TrainingRecord, dataset: Path, cases: 
     rows, volumes = score_synthetic(model, dataset, out / "synthetic"), []
     for case in cases:
         head = load_held_out_head(case, folders, evaluate)
-        labels = predict_head(model, head, record.size, record.views)
+        prediction = predict_head(model, head, record.size, record.views)
+        labels = as_labels(prediction)
         save_nifti(labels, head.brain.affine, subject_file(out / "volumes", case, "dseg"))
-        rows += score_head(head, labels, evaluate)
+        rows += score_head(head, prediction, evaluate)
         if with_volumes:
             volumes.append(volumes_row(head, labels))
     return rows, volumes
