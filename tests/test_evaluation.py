@@ -29,7 +29,7 @@ def made_up_head(reference: np.ndarray | None) -> HeldOutHead:
     grid = nib.Nifti1Image(np.zeros((10, 12, 14), np.float32), HEAD)
     native = None if reference is None else Reference(nib.Nifti1Image(reference.astype(np.uint8), HEAD), None)
     return HeldOutHead("01", nib.Nifti1Image(brain_data, brain_affine), np.ones(teacher.shape, bool), teacher, grid,
-                       reference, 0.0, native=native)
+                       0.0, native)
 
 
 def test_crop_and_uncrop_put_a_box_back_where_it_was():
@@ -102,16 +102,13 @@ def test_every_plane_of_the_brain_is_predicted_and_stacked_in_place():
 
 
 def test_views_are_predicted_in_their_own_planes_and_fused_by_summed_probabilities():
-    from pipeline.nnunet.inference import predict_views
+    from pipeline.nnunet.inference import view_scores
 
     brain = np.zeros((20, 24, 16), np.float32)
     mask = np.zeros(brain.shape, bool)
     mask[4:16, 5:19, 3:13] = True
     brain[mask] = 1.0
     seen: list[tuple[int, int]] = []
-
-    def labels(canvases: np.ndarray) -> np.ndarray:
-        return (canvases > 0).astype(np.uint8) * WM
 
     def probabilities(canvases: np.ndarray) -> np.ndarray:
         axial = not seen  # the axial planes come first, in one call
@@ -122,9 +119,7 @@ def test_views_are_predicted_in_their_own_planes_and_fused_by_summed_probabiliti
         scores[:, GM][inside], scores[:, WM][inside] = 0.6 if axial else 0.3, 0.4  # axial planes say GM
         return scores
 
-    assert np.array_equal(predict_views(labels, lambda view: probabilities, brain, mask, 32, ["axial"]),
-                          predict_planes(labels, brain, mask, 32))  # one view: the model's labels as they are
-    fused = predict_views(labels, lambda view: probabilities, brain, mask, 32, ["axial", "coronal"])
+    fused = np.argmax(view_scores(lambda view: probabilities, brain, mask, 32, ["axial", "coronal"]), axis=-1)
     assert len(seen) == 10 + 14  # every axial plane with brain, then every coronal one
     assert np.array_equal(fused > 0, mask)
     # summed: GM 0.6 + 0.3 beats WM 0.4 + 0.4, though the coronal view alone says WM
@@ -189,8 +184,8 @@ def test_a_heads_sparse_reference_scores_the_model_and_the_teacher_on_its_planes
     scored = np.zeros(reference.shape, bool)
     scored[:, :, 5] = scored[:, :, 9] = True  # a rater drew planes 5 and 9 of the head
     drawn = np.where(scored, reference, 0).astype(np.uint8)
-    head = dataclasses.replace(made_up_head(drawn), scored=scored, native=Reference(
-        nib.Nifti1Image(drawn, HEAD), nib.Nifti1Image(scored.astype(np.uint8), HEAD)))
+    head = dataclasses.replace(made_up_head(drawn), native=Reference(nib.Nifti1Image(drawn, HEAD),
+                                                                     nib.Nifti1Image(scored.astype(np.uint8), HEAD)))
     prediction = head.teacher.copy()
     prediction[:, :, 3][prediction[:, :, 3] == GM] = WM  # head plane 7 wrong: undrawn, so it does not count
     rows = {row["kind"]: row for row in score_head(head, prediction, EvaluateConfig()) if "part" not in row}
@@ -202,5 +197,5 @@ def test_a_heads_sparse_reference_scores_the_model_and_the_teacher_on_its_planes
     assert teacher["teacher"]["GM"] == rows["external"]["GM"]
     volumes = volumes_row(head, prediction)  # the drawn planes' volume is not the reference's whole-brain volume
     assert volumes["reference_GM_ml"] is None and volumes["model_GM_ml"] > 0
-    whole = dataclasses.replace(head, scored=None, native=head.native._replace(drawn=None))
+    whole = dataclasses.replace(head, native=head.native._replace(drawn=None))
     assert volumes_row(whole, prediction)["reference_GM_ml"] is not None

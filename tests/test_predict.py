@@ -1,6 +1,7 @@
 import numpy as np
 
 from pipeline.apps.predict import plane_on_grid
+from pipeline.core.labels import one_hot
 from pipeline.imaging.grids import scores_on_grid
 
 
@@ -15,10 +16,6 @@ def test_a_single_1mm_plane_reaches_a_thicker_flipped_input_grid():
     # plane z = 0 lies inside it, and inside no other.
     assert planes.tolist() == [22]
     assert (out == 2).sum() == 30 * len(range(4, 34))  # x flipped, y resampled at 4/3 mm
-
-
-def one_hot(labels: np.ndarray, classes: int = 4) -> np.ndarray:
-    return np.stack([labels == c for c in range(classes)], axis=-1).astype(np.float32)
 
 
 def test_scores_reach_the_inputs_own_grid_unchanged_from_a_reoriented_brain_grid(oasis):

@@ -74,10 +74,10 @@ def test_the_reference_without_desc_is_chosen_and_two_plain_ones_are_refused(tmp
     plain = derivative(tmp_path, "01", blocks(), np.eye(4), None)
     assert reference_file(tmp_path, "01") == plain
     assert reference_file(tmp_path, "02") is None
-    derivative(tmp_path, "02", blocks(), np.eye(4), None, name="acq-mprage_dseg")
-    derivative(tmp_path, "02", blocks(), np.eye(4), None, name="acq-spgr_dseg")
+    derivative(tmp_path, "02", blocks(), np.eye(4), None, name="desc-rater1_dseg")
+    derivative(tmp_path, "02", blocks(), np.eye(4), None, name="desc-rater2_dseg")
     with pytest.raises(InputError, match="several reference label maps"):
-        reference_file(tmp_path, "02")  # which head each is drawn on is known, this head's is not
+        reference_file(tmp_path, "02")
 
 
 def test_of_a_sessions_several_maps_the_one_named_like_the_heads_t1_is_chosen(tmp_path: Path):
@@ -96,8 +96,10 @@ def test_of_a_sessions_several_maps_the_one_named_like_the_heads_t1_is_chosen(tm
     assert reference_file(tmp_path, "01_acq-tse_run-2") == session
     assert reference_file(tmp_path, "01", source / "sub-01_acq-mprage_run-1_T1w.nii.gz") == mprage
     assert reference_file(tmp_path, "01") == session
-    run = derivative(tmp_path, "03", blocks(), np.eye(4), None, name="run-1_dseg")
+    run = derivative(tmp_path, "03", blocks(), np.eye(4), None, name="run-01_dseg")
     assert reference_file(tmp_path, "03", source / "sub-03_T1w.nii.gz") == run  # a session's only T1w, run-1
+    derivative(tmp_path, "04", blocks(), np.eye(4), None, name="acq-fast_dseg")
+    assert reference_file(tmp_path, "04", source / "sub-04_T1w.nii.gz") is None  # the session's other T1w's
     derivative(tmp_path, "01", blocks(), np.eye(4), None, name="acq-mprage_run-1_dseg")
     assert reference_file(tmp_path, "01", source / "sub-01_acq-mprage_run-1_T1w.nii.gz").name == \
         "sub-01_acq-mprage_run-1_dseg.nii.gz"

@@ -22,7 +22,7 @@ from pipeline.apps.predict import inputs_of, prepare_head
 from pipeline.core.config import Precision
 from pipeline.core.io import HEAD_SUFFIXES
 from pipeline.imaging.slices import in_view
-from pipeline.nnunet.inference import brain_planes, predict_views
+from pipeline.nnunet.inference import brain_planes, view_scores
 from pipeline.nnunet.models import TrainingRecord
 from pipeline.nnunet.predictor import SlicePredictor
 from pipeline.runtime.devices import torch_device
@@ -40,7 +40,7 @@ def time_inference(model: SlicePredictor, brain: np.ndarray, mask: np.ndarray, r
                    device: str) -> dict:
     """A prepared brain segmented in each of the model's views, fused: the planes the network saw, and the time."""
     start = time.perf_counter()
-    predict_views(model, model.probabilities_in, brain, mask, record.size, record.views)
+    np.argmax(view_scores(model.probabilities_in, brain, mask, record.size, record.views), axis=-1)
     synchronize(device)
     seconds = time.perf_counter() - start
     planes = sum(len(brain_planes(in_view(mask, view))) for view in record.views)

@@ -9,6 +9,7 @@ train and test is by subject (``participants.tsv``), so a subject's sessions are
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import re
@@ -200,4 +201,8 @@ class Folders:
 
     def source(self, case: str) -> Path | None:
         """The file the case's head was copied from (None: no raw dataset here, or not listed)."""
-        return read_sources(self.raw).get(f"sub-{case}") if self.raw else None
+        return self._sources.get(f"sub-{case}")
+
+    @functools.cached_property
+    def _sources(self) -> dict[str, Path]:
+        return read_sources(self.raw) if self.raw else {}

@@ -1,19 +1,25 @@
 """A model scored on real test heads, in 3D: each head predicted over the whole brain
-(``pipeline.nnunet.inference``) and scored as one volume, in the head's own frame (the harmonized grid), against
+(``pipeline.nnunet.inference``) and scored as one volume against
 
-- ``real``: the segmenter's labels of that head (what the model learned to imitate);
+- ``real``: the segmenter's labels of that head (what the model learned to imitate), on the head's own grid (the
+  harmonized head, 1 mm);
 - ``external``: reference labels the user supplies (``evaluate.reference_labels``): one reference for every
-  strategy, the number that compares segmenters as well as strippers;
-- ``teacher`` (not a model): the segmenter's own labels against that reference, what the model can reach at best.
+  strategy, the number that compares segmenters as well as strippers. Scored on the reference's own grid, where
+  its raters drew it: the model's class scores are carried there as ``predict`` carries them to an input's grid
+  (``pipeline.imaging.grids.scores_on_grid``), so a reference drawn on 1.5 mm slices is met by the tissue that
+  fills each of its voxels most; on a 1 mm reference drawn on the raw head, each voxel's own label;
+- ``teacher`` (not a model): the segmenter's own labels against that reference, carried there the same way,
+  what the model can reach at best.
 
 Each also within the band of planes around the head's reference level (``*_band``: the per-slice protocol of
-earlier studies, kept as a secondary figure) and per fifth of the brain's height (where a model falls short).
-The reference is carried onto the head's grid in world space, so brain the stripper cut off counts against the
-strategy. Used by the evaluate stage and by ``bench train``.
+earlier studies, kept as a secondary figure) and per fifth of the brain's height (where a model falls short),
+these on the head's grid, the reference carried there in world space (nearest neighbour). Brain the stripper cut
+off counts against the strategy. Used by the evaluate stage and by ``bench train``.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -53,11 +59,23 @@ class HeldOutHead:
     brain: nib.Nifti1Image  # stripped, normalized, cropped: what the model segments
     mask: np.ndarray  # the stripper's mask, on the brain's grid
     teacher: np.ndarray  # the segmenter's labels, on the brain's grid
-    grid: nib.Nifti1Image  # the harmonized head: the frame everything is scored in
-    reference: np.ndarray | None  # reference tissues on the head's grid (None: no reference for this head)
+    grid: nib.Nifti1Image  # the harmonized head: the frame the model's labels are scored in
     level_mm: float  # the reference axial level (world z)
-    scored: np.ndarray | None = None  # a sparse reference's drawn planes on the head's grid (None: every voxel)
     native: Reference | None = None  # the reference on its own grid, where its whole-volume Dice is scored
+
+    @functools.cached_property
+    def _reference_on_head(self) -> tuple[np.ndarray | None, np.ndarray | None]:
+        return (None, None) if self.native is None else self.native.on_grid(self.grid)
+
+    @property
+    def reference(self) -> np.ndarray | None:
+        """The reference tissues on the head's grid (nearest neighbour; None: no reference for this head)."""
+        return self._reference_on_head[0]
+
+    @property
+    def scored(self) -> np.ndarray | None:
+        """A sparse reference's drawn planes on the head's grid (None: every voxel)."""
+        return self._reference_on_head[1]
 
     def on_head(self, labels: np.ndarray) -> np.ndarray:
         """Labels on the brain's grid, put back on the head's."""
@@ -86,7 +104,7 @@ def load_held_out_head(case: str, folders: Folders, config: EvaluateConfig) -> H
     mask = np.asarray(load_nifti(subject_file(folders.stripped, case, "desc-brain_mask"), case).dataobj) > 0
     teacher = np.asarray(load_nifti(subject_file(folders.segmented, case, "dseg"), case).dataobj, dtype=np.uint8)
     grid = load_nifti(subject_file(folders.harmonized, case, "desc-harmonized_T1w"), case)
-    reference = scored = native = None
+    native = None
     if config.reference_labels:
         root = Path(config.reference_labels).expanduser()
         if not root.is_dir():
@@ -96,9 +114,7 @@ def load_held_out_head(case: str, folders: Folders, config: EvaluateConfig) -> H
             log.warning("evaluate: sub-%s has no reference labels under %s", case, root)
         else:
             native = read_reference(path, root, config.reference_scheme, case)
-            reference, scored = native.on_grid(grid)
-    return HeldOutHead(case, brain, mask, teacher, grid, reference, reference_level(folders.harmonized, case), scored,
-                       native)
+    return HeldOutHead(case, brain, mask, teacher, grid, reference_level(folders.harmonized, case), native)
 
 
 def predict_head(model: SlicePredictor, head: HeldOutHead, size: int, views: Sequence[str]) -> np.ndarray:

@@ -1,8 +1,8 @@
 """Reference labels a user supplies for evaluation: a BIDS derivative of the input heads.
 
-Layout: ``<root>/sub-X[/ses-Y]/anat/sub-X[_ses-Y][_...]_dseg.nii.gz`` on the subject's raw head (any grid: it is
-resampled in world space), and a label table: ``<file>.tsv`` beside the image or ``<root>/dseg.tsv``
-(BIDS columns ``index`` and ``name``). ``evaluate.reference_scheme`` says how labels become tissues:
+Layout: ``<root>/sub-X[/ses-Y]/anat/sub-X[_ses-Y][_...]_dseg.nii.gz`` on the subject's raw head (any grid:
+predictions are carried onto it in world space), and a label table: ``<file>.tsv`` beside the image or
+``<root>/dseg.tsv`` (BIDS columns ``index`` and ``name``). ``evaluate.reference_scheme`` says how labels become tissues:
 
 - ``table``: by name; GM, WM, CSF and background (with the usual spellings, e.g. fMRIPrep's dseg);
 - ``freesurfer``: the numbers are FreeSurfer lookup-table labels (aseg, SynthSeg, FastSurfer output),
@@ -60,16 +60,16 @@ NATIVE_SPACES = {"orig", "T1w", "scanner", "individual", "native"}  # space- lab
 def reference_file(root: Path, case: str, source: Path | None = None) -> Path | None:
     """The case's label map (``pipeline.core.bids``: a subject, a session, or one head of it), None when absent:
 
-    - named for the case, or, for one of a session's heads (``acquire.runs: all``), the session's when it has none;
-    - of several, those of the head the case was copied from (``source``, else the case label, by their acq-, ce-,
-      rec-, run-... entities: the same ones, else none), then the one without a ``desc-`` entity;
+    - of the session's maps, those of the head the case was copied from (``source``, else the case label), by
+      their acq-, ce-, rec-, run-... entities (``of_head``): named with the same ones, or the most of them, or none
+      (the session's own map);
+    - of several left, the one without a ``desc-`` entity;
     - a map named for another head of the session, or in a template space (``space-MNI...``), is not this head's.
     """
     anat = case_dir(root, case) / "anat"
-    found = dseg_images(anat, f"sub-{case}")
-    if not found and run_entities(f"sub-{case}"):
-        found = dseg_images(anat, "_".join(case_dir(Path(), case).parts))
-    found = of_head(in_native_space(found, case), run_entities(source.name if source else f"sub-{case}"))
+    session = "_".join(case_dir(Path(), case).parts)  # sub-01, sub-01_ses-A: every map of the session
+    found = of_head(in_native_space(dseg_images(anat, session)),
+                    run_entities(source.name if source else f"sub-{case}"))
     if len(found) > 1:
         plain = [path for path in found if "_desc-" not in path.name]
         if len(plain) != 1:
@@ -79,25 +79,31 @@ def reference_file(root: Path, case: str, source: Path | None = None) -> Path | 
     return found[0] if found else None
 
 
-def in_native_space(found: list[Path], case: str) -> list[Path]:
+def in_native_space(found: list[Path]) -> list[Path]:
     """The label maps on the head's own grid: a template space's are left out, and said."""
     native = [path for path in found if entities(path.name).get("space", "orig") in NATIVE_SPACES]
     for path in sorted(set(found) - set(native)):
-        log.warning("reference labels: sub-%s: %s is in a template space, not on the head: not used", case, path)
+        warn_template_space(path)
     return native
+
+
+@functools.cache
+def warn_template_space(path: Path) -> None:
+    log.warning("reference labels: %s is in a template space, not on the head: not used", path)
 
 
 def of_head(found: list[Path], wanted: dict[str, str]) -> list[Path]:
     """The label maps of the head whose acq-/ce-/rec-/run-... entities are ``wanted``: of those named with some of
-    them and no other (the session's own: none), the most specific; else any not named for another head (a map
-    named run-1 for a session's only T1w)."""
-    named = {path: run_entities(path.name) for path in found}
-    within_head = [path for path, given in named.items() if given.items() <= wanted.items()]
-    if within_head:
-        most = max(len(named[path]) for path in within_head)
-        return [path for path in within_head if len(named[path]) == most]
-    return [path for path, given in named.items() if all(wanted.get(key, value) == value
-                                                          for key, value in given.items())]
+    them and no other, the most specific (the session's own map names none). A head named without a run is its
+    session's run 1 (BIDS leaves out the run of a single one)."""
+    def normal(given: dict[str, str]) -> set[tuple[str, str]]:
+        return {(key, value.lstrip("0") if key == "run" else value) for key, value in given.items()}
+
+    known = normal({"run": "1"} | wanted)
+    named = {path: normal(run_entities(path.name)) for path in found}
+    within_head = [path for path, given in named.items() if given <= known]
+    most = max((len(named[path]) for path in within_head), default=0)
+    return [path for path in within_head if len(named[path]) == most]
 
 
 def dseg_images(anat: Path, prefix: str) -> list[Path]:

@@ -37,15 +37,15 @@ def scores_on_grid(scores: np.ndarray, affine: np.ndarray, shape: tuple[int, ...
                    ) -> np.ndarray:
     """The likeliest class (uint8) of each voxel of another grid (``shape``, ``target_affine``), from class scores
     ``(X, Y, Z, C)`` on ``affine``'s grid: each class's scores averaged over the target voxel's footprint, then
-    the largest; 0 outside the scores' field of view. As nnU-Net and SynthSeg bring probabilities, not labels,
-    back to the input's resolution: a 1.5 mm slice takes the tissue that fills most of it, not the one at its
-    centre. The footprint is a Gaussian with a box's variance, the target voxel's extent less the score voxel's
-    own, along each axis where a target voxel is the wider; then linear interpolation at its centre. On a grid
-    that is the scores' own, flipped or shifted by whole voxels, every label is the scores' own argmax."""
+    the largest (a tie: the lower class); 0 outside the scores' field of view. As nnU-Net and SynthSeg bring
+    probabilities, not labels, back to the input's resolution: a 1.5 mm slice takes the tissue that fills most of
+    it, not the one at its centre. The footprint is a Gaussian with the variance of the target voxel's box along
+    each score axis, less the score voxel's own; then linear interpolation at its centre. On a grid that is the
+    scores' own, flipped or shifted by whole voxels, every label is the scores' own argmax."""
     shape = tuple(int(n) for n in shape)
     to_scores = np.linalg.inv(affine) @ target_affine
-    extent = np.abs(to_scores[:3, :3]).sum(axis=1)  # a target voxel's extent along each score axis, in voxels
-    sigma = np.sqrt(np.maximum(extent**2 - 1.0, 0.0) / 12.0)
+    # a box with edges M[:, j] has variance sum_j M_ij^2 / 12 along score axis i; a score voxel already holds 1/12
+    sigma = np.sqrt(np.maximum((to_scores[:3, :3] ** 2).sum(axis=1) - 1.0, 0.0) / 12.0)
     classes = [ndimage.gaussian_filter(scores[..., c], sigma) if sigma.any() else scores[..., c]
                for c in range(scores.shape[-1])]
     out = np.zeros(shape, np.uint8)
@@ -53,9 +53,10 @@ def scores_on_grid(scores: np.ndarray, affine: np.ndarray, shape: tuple[int, ...
         planes = np.arange(first, min(first + TARGET_PLANES_PER_PASS, shape[2]))
         ijk = np.stack(np.meshgrid(np.arange(shape[0]), np.arange(shape[1]), planes, indexing="ij")).reshape(3, -1)
         coords = to_scores[:3, :3] @ ijk + to_scores[:3, 3:]
-        inside = np.all((coords > -1) & (coords < np.array(scores.shape[:3])[:, None]), axis=0)
-        sampled = np.stack([ndimage.map_coordinates(scores_c, coords[:, inside], order=1, mode="constant", cval=0.0)
-                            for scores_c in classes], axis=-1)
+        last = np.array(scores.shape[:3])[:, None] - 1
+        inside = np.all((coords > -0.5) & (coords < last + 0.5), axis=0)  # nearer a score voxel than outside
+        on_grid = np.clip(coords[:, inside], 0, last)  # rounding error at the edge planes stays inside
+        sampled = np.stack([ndimage.map_coordinates(scores_c, on_grid, order=1) for scores_c in classes], axis=-1)
         block = np.zeros(inside.shape, np.uint8)
         block[inside] = np.argmax(sampled, axis=-1)
         out[:, :, planes] = block.reshape(shape[0], shape[1], len(planes))

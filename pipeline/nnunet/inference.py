@@ -1,8 +1,8 @@
 """A model applied to a whole head: every plane of the brain segmented as the 2D slice every model sees
-(``pipeline.imaging.slices.slice_canvas``), the planes stacked into a label volume on the brain's grid. A model
-trained on several views (``synth.views``) segments the head in each, and the views are fused by summing their class
-probabilities (as multi-view segmenters such as FastSurfer aggregate theirs). Used alike by the evaluate stage,
-``predict`` and ``bench train``."""
+(``pipeline.imaging.slices.slice_canvas``), the planes stacked into a volume of class probabilities on the brain's
+grid. A model trained on several views (``synth.views``) segments the head in each, and the views are fused by
+summing their class probabilities (as multi-view segmenters such as FastSurfer aggregate theirs): ``view_scores``,
+whose argmax is the labels. Used alike by the evaluate stage, ``predict`` and the benches."""
 
 from __future__ import annotations
 
@@ -51,22 +51,11 @@ def predict_planes(segment: Segmenter, brain: np.ndarray, mask: np.ndarray, size
     return np.zeros(brain.shape, np.uint8) if out is None else out
 
 
-def predict_views(labels: Segmenter, probabilities: Callable[[str], Segmenter], brain: np.ndarray,
-                  mask: np.ndarray, size: int, views: Sequence[str], label: str = "") -> np.ndarray:
-    """The labels (uint8, the brain's RAS grid) of every plane of the brain in each of ``views``: axial alone:
-    the model's labels as it gives them; otherwise each view's class probabilities (``probabilities(view)``: the model's
-    segmenter of probabilities for that view's slices) summed, then the likeliest class."""
-    if list(views) == ["axial"]:
-        return predict_planes(labels, brain, mask, size, label=label)
-    if not mask.any():
-        return np.zeros(brain.shape, np.uint8)
-    return np.argmax(view_scores(probabilities, brain, mask, size, views, label), axis=-1).astype(np.uint8)
-
-
 def view_scores(probabilities: Callable[[str], Segmenter], brain: np.ndarray, mask: np.ndarray, size: int,
                 views: Sequence[str], label: str = "") -> np.ndarray:
     """The class probabilities of every plane of the brain in each of ``views``, summed: the brain's RAS grid x
-    classes (float32; 0 on planes without brain)."""
+    classes (float32; 0 on planes without brain; a mask without brain: 0 labels, the brain's shape). Their
+    argmax is the fused labels; ``pipeline.imaging.grids.scores_on_grid`` takes them to another grid."""
     total = None
     for view in views:
         scores = from_view(predict_planes(probabilities(view), in_view(brain, view), in_view(mask, view), size,
