@@ -139,11 +139,9 @@ def height_parts(tissue: np.ndarray, parts: int = HEIGHT_PARTS) -> list[slice]:
 
 
 def scores(kind: str, case: str, truth: np.ndarray, labels: np.ndarray, band: np.ndarray,
-           parts: list[slice], scored: np.ndarray | None = None) -> list[dict]:
+           parts: list[slice]) -> list[dict]:
     """Dice of ``labels`` against ``truth`` (same grid) over the whole volume (``kind``), on the band's planes
-    (``kind_band``) and per height part (``kind_height``, with ``part``: 1 the lowest); only within ``scored``
-    where it is given."""
-    truth, labels = within(scored, truth, labels)
+    (``kind_band``) and per height part (``kind_height``, with ``part``: 1 the lowest)."""
     return [{"kind": kind, "case": case, **dice_per_tissue(truth, labels)},
             *part_scores(kind, case, truth, labels, band, parts)]
 
