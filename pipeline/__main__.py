@@ -376,8 +376,9 @@ def parser() -> argparse.ArgumentParser:
     cross.add_argument("--reference-scheme", choices=["table", "freesurfer"], default="table",
                        help="how the reference labels name tissues (evaluate.reference_scheme)")
     cross.add_argument("--conditions", nargs="+",
-                       help="clean, <axial|coronal>-<mm>mm (thick slices), bias, noise (default: clean, axial and "
-                            "coronal 3 and 5 mm, bias, noise)")
+                       help="clean, <axial|coronal>-<mm>mm (thick slices), <axial|coronal>-<mm>mm-grid (a grid of "
+                            "thick slices), bias, noise (default: clean, axial and coronal 3 and 5 mm, "
+                            "coronal-1.5mm-grid, bias, noise)")
     cross.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
                        help="where the test heads are predicted")
     cross.add_argument("--workdir", help="the study's folder, reused between runs (default: a new temporary one)")

@@ -76,3 +76,42 @@ def test_a_degraded_copy_belongs_to_its_source_head_not_to_its_subject_label(hea
     thick = [nib.load(copy).get_fdata(dtype=np.float32) for copy in copies[:2]]
     assert np.allclose(thick[0], degrade(nib.load(first), "axial-3mm", np.random.default_rng(0)), atol=1e-4)
     assert slice_axis(head.affine, "axial") != 0 and np.allclose(thick[1][::-1], thick[0])  # of its own head
+
+
+def test_a_head_on_thick_slices_of_its_own_keeps_its_extent_and_its_raters_tissues_their_volumes(head, oasis: Path):
+    """``coronal-1.5mm-grid``: a real OASIS head on 1.5 mm coronal slices, as IBSR's heads are; its manual labels
+    carried there as raters on that grid would draw them."""
+    from pipeline.apps.bench_cross_site import SiteHead, on_thick_slices, reference_on
+    from pipeline.core.labels import GM, WM
+    from pipeline.evaluation.references import reference_tissues
+
+    thick = on_thick_slices(head, "coronal-1.5mm-grid")
+    axis = slice_axis(head.affine, "coronal")
+    assert thick.shape[axis] == int(np.ceil(head.shape[axis] / 1.5))
+    assert [n for a, n in enumerate(thick.shape) if a != axis] == [n for a, n in enumerate(head.shape) if a != axis]
+    start = np.zeros(3)
+    start[axis] = -0.5  # the outer face of the first slice
+    assert np.allclose(nib.affines.apply_affine(thick.affine, start), nib.affines.apply_affine(head.affine, start))
+    data = head.get_fdata(dtype=np.float32)
+    assert abs(thick.get_fdata().sum() * 1.5 / data.sum() - 1) < 0.01  # each slice the average of what it spans
+    root = oasis / "derivatives" / "manual"
+    reference = np.asarray(reference_tissues(root / "sub-1000/anat/sub-1000_dseg.nii.gz", root, "table",
+                                             "1000").dataobj)
+    site = SiteHead("1000", oasis / "sub-1000/anat/sub-1000_T1w.nii.gz", reference, None)
+    assert reference_on(site, head)[1] is reference  # the head's own grid: as drawn
+    scored, carried = reference_on(site, thick)
+    assert scored is None and carried.shape == thick.shape
+    for tissue in (GM, WM):
+        assert abs((carried == tissue).sum() * 1.5 / (reference == tissue).sum() - 1) < 0.03, tissue
+
+
+def test_an_unknown_condition_stops_the_benchmark_before_it_trains(tmp_path: Path):
+    from pipeline.apps.bench_cross_site import CONDITION, CONDITIONS, benchmark
+    from pipeline.core.io import InputError
+
+    assert all(CONDITION.match(condition) for condition in CONDITIONS)
+    with pytest.raises(InputError, match=r"unknown condition\(s\) sagittal-3mm, coronal-grid:"):
+        benchmark(tmp_path, tmp_path, tmp_path, tmp_path / "work", train_subjects=[], test_subjects=[],
+                  train_test_fraction=0.3, conditions=["clean", "sagittal-3mm", "coronal-grid", "axial-1.5mm-grid"],
+                  scheme="table", device="cpu", overrides=[])
+    assert not (tmp_path / "work").exists()

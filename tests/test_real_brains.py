@@ -26,7 +26,7 @@ COMBO = "hmrf-deepbet"
 # A CI-sized version of the default CPU profile: the same network at the default batch, a fraction of its iterations.
 PROFILE = {"epochs": 10, "iterations_per_epoch": 20, "val_iterations_per_epoch": 2, "batch_size": 2,
            "base_features": 16}
-CONDITIONS = ["clean", "coronal-3mm"]
+CONDITIONS = ["clean", "coronal-3mm", "coronal-1.5mm-grid"]
 # the session's study was made with tiny_study's settings: the same ones, so that DVC takes its stages as done
 TINY_OVERRIDES = [arg for key, value in TINY_SETTINGS.items() for arg in ("-S", f"{key}={value}")]
 VOXEL_MM = TINY_SETTINGS["harmonize.voxel_size_mm"]
@@ -37,7 +37,8 @@ def cross_site(tmp_path_factory, upstream_study: Path, ds000011: Path, oasis: Pa
     """``bench cross-site`` in a copy of the session's study (tests/conftest.py: ds000011 sub-01 and sub-02, one
     held out, segmented): DVC takes its stages up to segmentation as done, so only synthesis, a longer training and
     evaluation run; then its model scores an oasis-manual head against its manual labels, clean and with 3 mm
-    coronal slices. One study serves every test here (the other degradations: tests/test_bench_cross_site.py)."""
+    coronal slices, and on 1.5 mm coronal slices of its own grid. One study serves every test here (the other
+    degradations: tests/test_bench_cross_site.py)."""
     workdir = copy_study(upstream_study, tmp_path_factory.mktemp("real-brains") / "study")
     result = subprocess.run([sys.executable, "-m", "pipeline", "bench", "cross-site", "--train-root", str(ds000011),
                              "--train-subjects", *UPSTREAM_SUBJECTS, "--train-test-fraction", "0.5",
@@ -118,3 +119,7 @@ def test_the_model_scores_another_sites_heads_against_manual_labels_clean_and_de
     clean = nib.load(oasis / "sub-1000" / "anat" / "sub-1000_T1w.nii.gz")
     labels = nib.load(work / COMBO / "coronal-3mm" / "sub-1000_dseg.nii.gz")
     assert labels.shape == clean.shape and np.allclose(labels.affine, clean.affine, atol=1e-4)
+    thick = nib.load(work / COMBO / "coronal-1.5mm-grid" / "sub-1000_dseg.nii.gz")  # a grid of its own
+    axis = int(np.argmax(np.abs(clean.affine[1, :3])))  # the voxel axis along anterior-posterior
+    assert thick.shape[axis] == int(np.ceil(clean.shape[axis] / 1.5))
+    assert np.isclose(np.linalg.norm(thick.affine[:3, axis]), 1.5)

@@ -7,11 +7,15 @@ this project's code; default ``ds000011``: heads with skull, another scanner). E
 own harmonization and stripping, as any new head), clean and in each degraded condition, and is scored over the
 whole head in 3D against its reference labels: Dice per tissue, the mean over heads with a 95 % bootstrap
 interval over heads, and each condition's loss against the clean heads. A degraded head keeps the clean head's
-grid, so the clean head's labels score it:
+grid, so the clean head's labels score it, except on a grid of its own (``-grid``):
 
 - ``axial-3mm``, ``coronal-5mm``, ...: thick slices, the head averaged over blocks of that thickness along the
   superior (axial slices) or anterior (coronal) axis, as a thick-slice acquisition integrates, then linearly
   interpolated back to the grid, as such a scan is upsampled for segmentation;
+- ``coronal-1.5mm-grid``, ...: a head acquired and kept on thicker slices (IBSR's heads: 1.5 mm coronal): the
+  head on a grid whose voxels are that thick along the slices' axis, each the average over its extent
+  (``pipeline.imaging.grids.averaged_on_grid``); its reference carried there as raters on that grid would draw
+  it, each voxel the tissue that fills most of it, and scored there, where ``predict`` writes its labels;
 - ``bias``: a smooth multiplicative field, exp of a Gaussian field (``BIAS_LOG_SD``) on a 4 x 4 x 4 grid,
   cubic-interpolated over the head (N4 in harmonization has to undo it);
 - ``noise``: Rician noise, sd ``NOISE_SHARE`` of the head's 99th-percentile intensity.
@@ -25,6 +29,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import re
 import sys
 import tempfile
 import time
@@ -39,10 +44,12 @@ from scipy import ndimage
 from pipeline.apps.bench_real import benchmark as train_study
 from pipeline.apps.predict import segment_head_file
 from pipeline.core.config import Precision, parse_config
-from pipeline.core.io import save_nifti, write_tsv
+from pipeline.core.io import InputError, save_nifti, write_tsv
+from pipeline.core.labels import one_hot
 from pipeline.evaluation.compare import mean_ci95
 from pipeline.evaluation.dice import dice_per_tissue
 from pipeline.evaluation.references import reference_file, reference_on_grid, within
+from pipeline.imaging.grids import averaged_on_grid, scores_on_grid
 from pipeline.nnunet.models import TrainingRecord
 from pipeline.nnunet.predictor import SlicePredictor
 from pipeline.runtime.devices import torch_device
@@ -53,8 +60,10 @@ log = logging.getLogger("pipeline")
 SHARED_DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
 TRAIN_ROOT = SHARED_DATA / "ds000011"
 TEST_ROOT = SHARED_DATA / "oasis-manual"
-CONDITIONS = ("clean", "axial-3mm", "axial-5mm", "coronal-3mm", "coronal-5mm", "bias", "noise")
+CONDITIONS = ("clean", "axial-3mm", "axial-5mm", "coronal-3mm", "coronal-5mm", "coronal-1.5mm-grid", "bias",
+              "noise")
 SLICE_AXES = {"axial": "S", "coronal": "A"}  # the world direction a view's slices are stacked along
+CONDITION = re.compile(r"^(clean|bias|noise|(?P<view>axial|coronal)-(?P<mm>\d+(\.\d+)?)mm(?P<grid>-grid)?)$")
 OPPOSITE = {"S": "I", "A": "P"}
 BIAS_LOG_SD = 0.3  # sd of the log bias field: lab2im's bias_field_std, a strong but plausible field
 NOISE_SHARE = 0.04  # noise sd / the head's 99th percentile
@@ -101,6 +110,21 @@ def degrade(image: nib.Nifti1Image, condition: str, rng: np.random.Generator) ->
     return thick_slices(data, axis, max(1, round(float(thickness[:-2]) / voxel)))
 
 
+def on_thick_slices(image: nib.Nifti1Image, condition: str) -> nib.Nifti1Image:
+    """The head on a grid of its own (``<view>-<mm>mm-grid``): voxels ``mm`` thick along the view's slice axis,
+    the in-plane voxels as they are; each the head's average over its extent."""
+    parts = CONDITION.match(condition)
+    axis = slice_axis(image.affine, parts["view"])
+    scale = float(parts["mm"]) / float(np.linalg.norm(image.affine[:3, axis]))
+    affine = image.affine.copy()
+    affine[:3, axis] *= scale
+    affine[:3, 3] += image.affine[:3, axis] * (scale - 1) / 2  # the first slice starts where the head does
+    shape = list(image.shape[:3])
+    shape[axis] = int(np.ceil(shape[axis] / scale))
+    return nib.Nifti1Image(averaged_on_grid(image.get_fdata(dtype=np.float32), image.affine, tuple(shape), affine),
+                           affine)
+
+
 def degraded_head(path: Path, case: str, condition: str, folder: Path) -> Path:
     """The head file ``condition`` scores: the clean one itself, or its degraded copy (written once, in a folder
     named by a digest of its path: a work folder reused for another test site never scores the first's copy)."""
@@ -110,8 +134,12 @@ def degraded_head(path: Path, case: str, condition: str, folder: Path) -> Path:
     target = folder / condition / path_digest / f"sub-{case}_T1w.nii.gz"
     if not target.is_file():
         image = nib.load(path)
-        rng = np.random.default_rng([*condition.encode(), 0, *case.encode()])
-        save_nifti(degrade(image, condition, rng).astype(np.float32), image.affine, target)
+        if condition.endswith("-grid"):
+            moved = on_thick_slices(image, condition)
+            save_nifti(moved.get_fdata(dtype=np.float32), moved.affine, target)
+        else:
+            rng = np.random.default_rng([*condition.encode(), 0, *case.encode()])
+            save_nifti(degrade(image, condition, rng).astype(np.float32), image.affine, target)
     return target
 
 
@@ -124,18 +152,30 @@ def score_site(model_dir: Path, heads: list[SiteHead], conditions: list[str], wo
                                        torch_device(device), False, precision=precision)
     rows = []
     with tempfile.TemporaryDirectory(prefix="cross-site-") as tmp:
-        for case, path, reference, scored in heads:
+        for head in heads:
             for condition in conditions:
                 start = time.monotonic()
-                source = degraded_head(path, case, condition, work / "heads")
+                source = degraded_head(head.path, head.case, condition, work / "heads")
                 output = work / f"{record.segmenter}-{record.stripper}" / condition
                 predicted = segment_head_file(source, model, record, output, Path(tmp), "brain", allow_non_t1=True)
-                labels = np.asarray(nib.load(output / f"{predicted['case']}_dseg.nii.gz").dataobj)
-                dice = dice_per_tissue(*within(scored, reference, labels))
-                rows.append({"case": case, "condition": condition, **{k: round(v, 4) for k, v in dice.items()},
+                labels = nib.load(output / f"{predicted['case']}_dseg.nii.gz")
+                dice = dice_per_tissue(*within(*reference_on(head, labels), np.asarray(labels.dataobj)))
+                rows.append({"case": head.case, "condition": condition, **{k: round(v, 4) for k, v in dice.items()},
                              "seconds": round(time.monotonic() - start, 1)})
-                log.info("cross-site sub-%s %s: %s", case, condition, rows[-1])
+                log.info("cross-site sub-%s %s: %s", head.case, condition, rows[-1])
     return rows
+
+
+def reference_on(head: SiteHead, grid: nib.Nifti1Image) -> tuple[np.ndarray | None, np.ndarray]:
+    """Where the head's reference is scored on ``grid`` and its tissues there: as they are on the head's own grid;
+    on another (a ``-grid`` condition's), each voxel the tissue that fills most of it, as raters would draw it."""
+    own = nib.load(head.path)
+    if grid.shape[:3] == own.shape[:3] and np.allclose(grid.affine, own.affine, atol=1e-4):
+        return head.scored, head.reference
+    shape = grid.shape[:3]
+    scored = None if head.scored is None else \
+        scores_on_grid(one_hot(head.scored.astype(np.uint8))[..., :2], own.affine, shape, grid.affine) > 0
+    return scored, scores_on_grid(one_hot(head.reference), own.affine, shape, grid.affine)
 
 
 def summarise(rows: list[dict], conditions: list[str]) -> dict:
@@ -182,6 +222,10 @@ def benchmark(train_root: Path, test_root: Path, reference: Path, workdir: Path,
               test_subjects: list[str], train_test_fraction: float, conditions: list[str], scheme: str,
               device: str, overrides: list[str]) -> dict:
     start = time.monotonic()
+    unknown = [condition for condition in conditions if not CONDITION.match(condition)]
+    if unknown:  # before training
+        raise InputError(f"bench cross-site: unknown condition(s) {', '.join(unknown)}: clean, bias, noise, "
+                         "<axial|coronal>-<mm>mm or <axial|coronal>-<mm>mm-grid")
     heads = site_heads(test_root, reference, scheme, test_subjects)  # before training: a bad folder stops at once
     trained = train_study(train_root, None, train_subjects, train_test_fraction, workdir, overrides)
     params = parse_config(yaml.safe_load((workdir / "params.yaml").read_text()), "bench cross-site")

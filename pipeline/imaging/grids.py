@@ -9,6 +9,8 @@ resampling misses.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import nibabel as nib
 import numpy as np
 from nibabel.processing import resample_from_to
@@ -36,28 +38,47 @@ def labels_on_grid(labels: nib.spatialimages.SpatialImage, grid: nib.spatialimag
 def scores_on_grid(scores: np.ndarray, affine: np.ndarray, shape: tuple[int, ...], target_affine: np.ndarray
                    ) -> np.ndarray:
     """The likeliest class (uint8) of each voxel of another grid (``shape``, ``target_affine``), from class scores
-    ``(X, Y, Z, C)`` on ``affine``'s grid: each class's scores averaged over the target voxel's footprint, then
-    the largest (a tie: the lower class); 0 outside the scores' field of view. As nnU-Net and SynthSeg bring
-    probabilities, not labels, back to the input's resolution: a 1.5 mm slice takes the tissue that fills most of
-    it, not the one at its centre. The footprint is a Gaussian with the variance of the target voxel's box along
-    each score axis, less the score voxel's own; then linear interpolation at its centre. On a grid that is the
-    scores' own, flipped or shifted by whole voxels, every label is the scores' own argmax."""
-    shape = tuple(int(n) for n in shape)
-    to_scores = np.linalg.inv(affine) @ target_affine
-    # a box with edges M[:, j] has variance sum_j M_ij^2 / 12 along score axis i; a score voxel already holds 1/12
-    sigma = np.sqrt(np.maximum((to_scores[:3, :3] ** 2).sum(axis=1) - 1.0, 0.0) / 12.0)
-    classes = [ndimage.gaussian_filter(scores[..., c], sigma) if sigma.any() else scores[..., c]
-               for c in range(scores.shape[-1])]
-    out = np.zeros(shape, np.uint8)
+    ``(X, Y, Z, C)`` on ``affine``'s grid, each averaged over the target voxel (``footprints``); a tie: the lower
+    class; 0 outside the scores' field of view. As nnU-Net and SynthSeg bring probabilities, not labels, back to
+    the input's resolution: a 1.5 mm slice takes the tissue that fills most of it, not the one at its centre. On a
+    grid that is the scores' own, flipped or shifted by whole voxels, every label is the scores' own argmax."""
+    out = np.zeros(tuple(int(n) for n in shape), np.uint8)
+    for planes, inside, sampled in footprints(scores, affine, out.shape, target_affine):
+        block = np.zeros(inside.shape, np.uint8)
+        block[inside] = np.argmax(sampled, axis=-1)
+        out[:, :, planes] = block.reshape(*out.shape[:2], len(planes))
+    return out
+
+
+def averaged_on_grid(values: np.ndarray, affine: np.ndarray, shape: tuple[int, ...], target_affine: np.ndarray
+                     ) -> np.ndarray:
+    """An image (``(X, Y, Z)``) on another grid, each target voxel the average over its extent (``footprints``;
+    0 outside): the intensities an acquisition on that grid records."""
+    out = np.zeros(tuple(int(n) for n in shape), np.float32)
+    for planes, inside, sampled in footprints(values[..., None], affine, out.shape, target_affine):
+        block = np.zeros(inside.shape, np.float32)
+        block[inside] = sampled[:, 0]
+        out[:, :, planes] = block.reshape(*out.shape[:2], len(planes))
+    return out
+
+
+def footprints(values: np.ndarray, affine: np.ndarray, shape: tuple[int, ...], target_affine: np.ndarray
+               ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Channels ``(X, Y, Z, C)`` on ``affine``'s grid averaged over each voxel of another grid, a few of its planes
+    at a time (bounded memory): (those planes, which of their voxels lie in the values' field of view, the averages
+    there, (N, C)). The average is a Gaussian with the variance of the target voxel's box along each axis, less
+    a source voxel's own, then linear interpolation at its centre."""
+    to_values = np.linalg.inv(affine) @ target_affine
+    # a box with edges M[:, j] has variance sum_j M_ij^2 / 12 along source axis i; a source voxel holds 1/12 already
+    sigma = np.sqrt(np.maximum((to_values[:3, :3] ** 2).sum(axis=1) - 1.0, 0.0) / 12.0)
+    channels = [ndimage.gaussian_filter(values[..., c], sigma) if sigma.any() else values[..., c]
+                for c in range(values.shape[-1])]
+    last = np.array(values.shape[:3])[:, None] - 1
     for first in range(0, shape[2], TARGET_PLANES_PER_PASS):
         planes = np.arange(first, min(first + TARGET_PLANES_PER_PASS, shape[2]))
         ijk = np.stack(np.meshgrid(np.arange(shape[0]), np.arange(shape[1]), planes, indexing="ij")).reshape(3, -1)
-        coords = to_scores[:3, :3] @ ijk + to_scores[:3, 3:]
-        last = np.array(scores.shape[:3])[:, None] - 1
-        inside = np.all((coords > -0.5) & (coords < last + 0.5), axis=0)  # nearer a score voxel than outside
+        coords = to_values[:3, :3] @ ijk + to_values[:3, 3:]
+        inside = np.all((coords > -0.5) & (coords < last + 0.5), axis=0)  # nearer a source voxel than outside
         on_grid = np.clip(coords[:, inside], 0, last)  # rounding error at the edge planes stays inside
-        sampled = np.stack([ndimage.map_coordinates(scores_c, on_grid, order=1) for scores_c in classes], axis=-1)
-        block = np.zeros(inside.shape, np.uint8)
-        block[inside] = np.argmax(sampled, axis=-1)
-        out[:, :, planes] = block.reshape(shape[0], shape[1], len(planes))
-    return out
+        yield planes, inside, np.stack([ndimage.map_coordinates(channel, on_grid, order=1) for channel in channels],
+                                       axis=-1)
