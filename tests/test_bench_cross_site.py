@@ -97,7 +97,7 @@ def test_a_head_on_thick_slices_of_its_own_keeps_its_extent_and_its_raters_tissu
     root = oasis / "derivatives" / "manual"
     reference = np.asarray(reference_tissues(root / "sub-1000/anat/sub-1000_dseg.nii.gz", root, "table",
                                              "1000").dataobj)
-    site = SiteHead("1000", oasis / "sub-1000/anat/sub-1000_T1w.nii.gz", reference, None)
+    site = SiteHead("1000", oasis / "sub-1000/anat/sub-1000_T1w.nii.gz", head, reference, None)
     assert reference_on(site, head)[1] is reference  # the head's own grid: as drawn
     scored, carried = reference_on(site, thick)
     assert scored is None and carried.shape == thick.shape

@@ -175,7 +175,7 @@ def test_a_reference_drawn_every_fourth_plane_is_scored_on_those_planes_only(oas
     map scores 1 on the planes drawn, not the ~0.4 that counting the undrawn planes as background would give,
     also once carried onto the pipeline's cropped 1 mm RAS grid as evaluation carries it."""
     from pipeline.evaluation.dice import dice_per_tissue
-    from pipeline.evaluation.references import drawn_planes, reference_on_grid, within
+    from pipeline.evaluation.references import drawn_planes, read_reference, within
 
     root = oasis / "derivatives" / "manual"
     whole = reference_tissues(root / "sub-1000" / "anat" / "sub-1000_dseg.nii.gz", root, "table", "1000")
@@ -199,7 +199,7 @@ def test_a_reference_drawn_every_fourth_plane_is_scored_on_those_planes_only(oas
     ras = to_ras_isotropic(nib.load(oasis / "sub-1000" / "anat" / "sub-1000_T1w.nii.gz"), 1.0)
     grid = nib.Nifti1Image(*crop(ras.get_fdata(dtype=np.float32), ras.affine,
                                  tuple(slice(10, n - 10) for n in ras.shape)))
-    reference, scored_on_grid = reference_on_grid(path, tmp_path, "table", "1000", grid)
+    reference, scored_on_grid = read_reference(path, tmp_path, "table", "1000").on_grid(grid)
     truth = on_grid(whole, grid)
     assert dice_per_tissue(reference, truth)["GM"] < 0.5
     for tissue in ("GM", "WM"):

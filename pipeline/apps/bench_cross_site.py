@@ -48,7 +48,7 @@ from pipeline.core.io import InputError, save_nifti, write_tsv
 from pipeline.core.labels import one_hot
 from pipeline.evaluation.compare import mean_ci95
 from pipeline.evaluation.dice import dice_per_tissue
-from pipeline.evaluation.references import reference_file, reference_on_grid, within
+from pipeline.evaluation.references import read_reference, reference_file, within
 from pipeline.imaging.grids import averaged_on_grid, scores_on_grid
 from pipeline.nnunet.models import TrainingRecord
 from pipeline.nnunet.predictor import SlicePredictor
@@ -102,12 +102,12 @@ def degrade(image: nib.Nifti1Image, condition: str, rng: np.random.Generator) ->
     if condition == "noise":
         sd = NOISE_SHARE * float(np.percentile(data[data > 0], 99))
         return np.hypot(data + rng.normal(0, sd, data.shape), rng.normal(0, sd, data.shape))  # Rician
-    view, _, thickness = condition.partition("-")
-    if view not in SLICE_AXES or not thickness.endswith("mm"):
+    parts = CONDITION.match(condition)
+    if parts is None or not parts["view"] or parts["grid"]:
         raise ValueError(f"unknown condition {condition!r}: one of {', '.join(CONDITIONS)}, or <view>-<mm>mm")
-    axis = slice_axis(image.affine, view)
+    axis = slice_axis(image.affine, parts["view"])
     voxel = float(np.linalg.norm(image.affine[:3, axis]))
-    return thick_slices(data, axis, max(1, round(float(thickness[:-2]) / voxel)))
+    return thick_slices(data, axis, max(1, round(float(parts["mm"]) / voxel)))
 
 
 def on_thick_slices(image: nib.Nifti1Image, condition: str) -> nib.Nifti1Image:
@@ -134,7 +134,7 @@ def degraded_head(path: Path, case: str, condition: str, folder: Path) -> Path:
     target = folder / condition / path_digest / f"sub-{case}_T1w.nii.gz"
     if not target.is_file():
         image = nib.load(path)
-        if condition.endswith("-grid"):
+        if (parts := CONDITION.match(condition)) and parts["grid"]:  # else degrade() names a bad condition
             moved = on_thick_slices(image, condition)
             save_nifti(moved.get_fdata(dtype=np.float32), moved.affine, target)
         else:
@@ -169,12 +169,12 @@ def score_site(model_dir: Path, heads: list[SiteHead], conditions: list[str], wo
 def reference_on(head: SiteHead, grid: nib.Nifti1Image) -> tuple[np.ndarray | None, np.ndarray]:
     """Where the head's reference is scored on ``grid`` and its tissues there: as they are on the head's own grid;
     on another (a ``-grid`` condition's), each voxel the tissue that fills most of it, as raters would draw it."""
-    own = nib.load(head.path)
+    own = head.image
     if grid.shape[:3] == own.shape[:3] and np.allclose(grid.affine, own.affine, atol=1e-4):
         return head.scored, head.reference
     shape = grid.shape[:3]
-    scored = None if head.scored is None else \
-        scores_on_grid(one_hot(head.scored.astype(np.uint8))[..., :2], own.affine, shape, grid.affine) > 0
+    scored = None if head.scored is None else scores_on_grid(
+        np.stack([~head.scored, head.scored], axis=-1).astype(np.float32), own.affine, shape, grid.affine) == 1
     return scored, scores_on_grid(one_hot(head.reference), own.affine, shape, grid.affine)
 
 
@@ -199,6 +199,7 @@ class SiteHead(NamedTuple):
 
     case: str
     path: Path  # the head file
+    image: nib.Nifti1Image  # the head (its header: the grid its reference is on)
     reference: np.ndarray  # its reference tissues, on the head's grid
     scored: np.ndarray | None  # where they are scored (a sparse reference's drawn planes; None: every voxel)
 
@@ -211,8 +212,9 @@ def site_heads(root: Path, reference: Path, scheme: str, subjects: list[str]) ->
         if labels is None:
             log.warning("bench cross-site: sub-%s has no reference labels under %s; skipped", scan.case, reference)
             continue
-        heads.append(SiteHead(scan.case, scan.path, *reference_on_grid(labels, reference, scheme, scan.case,
-                                                                      nib.load(scan.path))))
+        image = nib.load(scan.path)
+        heads.append(SiteHead(scan.case, scan.path, image,
+                              *read_reference(labels, reference, scheme, scan.case).on_grid(image)))
     if not heads:
         raise SystemExit(f"bench cross-site: no head under {root} has reference labels under {reference}")
     return heads

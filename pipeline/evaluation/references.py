@@ -205,13 +205,6 @@ def read_reference(path: Path, root: Path, scheme: str, case: str) -> Reference:
     return Reference(tissues, drawn)
 
 
-def reference_on_grid(path: Path, root: Path, scheme: str, case: str, grid: nib.Nifti1Image
-                      ) -> tuple[np.ndarray, np.ndarray | None]:
-    """A case's reference tissues on ``grid``, and where they are scored there (None: everywhere; a reference
-    drawn on some planes only: those planes, ``drawn_planes``)."""
-    return read_reference(path, root, scheme, case).on_grid(grid)
-
-
 @functools.cache
 def warn_sparse(case: str, path: Path) -> None:
     """Said once a run, however often the head is loaded (per seed, for the teacher, for the report)."""
