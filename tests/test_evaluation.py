@@ -199,3 +199,25 @@ def test_a_heads_sparse_reference_scores_the_model_and_the_teacher_on_its_planes
     assert volumes["reference_GM_ml"] is None and volumes["model_GM_ml"] > 0
     whole = dataclasses.replace(head, native=head.native._replace(drawn=None))
     assert volumes_row(whole, prediction)["reference_GM_ml"] is not None
+
+
+def test_a_references_left_out_labels_count_for_neither_side_and_leave_its_volumes_unknown():
+    """A reference with a label left out of the scoring (MRBrainS' "cerebellum"): the model's and the teacher's
+    labels there count neither way; the reference's whole-brain volumes are n/a; it is not a sparse reference."""
+    reference = np.zeros((10, 12, 14), np.uint8)
+    reference[2:8, 3:9, 4:8], reference[2:8, 3:9, 8:12] = GM, WM
+    left_out = np.zeros(reference.shape, bool)
+    left_out[:, :, 7] = True  # head plane 7, where the prediction below is wrong
+    head = dataclasses.replace(made_up_head(reference), native=Reference(
+        nib.Nifti1Image(np.where(left_out, 0, reference).astype(np.uint8), HEAD), None, left_out))
+    prediction = head.teacher.copy()
+    prediction[:, :, 3][prediction[:, :, 3] == GM] = WM
+    rows = {row["kind"]: row for row in score_head(head, prediction, EvaluateConfig()) if "part" not in row}
+    # GM on planes 4-6 (32 of 36 voxels each: the CSF column), WM on planes 8-11 the same
+    assert rows["external"]["GM"] == pytest.approx(2 * 3 * 32 / (3 * 36 + 3 * 32))
+    assert rows["external"]["WM"] == pytest.approx(2 * 4 * 32 / (4 * 36 + 4 * 32))
+    scored_all = dataclasses.replace(head, native=Reference(head.native.tissues, None))
+    assert {row["kind"]: row for row in score_head(scored_all, prediction, EvaluateConfig())
+            if "part" not in row}["external"]["WM"] < rows["external"]["WM"]  # plane 7's WM counted against it
+    assert not head.native.whole and volumes_row(head, prediction)["reference_GM_ml"] is None
+    assert volumes_row(scored_all, prediction)["reference_GM_ml"] is not None

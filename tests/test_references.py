@@ -67,6 +67,10 @@ def test_freesurfer_labels_of_a_real_synthseg_map_map_like_the_segmenters(tmp_pa
     tissues = np.asarray(reference_tissues(path, tmp_path, "freesurfer", "07").dataobj)
     assert np.array_equal(tissues, remap(np.asarray(image.dataobj)))
     assert {GM, WM, CSF} <= set(np.unique(tissues).tolist())
+    legacy = np.asarray(image.dataobj).copy()  # the thalamus as older FreeSurfer versions and CMA number it
+    assert (legacy == 10).any() and (legacy == 49).any()
+    legacy[legacy == 10], legacy[legacy == 49] = 9, 48
+    assert np.array_equal(remap(legacy), tissues)
 
 
 def test_the_reference_without_desc_is_chosen_and_two_plain_ones_are_refused(tmp_path: Path):
@@ -204,3 +208,65 @@ def test_a_reference_drawn_every_fourth_plane_is_scored_on_those_planes_only(oas
     assert dice_per_tissue(reference, truth)["GM"] < 0.5
     for tissue in ("GM", "WM"):
         assert dice_per_tissue(*within(scored_on_grid, reference, truth))[tissue] > 0.99
+
+
+MRBRAINS18 = {0: "Background", 1: "Cortical gray matter", 2: "Basal ganglia", 3: "White matter",
+              4: "White matter lesions", 5: "Cerebrospinal fluid in the extracerebral space", 6: "Ventricles",
+              7: "Cerebellum", 8: "Brain stem", 9: "Infarction", 10: "Other"}
+
+
+def test_mrbrains_labels_that_are_no_one_tissue_are_left_out_of_the_scoring(oasis: Path, tmp_path: Path,
+                                                                           caplog: pytest.LogCaptureFixture):
+    """A real OASIS manual map renumbered as MRBrainS18 labels its maps, with its lowest sixth of brain drawn as
+    "Cerebellum" (GM and WM in one label) and a blob as "Other": a prediction wrong only there scores 1, on the
+    raters' grid and carried to the pipeline's cropped 1 mm RAS grid; the same labels as background would not."""
+    from pipeline.evaluation.dice import dice_per_tissue
+    from pipeline.evaluation.references import read_reference, within
+
+    root = oasis / "derivatives" / "manual"
+    whole = reference_tissues(root / "sub-1000" / "anat" / "sub-1000_dseg.nii.gz", root, "table", "1000")
+    truth = np.asarray(whole.dataobj)
+    renumbered = np.select([truth == GM, truth == WM, truth == CSF], [1, 3, 6], 0).astype(np.uint8)
+    axis = int(np.argmax(np.abs(whole.affine[2, :3])))  # the voxel axis along inferior-superior
+    heights = np.flatnonzero(truth.any(axis=tuple(a for a in range(3) if a != axis)))
+    low = heights[0] + (heights[-1] - heights[0]) // 6
+    lowest = np.zeros(truth.shape, bool)
+    lowest[tuple(slice(None, low) if a == axis else slice(None) for a in range(3))] = True
+    if whole.affine[2, axis] < 0:  # the axis runs downwards: its highest indices are the lowest planes
+        lowest = np.flip(lowest, axis)
+    cerebellum = lowest & (truth > 0)
+    other = np.zeros(truth.shape, bool)
+    centre = np.argwhere(truth == WM).mean(axis=0).astype(int)
+    other[tuple(slice(c - 4, c + 4) for c in centre)] = True
+    renumbered[cerebellum], renumbered[other] = 7, 10
+    path = derivative(tmp_path, "1000", renumbered, whole.affine, MRBRAINS18)
+
+    reference = read_reference(path, tmp_path, "table", "1000")
+    assert "left out of the scoring" in caplog.text and "sub-1000" in caplog.text
+    assert not reference.whole and reference.drawn is None
+    assert np.array_equal(reference.left_out, cerebellum | other)
+    wrong = np.where(cerebellum | other, GM, truth)  # the model's labels: right, but GM all over the left-out parts
+    kept = np.asarray(reference.tissues.dataobj)
+    assert dice_per_tissue(np.where(cerebellum | other, 0, truth), wrong)["GM"] < 0.98
+    for tissue in ("GM", "WM"):
+        assert dice_per_tissue(*within(reference.scored, kept, wrong))[tissue] == 1.0
+
+    ras = to_ras_isotropic(nib.load(oasis / "sub-1000" / "anat" / "sub-1000_T1w.nii.gz"), 1.0)
+    grid = nib.Nifti1Image(*crop(ras.get_fdata(dtype=np.float32), ras.affine,
+                                 tuple(slice(10, n - 10) for n in ras.shape)))
+    on_head, scored = reference.on_grid(grid)
+    wrong_on_head = on_grid(nib.Nifti1Image(wrong.astype(np.uint8), whole.affine), grid)
+    assert dice_per_tissue(on_head, wrong_on_head)["GM"] < 0.98
+    for tissue in ("GM", "WM"):
+        assert dice_per_tissue(*within(scored, on_head, wrong_on_head))[tissue] > 0.99
+
+
+def test_a_tables_hemisphere_names_map_to_their_tissue_and_a_structure_stays_an_error(tmp_path: Path):
+    path = derivative(tmp_path, "01", blocks(), np.eye(4),
+                      {5: "Left-Cerebral-Cortex", 6: "Right-Cerebral-White-Matter", 7: "Left-Lateral-Ventricle"})
+    tissues = np.asarray(reference_tissues(path, tmp_path, "table", "01").dataobj)
+    assert [int(tissues[k, 0, 0]) for k in (3, 9, 15)] == [GM, WM, CSF]
+    derivative(tmp_path, "01", blocks(), np.eye(4), {5: "GM", 6: "WM", 7: "Left-Thalamus"})
+    with pytest.raises(InputError, match=r"Left-Thalamus'\] are not GM, WM, CSF or background; rename them to their"
+                                         r" tissue, or to 'ignore'"):
+        reference_tissues(path, tmp_path, "table", "01")

@@ -44,6 +44,7 @@ FREESURFER_TO_TISSUE: dict[int, int] = {
     # Deep grey matter, as manual raters draw it. Thalamus: grey nuclei crossed by fibres; on T1 between GM and WM
     # (hmrf: ~60 % WM). Pallidum: myelinated and WM-bright on T1 (hmrf: 100 % WM), but a grey nucleus.
     10: GM, 49: GM,  # thalamus
+    9: GM, 48: GM,  # thalamus as older FreeSurfer versions and CMA's manual labels number it ("Left-Thalamus")
     13: GM, 52: GM,  # pallidum
     11: GM, 50: GM,  # caudate
     12: GM, 51: GM,  # putamen

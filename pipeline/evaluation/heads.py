@@ -74,7 +74,7 @@ class HeldOutHead:
 
     @property
     def scored(self) -> np.ndarray | None:
-        """A sparse reference's drawn planes on the head's grid (None: every voxel)."""
+        """Where the reference is scored, on the head's grid (``Reference.scored``; None: every voxel)."""
         return self._reference_on_head[1]
 
     def on_head(self, labels: np.ndarray) -> np.ndarray:
@@ -187,12 +187,13 @@ def against_reference(kind: str, head: HeldOutHead, prediction: np.ndarray, band
 
 def volumes_row(head: HeldOutHead, labels: np.ndarray) -> dict:
     """Whole-brain tissue volumes (mL) of the model's labels beside the teacher's and the reference's (n/a for a
-    reference drawn on some planes only: its whole-brain volume is not known)."""
+    reference drawn on some planes only, or with labels left out of the scoring: its whole-brain volumes are not
+    known)."""
     voxel_ml = voxel_volume_ml(head.brain.affine)
     row = {"participant_id": f"sub-{head.case}"}
     sources = [("model", labels, voxel_ml), ("teacher", head.teacher, voxel_ml)]
     if head.native is not None:
-        sources.append(("reference", None if head.native.drawn is not None else np.asarray(head.native.tissues.dataobj),
+        sources.append(("reference", np.asarray(head.native.tissues.dataobj) if head.native.whole else None,
                         voxel_volume_ml(head.native.tissues.affine)))
     for source, volume, ml in sources:
         volumes = None if volume is None else tissue_volumes(volume, ml)

@@ -4,7 +4,8 @@ Layout: ``<root>/sub-X[/ses-Y]/anat/sub-X[_ses-Y][_...]_dseg.nii.gz`` on the sub
 predictions are carried onto it in world space), and a label table: ``<file>.tsv`` beside the image or
 ``<root>/dseg.tsv`` (BIDS columns ``index`` and ``name``). ``evaluate.reference_scheme`` says how labels become tissues:
 
-- ``table``: by name; GM, WM, CSF and background (with the usual spellings, e.g. fMRIPrep's dseg);
+- ``table``: by name; GM, WM, CSF and background (with the usual spellings, e.g. fMRIPrep's dseg), and labels
+  that are no one tissue, left out of the scoring as MRBrainS leaves them out (``NOT_SCORED_NAMES``);
 - ``freesurfer``: the numbers are FreeSurfer lookup-table labels (aseg, SynthSeg, FastSurfer output),
   mapped by ``pipeline.core.labels`` (the table is then optional).
 """
@@ -22,7 +23,7 @@ import numpy as np
 
 from pipeline.core.bids import case_dir, entities, run_entities
 from pipeline.core.io import HEAD_SUFFIXES, InputError, load_nifti, read_tsv
-from pipeline.core.labels import BACKGROUND, CSF, GM, WM, UnknownLabel, remap
+from pipeline.core.labels import BACKGROUND, CSF, GM, WM, UnknownLabel, remap, voxel_volume_ml
 from pipeline.imaging.grids import labels_on_grid
 
 log = logging.getLogger("pipeline")
@@ -37,7 +38,8 @@ def name_key(name: str) -> str:
 # the usual spellings of tissue names in label tables (fMRIPrep's dseg, ITK-SNAP, MRBrainS, raters' own), mapped
 # as the pipeline's tissues define them and as pipeline.core.labels maps FreeSurfer's: deep grey matter (basal
 # ganglia) and cerebellar cortex are GM; cerebellar WM, brainstem and WM lesions are WM; ventricles are CSF
-# (docs/explanation/tissue-definitions.md). A mixed label ("cerebellum") or a structure's name is not here.
+# (docs/explanation/tissue-definitions.md). A mixed label ("cerebellum") is left out of the scoring
+# (``NOT_SCORED_NAMES``); a structure's name is not here.
 TISSUE_NAMES: dict[str, int] = {name_key(name): tissue for names, tissue in (
     (("background", "bg", "unknown", "none", "outside", "unlabeled", "unlabelled", "clear label"), BACKGROUND),
     (("gm", "grey matter", "gray matter", "grey", "gray", "cortical grey matter", "cortical gray matter", "cgm",
@@ -47,9 +49,16 @@ TISSUE_NAMES: dict[str, int] = {name_key(name): tissue for names, tissue in (
     (("wm", "white matter", "white", "cerebral white matter", "cerebellar white matter", "cerebellum white matter",
       "brainstem", "brain stem", "white matter lesions", "white matter lesion", "wm lesions", "wmh",
       "white matter hyperintensities"), WM),
-    (("csf", "cerebrospinal fluid", "ventricles", "ventricle", "lateral ventricles", "extra cerebral csf",
+    (("csf", "cerebrospinal fluid", "ventricles", "ventricle", "lateral ventricles", "lateral ventricle",
+      "extra cerebral csf", "cerebrospinal fluid in the extracerebral space",
       "external csf", "sulcal csf"), CSF),
 ) for name in names}
+# Labels that are no one tissue, left out of the scoring: a model's tissue there counts neither way, as MRBrainS18
+# scores its "infarction" and "other" labels and MRBrainS13 its whole "cerebellum" (GM and WM in one label).
+NOT_SCORED_NAMES = {name_key(name) for name in (
+    "cerebellum", "infarction", "infarctions", "infarct", "other", "others", "ignore", "ignored", "exclude",
+    "excluded", "not scored", "unscored", "undetermined")}
+NOT_SCORED = 255  # ``reference_tissues``' value for those labels' voxels
 SPARSE_MIN_RUNS = 3  # a reference drawn every k-th plane: at least this many runs of drawn planes along an axis ...
 SPARSE_MAX_COVER = 2 / 3  # ... covering at most this share of their span (a stray voxel or an erased plane: no)
 
@@ -120,16 +129,25 @@ def label_table(image: Path, root: Path) -> Path | None:
     return next((path for path in (table_beside(image), root / "dseg.tsv") if path.is_file()), None)
 
 
+def tissue_of(name: str) -> int | None:
+    """The tissue a label table's name says (``NOT_SCORED`` for a label left out of the scoring), whichever
+    hemisphere it names ("Left-Cerebral-White-Matter" is WM); None for a name that is no tissue."""
+    key = name_key(name)
+    key = key if key in TISSUE_NAMES or key in NOT_SCORED_NAMES else re.sub(r"^(left|right|lh|rh) ", "", key)
+    return NOT_SCORED if key in NOT_SCORED_NAMES else TISSUE_NAMES.get(key)
+
+
 def tissues_by_name(table: Path) -> dict[int, int]:
     """index -> tissue from a BIDS label table; a name that is not a tissue is an error, not background."""
     rows = read_tsv(table)
     if not rows or not {"index", "name"} <= set(rows[0]):
         raise InputError(f"{table}: a label table needs the columns 'index' and 'name'")
-    unknown = [row["name"] for row in rows if name_key(row["name"]) not in TISSUE_NAMES]
+    unknown = [row["name"] for row in rows if tissue_of(row["name"]) is None]
     if unknown:
-        raise InputError(f"{table}: labels {unknown} are not GM, WM, CSF or background; rename them, or set "
+        raise InputError(f"{table}: labels {unknown} are not GM, WM, CSF or background; rename them to their "
+                         "tissue, or to 'ignore' to leave them out of the scoring, or set "
                          "evaluate.reference_scheme: freesurfer if the numbers are FreeSurfer labels")
-    return {label_index(row["index"], table): TISSUE_NAMES[name_key(row["name"])] for row in rows}
+    return {label_index(row["index"], table): tissue_of(row["name"]) for row in rows}
 
 
 def label_index(text: str, table: Path) -> int:
@@ -144,7 +162,8 @@ def label_index(text: str, table: Path) -> int:
 
 
 def reference_tissues(path: Path, root: Path, scheme: str, subject: str) -> nib.Nifti1Image:
-    """The reference as tissues {0 bg, 1 GM, 2 WM, 3 CSF}, on its own grid."""
+    """The reference as tissues {0 bg, 1 GM, 2 WM, 3 CSF; ``NOT_SCORED``: a table's label left out of the
+    scoring}, on its own grid."""
     image = load_nifti(path, subject)
     labels = np.rint(np.asarray(image.dataobj)).astype(np.int64)
     if scheme == "freesurfer":
@@ -183,26 +202,45 @@ def check_references(root: Path, sources: dict[str, Path], scheme: str) -> list[
 class Reference(NamedTuple):
     """A case's reference tissues on their own grid (the raters'), and where they are scored."""
 
-    tissues: nib.Nifti1Image
+    tissues: nib.Nifti1Image  # {0 bg, 1 GM, 2 WM, 3 CSF}
     drawn: nib.Nifti1Image | None  # a sparse reference's drawn planes (``drawn_planes``; None: every voxel)
+    left_out: np.ndarray | None = None  # the voxels of labels left out of the scoring (None: none)
 
     @property
     def scored(self) -> np.ndarray | None:
         """Where the tissues are scored on their own grid (None: everywhere)."""
-        return None if self.drawn is None else np.asarray(self.drawn.dataobj) > 0
+        scored = None if self.drawn is None else np.asarray(self.drawn.dataobj) > 0
+        if self.left_out is not None:
+            scored = ~self.left_out if scored is None else scored & ~self.left_out
+        return scored
+
+    @property
+    def whole(self) -> bool:
+        """Every voxel scored: its tissue volumes are the whole brain's."""
+        return self.drawn is None and self.left_out is None
 
     def on_grid(self, grid: nib.Nifti1Image) -> tuple[np.ndarray, np.ndarray | None]:
-        """The tissues on another grid (nearest neighbour), and where they are scored there."""
-        return on_grid(self.tissues, grid), None if self.drawn is None else on_grid(self.drawn, grid) > 0
+        """The tissues on another grid (nearest neighbour), and where they are scored there (none beyond
+        the reference's own extent)."""
+        scored = self.scored
+        return on_grid(self.tissues, grid), None if scored is None else on_grid(
+            nib.Nifti1Image(scored.astype(np.uint8), self.tissues.affine), grid) > 0
 
 
 def read_reference(path: Path, root: Path, scheme: str, case: str) -> Reference:
-    """A case's reference tissues, and where they are drawn (a sparse reference: said once)."""
-    tissues = reference_tissues(path, root, scheme, case)
-    drawn = drawn_planes(tissues)
+    """A case's reference tissues, where they are drawn (a sparse reference: said once), and the voxels of
+    its labels left out of the scoring (said once)."""
+    labelled = reference_tissues(path, root, scheme, case)
+    labels = np.asarray(labelled.dataobj)
+    left_out = labels == NOT_SCORED
+    drawn = drawn_planes(labelled)
     if drawn is not None:
         warn_sparse(case, path)
-    return Reference(tissues, drawn)
+    if not left_out.any():
+        return Reference(labelled, drawn)
+    warn_left_out(case, path, round(float(left_out.sum()) * voxel_volume_ml(labelled.affine), 1))
+    return Reference(nib.Nifti1Image(np.where(left_out, 0, labels).astype(np.uint8), labelled.affine), drawn,
+                     left_out)
 
 
 @functools.cache
@@ -210,6 +248,12 @@ def warn_sparse(case: str, path: Path) -> None:
     """Said once a run, however often the head is loaded (per seed, for the teacher, for the report)."""
     log.warning("reference labels: sub-%s's %s are drawn on some planes only: its Dice is scored on those, and "
                 "its tissue volumes are n/a", case, path)
+
+
+@functools.cache
+def warn_left_out(case: str, path: Path, ml: float) -> None:
+    log.warning("reference labels: %s mL of sub-%s's %s carry labels left out of the scoring (no one tissue): "
+                "the model's tissues there count neither way, and its reference volumes are n/a", ml, case, path)
 
 
 def drawn_planes(tissues: nib.Nifti1Image) -> nib.Nifti1Image | None:

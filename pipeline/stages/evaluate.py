@@ -180,7 +180,7 @@ class Evaluate(ComboStage):
         for case in cases:
             head = load_held_out_head(case, folders, config.evaluate)
             rows += score_teacher(head, config.evaluate)
-            sparse += [case] if head.scored is not None else []
+            sparse += [case] if head.native is not None and head.native.drawn is not None else []
         rows = with_mean(rows)
         scopes = [parse_row_kind(row["kind"])[1] for row in rows]
         write_csv([row for row, scope in zip(rows, scopes, strict=True) if scope is not Scope.HEIGHT],
