@@ -115,3 +115,23 @@ def test_an_unknown_condition_stops_the_benchmark_before_it_trains(tmp_path: Pat
                   train_test_fraction=0.3, conditions=["clean", "sagittal-3mm", "coronal-grid", "axial-1.5mm-grid"],
                   scheme="table", device="cpu", overrides=[])
     assert not (tmp_path / "work").exists()
+
+
+def test_on_a_coarser_grid_a_voxels_left_out_part_casts_no_background_vote():
+    """A 3 mm voxel that is one third left out ("cerebellum"), one third WM, one third background: scored, and WM,
+    not the background its left-out third and its background third would make it."""
+    from pipeline.apps.bench_cross_site import SiteHead, reference_on
+    from pipeline.core.labels import WM
+
+    reference = np.zeros((6, 6, 6), np.uint8)
+    reference[:, :, 1] = WM  # z planes 0-2 make the first 3 mm voxel: plane 0 left out, 1 WM, 2 background
+    left_out = np.zeros(reference.shape, bool)
+    left_out[:, :, 0] = True
+    own = nib.Nifti1Image(np.zeros(reference.shape, np.float32), np.eye(4))
+    coarse = np.diag([1.0, 1.0, 3.0, 1.0])
+    coarse[2, 3] = 1.0  # the first 3 mm voxel spans planes 0-2
+    site = SiteHead("01", Path("unused"), own, reference, ~left_out)
+    scored, carried = reference_on(site, nib.Nifti1Image(np.zeros((6, 6, 2), np.float32), coarse))
+    assert scored[:, :, 0].all() and (carried[:, :, 0] == WM).all()
+    without_mask = SiteHead("01", Path("unused"), own, reference, None)
+    assert (reference_on(without_mask, nib.Nifti1Image(np.zeros((6, 6, 2), np.float32), coarse))[1][:, :, 0] == 0).all()

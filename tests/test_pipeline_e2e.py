@@ -334,7 +334,7 @@ def test_reference_labels_add_dice_external_and_rerun_only_evaluation(project: P
     ran = _run(["dvc", "exp", "run", "-S", f"evaluate.reference_labels={root}"], project)
     assert "Running stage 'evaluate@" in ran and "Running stage 'train@" not in ran
     metrics = json.loads((project / "data" / "evaluation" / "hmrf-deepbet" / "evaluation.json").read_text())
-    assert metrics["n_external"] == 1 and metrics["n_external_sparse"] == 0  # a whole-volume reference
+    assert metrics["n_external"] == 1 and metrics["n_external_sparse"] == metrics["n_external_left_out"] == 0
     for tissue in ("GM", "WM", "CSF", "mean"):
         real, external = metrics["dice"]["real"][tissue], metrics["dice"]["external"][tissue]
         assert (real is None) == (external is None)

@@ -270,3 +270,32 @@ def test_a_tables_hemisphere_names_map_to_their_tissue_and_a_structure_stays_an_
     with pytest.raises(InputError, match=r"Left-Thalamus'\] are not GM, WM, CSF or background; rename them to their"
                                          r" tissue, or to 'ignore'"):
         reference_tissues(path, tmp_path, "table", "01")
+
+
+def test_a_sparse_reference_with_left_out_labels_is_scored_on_its_drawn_planes_less_those_labels(tmp_path: Path):
+    """Drawn every fourth plane, with a "Cerebellum" block: scored where drawn and not left out, on its own grid and
+    on a larger one; beyond its field of view a reference with left-out labels is scored as a whole one is."""
+    from pipeline.evaluation.references import check_references, read_reference
+
+    labels = np.zeros((20, 20, 20), np.uint8)
+    labels[::4, 2:18, 2:18] = 5  # GM on planes 0, 4, 8, 12, 16
+    labels[::4, 2:6, 2:18] = 7  # the "cerebellum" on those planes
+    path = derivative(tmp_path, "01", labels, np.eye(4), {0: "Background", 5: "Cortical gray matter", 7: "Cerebellum"})
+    assert check_references(tmp_path, {"01": None}, "table") == []  # the check before training accepts it
+    reference = read_reference(path, tmp_path, "table", "01")
+    expected = np.zeros(labels.shape, bool)
+    expected[::4] = True
+    expected[::4, 2:6, 2:18] = False
+    assert reference.drawn is not None and np.array_equal(reference.scored, expected)
+    grid = nib.Nifti1Image(np.zeros((24, 24, 24), np.float32), np.eye(4))  # 4 more voxels beyond each far face
+    _, scored = reference.on_grid(grid)
+    assert np.array_equal(scored[:20, :20, :20], expected) and not scored[20:].any()  # undrawn beyond: not scored
+
+    labels[1::4] = labels[::4]  # every plane drawn: the same map is a whole one with a left-out block
+    labels[2::4] = labels[::4]
+    labels[3::4] = labels[::4]
+    path = derivative(tmp_path, "02", labels, np.eye(4), None)
+    whole = read_reference(path, tmp_path, "table", "02")
+    assert whole.drawn is None and not whole.whole
+    _, scored = whole.on_grid(grid)
+    assert scored[20:, 20:, 20:].all() and not scored[:20, 2:6, 2:18].any() and scored[:20, 6:18, 2:18].all()

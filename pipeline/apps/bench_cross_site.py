@@ -173,9 +173,12 @@ def reference_on(head: SiteHead, grid: nib.Nifti1Image) -> tuple[np.ndarray | No
     if grid.shape[:3] == own.shape[:3] and np.allclose(grid.affine, own.affine, atol=1e-4):
         return head.scored, head.reference
     shape = grid.shape[:3]
-    scored = None if head.scored is None else scores_on_grid(
-        np.stack([~head.scored, head.scored], axis=-1).astype(np.float32), own.affine, shape, grid.affine) == 1
-    return scored, scores_on_grid(one_hot(head.reference), own.affine, shape, grid.affine)
+    if head.scored is None:
+        return None, scores_on_grid(one_hot(head.reference), own.affine, shape, grid.affine)
+    scored = scores_on_grid(np.stack([~head.scored, head.scored], axis=-1).astype(np.float32), own.affine, shape,
+                            grid.affine) == 1
+    # the tissue filling most of a voxel's scored part: unscored voxels (undrawn, left out) are no background vote
+    return scored, scores_on_grid(one_hot(head.reference) * head.scored[..., None], own.affine, shape, grid.affine)
 
 
 def summarise(rows: list[dict], conditions: list[str]) -> dict:
@@ -201,7 +204,7 @@ class SiteHead(NamedTuple):
     path: Path  # the head file
     image: nib.Nifti1Image  # the head (its header: the grid its reference is on)
     reference: np.ndarray  # its reference tissues, on the head's grid
-    scored: np.ndarray | None  # where they are scored (a sparse reference's drawn planes; None: every voxel)
+    scored: np.ndarray | None  # where they are scored (``Reference.on_grid``; None: every voxel)
 
 
 def site_heads(root: Path, reference: Path, scheme: str, subjects: list[str]) -> list[SiteHead]:

@@ -117,6 +117,7 @@ class Evaluation(Strict):
     n_real: int  # real test heads scored against the segmenter's labels
     n_external: int  # real test heads scored against the reference
     n_external_sparse: int = 0  # of those, references drawn on some planes only: scored on those planes
+    n_external_left_out: int = 0  # of those, references with labels left out of the scoring (no one tissue)
     band_mm: float
     train_test_share_subject: bool
     profile: str

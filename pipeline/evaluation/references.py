@@ -54,7 +54,8 @@ TISSUE_NAMES: dict[str, int] = {name_key(name): tissue for names, tissue in (
       "external csf", "sulcal csf"), CSF),
 ) for name in names}
 # Labels that are no one tissue, left out of the scoring: a model's tissue there counts neither way, as MRBrainS18
-# scores its "infarction" and "other" labels and MRBrainS13 its whole "cerebellum" (GM and WM in one label).
+# scores its "infarction" and "other" labels and MRBrainS13's three tissues its "cerebellum" (GM and WM in one
+# label). Its "brain stem" is WM here, as FreeSurfer's is mapped ("ignore" in a table leaves it out too).
 NOT_SCORED_NAMES = {name_key(name) for name in (
     "cerebellum", "infarction", "infarctions", "infarct", "other", "others", "ignore", "ignored", "exclude",
     "excluded", "not scored", "unscored", "undetermined")}
@@ -138,7 +139,8 @@ def tissue_of(name: str) -> int | None:
 
 
 def tissues_by_name(table: Path) -> dict[int, int]:
-    """index -> tissue from a BIDS label table; a name that is not a tissue is an error, not background."""
+    """index -> tissue (or ``NOT_SCORED``) from a BIDS label table; a name that is not a tissue is an error, not
+    background."""
     rows = read_tsv(table)
     if not rows or not {"index", "name"} <= set(rows[0]):
         raise InputError(f"{table}: a label table needs the columns 'index' and 'name'")
@@ -163,7 +165,7 @@ def label_index(text: str, table: Path) -> int:
 
 def reference_tissues(path: Path, root: Path, scheme: str, subject: str) -> nib.Nifti1Image:
     """The reference as tissues {0 bg, 1 GM, 2 WM, 3 CSF; ``NOT_SCORED``: a table's label left out of the
-    scoring}, on its own grid."""
+    scoring}, on its own grid. ``read_reference`` is what scores it: it takes those voxels out."""
     image = load_nifti(path, subject)
     labels = np.rint(np.asarray(image.dataobj)).astype(np.int64)
     if scheme == "freesurfer":
@@ -202,7 +204,7 @@ def check_references(root: Path, sources: dict[str, Path], scheme: str) -> list[
 class Reference(NamedTuple):
     """A case's reference tissues on their own grid (the raters'), and where they are scored."""
 
-    tissues: nib.Nifti1Image  # {0 bg, 1 GM, 2 WM, 3 CSF}
+    tissues: nib.Nifti1Image  # {0 bg, 1 GM, 2 WM, 3 CSF}; a label left out of the scoring is 0 here
     drawn: nib.Nifti1Image | None  # a sparse reference's drawn planes (``drawn_planes``; None: every voxel)
     left_out: np.ndarray | None = None  # the voxels of labels left out of the scoring (None: none)
 
@@ -220,11 +222,14 @@ class Reference(NamedTuple):
         return self.drawn is None and self.left_out is None
 
     def on_grid(self, grid: nib.Nifti1Image) -> tuple[np.ndarray, np.ndarray | None]:
-        """The tissues on another grid (nearest neighbour), and where they are scored there (none beyond
-        the reference's own extent)."""
-        scored = self.scored
-        return on_grid(self.tissues, grid), None if scored is None else on_grid(
-            nib.Nifti1Image(scored.astype(np.uint8), self.tissues.affine), grid) > 0
+        """The tissues on another grid (nearest neighbour), and where they are scored there: a sparse
+        reference's drawn planes, less its labels left out of the scoring (None: everywhere)."""
+        if self.whole:
+            return on_grid(self.tissues, grid), None
+        scored = np.ones(grid.shape[:3], bool) if self.drawn is None else on_grid(self.drawn, grid) > 0
+        if self.left_out is not None:
+            scored &= on_grid(nib.Nifti1Image(self.left_out.astype(np.uint8), self.tissues.affine), grid) == 0
+        return on_grid(self.tissues, grid), scored
 
 
 def read_reference(path: Path, root: Path, scheme: str, case: str) -> Reference:
@@ -277,8 +282,8 @@ def drawn_planes(tissues: nib.Nifti1Image) -> nib.Nifti1Image | None:
 
 
 def within(scored: np.ndarray | None, *maps: np.ndarray) -> tuple[np.ndarray, ...]:
-    """``maps`` (labels on one grid) with every voxel outside ``scored`` made background: unscored planes count
-    for no tissue, on either side of a Dice. None scores everything."""
+    """``maps`` (labels on one grid) with every voxel outside ``scored`` made background: unscored voxels (planes
+    not drawn, labels left out) count for no tissue, on either side of a Dice. None scores everything."""
     return maps if scored is None else tuple(np.where(scored, labels, 0) for labels in maps)
 
 

@@ -176,11 +176,12 @@ class Evaluate(ComboStage):
             seed_rows, seed_volumes = run_job(config.executor, label, evaluate_model, *arguments)
             rows += with_seed(seed_rows, seed)
             volumes += seed_volumes
-        sparse = []  # the heads whose reference is drawn on some planes only
+        sparse, left_out = [], []  # the heads whose reference is drawn on some planes only; has labels left out
         for case in cases:
             head = load_held_out_head(case, folders, config.evaluate)
             rows += score_teacher(head, config.evaluate)
             sparse += [case] if head.native is not None and head.native.drawn is not None else []
+            left_out += [case] if head.native is not None and head.native.left_out is not None else []
         rows = with_mean(rows)
         scopes = [parse_row_kind(row["kind"])[1] for row in rows]
         write_csv([row for row, scope in zip(rows, scopes, strict=True) if scope is not Scope.HEIGHT],
@@ -190,6 +191,7 @@ class Evaluate(ComboStage):
         write_tsv(volumes, out / "tissue_volumes.tsv")
         shared = json.loads((self.input_dir("raw") / "dataset_description.json").read_text())["TrainTestShareSubject"]
         result = evaluation(rows, n_seeds=len(record.seeds), n_external_sparse=len(sparse),
+                            n_external_left_out=len(left_out),
                             n_train=json.loads((dataset / "dataset.json").read_text())["numTraining"],
                             band_mm=config.evaluate.band_mm, train_test_share_subject=shared, profile=record.profile,
                             device=record.device, train_wall_s=record.wall_s)
@@ -199,7 +201,8 @@ class Evaluate(ComboStage):
 
 
 def evaluation(rows: list[dict], *, n_seeds: int, n_train: int, band_mm: float, train_test_share_subject: bool,
-               profile: str, device: str, train_wall_s: float | None, n_external_sparse: int = 0) -> Evaluation:
+               profile: str, device: str, train_wall_s: float | None, n_external_sparse: int = 0,
+               n_external_left_out: int = 0) -> Evaluation:
     """Every Dice of one strategy, summarized from its scored rows (every seed's), with how its model was trained."""
     scored = [kind for kind in WHOLE_HEAD if of_kind(rows, kind)]
     real = of_kind(rows, Kind.REAL)
@@ -213,6 +216,7 @@ def evaluation(rows: list[dict], *, n_seeds: int, n_train: int, band_mm: float, 
         n_test=len({row["case"] for row in of_kind(rows, Kind.SYNTHETIC)}),
         n_real=len({row["case"] for row in real}),
         n_external=len({row["case"] for row in of_kind(rows, Kind.EXTERNAL)}), n_external_sparse=n_external_sparse,
+        n_external_left_out=n_external_left_out,
         n_seeds=n_seeds, n_train=n_train, band_mm=band_mm, train_test_share_subject=train_test_share_subject,
         profile=profile, device=device, train_wall_s=train_wall_s,
     )
