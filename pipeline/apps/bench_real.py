@@ -96,8 +96,8 @@ def summary(evaluation: Evaluation) -> dict:
     if Kind.EXTERNAL in band:
         row["band"]["gap_to_teacher"] = gap(band[Kind.TEACHER], band[Kind.EXTERNAL])
     row["by_height"] = {kind.value: parts for kind, parts in evaluation.dice_by_height.items()}
-    return row | evaluation.model_dump(include={"n_external", "n_external_sparse", "n_external_left_out", "n_real", "n_seeds", "n_train",
-                                                "train_wall_s"})
+    return row | evaluation.model_dump(include={"n_external", "n_external_sparse", "n_external_left_out", "n_real",
+                                                "n_seeds", "n_train", "train_wall_s"})
 
 
 def read_strategies(workdir: Path, params: dict) -> dict[str, dict]:
