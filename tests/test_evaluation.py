@@ -221,3 +221,7 @@ def test_a_references_left_out_labels_count_for_neither_side_and_leave_its_volum
             if "part" not in row}["external"]["WM"] < rows["external"]["WM"]  # plane 7's WM counted against it
     assert not head.native.whole and volumes_row(head, prediction)["reference_GM_ml"] is None
     assert volumes_row(scored_all, prediction)["reference_GM_ml"] is not None
+    from pipeline.stages.report import panel_layers
+
+    assert [name for name, _ in panel_layers(head, prediction)] == ["teacher", "model", "reference (blank: not scored)"]
+    assert panel_layers(scored_all, prediction)[-1][0] == "reference"

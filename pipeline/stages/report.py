@@ -140,11 +140,18 @@ def curves(curve_files: dict[str, Path], path: Path, fold: int | str) -> None:
 
 def head_panel(head: HeldOutHead, labels: np.ndarray, path: Path, title: str) -> None:
     """The head in three planes through its reference level: the segmenter's labels, the model's, the reference."""
+    three_planes(head.brain.get_fdata(dtype=np.float32), panel_layers(head, labels), path, title,
+                 brain_centre(head.mask, level_index(head.brain, head.level_mm)))
+
+
+def panel_layers(head: HeldOutHead, labels: np.ndarray) -> list[tuple[str, np.ndarray]]:
+    """The panel's rows, on the brain's grid. The reference is blank where it is not scored (planes not drawn,
+    labels left out), and its row says so: the model's tissue there is not counted against it."""
     layers = [("teacher", head.teacher), ("model", labels)]
     if head.reference is not None:
-        layers.append(("reference", head.on_brain(head.reference)))
-    three_planes(head.brain.get_fdata(dtype=np.float32), layers, path, title,
-                 brain_centre(head.mask, level_index(head.brain, head.level_mm)))
+        name = "reference" if head.scored is None else "reference (blank: not scored)"
+        layers.append((name, head.on_brain(head.reference)))
+    return layers
 
 
 def predicted_cases(volumes: Path) -> list[str]:
