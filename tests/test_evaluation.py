@@ -124,6 +124,8 @@ def test_views_are_predicted_in_their_own_planes_and_fused_by_summed_probabiliti
     assert np.array_equal(fused > 0, mask)
     # summed: GM 0.6 + 0.3 beats WM 0.4 + 0.4, though the coronal view alone says WM
     assert set(np.unique(fused[mask])) == {GM}
+    empty = view_scores(lambda view: probabilities, brain, np.zeros(brain.shape, bool), 32, ["axial", "coronal"])
+    assert empty.shape == (*brain.shape, 4) and not empty.any()  # class scores still: predict takes them anywhere
 
 
 def test_test_time_mirroring_is_left_right_only_so_sagittal_slices_are_never_mirrored():

@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterable, Sequence
 
 import numpy as np
 
+from pipeline.core.labels import LABEL_NAMES
 from pipeline.imaging.slices import from_view, in_view, slice_canvas, uncenter
 
 log = logging.getLogger("pipeline")
@@ -54,8 +55,10 @@ def predict_planes(segment: Segmenter, brain: np.ndarray, mask: np.ndarray, size
 def view_scores(probabilities: Callable[[str], Segmenter], brain: np.ndarray, mask: np.ndarray, size: int,
                 views: Sequence[str], label: str = "") -> np.ndarray:
     """The class probabilities of every plane of the brain in each of ``views``, summed: the brain's RAS grid x
-    classes (float32; 0 on planes without brain; a mask without brain: 0 labels, the brain's shape). Their
-    argmax is the fused labels; ``pipeline.imaging.grids.scores_on_grid`` takes them to another grid."""
+    classes (float32; 0 on planes without brain, and everywhere for a mask without brain). Their argmax is the
+    fused labels; ``pipeline.imaging.grids.scores_on_grid`` takes them to another grid."""
+    if not mask.any():  # no plane to predict: no class scores from the model, so none from here
+        return np.zeros((*brain.shape, len(LABEL_NAMES)), np.float32)
     total = None
     for view in views:
         scores = from_view(predict_planes(probabilities(view), in_view(brain, view), in_view(mask, view), size,

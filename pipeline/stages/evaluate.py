@@ -176,12 +176,11 @@ class Evaluate(ComboStage):
             seed_rows, seed_volumes = run_job(config.executor, label, evaluate_model, *arguments)
             rows += with_seed(seed_rows, seed)
             volumes += seed_volumes
-        sparse, left_out = [], []  # the heads whose reference is drawn on some planes only; has labels left out
+        references = []  # the test heads' references: how many are sparse, how many have labels left out
         for case in cases:
             head = load_held_out_head(case, folders, config.evaluate)
             rows += score_teacher(head, config.evaluate)
-            sparse += [case] if head.native is not None and head.native.drawn is not None else []
-            left_out += [case] if head.native is not None and head.native.left_out is not None else []
+            references += [head.native] if head.native is not None else []
         rows = with_mean(rows)
         scopes = [parse_row_kind(row["kind"])[1] for row in rows]
         write_csv([row for row, scope in zip(rows, scopes, strict=True) if scope is not Scope.HEIGHT],
@@ -190,8 +189,9 @@ class Evaluate(ComboStage):
                   self.plot_path(self.by_height_template))
         write_tsv(volumes, out / "tissue_volumes.tsv")
         shared = json.loads((self.input_dir("raw") / "dataset_description.json").read_text())["TrainTestShareSubject"]
-        result = evaluation(rows, n_seeds=len(record.seeds), n_external_sparse=len(sparse),
-                            n_external_left_out=len(left_out),
+        result = evaluation(rows, n_seeds=len(record.seeds),
+                            n_external_sparse=sum(reference.drawn is not None for reference in references),
+                            n_external_left_out=sum(reference.left_out is not None for reference in references),
                             n_train=json.loads((dataset / "dataset.json").read_text())["numTraining"],
                             band_mm=config.evaluate.band_mm, train_test_share_subject=shared, profile=record.profile,
                             device=record.device, train_wall_s=record.wall_s)
