@@ -9,7 +9,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from pipeline.core.io import InputError, save_nifti, write_tsv
+from pipeline.core.io import InputError, read_tsv, save_nifti, write_tsv
 from pipeline.core.labels import CSF, GM, WM, remap
 from pipeline.evaluation.references import on_grid, reference_file, reference_tissues
 from pipeline.imaging.preprocess import crop, to_ras_isotropic
@@ -299,3 +299,36 @@ def test_a_sparse_reference_with_left_out_labels_is_scored_on_its_drawn_planes_l
     assert whole.drawn is None and not whole.whole
     _, scored = whole.on_grid(grid)
     assert scored[20:, 20:, 20:].all() and not scored[:20, 2:6, 2:18].any() and scored[:20, 6:18, 2:18].all()
+
+
+def test_reference_labels_off_their_head_stop_and_labels_partly_off_it_are_warned(oasis: Path, tmp_path: Path,
+                                                                                  caplog: pytest.LogCaptureFixture):
+    """A real OASIS manual map against its head's brain (the skull-stripped T1's foreground on the pipeline's
+    cropped 1 mm RAS grid): on its head it passes unsaid; saved with a voxel-index affine (as a map written from an
+    array without its header lands) it stops, naming the subject and the file; shifted 25 mm it is warned of."""
+    from pipeline.evaluation.references import ON_HEAD_WARN, brain_inside, check_on_head, read_reference
+
+    root = oasis / "derivatives" / "manual"
+    source = root / "sub-1000" / "anat" / "sub-1000_dseg.nii.gz"
+    ras = to_ras_isotropic(nib.load(oasis / "sub-1000" / "anat" / "sub-1000_T1w.nii.gz"), 1.0)
+    brain = ras.get_fdata(dtype=np.float32) > 0
+    mask = nib.Nifti1Image(*crop(brain.astype(np.uint8), ras.affine, tuple(slice(10, n - 10) for n in ras.shape)))
+
+    on_head = read_reference(source, root, "table", "1000")
+    assert brain_inside(on_head, mask) > 0.98
+    check_on_head("1000", source, on_head, mask)
+    assert "brain mask" not in caplog.text
+
+    labels = np.asarray(nib.load(source).dataobj)
+    table = {int(row["index"]): row["name"] for row in read_tsv(root / "dseg.tsv")}
+    voxel_affine = derivative(tmp_path / "eye", "1000", labels, np.eye(4), table)
+    with pytest.raises(InputError, match=r"sub-1000: only \d+% .*sub-1000_dseg\.nii\.gz.*affine"):
+        check_on_head("1000", voxel_affine, read_reference(voxel_affine, tmp_path / "eye", "table", "1000"), mask)
+
+    affine = nib.load(source).affine.copy()
+    affine[0, 3] += 25.0
+    shifted = derivative(tmp_path / "shifted", "1000", labels, affine, table)
+    reference = read_reference(shifted, tmp_path / "shifted", "table", "1000")
+    assert 0.5 < brain_inside(reference, mask) < ON_HEAD_WARN
+    check_on_head("1000", shifted, reference, mask)
+    assert "sub-1000" in caplog.text and "misregistered" in caplog.text

@@ -33,7 +33,7 @@ from pipeline.core.config import EvaluateConfig
 from pipeline.core.io import InputError, load_nifti
 from pipeline.core.labels import TISSUES, one_hot, tissue_volumes, voxel_volume_ml
 from pipeline.evaluation.dice import dice_per_tissue
-from pipeline.evaluation.references import Reference, read_reference, reference_file, within
+from pipeline.evaluation.references import Reference, check_on_head, read_reference, reference_file, within
 from pipeline.imaging.grids import scores_on_grid
 from pipeline.imaging.preprocess import box_of, uncrop
 from pipeline.imaging.slices import level_index
@@ -101,7 +101,8 @@ class HeldOutHead:
 
 def load_held_out_head(case: str, folders: Folders, config: EvaluateConfig) -> HeldOutHead:
     brain = load_nifti(subject_file(folders.stripped, case, "desc-brain_T1w"), case)
-    mask = np.asarray(load_nifti(subject_file(folders.stripped, case, "desc-brain_mask"), case).dataobj) > 0
+    mask_image = load_nifti(subject_file(folders.stripped, case, "desc-brain_mask"), case)
+    mask = np.asarray(mask_image.dataobj) > 0
     teacher = np.asarray(load_nifti(subject_file(folders.segmented, case, "dseg"), case).dataobj, dtype=np.uint8)
     grid = load_nifti(subject_file(folders.harmonized, case, "desc-harmonized_T1w"), case)
     native = None
@@ -114,6 +115,7 @@ def load_held_out_head(case: str, folders: Folders, config: EvaluateConfig) -> H
             log.warning("evaluate: sub-%s has no reference labels under %s", case, root)
         else:
             native = read_reference(path, root, config.reference_scheme, case)
+            check_on_head(case, path, native, mask_image)
     return HeldOutHead(case, brain, mask, teacher, grid, reference_level(folders.harmonized, case), native)
 
 

@@ -62,6 +62,12 @@ NOT_SCORED_NAMES = {name_key(name) for name in (
 NOT_SCORED = 255  # ``reference_tissues``' value for those labels' voxels
 SPARSE_MIN_RUNS = 3  # a reference drawn every k-th plane: at least this many runs of drawn planes along an axis ...
 SPARSE_MAX_COVER = 2 / 3  # ... covering at most this share of their span (a stray voxel or an erased plane: no)
+# The share of a reference's scored GM and WM inside the head's brain mask (world space): 0.98-1 for a reference
+# on its head; labels saved with a voxel-index affine, or in another space, land largely outside. A shift of
+# 20 mm still leaves 0.89 inside (a whole brain is a large target), so below the warning line the labels are off
+# by more than a rater's or a mask's edge: misregistered, or the mask cut brain away.
+ON_HEAD_MIN = 0.5  # below: not on this head (an error)
+ON_HEAD_WARN = 0.9  # below: a warning
 
 
 NATIVE_SPACES = {"orig", "T1w", "scanner", "individual", "native"}  # space- labels of a map on the head's own grid
@@ -246,6 +252,40 @@ def read_reference(path: Path, root: Path, scheme: str, case: str) -> Reference:
     warn_left_out(case, path, round(float(left_out.sum()) * voxel_volume_ml(labelled.affine), 1))
     return Reference(nib.Nifti1Image(np.where(left_out, 0, labels).astype(np.uint8), labelled.affine), drawn,
                      left_out)
+
+
+def brain_inside(reference: Reference, mask: nib.Nifti1Image) -> float | None:
+    """The share of the reference's scored GM and WM voxels that lie inside ``mask`` (a brain mask on any grid,
+    carried onto the reference's in world space); None for a reference without GM or WM."""
+    tissues = np.asarray(reference.tissues.dataobj)
+    brain = np.isin(tissues, (GM, WM))
+    if reference.scored is not None:
+        brain &= reference.scored
+    total = int(np.count_nonzero(brain))
+    if total == 0:
+        return None
+    inside = labels_on_grid(mask, reference.tissues) > 0
+    return int(np.count_nonzero(brain & inside)) / total
+
+
+def check_on_head(case: str, path: Path, reference: Reference, mask: nib.Nifti1Image) -> None:
+    """Stop on reference labels that lie off their head (``ON_HEAD_MIN``): scored, they would give a Dice near 0
+    that reads as a bad model. Warn (once) on labels partly off it (``ON_HEAD_WARN``)."""
+    share = brain_inside(reference, mask)
+    if share is None or share >= ON_HEAD_WARN:
+        return
+    if share < ON_HEAD_MIN:
+        raise InputError(f"sub-{case}: only {share:.0%} of the GM and WM of its reference labels {path} lie inside "
+                         "its brain mask: they are not on this head's grid. Compare the labels' affine with the "
+                         "T1w's (nib-ls shows both), or register the labels to the T1w")
+    warn_off_head(case, path, round(share, 3))
+
+
+@functools.cache
+def warn_off_head(case: str, path: Path, share: float) -> None:
+    log.warning("reference labels: only %.0f%% of the GM and WM of sub-%s's %s lie inside its brain mask: the "
+                "labels may be misregistered, or the mask cuts brain away (strip QC's page); its Dice counts the "
+                "difference", 100 * share, case, path)
 
 
 @functools.cache
