@@ -48,7 +48,7 @@ from pipeline.core.io import InputError, save_nifti, write_tsv
 from pipeline.core.labels import one_hot
 from pipeline.evaluation.compare import mean_ci95
 from pipeline.evaluation.dice import dice_per_tissue
-from pipeline.evaluation.references import read_reference, reference_file, within
+from pipeline.evaluation.references import check_on_head, read_reference, reference_file, within
 from pipeline.imaging.grids import averaged_on_grid, scores_on_grid
 from pipeline.nnunet.models import TrainingRecord
 from pipeline.nnunet.predictor import SlicePredictor
@@ -216,8 +216,11 @@ def site_heads(root: Path, reference: Path, scheme: str, subjects: list[str]) ->
             log.warning("bench cross-site: sub-%s has no reference labels under %s; skipped", scan.case, reference)
             continue
         image = nib.load(scan.path)
-        heads.append(SiteHead(scan.case, scan.path, image,
-                              *read_reference(labels, reference, scheme, scan.case).on_grid(image)))
+        native = read_reference(labels, reference, scheme, scan.case)
+        # the test site's heads are brains (``segment_head_file``'s "brain"): their non-zero voxels are the mask
+        check_on_head(scan.case, labels, native, nib.Nifti1Image((image.get_fdata() > 0).astype(np.uint8),
+                                                                 image.affine))
+        heads.append(SiteHead(scan.case, scan.path, image, *native.on_grid(image)))
     if not heads:
         raise SystemExit(f"bench cross-site: no head under {root} has reference labels under {reference}")
     return heads
