@@ -137,21 +137,30 @@ def test_on_a_coarser_grid_a_voxels_left_out_part_casts_no_background_vote():
     assert (reference_on(without_mask, nib.Nifti1Image(np.zeros((6, 6, 2), np.float32), coarse))[1][:, :, 0] == 0).all()
 
 
-def test_a_test_sites_reference_off_its_head_stops_the_benchmark_before_it_trains(oasis: Path, tmp_path: Path):
+def test_a_test_sites_reference_off_its_head_stops_the_benchmark_before_it_trains(oasis: Path, tmp_path: Path,
+                                                                                 monkeypatch: pytest.MonkeyPatch):
     """A real OASIS head whose manual map was saved with a voxel-index affine: the benchmark stops naming the
     subject and the file, before any training; the map as it is passes."""
-    from pipeline.apps.bench_cross_site import site_heads
+    from pipeline.apps import bench_cross_site
     from pipeline.core.io import InputError, read_tsv, save_nifti, write_tsv
 
     anat = tmp_path / "site" / "sub-1000" / "anat"
     anat.mkdir(parents=True)
     (anat / "sub-1000_T1w.nii.gz").symlink_to(oasis / "sub-1000" / "anat" / "sub-1000_T1w.nii.gz")
     manual = oasis / "derivatives" / "manual"
-    assert [head.case for head in site_heads(tmp_path / "site", manual, "table", ["1000"])] == ["1000"]
+    assert [head.case for head in bench_cross_site.site_heads(tmp_path / "site", manual, "table", ["1000"])] == [
+        "1000"]
 
     labels = np.asarray(nib.load(manual / "sub-1000" / "anat" / "sub-1000_dseg.nii.gz").dataobj)
     reference = tmp_path / "manual"
     save_nifti(labels, np.eye(4), reference / "sub-1000" / "anat" / "sub-1000_dseg.nii.gz")
     write_tsv(read_tsv(manual / "dseg.tsv"), reference / "dseg.tsv")
-    with pytest.raises(InputError, match=r"sub-1000: only \d+% .*sub-1000_dseg\.nii\.gz"):
-        site_heads(tmp_path / "site", reference, "table", ["1000"])
+
+    def train_study(*args, **kwargs):
+        raise AssertionError("trained before the test site's references were checked")
+
+    monkeypatch.setattr(bench_cross_site, "train_study", train_study)
+    with pytest.raises(InputError, match=r"sub-1000: only \d+\.\d% .*sub-1000_dseg\.nii\.gz"):
+        bench_cross_site.benchmark(tmp_path, tmp_path / "site", reference, tmp_path / "work", train_subjects=[],
+                                   test_subjects=["1000"], train_test_fraction=0.3, conditions=["clean"],
+                                   scheme="table", device="cpu", overrides=[])

@@ -301,34 +301,43 @@ def test_a_sparse_reference_with_left_out_labels_is_scored_on_its_drawn_planes_l
     assert scored[20:, 20:, 20:].all() and not scored[:20, 2:6, 2:18].any() and scored[:20, 6:18, 2:18].all()
 
 
-def test_reference_labels_off_their_head_stop_and_labels_partly_off_it_are_warned(oasis: Path, tmp_path: Path,
-                                                                                  caplog: pytest.LogCaptureFixture):
-    """A real OASIS manual map against its head's brain (the skull-stripped T1's foreground on the pipeline's
-    cropped 1 mm RAS grid): on its head it passes unsaid; saved with a voxel-index affine (as a map written from an
-    array without its header lands) it stops, naming the subject and the file; shifted 25 mm it is warned of."""
+def test_reference_labels_off_their_head_stop_and_labels_partly_off_its_mask_are_warned(
+        oasis: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture):
+    """A real OASIS manual map against its head (the skull-stripped T1 on the pipeline's cropped 1 mm RAS grid,
+    its non-zero voxels the brain mask): on its head it passes unsaid; saved with a voxel-index affine (as a map
+    written from an array without its header lands) it stops, naming the subject and the file; shifted 25 mm, or
+    in a mask that cut away most of the brain (a stripper's failure, not the map's), it is warned of."""
     from pipeline.evaluation.references import ON_HEAD_WARN, brain_inside, check_on_head, read_reference
+    from pipeline.imaging.grids import foreground_on_grid
 
     root = oasis / "derivatives" / "manual"
     source = root / "sub-1000" / "anat" / "sub-1000_dseg.nii.gz"
     ras = to_ras_isotropic(nib.load(oasis / "sub-1000" / "anat" / "sub-1000_T1w.nii.gz"), 1.0)
-    brain = ras.get_fdata(dtype=np.float32) > 0
-    mask = nib.Nifti1Image(*crop(brain.astype(np.uint8), ras.affine, tuple(slice(10, n - 10) for n in ras.shape)))
+    head = nib.Nifti1Image(*crop(ras.get_fdata(dtype=np.float32), ras.affine,
+                                 tuple(slice(10, n - 10) for n in ras.shape)))
 
     on_head = read_reference(source, root, "table", "1000")
-    assert brain_inside(on_head, mask) > 0.98
-    check_on_head("1000", source, on_head, mask)
+    assert brain_inside(on_head, foreground_on_grid(head, on_head.tissues)) > 0.98
+    check_on_head("1000", source, on_head, head, head, "the head")
     assert "brain mask" not in caplog.text
 
     labels = np.asarray(nib.load(source).dataobj)
     table = {int(row["index"]): row["name"] for row in read_tsv(root / "dseg.tsv")}
     voxel_affine = derivative(tmp_path / "eye", "1000", labels, np.eye(4), table)
-    with pytest.raises(InputError, match=r"sub-1000: only \d+% .*sub-1000_dseg\.nii\.gz.*affine"):
-        check_on_head("1000", voxel_affine, read_reference(voxel_affine, tmp_path / "eye", "table", "1000"), mask)
+    with pytest.raises(InputError, match=r"sub-1000: only \d+\.\d% .*sub-1000_dseg\.nii\.gz.*affine"):
+        check_on_head("1000", voxel_affine, read_reference(voxel_affine, tmp_path / "eye", "table", "1000"), head,
+                      head, "the head")
 
     affine = nib.load(source).affine.copy()
     affine[0, 3] += 25.0
     shifted = derivative(tmp_path / "shifted", "1000", labels, affine, table)
     reference = read_reference(shifted, tmp_path / "shifted", "table", "1000")
-    assert 0.5 < brain_inside(reference, mask) < ON_HEAD_WARN
-    check_on_head("1000", shifted, reference, mask)
-    assert "sub-1000" in caplog.text and "misregistered" in caplog.text
+    assert 0.5 < brain_inside(reference, foreground_on_grid(head, reference.tissues)) < ON_HEAD_WARN
+    check_on_head("1000", shifted, reference, head, head, "the head")
+    assert "sub-1000" in caplog.text and "misregistered" in caplog.text and "shifted" in caplog.text
+
+    caplog.clear()
+    data = np.asarray(head.dataobj).copy()
+    data[..., : int(0.7 * data.shape[2])] = 0  # a mask that kept the top 30 % of the grid's planes
+    check_on_head("1000", source, on_head, head, nib.Nifti1Image(data, head.affine), "a cut mask")
+    assert "a cut mask" in caplog.text and "mask cuts brain away" in caplog.text

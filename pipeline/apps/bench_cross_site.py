@@ -217,9 +217,8 @@ def site_heads(root: Path, reference: Path, scheme: str, subjects: list[str]) ->
             continue
         image = nib.load(scan.path)
         native = read_reference(labels, reference, scheme, scan.case)
-        # the test site's heads are brains (``segment_head_file``'s "brain"): their non-zero voxels are the mask
-        brain = (np.asarray(image.dataobj) > 0).astype(np.uint8)
-        check_on_head(scan.case, labels, native, nib.Nifti1Image(brain, image.affine))
+        # the test site's heads are brains (``segment_head_file``'s "brain"): each its own mask
+        check_on_head(scan.case, labels, native, image, image, f"{scan.path} (its non-zero voxels)")
         heads.append(SiteHead(scan.case, scan.path, image, *native.on_grid(image)))
     if not heads:
         raise SystemExit(f"bench cross-site: no head under {root} has reference labels under {reference}")

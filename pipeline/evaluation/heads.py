@@ -101,7 +101,8 @@ class HeldOutHead:
 
 def load_held_out_head(case: str, folders: Folders, config: EvaluateConfig) -> HeldOutHead:
     brain = load_nifti(subject_file(folders.stripped, case, "desc-brain_T1w"), case)
-    mask_image = load_nifti(subject_file(folders.stripped, case, "desc-brain_mask"), case)
+    mask_path = subject_file(folders.stripped, case, "desc-brain_mask")
+    mask_image = load_nifti(mask_path, case)
     mask = np.asarray(mask_image.dataobj) > 0
     teacher = np.asarray(load_nifti(subject_file(folders.segmented, case, "dseg"), case).dataobj, dtype=np.uint8)
     grid = load_nifti(subject_file(folders.harmonized, case, "desc-harmonized_T1w"), case)
@@ -115,7 +116,7 @@ def load_held_out_head(case: str, folders: Folders, config: EvaluateConfig) -> H
             log.warning("evaluate: sub-%s has no reference labels under %s", case, root)
         else:
             native = read_reference(path, root, config.reference_scheme, case)
-            check_on_head(case, path, native, mask_image)
+            check_on_head(case, path, native, grid, mask_image, str(mask_path))
     return HeldOutHead(case, brain, mask, teacher, grid, reference_level(folders.harmonized, case), native)
 
 

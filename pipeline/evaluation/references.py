@@ -24,7 +24,7 @@ import numpy as np
 from pipeline.core.bids import case_dir, entities, run_entities
 from pipeline.core.io import HEAD_SUFFIXES, InputError, load_nifti, read_tsv
 from pipeline.core.labels import BACKGROUND, CSF, GM, WM, UnknownLabel, remap, voxel_volume_ml
-from pipeline.imaging.grids import labels_on_grid
+from pipeline.imaging.grids import foreground_on_grid, labels_on_grid
 
 log = logging.getLogger("pipeline")
 
@@ -62,12 +62,11 @@ NOT_SCORED_NAMES = {name_key(name) for name in (
 NOT_SCORED = 255  # ``reference_tissues``' value for those labels' voxels
 SPARSE_MIN_RUNS = 3  # a reference drawn every k-th plane: at least this many runs of drawn planes along an axis ...
 SPARSE_MAX_COVER = 2 / 3  # ... covering at most this share of their span (a stray voxel or an erased plane: no)
-# The share of a reference's scored GM and WM inside the head's brain mask (world space): 0.998-0.999 for
-# oasis-manual's maps in deepbet's masks; shifted 4 mm 0.97, 8 mm 0.92, 25 mm 0.72-0.74; saved with a voxel-index
-# affine, 0. A brain is a large target, so the lines are loose: below the warning the labels are off by more than
-# a rater's or a mask's edge (misregistered, or the mask cut brain away); below the error, not on this head.
-ON_HEAD_MIN = 0.5
-ON_HEAD_WARN = 0.95
+# The share of a reference's GM and WM on its head (the T1w's non-zero voxels), and inside its brain mask (world
+# space). In deepbet's masks: 0.998-0.999 for oasis-manual's maps; shifted 4 mm 0.97, 8 mm 0.92, 25 mm 0.72-0.74.
+# Saved with a voxel-index affine, a map lies off its head (0). A brain is a large target, so the lines are loose.
+ON_HEAD_MIN = 0.5  # on the head, below: not on this head's grid (an error)
+ON_HEAD_WARN = 0.95  # in the brain mask, below: misregistered, or the mask cut brain away (a warning)
 
 
 NATIVE_SPACES = {"orig", "T1w", "scanner", "individual", "native"}  # space- labels of a map on the head's own grid
@@ -254,38 +253,38 @@ def read_reference(path: Path, root: Path, scheme: str, case: str) -> Reference:
                      left_out)
 
 
-def brain_inside(reference: Reference, mask: nib.Nifti1Image) -> float | None:
-    """The share of the reference's scored GM and WM voxels that lie inside ``mask`` (a brain mask on any grid,
-    carried onto the reference's in world space); None for a reference without GM or WM."""
-    tissues = np.asarray(reference.tissues.dataobj)
-    brain = np.isin(tissues, (GM, WM))
-    if reference.scored is not None:
-        brain &= reference.scored
+def brain_inside(reference: Reference, region: np.ndarray) -> float | None:
+    """The share of the reference's GM and WM voxels inside ``region`` (a mask on the reference's grid); None for
+    a reference without GM or WM. Left-out labels are background in ``tissues``, and a sparse reference's GM and
+    WM lie on its drawn planes: both count only where they are scored."""
+    brain = np.isin(np.asarray(reference.tissues.dataobj), (GM, WM))
     total = int(np.count_nonzero(brain))
-    if total == 0:
-        return None
-    inside = labels_on_grid(mask, reference.tissues) > 0
-    return int(np.count_nonzero(brain & inside)) / total
+    return None if total == 0 else int(np.count_nonzero(brain & region)) / total
 
 
-def check_on_head(case: str, path: Path, reference: Reference, mask: nib.Nifti1Image) -> None:
-    """Stop on reference labels that lie off their head (``ON_HEAD_MIN``): scored, they would give a Dice near 0
-    that reads as a bad model. Warn (once) on labels partly off it (``ON_HEAD_WARN``)."""
-    share = brain_inside(reference, mask)
-    if share is None or share >= ON_HEAD_WARN:
+def check_on_head(case: str, path: Path, reference: Reference, head: nib.Nifti1Image, mask: nib.Nifti1Image,
+                  mask_name: str) -> None:
+    """Stop on reference labels off their head: under ``ON_HEAD_MIN`` of their GM and WM on the head's non-zero
+    voxels (whatever a stripper did with it). Scored, they would give a Dice near 0 that reads as a bad model.
+    Warn (once) where under ``ON_HEAD_WARN`` lie inside the brain mask ``mask_name``: labels misregistered, or a
+    mask that cut brain away."""
+    on_head = brain_inside(reference, foreground_on_grid(head, reference.tissues))
+    if on_head is None:
         return
-    if share < ON_HEAD_MIN:
-        raise InputError(f"sub-{case}: only {share:.0%} of the GM and WM of its reference labels {path} lie inside "
-                         "its brain mask: they are not on this head's grid. Compare the labels' affine with the "
-                         "T1w's (nib-ls shows both), or register the labels to the T1w")
-    warn_off_head(case, path, round(share, 3))
+    if on_head < ON_HEAD_MIN:
+        raise InputError(f"sub-{case}: only {on_head:.1%} of the GM and WM of its reference labels {path} lie on "
+                         "the head: they are not on its grid. Compare the labels' affine with the T1w's (nib-ls "
+                         "shows both), or register the labels to the T1w")
+    in_mask = brain_inside(reference, foreground_on_grid(mask, reference.tissues))
+    if in_mask < ON_HEAD_WARN:
+        warn_off_mask(case, path, mask_name, in_mask)
 
 
 @functools.cache
-def warn_off_head(case: str, path: Path, share: float) -> None:
-    log.warning("reference labels: only %.0f%% of the GM and WM of sub-%s's %s lie inside its brain mask: the "
+def warn_off_mask(case: str, path: Path, mask_name: str, share: float) -> None:
+    log.warning("reference labels: only %.1f%% of the GM and WM of sub-%s's %s lie inside its brain mask %s: the "
                 "labels may be misregistered, or the mask cuts brain away (strip QC's page); its Dice counts the "
-                "difference", 100 * share, case, path)
+                "difference", 100 * share, case, path, mask_name)
 
 
 @functools.cache

@@ -35,6 +35,17 @@ def labels_on_grid(labels: nib.spatialimages.SpatialImage, grid: nib.spatialimag
     return data.astype(np.int64) if np.issubdtype(data.dtype, np.integer) else np.rint(data).astype(np.int64)
 
 
+def foreground(image: nib.spatialimages.SpatialImage) -> np.ndarray:
+    """An image's non-zero voxels, in 3D (a trailing axis of size 1 dropped)."""
+    return np.asarray(image.dataobj).reshape(image.shape[:3]) > 0
+
+
+def foreground_on_grid(image: nib.spatialimages.SpatialImage, grid: nib.spatialimages.SpatialImage | Grid
+                       ) -> np.ndarray:
+    """``image``'s non-zero voxels carried onto ``grid`` in world space (``labels_on_grid``)."""
+    return labels_on_grid(nib.Nifti1Image(foreground(image).astype(np.uint8), image.affine), grid) > 0
+
+
 def scores_on_grid(scores: np.ndarray, affine: np.ndarray, shape: tuple[int, ...], target_affine: np.ndarray
                    ) -> np.ndarray:
     """The likeliest class (uint8) of each voxel of another grid (``shape``, ``target_affine``), from class scores

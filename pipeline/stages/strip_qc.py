@@ -22,7 +22,7 @@ from nibabel.affines import apply_affine
 from pipeline.core.bids import read_sources, subject_file
 from pipeline.core.config import Config, load_config
 from pipeline.core.io import read_tsv, write_json, write_text
-from pipeline.imaging.grids import Grid, labels_on_grid
+from pipeline.imaging.grids import Grid, foreground, foreground_on_grid
 from pipeline.runtime.subjects import failed_ids
 from pipeline.stages.acquire import Acquire
 from pipeline.stages.base import Gathered, Stage
@@ -43,10 +43,6 @@ class StrippedSets(Gathered):
         return [Strip(stripper=method) for method in load_config().strip.methods]
 
 
-def foreground(image: nib.spatialimages.SpatialImage) -> np.ndarray:
-    return np.asarray(image.dataobj).reshape(image.shape[:3]) > 0
-
-
 def covering_grid(image: nib.Nifti1Image, other: nib.Nifti1Image) -> Grid:
     """``image``'s grid, grown so that it also holds ``other``'s foreground (a crop may have cut it)."""
     corners = np.array(list(itertools.product(*zip(*_box(foreground(other)), strict=True))))
@@ -63,16 +59,12 @@ def _box(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return coords.min(axis=0), coords.max(axis=0)
 
 
-def on_grid(image: nib.Nifti1Image, grid: Grid) -> np.ndarray:
-    return labels_on_grid(nib.Nifti1Image(foreground(image).astype(np.uint8), image.affine), grid) > 0
-
-
 def dice_world(image: nib.Nifti1Image, other: nib.Nifti1Image) -> float:
     """Dice of two masks in world space: both on ``image``'s grid (grown to hold both), nearest neighbour."""
     if not foreground(image).any() or not foreground(other).any():
         return 0.0
     grid = covering_grid(image, other)
-    a, b = on_grid(image, grid), on_grid(other, grid)
+    a, b = foreground_on_grid(image, grid), foreground_on_grid(other, grid)
     return float(2.0 * (a & b).sum() / (a.sum() + b.sum()))
 
 
