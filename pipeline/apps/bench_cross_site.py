@@ -218,7 +218,7 @@ def site_heads(root: Path, reference: Path, scheme: str, subjects: list[str]) ->
         image = nib.load(scan.path)
         native = read_reference(labels, reference, scheme, scan.case)
         # the test site's heads are brains (``segment_head_file``'s "brain"): each its own mask
-        check_on_head(scan.case, labels, native, image, image, f"{scan.path} (its non-zero voxels)")
+        check_on_head(scan.case, labels, native, image, None, f"{scan.path} (its non-zero voxels)")
         heads.append(SiteHead(scan.case, scan.path, image, *native.on_grid(image)))
     if not heads:
         raise SystemExit(f"bench cross-site: no head under {root} has reference labels under {reference}")

@@ -34,7 +34,7 @@ from pipeline.core.io import InputError, load_nifti
 from pipeline.core.labels import TISSUES, one_hot, tissue_volumes, voxel_volume_ml
 from pipeline.evaluation.dice import dice_per_tissue
 from pipeline.evaluation.references import Reference, check_on_head, read_reference, reference_file, within
-from pipeline.imaging.grids import scores_on_grid
+from pipeline.imaging.grids import foreground, scores_on_grid
 from pipeline.imaging.preprocess import box_of, uncrop
 from pipeline.imaging.slices import level_index
 from pipeline.nnunet.inference import view_scores
@@ -103,7 +103,7 @@ def load_held_out_head(case: str, folders: Folders, config: EvaluateConfig) -> H
     brain = load_nifti(subject_file(folders.stripped, case, "desc-brain_T1w"), case)
     mask_path = subject_file(folders.stripped, case, "desc-brain_mask")
     mask_image = load_nifti(mask_path, case)
-    mask = np.asarray(mask_image.dataobj) > 0
+    mask = foreground(mask_image)
     teacher = np.asarray(load_nifti(subject_file(folders.segmented, case, "dseg"), case).dataobj, dtype=np.uint8)
     grid = load_nifti(subject_file(folders.harmonized, case, "desc-harmonized_T1w"), case)
     native = None

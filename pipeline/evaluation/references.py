@@ -262,12 +262,12 @@ def brain_inside(reference: Reference, region: np.ndarray) -> float | None:
     return None if total == 0 else int(np.count_nonzero(brain & region)) / total
 
 
-def check_on_head(case: str, path: Path, reference: Reference, head: nib.Nifti1Image, mask: nib.Nifti1Image,
-                  mask_name: str) -> None:
+def check_on_head(case: str, path: Path, reference: Reference, head: nib.Nifti1Image,
+                  mask: nib.Nifti1Image | None, mask_name: str) -> None:
     """Stop on reference labels off their head: under ``ON_HEAD_MIN`` of their GM and WM on the head's non-zero
     voxels (whatever a stripper did with it). Scored, they would give a Dice near 0 that reads as a bad model.
     Warn (once) where under ``ON_HEAD_WARN`` lie inside the brain mask ``mask_name``: labels misregistered, or a
-    mask that cut brain away."""
+    mask that cut brain away. A head that is a brain already is its own mask (``mask`` None)."""
     on_head = brain_inside(reference, foreground_on_grid(head, reference.tissues))
     if on_head is None:
         return
@@ -275,7 +275,7 @@ def check_on_head(case: str, path: Path, reference: Reference, head: nib.Nifti1I
         raise InputError(f"sub-{case}: only {on_head:.1%} of the GM and WM of its reference labels {path} lie on "
                          "the head: they are not on its grid. Compare the labels' affine with the T1w's (nib-ls "
                          "shows both), or register the labels to the T1w")
-    in_mask = brain_inside(reference, foreground_on_grid(mask, reference.tissues))
+    in_mask = on_head if mask is None else brain_inside(reference, foreground_on_grid(mask, reference.tissues))
     if in_mask < ON_HEAD_WARN:
         warn_off_mask(case, path, mask_name, in_mask)
 
