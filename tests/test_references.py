@@ -341,3 +341,33 @@ def test_reference_labels_off_their_head_stop_and_labels_partly_off_its_mask_are
     data[..., : int(0.7 * data.shape[2])] = 0  # a mask that kept the top 30 % of the grid's planes
     check_on_head("1000", source, on_head, head, nib.Nifti1Image(data, head.affine), "a cut mask")
     assert "a cut mask" in caplog.text and "mask cuts brain away" in caplog.text
+
+
+def test_the_evaluation_loads_a_head_whose_reference_is_on_it_and_stops_on_one_off_it(oasis: Path, tmp_path: Path):
+    """``load_held_out_head``, as the evaluate stage, the report and ``bench train`` call it, on a real OASIS head
+    laid out as a study keeps it: its manual map loads as the head's reference; the same map saved with a
+    voxel-index affine stops the evaluation, naming the subject and the file."""
+    from pipeline.core.bids import Folders, sidecar, subject_file
+    from pipeline.core.config import EvaluateConfig
+    from pipeline.evaluation.heads import load_held_out_head
+
+    ras = to_ras_isotropic(nib.load(oasis / "sub-1000" / "anat" / "sub-1000_T1w.nii.gz"), 1.0)
+    head, affine = crop(ras.get_fdata(dtype=np.float32), ras.affine, tuple(slice(10, n - 10) for n in ras.shape))
+    folders = Folders(tmp_path / "segmented", tmp_path / "stripped", tmp_path / "harmonized")
+    harmonized = subject_file(folders.harmonized, "1000", "desc-harmonized_T1w")
+    save_nifti(head, affine, harmonized)
+    sidecar(harmonized).write_text('{"ReferenceLevelMM": 0.0}')
+    save_nifti(head, affine, subject_file(folders.stripped, "1000", "desc-brain_T1w"))
+    save_nifti((head > 0).astype(np.uint8), affine, subject_file(folders.stripped, "1000", "desc-brain_mask"))
+    save_nifti((head > 0).astype(np.uint8), affine, subject_file(folders.segmented, "1000", "dseg"))
+
+    root = oasis / "derivatives" / "manual"
+    loaded = load_held_out_head("1000", folders, EvaluateConfig(reference_labels=str(root)))
+    assert loaded.native is not None and loaded.reference is not None
+    assert np.count_nonzero(loaded.reference) > 0.5 * np.count_nonzero(np.asarray(loaded.native.tissues.dataobj))
+
+    source = root / "sub-1000" / "anat" / "sub-1000_dseg.nii.gz"
+    table = {int(row["index"]): row["name"] for row in read_tsv(root / "dseg.tsv")}
+    derivative(tmp_path / "eye", "1000", np.asarray(nib.load(source).dataobj), np.eye(4), table)
+    with pytest.raises(InputError, match=r"sub-1000: only \d+\.\d% .*sub-1000_dseg\.nii\.gz"):
+        load_held_out_head("1000", folders, EvaluateConfig(reference_labels=str(tmp_path / "eye")))
