@@ -97,7 +97,8 @@ def test_a_head_on_thick_slices_of_its_own_keeps_its_extent_and_its_raters_tissu
     root = oasis / "derivatives" / "manual"
     reference = np.asarray(reference_tissues(root / "sub-1000/anat/sub-1000_dseg.nii.gz", root, "table",
                                              "1000").dataobj)
-    site = SiteHead("1000", oasis / "sub-1000/anat/sub-1000_T1w.nii.gz", head, reference, None)
+    site = SiteHead("1000", oasis / "sub-1000/anat/sub-1000_T1w.nii.gz", root / "sub-1000/anat/sub-1000_dseg.nii.gz",
+                    head, reference, None)
     assert reference_on(site, head)[1] is reference  # the head's own grid: as drawn
     scored, carried = reference_on(site, thick)
     assert scored is None and carried.shape == thick.shape
@@ -130,10 +131,10 @@ def test_on_a_coarser_grid_a_voxels_left_out_part_casts_no_background_vote():
     own = nib.Nifti1Image(np.zeros(reference.shape, np.float32), np.eye(4))
     coarse = np.diag([1.0, 1.0, 3.0, 1.0])
     coarse[2, 3] = 1.0  # the first 3 mm voxel spans planes 0-2
-    site = SiteHead("01", Path("unused"), own, reference, ~left_out)
+    site = SiteHead("01", Path("unused"), Path("unused"), own, reference, ~left_out)
     scored, carried = reference_on(site, nib.Nifti1Image(np.zeros((6, 6, 2), np.float32), coarse))
     assert scored[:, :, 0].all() and (carried[:, :, 0] == WM).all()
-    without_mask = SiteHead("01", Path("unused"), own, reference, None)
+    without_mask = SiteHead("01", Path("unused"), Path("unused"), own, reference, None)
     assert (reference_on(without_mask, nib.Nifti1Image(np.zeros((6, 6, 2), np.float32), coarse))[1][:, :, 0] == 0).all()
 
 

@@ -123,3 +123,22 @@ def test_the_model_scores_another_sites_heads_against_manual_labels_clean_and_de
     axis = int(np.argmax(np.abs(clean.affine[1, :3])))  # the voxel axis along anterior-posterior
     assert thick.shape[axis] == int(np.ceil(clean.shape[axis] / 1.5))
     assert np.isclose(np.linalg.norm(thick.affine[:3, axis]), 1.5)
+
+
+def test_a_test_sites_reference_flipped_left_right_stops_its_scoring(study: Path, oasis: Path, tmp_path: Path):
+    """The module's model segments an oasis-manual head whose manual map was saved with its voxels flipped
+    left-right under the same header (on the head still, so the check before training lets it pass): scoring it
+    stops, naming the subject and the map, rather than report the flip as a poor model."""
+    from pipeline.apps.bench_cross_site import score_site, site_heads
+    from pipeline.core.io import InputError, save_nifti
+
+    manual, flipped = oasis / "derivatives" / "manual", tmp_path / "flipped"
+    source = nib.load(manual / "sub-1000/anat/sub-1000_dseg.nii.gz")
+    left_right = int(np.argmax(np.abs(source.affine[0, :3])))
+    save_nifti(np.flip(np.asarray(source.dataobj), left_right), source.affine,
+               flipped / "sub-1000/anat/sub-1000_dseg.nii.gz")
+    (flipped / "dseg.tsv").write_text((manual / "dseg.tsv").read_text())
+    heads = site_heads(oasis, flipped, "table", ["1000"])
+    with pytest.raises(InputError, match=r"sub-1000: its reference labels .*flipped/sub-1000/anat/sub-1000_dseg\.nii"
+                                         r"\.gz agree with the model's labels of .* better mirrored left-right"):
+        score_site(study / "models" / COMBO, heads, ["clean"], tmp_path / "cross-site", "cpu", "auto")

@@ -11,7 +11,7 @@ import pytest
 
 from pipeline.core.io import InputError, read_tsv, save_nifti, write_tsv
 from pipeline.core.labels import CSF, GM, WM, remap
-from pipeline.evaluation.references import on_grid, reference_file, reference_tissues
+from pipeline.evaluation.references import on_grid, read_reference, reference_file, reference_tissues
 from pipeline.imaging.preprocess import crop, to_ras_isotropic
 
 
@@ -179,7 +179,7 @@ def test_a_reference_drawn_every_fourth_plane_is_scored_on_those_planes_only(oas
     map scores 1 on the planes drawn, not the ~0.4 that counting the undrawn planes as background would give,
     also once carried onto the pipeline's cropped 1 mm RAS grid as evaluation carries it."""
     from pipeline.evaluation.dice import dice_per_tissue
-    from pipeline.evaluation.references import drawn_planes, read_reference, within
+    from pipeline.evaluation.references import drawn_planes, within
 
     root = oasis / "derivatives" / "manual"
     whole = reference_tissues(root / "sub-1000" / "anat" / "sub-1000_dseg.nii.gz", root, "table", "1000")
@@ -221,7 +221,7 @@ def test_mrbrains_labels_that_are_no_one_tissue_are_left_out_of_the_scoring(oasi
     "Cerebellum" (GM and WM in one label) and a blob as "Other": a prediction wrong only there scores 1, on the
     raters' grid and carried to the pipeline's cropped 1 mm RAS grid; the same labels as background would not."""
     from pipeline.evaluation.dice import dice_per_tissue
-    from pipeline.evaluation.references import read_reference, within
+    from pipeline.evaluation.references import within
 
     root = oasis / "derivatives" / "manual"
     whole = reference_tissues(root / "sub-1000" / "anat" / "sub-1000_dseg.nii.gz", root, "table", "1000")
@@ -275,7 +275,7 @@ def test_a_tables_hemisphere_names_map_to_their_tissue_and_a_structure_stays_an_
 def test_a_sparse_reference_with_left_out_labels_is_scored_on_its_drawn_planes_less_those_labels(tmp_path: Path):
     """Drawn every fourth plane, with a "Cerebellum" block: scored where drawn and not left out, on its own grid and
     on a larger one; beyond its field of view a reference with left-out labels is scored as a whole one is."""
-    from pipeline.evaluation.references import check_references, read_reference
+    from pipeline.evaluation.references import check_references
 
     labels = np.zeros((20, 20, 20), np.uint8)
     labels[::4, 2:18, 2:18] = 5  # GM on planes 0, 4, 8, 12, 16
@@ -307,7 +307,7 @@ def test_reference_labels_off_their_head_stop_and_labels_partly_off_its_mask_are
     its non-zero voxels the brain mask): on its head it passes unsaid; saved with a voxel-index affine (as a map
     written from an array without its header lands) it stops, naming the subject and the file; shifted 25 mm, or
     in a mask that cut away most of the brain (a stripper's failure, not the map's), it is warned of."""
-    from pipeline.evaluation.references import ON_HEAD_WARN, brain_inside, check_on_head, read_reference
+    from pipeline.evaluation.references import ON_HEAD_WARN, brain_inside, check_on_head
     from pipeline.imaging.grids import foreground_on_grid
 
     root = oasis / "derivatives" / "manual"
@@ -343,31 +343,63 @@ def test_reference_labels_off_their_head_stop_and_labels_partly_off_its_mask_are
     assert "a cut mask" in caplog.text and "mask cuts brain away" in caplog.text
 
 
-def test_the_evaluation_loads_a_head_whose_reference_is_on_it_and_stops_on_one_off_it(oasis: Path, tmp_path: Path):
+def test_the_evaluation_loads_a_head_whose_reference_is_on_it_and_stops_on_one_off_it_or_flipped(
+        oasis: Path, tmp_path: Path):
     """``load_held_out_head``, as the evaluate stage, the report and ``bench train`` call it, on a real OASIS head
-    laid out as a study keeps it: its manual map loads as the head's reference; the same map saved with a
-    voxel-index affine stops the evaluation, naming the subject and the file."""
+    laid out as a study keeps it (its manual map on the head's grid stands in for a segmenter's labels): the map loads
+    as the head's reference; saved with a voxel-index affine, or with its voxels flipped left-right under the same
+    header (a flip that leaves it on the head), it stops the evaluation, naming the subject and the file."""
     from pipeline.core.bids import Folders, sidecar, subject_file
     from pipeline.core.config import EvaluateConfig
     from pipeline.evaluation.heads import load_held_out_head
 
     ras = to_ras_isotropic(nib.load(oasis / "sub-1000" / "anat" / "sub-1000_T1w.nii.gz"), 1.0)
     head, affine = crop(ras.get_fdata(dtype=np.float32), ras.affine, tuple(slice(10, n - 10) for n in ras.shape))
+    root = oasis / "derivatives" / "manual"
+    source = root / "sub-1000" / "anat" / "sub-1000_dseg.nii.gz"
     folders = Folders(tmp_path / "segmented", tmp_path / "stripped", tmp_path / "harmonized")
     harmonized = subject_file(folders.harmonized, "1000", "desc-harmonized_T1w")
     save_nifti(head, affine, harmonized)
     sidecar(harmonized).write_text('{"ReferenceLevelMM": 0.0}')
     save_nifti(head, affine, subject_file(folders.stripped, "1000", "desc-brain_T1w"))
     save_nifti((head > 0).astype(np.uint8), affine, subject_file(folders.stripped, "1000", "desc-brain_mask"))
-    save_nifti((head > 0).astype(np.uint8), affine, subject_file(folders.segmented, "1000", "dseg"))
+    segmenter = read_reference(source, root, "table", "1000").on_grid(nib.Nifti1Image(head, affine))[0]
+    save_nifti(segmenter, affine, subject_file(folders.segmented, "1000", "dseg"))
 
-    root = oasis / "derivatives" / "manual"
     loaded = load_held_out_head("1000", folders, EvaluateConfig(reference_labels=str(root)))
-    assert loaded.native is not None and loaded.reference is not None
-    assert np.count_nonzero(loaded.reference) > 0.5 * np.count_nonzero(np.asarray(loaded.native.tissues.dataobj))
+    assert loaded.native is not None and np.array_equal(loaded.reference, segmenter)
 
-    source = root / "sub-1000" / "anat" / "sub-1000_dseg.nii.gz"
+    labels = np.asarray(nib.load(source).dataobj)
     table = {int(row["index"]): row["name"] for row in read_tsv(root / "dseg.tsv")}
-    derivative(tmp_path / "eye", "1000", np.asarray(nib.load(source).dataobj), np.eye(4), table)
+    derivative(tmp_path / "eye", "1000", labels, np.eye(4), table)
     with pytest.raises(InputError, match=r"sub-1000: only \d+\.\d% .*sub-1000_dseg\.nii\.gz"):
         load_held_out_head("1000", folders, EvaluateConfig(reference_labels=str(tmp_path / "eye")))
+
+    left_right = int(np.argmax(np.abs(nib.load(source).affine[0, :3])))
+    derivative(tmp_path / "flipped", "1000", np.flip(labels, left_right), nib.load(source).affine, table)
+    with pytest.raises(InputError, match=r"sub-1000: its reference labels .*sub-1000_dseg\.nii\.gz agree with the "
+                                         r"segmenter's labels .* better mirrored left-right \(GM and WM Dice 1\.00\)"):
+        load_held_out_head("1000", folders, EvaluateConfig(reference_labels=str(tmp_path / "flipped")))
+
+
+def test_left_right_agreement_tells_a_flipped_map_by_the_brains_folds(oasis: Path):
+    """A real manual map against itself: agreement 1 as it is, and its mirror image about the brain's middle agrees
+    as little as two brains' folds do (oasis-manual: 0.64-0.74 GM, 0.62-0.72 WM); flipped about its grid's middle
+    (wherever the brain lies in it), the mirror takes it back."""
+    from pipeline.evaluation.references import LEFT_RIGHT_MARGIN, left_right_agreement
+
+    root = oasis / "derivatives" / "manual"
+    image = nib.as_closest_canonical(nib.load(root / "sub-1003" / "anat" / "sub-1003_dseg.nii.gz"))  # the RAS grid
+    tissues = read_reference(root / "sub-1003" / "anat" / "sub-1003_dseg.nii.gz", root, "table", "1003").on_grid(
+        image)[0]
+    as_is, mirrored = left_right_agreement(tissues, tissues, image.affine, None)
+    assert as_is == 1.0 and 0.55 < mirrored < as_is - 2 * LEFT_RIGHT_MARGIN
+    flipped = np.flip(tissues, 0)
+    assert not np.array_equal(flipped, tissues)
+    as_is, mirrored = left_right_agreement(flipped, tissues, image.affine, None)
+    assert mirrored > 0.99 and as_is < mirrored - 2 * LEFT_RIGHT_MARGIN
+    scored = np.zeros(tissues.shape, bool)
+    scored[:, :, ::3] = True  # a map drawn on every third axial plane: agreement where it is scored
+    assert left_right_agreement(tissues, tissues, image.affine, scored)[0] == 1.0
+    ventricles = np.where(tissues == CSF, CSF, 0).astype(np.uint8)  # a map of the ventricles alone: nothing to tell
+    assert left_right_agreement(ventricles, tissues, image.affine, None) is None

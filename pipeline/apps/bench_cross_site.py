@@ -48,7 +48,7 @@ from pipeline.core.io import InputError, save_nifti, write_tsv
 from pipeline.core.labels import one_hot
 from pipeline.evaluation.compare import mean_ci95
 from pipeline.evaluation.dice import dice_per_tissue
-from pipeline.evaluation.references import check_on_head, read_reference, reference_file, within
+from pipeline.evaluation.references import check_left_right, check_on_head, read_reference, reference_file, within
 from pipeline.imaging.grids import averaged_on_grid, scores_on_grid
 from pipeline.nnunet.models import TrainingRecord
 from pipeline.nnunet.predictor import SlicePredictor
@@ -159,7 +159,10 @@ def score_site(model_dir: Path, heads: list[SiteHead], conditions: list[str], wo
                 output = work / f"{record.segmenter}-{record.stripper}" / condition
                 predicted = segment_head_file(source, model, record, output, Path(tmp), "brain", allow_non_t1=True)
                 labels = nib.load(output / f"{predicted['case']}_dseg.nii.gz")
-                dice = dice_per_tissue(*within(*reference_on(head, labels), np.asarray(labels.dataobj)))
+                scored, reference = reference_on(head, labels)
+                check_left_right(head.case, head.labels, reference, np.asarray(labels.dataobj), labels.affine, scored,
+                                 f"the model's labels of {source}")
+                dice = dice_per_tissue(*within(scored, reference, np.asarray(labels.dataobj)))
                 rows.append({"case": head.case, "condition": condition, **{k: round(v, 4) for k, v in dice.items()},
                              "seconds": round(time.monotonic() - start, 1)})
                 log.info("cross-site sub-%s %s: %s", head.case, condition, rows[-1])
@@ -202,6 +205,7 @@ class SiteHead(NamedTuple):
 
     case: str
     path: Path  # the head file
+    labels: Path  # its reference labels' file
     image: nib.Nifti1Image  # the head (its header: the grid its reference is on)
     reference: np.ndarray  # its reference tissues, on the head's grid
     scored: np.ndarray | None  # where they are scored (``Reference.on_grid``; None: every voxel)
@@ -219,7 +223,7 @@ def site_heads(root: Path, reference: Path, scheme: str, subjects: list[str]) ->
         native = read_reference(labels, reference, scheme, scan.case)
         # the test site's heads are brains (``segment_head_file``'s "brain"): each its own mask
         check_on_head(scan.case, labels, native, image, None, f"{scan.path} (its non-zero voxels)")
-        heads.append(SiteHead(scan.case, scan.path, image, *native.on_grid(image)))
+        heads.append(SiteHead(scan.case, scan.path, labels, image, *native.on_grid(image)))
     if not heads:
         raise SystemExit(f"bench cross-site: no head under {root} has reference labels under {reference}")
     return heads

@@ -33,7 +33,14 @@ from pipeline.core.config import EvaluateConfig
 from pipeline.core.io import InputError, load_nifti
 from pipeline.core.labels import TISSUES, one_hot, tissue_volumes, voxel_volume_ml
 from pipeline.evaluation.dice import dice_per_tissue
-from pipeline.evaluation.references import Reference, check_on_head, read_reference, reference_file, within
+from pipeline.evaluation.references import (
+    Reference,
+    check_left_right,
+    check_on_head,
+    read_reference,
+    reference_file,
+    within,
+)
 from pipeline.imaging.grids import foreground, scores_on_grid
 from pipeline.imaging.preprocess import box_of, uncrop
 from pipeline.imaging.slices import level_index
@@ -104,7 +111,8 @@ def load_held_out_head(case: str, folders: Folders, config: EvaluateConfig) -> H
     mask_path = subject_file(folders.stripped, case, "desc-brain_mask")
     mask_image = load_nifti(mask_path, case)
     mask = foreground(mask_image)
-    teacher = np.asarray(load_nifti(subject_file(folders.segmented, case, "dseg"), case).dataobj, dtype=np.uint8)
+    teacher_path = subject_file(folders.segmented, case, "dseg")
+    teacher = np.asarray(load_nifti(teacher_path, case).dataobj, dtype=np.uint8)
     grid = load_nifti(subject_file(folders.harmonized, case, "desc-harmonized_T1w"), case)
     native = None
     if config.reference_labels:
@@ -117,7 +125,11 @@ def load_held_out_head(case: str, folders: Folders, config: EvaluateConfig) -> H
         else:
             native = read_reference(path, root, config.reference_scheme, case)
             check_on_head(case, path, native, grid, mask_image, str(mask_path))
-    return HeldOutHead(case, brain, mask, teacher, grid, reference_level(folders.harmonized, case), native)
+    head = HeldOutHead(case, brain, mask, teacher, grid, reference_level(folders.harmonized, case), native)
+    if native is not None:
+        check_left_right(case, path, head.reference, head.on_head(teacher), grid.affine, head.scored,
+                         f"the segmenter's labels {teacher_path}")
+    return head
 
 
 def predict_head(model: SlicePredictor, head: HeldOutHead, size: int, views: Sequence[str]) -> np.ndarray:

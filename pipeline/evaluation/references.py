@@ -24,6 +24,7 @@ import numpy as np
 from pipeline.core.bids import case_dir, entities, run_entities
 from pipeline.core.io import HEAD_SUFFIXES, InputError, load_nifti, read_tsv
 from pipeline.core.labels import BACKGROUND, CSF, GM, WM, UnknownLabel, remap, voxel_volume_ml
+from pipeline.evaluation.dice import dice_per_tissue
 from pipeline.imaging.grids import foreground_on_grid, labels_on_grid
 
 log = logging.getLogger("pipeline")
@@ -67,6 +68,11 @@ SPARSE_MAX_COVER = 2 / 3  # ... covering at most this share of their span (a str
 # Saved with a voxel-index affine, a map lies off its head (0). A brain is a large target, so the lines are loose.
 ON_HEAD_MIN = 0.5  # on the head, below: not on this head's grid (an error)
 ON_HEAD_WARN = 0.95  # in the brain mask, below: misregistered, or the mask cut brain away (a warning)
+# A map flipped left-right against its head (a header that disagrees with the T1w's on the x axis) lies on the head
+# as well as the right one: it is told by how labels made on the head agree with it as it is and mirrored. A brain
+# is not symmetric in its folds: oasis-manual's maps against themselves mirrored, GM / WM Dice 0.64-0.74 /
+# 0.62-0.72; against a segmenter's labels, as they are about 0.9. A flip reverses the two.
+LEFT_RIGHT_MARGIN = 0.1  # mirrored, agreeing better by more than this: flipped (an error)
 
 
 NATIVE_SPACES = {"orig", "T1w", "scanner", "individual", "native"}  # space- labels of a map on the head's own grid
@@ -278,6 +284,54 @@ def check_on_head(case: str, path: Path, reference: Reference, head: nib.Nifti1I
     in_mask = on_head if mask is None else brain_inside(reference, foreground_on_grid(mask, reference.tissues))
     if in_mask < ON_HEAD_WARN:
         warn_off_mask(case, path, mask_name, in_mask)
+
+
+def brain_centre(labels: np.ndarray, axis: int) -> float | None:
+    """Where the labels' GM and WM lie along a voxel axis, on average (None: none there)."""
+    per_plane = np.isin(labels, (GM, WM)).sum(axis=tuple(other for other in range(labels.ndim) if other != axis))
+    return float(np.average(np.arange(labels.shape[axis]), weights=per_plane)) if per_plane.any() else None
+
+
+def mirrored(labels: np.ndarray, axis: int, twice_plane: int) -> np.ndarray:
+    """Labels mirrored along a voxel axis about plane ``twice_plane / 2`` (plane x goes to ``twice_plane - x``); what
+    is mirrored beyond the grid is lost, what comes in is background."""
+    size = labels.shape[axis]
+    shift = twice_plane - (size - 1)  # the flipped grid's plane j is plane size-1-j: moved by this
+    source, target = [slice(None)] * labels.ndim, [slice(None)] * labels.ndim
+    source[axis] = slice(max(0, -shift), size - max(0, shift))
+    target[axis] = slice(max(0, shift), size - max(0, -shift))
+    result = np.zeros_like(labels)
+    result[tuple(target)] = np.flip(labels, axis)[tuple(source)]
+    return result
+
+
+def left_right_agreement(reference: np.ndarray, labels: np.ndarray, affine: np.ndarray,
+                         scored: np.ndarray | None) -> tuple[float, float] | None:
+    """The mean of GM and WM Dice of ``labels`` against the reference (one grid, ``affine``), as it is and mirrored
+    left-right (along the voxel axis nearest world x) onto the labels: about the plane half-way between the two
+    brains' centres, which takes a map flipped about any plane back onto them; only where it is scored. None where
+    either has no GM or WM."""
+    def agreement(truth: np.ndarray) -> float:
+        dice = dice_per_tissue(*within(scored, truth, labels))
+        return float(np.nanmean([dice["GM"], dice["WM"]]))
+
+    axis = int(np.argmax(np.abs(affine[0, :3])))
+    centres = brain_centre(reference, axis), brain_centre(labels, axis)
+    if None in centres:
+        return None
+    return agreement(reference), agreement(mirrored(reference, axis, int(round(sum(centres)))))
+
+
+def check_left_right(case: str, path: Path, reference: np.ndarray, labels: np.ndarray, affine: np.ndarray,
+                     scored: np.ndarray | None, labels_name: str) -> None:
+    """Stop on reference labels that agree with labels made on the head (``labels_name``) better mirrored
+    left-right than as they are, by ``LEFT_RIGHT_MARGIN``: one of the two is flipped, and the reference's Dice would
+    read as a bad model."""
+    agreement = left_right_agreement(reference, labels, affine, scored)
+    if agreement is not None and agreement[1] > agreement[0] + LEFT_RIGHT_MARGIN:
+        raise InputError(f"sub-{case}: its reference labels {path} agree with {labels_name} better mirrored "
+                         f"left-right (GM and WM Dice {agreement[1]:.2f}) than as they are ({agreement[0]:.2f}): "
+                         "one of them is flipped. Compare the labels' affine with the T1w's (nib-ls shows both)")
 
 
 @functools.cache
