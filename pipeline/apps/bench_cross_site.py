@@ -160,9 +160,10 @@ def score_site(model_dir: Path, heads: list[SiteHead], conditions: list[str], wo
                 predicted = segment_head_file(source, model, record, output, Path(tmp), "brain", allow_non_t1=True)
                 labels = nib.load(output / f"{predicted['case']}_dseg.nii.gz")
                 scored, reference = reference_on(head, labels)
-                check_left_right(head.case, head.labels, reference, np.asarray(labels.dataobj), labels.affine, scored,
+                tissues = np.asarray(labels.dataobj)
+                check_left_right(head.case, head.reference_file, reference, tissues, labels.affine, scored,
                                  f"the model's labels of {source}")
-                dice = dice_per_tissue(*within(scored, reference, np.asarray(labels.dataobj)))
+                dice = dice_per_tissue(*within(scored, reference, tissues))
                 rows.append({"case": head.case, "condition": condition, **{k: round(v, 4) for k, v in dice.items()},
                              "seconds": round(time.monotonic() - start, 1)})
                 log.info("cross-site sub-%s %s: %s", head.case, condition, rows[-1])
@@ -205,7 +206,7 @@ class SiteHead(NamedTuple):
 
     case: str
     path: Path  # the head file
-    labels: Path  # its reference labels' file
+    reference_file: Path  # its reference labels
     image: nib.Nifti1Image  # the head (its header: the grid its reference is on)
     reference: np.ndarray  # its reference tissues, on the head's grid
     scored: np.ndarray | None  # where they are scored (``Reference.on_grid``; None: every voxel)

@@ -84,6 +84,11 @@ class HeldOutHead:
         """Where the reference is scored, on the head's grid (``Reference.scored``; None: every voxel)."""
         return self._reference_on_head[1]
 
+    @functools.cached_property
+    def teacher_on_head(self) -> np.ndarray:
+        """The segmenter's labels on the head's grid (scored there, and checked against the reference)."""
+        return self.on_head(self.teacher)
+
     def on_head(self, labels: np.ndarray) -> np.ndarray:
         """Labels on the brain's grid, put back on the head's."""
         return uncrop(labels, self.brain.affine, self.grid)
@@ -127,7 +132,7 @@ def load_held_out_head(case: str, folders: Folders, config: EvaluateConfig) -> H
             check_on_head(case, path, native, grid, mask_image, str(mask_path))
     head = HeldOutHead(case, brain, mask, teacher, grid, reference_level(folders.harmonized, case), native)
     if native is not None:
-        check_left_right(case, path, head.reference, head.on_head(teacher), grid.affine, head.scored,
+        check_left_right(case, path, head.reference, head.teacher_on_head, grid.affine, head.scored,
                          f"the segmenter's labels {teacher_path}")
     return head
 
@@ -174,7 +179,7 @@ def part_scores(kind: str, case: str, truth: np.ndarray, labels: np.ndarray, ban
 def score_head(head: HeldOutHead, prediction: np.ndarray, config: EvaluateConfig) -> list[dict]:
     """A prediction on the brain's grid (labels, or the model's class scores) scored against the segmenter's
     labels and, where the head has one, the reference."""
-    predicted, teacher = head.on_head(as_labels(prediction)), head.on_head(head.teacher)
+    predicted, teacher = head.on_head(as_labels(prediction)), head.teacher_on_head
     band = head.band_planes(config)
     rows = scores("real", head.case, teacher, predicted, band, height_parts(teacher))
     if head.reference is not None:
