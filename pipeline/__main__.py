@@ -164,7 +164,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
         config = load_config() if PARAMS_FILE.is_file() else Config()
         executor = ExecutorConfig(kind="slurm", slurm=config.executor.slurm)
     predict(Path(args.model), Path(args.input), Path(args.output), slices=args.slices, device=args.device,
-            tta=args.tta, precision=args.precision, fold=fold, allow_non_t1=args.allow_non_t1, executor=executor)
+            tta=args.tta, precision=args.precision, window=args.window, fold=fold, allow_non_t1=args.allow_non_t1,
+            executor=executor)
     return 0
 
 
@@ -194,8 +195,8 @@ def cmd_bench_predict(args: argparse.Namespace) -> int:
 
     from pipeline.apps.bench_predict import benchmark
 
-    print(json.dumps(benchmark(Path(args.model), Path(args.input), args.device, args.batch_size, args.precision),
-                     indent=2))
+    print(json.dumps(benchmark(Path(args.model), Path(args.input), args.device, args.batch_size, args.precision,
+                               args.window), indent=2))
     return 0
 
 
@@ -254,12 +255,14 @@ PRECISION_HELP = ("the network's arithmetic (as train.predict_precision): auto: 
                   "natively (float16 on a GPU; bfloat16 on a CPU with AVX-512 BF16 or AMX, about twice as fast "
                   "there), else float32; float32: nnU-Net's own CPU arithmetic; mixed: always (on a CPU without "
                   "bfloat16, emulated and far slower)")
+WINDOW_HELP = ("the tiles a slice goes through the network in (as train.predict_window): nnunet: nnU-Net's sliding "
+               "window, label for label its own prediction; plane: each slice whole (on a CPU about 0.6 of the time)")
 
 
 def parser() -> argparse.ArgumentParser:
     from typing import get_args
 
-    from pipeline.core.config import Precision, StripMethod
+    from pipeline.core.config import Precision, StripMethod, Window
     from pipeline.runtime.graph import BY_NAME
 
     main = argparse.ArgumentParser(prog="synthseg-pipeline", description=__doc__)
@@ -306,6 +309,7 @@ def parser() -> argparse.ArgumentParser:
     predict.add_argument("--tta", action="store_true", help="nnU-Net's test-time mirroring, over the axes its trainer "
                          "allows (never in sagittal slices)")
     predict.add_argument("--precision", choices=get_args(Precision), default="auto", help=PRECISION_HELP)
+    predict.add_argument("--window", choices=get_args(Window), default="nnunet", help=WINDOW_HELP)
     predict.add_argument("--executor", choices=["local", "slurm"], default="local",
                          help="slurm: each head as a SLURM job with a GPU (executor.slurm of the params.yaml here)")
     predict.add_argument("--fold", choices=["all", "0", "1", "2", "3", "4"],
@@ -340,6 +344,7 @@ def parser() -> argparse.ArgumentParser:
     bench_predict.add_argument("--batch-size", type=int, help="tiles a network call (default: sized to the device; "
                                                               "1: one at a time, as nnU-Net predicts an image)")
     bench_predict.add_argument("--precision", choices=get_args(Precision), default="auto", help=PRECISION_HELP)
+    bench_predict.add_argument("--window", choices=get_args(Window), default="nnunet", help=WINDOW_HELP)
     bench_predict.set_defaults(func=cmd_bench_predict)
     bench_strip = bench.add_parser("strip", help="each skull stripper's seconds, brain volume and agreement on heads")
     bench_strip.add_argument("--input", required=True, help="a T1 head, or a folder of them")

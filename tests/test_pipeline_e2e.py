@@ -286,6 +286,42 @@ def test_batched_inference_gives_each_planes_labels_as_nnunet_gives_them_one_by_
         assert not flipped.any() or (top_two[:, 1] - top_two[:, 0])[flipped].max() < 4e-3, batch_size
 
 
+def test_the_plane_window_puts_each_plane_through_the_network_whole_once(study: Path):
+    """``train.predict_window: plane``: each of a real test head's planes goes through the network once, as one tile
+    of its own padded shape (at least the patch, a multiple of the network's stride), where nnU-Net's sliding
+    window sends more, patch-sized tiles; a plane that fits one patch gets the same probabilities either way (one
+    tile each: only the Gaussian weight's half-precision rounding differs)."""
+    import numpy as np
+
+    from pipeline.nnunet.models import TrainingRecord
+    from pipeline.nnunet.predictor import SlicePredictor
+
+    models = study / "models/hmrf-deepbet"
+    record = TrainingRecord.read(models)
+    canvases = held_out_slices(study, every=4)
+    sliding = SlicePredictor.from_folder(models, record.dataset_id, record.trainer, str(record.fold), "cpu", False,
+                                         precision="float32")
+    plane = SlicePredictor(sliding.predictor, None, "float32", "plane")
+    patch = tuple(sliding.predictor.configuration_manager.patch_size)
+    tiles = []
+    hook = sliding.predictor.network.register_forward_hook(lambda _, inputs, __: tiles.extend(
+        [tuple(inputs[0].shape[2:])] * inputs[0].shape[0]))
+    try:
+        plane(canvases)
+        whole, tiles[:] = list(tiles), []
+        sliding(canvases)
+    finally:
+        hook.remove()
+    assert len(whole) == len(canvases) and len(tiles) > len(canvases) and set(tiles) == {patch}
+    stride = np.prod(sliding.predictor.configuration_manager.pool_op_kernel_sizes, axis=0)  # its poolings
+    assert len(set(whole)) > 1 and all(size >= edge and size % step == 0 for shape in whole
+                                       for size, edge, step in zip(shape, patch, stride, strict=True))
+    boxes = [np.ptp(np.argwhere(canvas > 0), axis=0) + 1 for canvas in canvases]
+    fits = np.array([all(box <= patch) for box in boxes])
+    assert 0 < fits.sum() < len(canvases)
+    assert np.abs(plane.probabilities(canvases[fits]) - sliding.probabilities(canvases[fits])).max() < 5e-3
+
+
 def test_mixed_precision_moves_a_real_heads_labels_only_where_two_classes_all_but_tie(study: Path):
     """The network in mixed precision (bfloat16 on a CPU: ``train.predict_precision``, by default where the CPU
     computes it natively) on a real test head's planes: its probabilities within 0.1 of float32's, and a label

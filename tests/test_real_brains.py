@@ -125,6 +125,25 @@ def test_the_model_scores_another_sites_heads_against_manual_labels_clean_and_de
     assert np.isclose(np.linalg.norm(thick.affine[:3, axis]), 1.5)
 
 
+def test_the_plane_window_segments_another_sites_head_as_the_sliding_window_does(cross_site: dict, study: Path,
+                                                                                 oasis: Path, tmp_path: Path):
+    """The module's model on the oasis-manual head with each slice through the network whole
+    (``train.predict_window: plane``): labels on the same grid, agreeing with the sliding window's (bench
+    cross-site's clean run) on nearly every voxel of the brain but not all, and Dice against the manual labels within
+    0.02 of theirs."""
+    from pipeline.apps.bench_cross_site import score_site, site_heads
+
+    heads = site_heads(oasis, oasis / "derivatives" / "manual", "table", ["1000"])
+    [row] = score_site(study / "models" / COMBO, heads, ["clean"], tmp_path, "cpu", "auto", window="plane")
+    sliding = cross_site["strategies"][COMBO]["test_site"]["clean"]
+    assert all(row[tissue] == pytest.approx(sliding[tissue]["mean"], abs=0.02) for tissue in ("GM", "WM")), row
+    whole, tiled = (np.asarray(nib.load(folder / COMBO / "clean" / "sub-1000_dseg.nii.gz").dataobj)
+                    for folder in (tmp_path, Path(cross_site["workdir"]) / "cross-site"))
+    brain = (whole > 0) | (tiled > 0)
+    print(f"plane window: {row}, sliding {sliding}, agreement {(whole == tiled)[brain].mean():.4f}")
+    assert 0.9 < (whole == tiled)[brain].mean() < 1
+
+
 def test_a_test_sites_reference_flipped_left_right_stops_its_scoring(study: Path, oasis: Path, tmp_path: Path):
     """The module's model segments an oasis-manual head whose manual map was saved with its voxels flipped
     left-right under the same header (on the head still, so the check before training lets it pass): scoring it

@@ -43,7 +43,7 @@ from scipy import ndimage
 
 from pipeline.apps.bench_real import benchmark as train_study
 from pipeline.apps.predict import segment_head_file
-from pipeline.core.config import Precision, parse_config
+from pipeline.core.config import Precision, Window, parse_config
 from pipeline.core.io import InputError, save_nifti, write_tsv
 from pipeline.core.labels import one_hot
 from pipeline.evaluation.compare import mean_ci95
@@ -144,12 +144,12 @@ def degraded_head(path: Path, case: str, condition: str, folder: Path) -> Path:
 
 
 def score_site(model_dir: Path, heads: list[SiteHead], conditions: list[str], work: Path, device: str,
-               precision: Precision) -> list[dict]:
+               precision: Precision, window: Window = "nnunet") -> list[dict]:
     """One row per (head, condition): the model's whole-head Dice against the head's reference tissues (on its
     drawn planes where it is sparse)."""
     record = TrainingRecord.read(model_dir)
     model = SlicePredictor.from_folder(model_dir, record.dataset_id, record.trainer, str(record.fold),
-                                       torch_device(device), False, precision=precision)
+                                       torch_device(device), False, precision=precision, window=window)
     rows = []
     with tempfile.TemporaryDirectory(prefix="cross-site-") as tmp:
         for head in heads:
@@ -247,7 +247,7 @@ def benchmark(train_root: Path, test_root: Path, reference: Path, workdir: Path,
         print(f"bench cross-site: {combo} on {len(heads)} heads of {test_root}, {len(conditions)} conditions",
               file=sys.stderr)
         rows = score_site(workdir / "models" / combo, heads, conditions, workdir / "cross-site", device,
-                          params.train.predict_precision)
+                          params.train.predict_precision, params.train.predict_window)
         write_tsv(rows, workdir / "cross-site" / f"{combo}-cases.tsv")
         strategies[combo] = {"training_site": trained["strategies"][combo], "test_site": summarise(rows, conditions)}
     return {"train_root": str(train_root), "test_root": str(test_root), "reference": str(reference),

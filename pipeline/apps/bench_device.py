@@ -77,7 +77,7 @@ def prediction(study: Path, combo: str, device: str, overrides: list[str]) -> di
     if not heads:
         raise InputError(f"bench device: {study} has no held-out heads of {combo}: run the study first")
     model, record, load_s = bench_predict.load_model(study / "models" / combo, device, None,
-                                                     config.train.predict_precision)
+                                                     config.train.predict_precision, config.train.predict_window)
     bench_predict.time_inference(model, heads[0].brain.get_fdata(dtype=np.float32), heads[0].mask, record, device)
     rows = [{"head": head.case} | bench_predict.time_inference(model, head.brain.get_fdata(dtype=np.float32),
                                                                head.mask, record, device) for head in heads]

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.apps.predict import inputs_of, prepare_head
-from pipeline.core.config import Precision
+from pipeline.core.config import Precision, Window
 from pipeline.core.io import HEAD_SUFFIXES
 from pipeline.imaging.slices import in_view
 from pipeline.nnunet.inference import brain_planes, view_scores
@@ -57,13 +57,13 @@ def time_head(path: Path, model: SlicePredictor, record: TrainingRecord, work: P
             **time_inference(model, brain, head.mask, record, device)}
 
 
-def load_model(model_dir: Path, device: str, batch_size: int | None, precision: Precision = "auto"
-               ) -> tuple[SlicePredictor, TrainingRecord, float]:
+def load_model(model_dir: Path, device: str, batch_size: int | None, precision: Precision = "auto",
+               window: Window = "nnunet") -> tuple[SlicePredictor, TrainingRecord, float]:
     """A trained model on ``device``, its record, and the seconds it took to load."""
     record = TrainingRecord.read(model_dir)
     start = time.perf_counter()
     model = SlicePredictor.from_folder(model_dir, record.dataset_id, record.trainer, str(record.fold), device, False,
-                                       batch_size, precision)
+                                       batch_size, precision, window)
     return model, record, time.perf_counter() - start
 
 
@@ -73,7 +73,7 @@ def summary(model: SlicePredictor, record: TrainingRecord, device: str, load_s: 
 
     planes, inference = sum(row["planes"] for row in rows), sum(row["inference_s"] for row in rows)
     figures = {"device": device, "threads": torch.get_num_threads(), "tiles_per_call": model.batch_size,
-               "precision": model.precision, "mixed_precision": model.mixed_precision,
+               "precision": model.precision, "mixed_precision": model.mixed_precision, "window": model.window,
                "patch_size": list(model.predictor.configuration_manager.patch_size), "views": record.views,
                "model_load_s": round(load_s, 2), "heads": len(rows), "planes_per_s": round(planes / inference, 1),
                "inference_s_per_head": round(statistics.median(row["inference_s"] for row in rows), 3)}
@@ -86,9 +86,9 @@ def summary(model: SlicePredictor, record: TrainingRecord, device: str, load_s: 
 
 
 def benchmark(model_dir: Path, input_path: Path, device: str = "auto", batch_size: int | None = None,
-              precision: Precision = "auto") -> dict:
+              precision: Precision = "auto", window: Window = "nnunet") -> dict:
     device = torch_device(device)
-    model, record, load_s = load_model(model_dir, device, batch_size, precision)
+    model, record, load_s = load_model(model_dir, device, batch_size, precision, window)
     heads = inputs_of(input_path, HEAD_SUFFIXES)
     with tempfile.TemporaryDirectory(prefix="bench-predict-") as tmp:
         rows = [time_head(path, model, record, Path(tmp), device) for path in heads]

@@ -75,7 +75,7 @@ def real_dice(trainer, heads: list[HeldOutHead], config: Config) -> dict[str, di
     those (``external``)."""
     trainer.set_deep_supervision_enabled(False)  # as nnU-Net's own final validation predicts
     trainer.network.eval()
-    segment = SlicePredictor.from_trainer(trainer, config.train.predict_precision)
+    segment = SlicePredictor.from_trainer(trainer, config.train.predict_precision, config.train.predict_window)
     rows = [row for head in heads for row in score_head(
         head, predict_head(segment, head, config.synth.size, config.synth.views), config.evaluate)]
     trainer.set_deep_supervision_enabled(True)

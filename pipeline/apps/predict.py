@@ -31,7 +31,7 @@ import numpy as np
 from PIL import Image
 
 from pipeline.core.bids import write_derivative_description, write_dseg_table
-from pipeline.core.config import ExecutorConfig, Precision
+from pipeline.core.config import ExecutorConfig, Precision, Window
 from pipeline.core.io import HEAD_SUFFIXES, InputError, image_stem, save_nifti, save_png, write_tsv
 from pipeline.core.labels import TISSUES, tissue_volumes, voxel_volume_ml
 from pipeline.imaging.grids import scores_on_grid
@@ -171,7 +171,7 @@ def segment_head_file(path: Path, model: SlicePredictor, record: TrainingRecord,
             "qc_flags": "; ".join(head.flags) or "none"}
 
 
-def write_description(output: Path, model_dir: Path, record: TrainingRecord, precision: Precision,
+def write_description(output: Path, model_dir: Path, record: TrainingRecord, precision: Precision, window: Window,
                       mixed_precision: bool | None) -> None:
     """``output`` as a BIDS derivative: its label table and where the labels came from (the model, and the
     arithmetic it ran in: ``mixed_precision`` None where SLURM jobs ran it on their own machines)."""
@@ -179,7 +179,7 @@ def write_description(output: Path, model_dir: Path, record: TrainingRecord, pre
     write_derivative_description(output, "synthseg-pipeline predictions",
                                  f"predict: nnU-Net 2D model {record.segmenter}-{record.stripper}",
                                  Model=str(model_dir.resolve()), TrainingRecord=record.model_dump(mode="json"),
-                                 Precision=precision, MixedPrecision=mixed_precision)
+                                 Precision=precision, MixedPrecision=mixed_precision, Window=window)
 
 
 def predict_pngs(slices: list[Path], output: Path, segment: Segmenter) -> None:
@@ -191,11 +191,11 @@ def predict_pngs(slices: list[Path], output: Path, segment: Segmenter) -> None:
 
 
 def predict_alone(path: Path, threads: int, model_dir: Path, output: Path, slices: Slices, device: str, tta: bool,
-                  precision: Precision, fold: str, allow_non_t1: bool) -> dict:
+                  precision: Precision, window: Window, fold: str, allow_non_t1: bool) -> dict:
     """One head with a model loaded for it: what a SLURM job of ``predict`` runs."""
     record = TrainingRecord.read(model_dir)
     model = SlicePredictor.from_folder(model_dir, record.dataset_id, record.trainer, fold, torch_device(device), tta,
-                                       precision=precision)
+                                       precision=precision, window=window)
     with tempfile.TemporaryDirectory(prefix="predict-") as tmp:
         return segment_head_file(path, model, record, output, Path(tmp), slices, allow_non_t1)
 
@@ -213,8 +213,8 @@ def predict_on_slurm(heads: list[Path], executor: ExecutorConfig, **arguments: o
 
 
 def predict(model_dir: Path, input_path: Path, output: Path, slices: Slices = "brain", device: str = "auto",
-            tta: bool = False, precision: Precision = "auto", fold: int | str | None = None, allow_non_t1: bool = False,
-            executor: ExecutorConfig | None = None) -> None:
+            tta: bool = False, precision: Precision = "auto", window: Window = "nnunet", fold: int | str | None = None,
+            allow_non_t1: bool = False, executor: ExecutorConfig | None = None) -> None:
     """``fold``: None for the fold the model was trained on; ``executor``: where the heads are segmented (here,
     one after the other, or with ``kind: slurm`` each as a SLURM job)."""
     record = TrainingRecord.read(model_dir)
@@ -228,13 +228,14 @@ def predict(model_dir: Path, input_path: Path, output: Path, slices: Slices = "b
     if executor is not None and executor.kind == "slurm" and heads:
         rows = list(predict_on_slurm(heads, executor, model_dir=model_dir.resolve(), output=output.resolve(),
                                      slices=slices, device=job_device(device, executor), tta=tta,
-                                     precision=precision, fold=fold,
+                                     precision=precision, window=window, fold=fold,
                                      allow_non_t1=allow_non_t1))
         heads = []
     else:
         rows = []
     model = SlicePredictor.from_folder(model_dir, record.dataset_id, record.trainer, fold, torch_device(device), tta,
-                                       precision=precision) if heads or any(f.suffix == ".png" for f in files) else None
+                                       precision=precision, window=window
+                                       ) if heads or any(f.suffix == ".png" for f in files) else None
     with tempfile.TemporaryDirectory(prefix="predict-") as tmp:
         for number, path in enumerate(heads, start=1):
             start = time.monotonic()
@@ -249,4 +250,5 @@ def predict(model_dir: Path, input_path: Path, output: Path, slices: Slices = "b
     pngs = [f for f in files if f.suffix == ".png"]
     if pngs:
         predict_pngs(pngs, output, model)
-    write_description(output, model_dir, record, precision, None if model is None else model.mixed_precision)
+    write_description(output, model_dir, record, precision, window,
+                      None if model is None else model.mixed_precision)

@@ -23,6 +23,7 @@ CONSENSUS = "consensus"  # a segmenter of its own kind: the fusion of the others
 ANATOMICAL: tuple[str, ...] = ("samseg", "synthseg", "fastsurfer")
 View = Literal["axial", "coronal", "sagittal"]
 Precision = Literal["auto", "float32", "mixed"]  # a network's arithmetic (train.precision, train.predict_precision)
+Window = Literal["nnunet", "plane"]  # the tiles a slice goes through the network in (train.predict_window)
 Probability = Annotated[float, Field(ge=0.0, le=1.0)]
 Range = tuple[float, float]
 
@@ -420,6 +421,11 @@ class TrainConfig(Strict):
     # arithmetic; mixed: always (emulated, far slower, on a CPU without bfloat16). Mixed moves about 0.04 % of a
     # head's voxels against float32, where two classes all but tie.
     predict_precision: Precision = "auto"
+    # the tiles a slice goes through the network in: nnunet: nnU-Net's sliding window (128 x 128 tiles at the
+    # default profiles, half-overlapping, Gaussian-weighted: its own prediction, label for label); plane: each slice
+    # whole, one tile (on 2 CPU cores a head in 0.6 of the time; Dice against manual labels within 0.003 either
+    # way, docs/benchmarks.md)
+    predict_window: Window = "nnunet"
 
     def profile_name(self, device: str) -> str:
         """The profile that trains on ``device`` ("cuda" or "cpu"): ``profile``, or for auto gpu or quick."""

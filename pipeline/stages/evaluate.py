@@ -127,7 +127,7 @@ def evaluate_model(results: Path, record: TrainingRecord, dataset: Path, cases: 
     the model runs: here, or as a GPU job (``executor``)."""
     model = SlicePredictor.from_folder(results, record.dataset_id, record.trainer, str(train.fold),
                                        torch_device(train.device), train.predict_tta,
-                                       precision=train.predict_precision)
+                                       precision=train.predict_precision, window=train.predict_window)
     rows, volumes = score_synthetic(model, dataset, out / "synthetic"), []
     for case in cases:
         head = load_held_out_head(case, folders, evaluate)
