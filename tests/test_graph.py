@@ -156,13 +156,15 @@ def test_editing_the_picture_module_leaves_every_training_and_evaluation_up_to_d
 
 
 def test_how_a_model_is_applied_re_scores_it_without_retraining_it(tmp_path: Path):
-    """``train.predict_precision`` and ``train.predict_tta`` are read by the evaluate stage (and predict), not by the
-    training: as ``dvc exp run -S`` writes them, only the evaluation is stale; a training key stales the training."""
+    """``train.predict_precision``, ``predict_tta`` and ``predict_window`` are read by the evaluate stage (and
+    predict), not by the training: as ``dvc exp run -S`` writes them, only the evaluation is stale; a training key
+    stales the training."""
     project = recorded_study(tmp_path / "study")
     params = project / "params.yaml"
     original = params.read_text()
     for line, changed in [("predict_precision: auto", "predict_precision: float32"),
-                          ("predict_tta: false", "predict_tta: true")]:
+                          ("predict_tta: false", "predict_tta: true"),
+                          ("predict_window: nnunet", "predict_window: plane")]:
         assert line in original
         params.write_text(original.replace(line, changed))
         assert stale(project) == {"evaluate@atropos-deepbet"}, changed

@@ -48,7 +48,7 @@ def test_a_parameter_the_training_does_not_read_keeps_its_fingerprint(train: Tra
     assert "evaluate" not in train.params() and "workers" not in train.params()
     assert not any(key.startswith("train.predict_") for key in train.params())  # how the model is applied
     elsewhere = config_with(workers=config.workers + 1, evaluate={"band_mm": config.evaluate.band_mm + 1},
-                            train={"predict_precision": "float32", "predict_tta": True})
+                            train={"predict_precision": "float32", "predict_tta": True, "predict_window": "plane"})
     assert train.fingerprint(elsewhere) == train.fingerprint(config)
 
 
