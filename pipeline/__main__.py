@@ -256,7 +256,7 @@ PRECISION_HELP = ("the network's arithmetic (as train.predict_precision): auto: 
                   "there), else float32; float32: nnU-Net's own CPU arithmetic; mixed: always (on a CPU without "
                   "bfloat16, emulated and far slower)")
 WINDOW_HELP = ("the tiles a slice goes through the network in (as train.predict_window): nnunet: nnU-Net's sliding "
-               "window, label for label its own prediction; plane: each slice whole (on a CPU about 0.6 of the time)")
+               "window, label for label its own prediction; plane: each slice whole (on a CPU about 0.7 of the time)")
 
 
 def parser() -> argparse.ArgumentParser:

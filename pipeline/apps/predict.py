@@ -250,5 +250,5 @@ def predict(model_dir: Path, input_path: Path, output: Path, slices: Slices = "b
     pngs = [f for f in files if f.suffix == ".png"]
     if pngs:
         predict_pngs(pngs, output, model)
-    write_description(output, model_dir, record, precision, window,
+    write_description(output, model_dir, record, precision, window if model is None else model.window,
                       None if model is None else model.mixed_precision)

@@ -421,10 +421,10 @@ class TrainConfig(Strict):
     # arithmetic; mixed: always (emulated, far slower, on a CPU without bfloat16). Mixed moves about 0.04 % of a
     # head's voxels against float32, where two classes all but tie.
     predict_precision: Precision = "auto"
-    # the tiles a slice goes through the network in: nnunet: nnU-Net's sliding window (128 x 128 tiles at the
-    # default profiles, half-overlapping, Gaussian-weighted: its own prediction, label for label); plane: each slice
-    # whole, one tile (on 2 CPU cores a head in 0.6 of the time; Dice against manual labels within 0.003 either
-    # way, docs/benchmarks.md)
+    # the tiles a slice goes through the network in: nnunet: nnU-Net's sliding window (its planned patch, 128 x 128
+    # for 256 x 256 slices, half-overlapping, Gaussian-weighted: its own prediction, label for label); plane: each
+    # slice whole, one tile (on 2 CPU cores a head's inference in about 0.7 of the time; Dice against manual labels
+    # within 0.003 either way, against the model's teacher 0.001-0.004 lower; docs/benchmarks.md)
     predict_window: Window = "nnunet"
 
     def profile_name(self, device: str) -> str:
