@@ -424,7 +424,7 @@ class TrainConfig(Strict):
     # the tiles a slice goes through the network in: nnunet: nnU-Net's sliding window (its planned patch, 128 x 128
     # for 256 x 256 slices, half-overlapping, Gaussian-weighted: its own prediction, label for label); plane: each
     # slice whole, one tile (on 2 CPU cores a head's inference in about 0.7 of the time; Dice against manual labels
-    # within 0.003 either way, against the model's teacher 0.001-0.004 lower; docs/benchmarks.md)
+    # within 0.003 either way, against the model's teacher 0.001-0.006 lower; docs/benchmarks.md)
     predict_window: Window = "nnunet"
 
     def profile_name(self, device: str) -> str:
