@@ -49,20 +49,22 @@ def test_help_lists_every_command_and_the_console_script_runs_the_same_main():
     assert "--precision {auto,float32,mixed}" in modular.stdout
 
 
-def test_predict_and_bench_predict_pass_the_precision_they_are_given(monkeypatch, tmp_path: Path):
-    """``--precision`` reaches the function that loads the model, for predict and bench predict alike."""
+def test_predict_and_bench_predict_pass_the_precision_and_window_they_are_given(monkeypatch, tmp_path: Path):
+    """``--precision`` and ``--window`` reach the function that loads the model, for predict and bench predict."""
     import pipeline.apps.bench_predict
     import pipeline.apps.predict
     from pipeline.__main__ import main
 
     given = []
-    monkeypatch.setattr(pipeline.apps.predict, "predict", lambda *args, **kwargs: given.append(kwargs["precision"]))
-    monkeypatch.setattr(pipeline.apps.bench_predict, "benchmark", lambda *args: given.append(args[-1]) or {})
+    monkeypatch.setattr(pipeline.apps.predict, "predict",
+                        lambda *args, **kwargs: given.append((kwargs["precision"], kwargs["window"])))
+    monkeypatch.setattr(pipeline.apps.bench_predict, "benchmark", lambda *args: given.append(args[-2:]) or {})
     paths = ["--model", str(tmp_path), "--input", str(tmp_path)]
-    assert main(["predict", *paths, "--output", str(tmp_path / "out"), "--precision", "float32"]) == 0
-    assert main(["bench", "predict", *paths, "--precision", "mixed"]) == 0
+    assert main(["predict", *paths, "--output", str(tmp_path / "out"), "--precision", "float32",
+                 "--window", "plane"]) == 0
+    assert main(["bench", "predict", *paths, "--precision", "mixed", "--window", "plane"]) == 0
     assert main(["predict", *paths, "--output", str(tmp_path / "out")]) == 0
-    assert given == ["float32", "mixed", "auto"]
+    assert given == [("float32", "plane"), ("mixed", "plane"), ("auto", "nnunet")]
 
 
 def _run_stage(project: Path, *args: str) -> subprocess.CompletedProcess:
