@@ -3,8 +3,8 @@
 Each head goes through ``predict``'s own preparation (acquisition QC, harmonization, the model's stripper, the
 crop), timed apart, then every plane of its brain in each of the model's views through the network, in batches
 of tiles sized to the device (``--batch-size`` sets it; 1 is one tile a network call, as nnU-Net predicts one
-image) in ``predict``'s precision (``--precision``), the views fused as ``predict`` fuses them: planes per second
-and seconds per head.
+image) in ``predict``'s precision and window (``--precision``, ``--window``), the views fused as ``predict`` fuses
+them: planes per second and seconds per head.
 
     python -m pipeline bench predict --model models/atropos-deepbet --input data/raw/sub-01/anat/sub-01_T1w.nii.gz
 """
